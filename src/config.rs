@@ -1,0 +1,513 @@
+//! Daemon configuration: defaults, the TOML file with its drop-ins, `CRIUS_*`
+//! environment variables and command-line flags, merged in that order.
+//!
+//! Operators keep configs for years, so key names are stable and an unknown key
+//! is an error that names the key and the file instead of being ignored.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the daemon looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/crius/crius.toml";
+
+/// Errors from reading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Output format of the daemon's log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Which cgroup manager creates pod and container cgroups; must match kubelet's
+/// `--cgroup-driver`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
+/// The whole effective configuration of a daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Persistent state (metadata store, images, container layers).
+    pub root: PathBuf,
+    /// Volatile state (sockets, pinned namespaces, mounts); lost on reboot.
+    pub runroot: PathBuf,
+    /// Unix socket the CRI gRPC server listens on.
+    pub listen: PathBuf,
+    /// A `tracing` filter directive, e.g. `info` or `crius=debug,info`.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub network: NetworkConfig,
+    pub image: ImageConfig,
+    pub streaming: StreamingConfig,
+    pub runtime: RuntimeConfig,
+}
+
+/// CNI settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Directory holding CNI network configs; the lexically first is used.
+    pub conf_dir: PathBuf,
+    /// Directories searched, in order, for CNI plugin binaries.
+    pub plugin_dirs: Vec<PathBuf>,
+}
+
+/// Image pulling settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageConfig {
+    /// containers-registries.conf v2 file: mirrors, insecure and blocked registries.
+    pub registries_conf: PathBuf,
+    /// Registry credentials in containers-auth.json / docker config.json format.
+    pub auth_file: Option<PathBuf>,
+}
+
+/// Streaming (exec/attach/port-forward) server settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    pub address: IpAddr,
+    /// 0 picks a free port at start.
+    pub port: u16,
+}
+
+/// Container runtime settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    pub cgroup_driver: CgroupDriver,
+    /// Where container logs go when a pod gives no log directory.
+    pub log_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: "/var/lib/crius".into(),
+            runroot: "/run/crius".into(),
+            listen: "/run/crius/crius.sock".into(),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            network: NetworkConfig::default(),
+            image: ImageConfig::default(),
+            streaming: StreamingConfig::default(),
+            runtime: RuntimeConfig::default(),
+        }
+    }
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            conf_dir: "/etc/cni/net.d".into(),
+            plugin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+        }
+    }
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            registries_conf: "/etc/containers/registries.conf".into(),
+            auth_file: None,
+        }
+    }
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            address: IpAddr::from([127, 0, 0, 1]),
+            port: 0,
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            log_dir: "/var/log/crius/pods".into(),
+        }
+    }
+}
+
+/// Values given on the command line or in `CRIUS_*` variables; they win over files.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub root: Option<PathBuf>,
+    pub runroot: Option<PathBuf>,
+    pub listen: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// The drop-in directory that belongs to a config file: `crius.toml` → `crius.d`.
+pub fn drop_in_dir(config_path: &Path) -> PathBuf {
+    config_path.with_extension("d")
+}
+
+impl Config {
+    /// Loads the config file (a missing file is fine unless `required`), then its
+    /// drop-ins in name order, then applies `overrides`, then validates.
+    pub fn load(
+        config_path: &Path,
+        required: bool,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut merged = toml::Table::new();
+        let mut files = Vec::new();
+        if config_path.exists() || required {
+            files.push(config_path.to_path_buf());
+        }
+        files.extend(list_drop_ins(&drop_in_dir(config_path))?);
+        for path in files {
+            let table = parse_file(&path)?;
+            merge_tables(&mut merged, table);
+        }
+        let mut config: Config =
+            Config::deserialize(toml::Value::Table(merged)).map_err(|e| ConfigError::Parse {
+                path: config_path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = &o.root {
+            self.root = v.clone();
+        }
+        if let Some(v) = &o.runroot {
+            self.runroot = v.clone();
+        }
+        if let Some(v) = &o.listen {
+            self.listen = v.clone();
+        }
+        if let Some(v) = &o.log_level {
+            self.log_level = v.clone();
+        }
+        if let Some(v) = o.log_format {
+            self.log_format = v;
+        }
+    }
+
+    /// Rejects values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut paths: Vec<(&str, &Path)> = vec![
+            ("root", &self.root),
+            ("runroot", &self.runroot),
+            ("listen", &self.listen),
+            ("network.conf_dir", &self.network.conf_dir),
+            ("image.registries_conf", &self.image.registries_conf),
+            ("runtime.log_dir", &self.runtime.log_dir),
+        ];
+        for dir in &self.network.plugin_dirs {
+            paths.push(("network.plugin_dirs", dir));
+        }
+        if let Some(auth) = &self.image.auth_file {
+            paths.push(("image.auth_file", auth));
+        }
+        for (key, path) in paths {
+            if !path.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be an absolute path, got {path:?}"
+                )));
+            }
+        }
+        if self.network.plugin_dirs.is_empty() {
+            return Err(ConfigError::Invalid(
+                "network.plugin_dirs must name at least one directory".into(),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| ConfigError::Invalid(format!("log_level {:?}: {e}", self.log_level)))?;
+        Ok(())
+    }
+
+    /// The config as commented TOML that `load` reads back to the same value.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut line = |comment: &str, key: &str, value: Option<toml::Value>| {
+            entry(&mut out, comment, key, value)
+        };
+        let s = |p: &Path| Some(toml::Value::String(p.display().to_string()));
+        line(
+            "crius configuration. Generated by `crius config`; every key is shown with\n\
+             its effective value. Drop-ins in crius.d/*.toml next to this file override it.\n\n\
+             Persistent state: metadata store, images, writable container layers.",
+            "root",
+            s(&self.root),
+        );
+        line(
+            "Volatile state: sockets, pinned namespaces, mounts.",
+            "runroot",
+            s(&self.runroot),
+        );
+        line("CRI gRPC unix socket.", "listen", s(&self.listen));
+        line(
+            "Log filter: error, warn, info, debug, trace, or tracing directives.",
+            "log_level",
+            Some(self.log_level.clone().into()),
+        );
+        line(
+            "Log line format: text or json.",
+            "log_format",
+            Some(enum_str(&self.log_format).into()),
+        );
+        line("", "[network]", None);
+        line(
+            "CNI network configs; the lexically first .conflist/.conf/.json is used.",
+            "conf_dir",
+            s(&self.network.conf_dir),
+        );
+        line(
+            "Directories searched in order for CNI plugin binaries.",
+            "plugin_dirs",
+            Some(toml::Value::Array(
+                self.network
+                    .plugin_dirs
+                    .iter()
+                    .map(|p| toml::Value::String(p.display().to_string()))
+                    .collect(),
+            )),
+        );
+        line("", "[image]", None);
+        line(
+            "containers-registries.conf (v2): mirrors, insecure and blocked registries.",
+            "registries_conf",
+            s(&self.image.registries_conf),
+        );
+        line(
+            "Registry credentials (containers-auth.json / docker config.json format).",
+            "auth_file",
+            self.image.auth_file.as_deref().and_then(s),
+        );
+        line("", "[streaming]", None);
+        line(
+            "Address of the exec/attach/port-forward server.",
+            "address",
+            Some(self.streaming.address.to_string().into()),
+        );
+        line(
+            "Port of the streaming server; 0 picks a free one.",
+            "port",
+            Some(toml::Value::Integer(i64::from(self.streaming.port))),
+        );
+        line("", "[runtime]", None);
+        line(
+            "cgroupfs or systemd; must match kubelet's --cgroup-driver.",
+            "cgroup_driver",
+            Some(enum_str(&self.runtime.cgroup_driver).into()),
+        );
+        line(
+            "Container logs go here when a pod names no log directory.",
+            "log_dir",
+            s(&self.runtime.log_dir),
+        );
+        out
+    }
+}
+
+/// Appends one commented `key = value` line; a `[section]` header when `key`
+/// is bracketed; a commented-out key when `value` is unset.
+fn entry(out: &mut String, comment: &str, key: &str, value: Option<toml::Value>) {
+    for c in comment.lines() {
+        let _ = writeln!(out, "{}", format!("# {c}").trim_end());
+    }
+    let _ = match value {
+        _ if key.starts_with('[') => writeln!(out, "{key}"),
+        Some(v) => writeln!(out, "{key} = {v}\n"),
+        None => writeln!(out, "# {key} = \"\"\n"),
+    };
+}
+
+/// The serde name of a unit enum variant.
+fn enum_str<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        other => format!("{other:?}"),
+    }
+}
+
+fn list_drop_ins(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Reads one file and checks it against the schema on its own, so an unknown
+/// key or a bad value is reported with this file's name and position.
+fn parse_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let parse_err = |e: toml::de::Error| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    };
+    toml::from_str::<Config>(&text).map_err(parse_err)?;
+    toml::from_str::<toml::Table>(&text).map_err(parse_err)
+}
+
+/// Later values win; tables merge key by key.
+fn merge_tables(base: &mut toml::Table, top: toml::Table) {
+    for (key, value) in top {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge_tables(b, t),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn missing_default_file_gives_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&dir.path().join("crius.toml"), false, &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn missing_required_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Config::load(&dir.path().join("nope.toml"), true, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope.toml"), "{err}");
+    }
+
+    #[test]
+    fn drop_ins_override_in_name_order_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(
+            dir.path(),
+            "crius.toml",
+            "root = \"/a\"\n[network]\nconf_dir = \"/cni\"\n",
+        );
+        write(
+            dir.path(),
+            "crius.d/20-b.toml",
+            "[network]\nconf_dir = \"/b\"\n",
+        );
+        write(
+            dir.path(),
+            "crius.d/10-a.toml",
+            "[network]\nconf_dir = \"/a\"\n",
+        );
+        write(dir.path(), "crius.d/ignored.txt", "garbage");
+        let o = Overrides {
+            root: Some("/flag".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&main, true, &o).unwrap();
+        assert_eq!(c.network.conf_dir, PathBuf::from("/b"));
+        assert_eq!(c.network.plugin_dirs, NetworkConfig::default().plugin_dirs);
+        assert_eq!(c.root, PathBuf::from("/flag"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(dir.path(), "crius.toml", "");
+        let bad = write(
+            dir.path(),
+            "crius.d/50-x.toml",
+            "[network]\nconfdir = \"/x\"\n",
+        );
+        let err = Config::load(&main, true, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("confdir"), "{err}");
+        assert!(err.contains(&bad.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_and_bad_levels_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(dir.path(), "crius.toml", "runroot = \"run\"\n");
+        let err = Config::load(&main, true, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("runroot"), "{err}");
+        let main = write(dir.path(), "crius.toml", "log_level = \"=[\"\n");
+        assert!(Config::load(&main, true, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn render_round_trips_every_field() {
+        let c = Config {
+            root: "/r".into(),
+            runroot: "/rr".into(),
+            listen: "/rr/s.sock".into(),
+            log_level: "debug".into(),
+            log_format: LogFormat::Json,
+            network: NetworkConfig {
+                conf_dir: "/n".into(),
+                plugin_dirs: vec!["/p1".into(), "/p 2".into()],
+            },
+            image: ImageConfig {
+                registries_conf: "/reg.conf".into(),
+                auth_file: Some("/auth.json".into()),
+            },
+            streaming: StreamingConfig {
+                address: "::1".parse().unwrap(),
+                port: 10010,
+            },
+            runtime: RuntimeConfig {
+                cgroup_driver: CgroupDriver::Systemd,
+                log_dir: "/logs".into(),
+            },
+        };
+        let text = c.render();
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), c, "{text}");
+        let d = Config::default();
+        assert_eq!(toml::from_str::<Config>(&d.render()).unwrap(), d);
+    }
+}

@@ -1,0 +1,32 @@
+//! The error type of the runtime core. Each variant says which gRPC status the
+//! edge answers with, so handlers never have to guess from a message.
+
+use crate::store::StoreError;
+
+/// What went wrong in a core operation, classified by who must act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is malformed; retrying it unchanged cannot help.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// An id or name in the request does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The object the request would create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The object is not in a state that allows the operation.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The operation is not built yet.
+    #[error("{0} is not implemented")]
+    Unimplemented(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Anything else: a fault of the node or of crius.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Result of a core operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

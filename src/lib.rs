@@ -1,0 +1,15 @@
+//! crius: a Kubernetes CRI container runtime.
+//!
+//! The binary in `main.rs` parses the command line and calls [`daemon::run`];
+//! everything else lives here so tests and benchmarks can use it directly.
+//! See `docs/architecture.md` for how the modules fit together.
+
+pub mod check;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod logging;
+pub mod network;
+pub mod runtime;
+pub mod server;
+pub mod store;

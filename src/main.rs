@@ -1,0 +1,111 @@
+//! The `crius` command: the daemon and its operator subcommands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use crius::config::{self, Config, LogFormat, Overrides};
+
+#[derive(Parser)]
+#[command(name = "crius", version, about = "A Kubernetes CRI container runtime")]
+struct Cli {
+    /// Config file; drop-ins are read from the sibling `<name>.d/*.toml`.
+    #[arg(long, env = "CRIUS_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Persistent state directory.
+    #[arg(long, env = "CRIUS_ROOT", global = true)]
+    root: Option<PathBuf>,
+    /// Volatile state directory.
+    #[arg(long, env = "CRIUS_RUNROOT", global = true)]
+    runroot: Option<PathBuf>,
+    /// CRI unix socket to listen on.
+    #[arg(long, env = "CRIUS_LISTEN", global = true)]
+    listen: Option<PathBuf>,
+    /// Log filter (error, warn, info, debug, trace or tracing directives).
+    #[arg(long, env = "CRIUS_LOG_LEVEL", global = true)]
+    log_level: Option<String>,
+    /// Log line format.
+    #[arg(long, env = "CRIUS_LOG_FORMAT", global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the effective configuration as commented TOML.
+    Config,
+    /// Report whether this host can run crius; non-zero exit if it cannot.
+    Check,
+    /// Print version information.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        root: cli.root,
+        runroot: cli.runroot,
+        listen: cli.listen,
+        log_level: cli.log_level,
+        log_format: cli.log_format,
+    };
+    let (path, required) = match cli.config {
+        Some(p) => (p, true),
+        None => (PathBuf::from(config::DEFAULT_CONFIG_PATH), false),
+    };
+    let config = match Config::load(&path, required, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("crius: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Some(Command::Config) => {
+            print!("{}", config.render());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Version) => {
+            println!("crius {}", env!("CARGO_PKG_VERSION"));
+            println!("CRI API {}", crius::runtime::CRI_API_VERSION);
+            ExitCode::SUCCESS
+        }
+        Some(Command::Check) => {
+            let findings = crius::check::run(&config);
+            for f in &findings {
+                println!("{f}");
+            }
+            if crius::check::passed(&findings) {
+                println!("host is ready for crius");
+                ExitCode::SUCCESS
+            } else {
+                println!("host is NOT ready: fix the FAIL lines above");
+                ExitCode::FAILURE
+            }
+        }
+        None => run_daemon(config),
+    }
+}
+
+fn run_daemon(config: Config) -> ExitCode {
+    crius::logging::init(&config.log_level, config.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(crius::daemon::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("crius: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The runtime core: the node-wide state every CRI operation works on. gRPC
+//! handlers in [`crate::server`] validate requests and call one method here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::network::{Network, Readiness};
+use crate::store::{Store, Table};
+
+/// Name reported by `Version`.
+pub const RUNTIME_NAME: &str = "crius";
+/// The CRI API version served.
+pub const CRI_API_VERSION: &str = "v1";
+const POD_CIDR_KEY: &str = "pod_cidr";
+
+/// A runtime condition as kubelet reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub kind: &'static str,
+    pub ready: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Shared core state.
+pub struct Runtime {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub network: Network,
+}
+
+impl Runtime {
+    /// Builds the core from the effective config and an opened store.
+    pub fn new(config: Config, store: Arc<Store>) -> Result<Runtime> {
+        let pod_cidr: Option<String> = store.get(Table::Meta, POD_CIDR_KEY)?;
+        let network = Network::new(
+            config.network.conf_dir.clone(),
+            config.network.plugin_dirs.clone(),
+            pod_cidr,
+        );
+        Ok(Runtime {
+            config,
+            store,
+            network,
+        })
+    }
+
+    /// RuntimeReady and NetworkReady, evaluated now.
+    pub fn conditions(&self) -> Vec<Condition> {
+        let runtime = Condition {
+            kind: "RuntimeReady",
+            ready: true,
+            reason: String::new(),
+            message: String::new(),
+        };
+        let network = match self.network.readiness() {
+            Readiness::Ready(_) => Condition {
+                kind: "NetworkReady",
+                ready: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            Readiness::NotReady(why) => Condition {
+                kind: "NetworkReady",
+                ready: false,
+                reason: "NetworkPluginNotReady".into(),
+                message: format!("Network plugin returns error: {why}"),
+            },
+        };
+        vec![runtime, network]
+    }
+
+    /// Debug details for `Status` with verbose: JSON values by key.
+    pub fn status_info(&self) -> Result<HashMap<String, String>> {
+        let mut info = HashMap::new();
+        info.insert("config".to_string(), to_json(&self.config)?);
+        let cni = match self.network.readiness() {
+            Readiness::Ready(f) => serde_json::json!({ "network": f }),
+            Readiness::NotReady(why) => serde_json::json!({ "error": why }),
+        };
+        info.insert("cniconfig".to_string(), to_json(&cni)?);
+        info.insert("podCIDR".to_string(), to_json(&self.network.pod_cidr())?);
+        Ok(info)
+    }
+
+    /// Keeps the pod CIDR kubelet assigns to this node, across restarts.
+    pub fn update_pod_cidr(&self, cidr: &str) -> Result<()> {
+        let cidr = cidr.trim();
+        if cidr.is_empty() {
+            return Ok(());
+        }
+        for part in cidr.split(',') {
+            validate_cidr(part.trim())?;
+        }
+        self.store.put(Table::Meta, POD_CIDR_KEY, &cidr)?;
+        self.network.set_pod_cidr(Some(cidr.to_string()));
+        tracing::info!(pod_cidr = cidr, "pod CIDR updated");
+        Ok(())
+    }
+}
+
+/// Accepts `a.b.c.d/n` and `v6::/n` only.
+fn validate_cidr(cidr: &str) -> Result<()> {
+    let bad = || crate::error::Error::InvalidArgument(format!("invalid pod CIDR {cidr:?}"));
+    let (addr, len) = cidr.split_once('/').ok_or_else(bad)?;
+    let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if len > max {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Serialises a value to a JSON string for `info` maps.
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v)
+        .map_err(|e| crate::error::Error::Internal(format!("encoding info: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_validation() {
+        assert!(validate_cidr("10.88.0.0/16").is_ok());
+        assert!(validate_cidr("fd00::/64").is_ok());
+        assert!(validate_cidr("10.88.0.0/33").is_err());
+        assert!(validate_cidr("10.88.0.0").is_err());
+        assert!(validate_cidr("nonsense/8").is_err());
+    }
+}
