@@ -49,26 +49,23 @@ pub enum CgroupMode {
     Legacy,
 }
 
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-
 /// Detects the cgroup layout from the filesystem types under /sys/fs/cgroup.
 pub fn cgroup_mode() -> Option<CgroupMode> {
-    let magic = |p: &str| {
-        nix::sys::statfs::statfs(p)
-            .ok()
-            .map(|s| s.filesystem_type().0 as i64)
-    };
-    match magic("/sys/fs/cgroup")? {
-        CGROUP2_SUPER_MAGIC => Some(CgroupMode::Unified),
-        _ if magic("/sys/fs/cgroup/unified") == Some(CGROUP2_SUPER_MAGIC) => {
-            Some(CgroupMode::Hybrid)
-        }
-        _ if Path::new("/sys/fs/cgroup/memory").exists()
-            || Path::new("/sys/fs/cgroup/cpu").exists() =>
-        {
-            Some(CgroupMode::Legacy)
-        }
-        _ => None,
+    use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
+    let is_cgroup2 = |p: &str| statfs(p).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC);
+    if !Path::new("/sys/fs/cgroup").is_dir() {
+        return None;
+    }
+    if is_cgroup2("/sys/fs/cgroup") {
+        Some(CgroupMode::Unified)
+    } else if is_cgroup2("/sys/fs/cgroup/unified") {
+        Some(CgroupMode::Hybrid)
+    } else if Path::new("/sys/fs/cgroup/memory").exists()
+        || Path::new("/sys/fs/cgroup/cpu").exists()
+    {
+        Some(CgroupMode::Legacy)
+    } else {
+        None
     }
 }
 

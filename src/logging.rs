@@ -1,5 +1,7 @@
 //! Log output: `tracing` to stderr as text or JSON lines.
 
+use std::io::IsTerminal;
+
 use crate::config::LogFormat;
 
 /// Installs the global subscriber. `level` was validated with the config.
@@ -8,6 +10,7 @@ pub fn init(level: &str, format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -7,7 +7,12 @@ use clap::{Parser, Subcommand};
 use crius::config::{self, Config, LogFormat, Overrides};
 
 #[derive(Parser)]
-#[command(name = "crius", version, about = "A Kubernetes CRI container runtime")]
+#[command(
+    name = "crius",
+    version,
+    about = "A Kubernetes CRI container runtime",
+    args_override_self = true
+)]
 struct Cli {
     /// Config file; drop-ins are read from the sibling `<name>.d/*.toml`.
     #[arg(long, env = "CRIUS_CONFIG", global = true)]

@@ -1,0 +1,128 @@
+//! The operator subcommands and configuration errors, through the real binary.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::CRIUS;
+
+fn crius(args: &[&str]) -> Output {
+    Command::new(CRIUS)
+        .args(args)
+        .env_remove("CRIUS_CONFIG")
+        .output()
+        .expect("run crius")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn unknown_config_key_fails_naming_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("crius.toml");
+    std::fs::write(&cfg, "[runtime]\ncgroup_drivr = \"systemd\"\n").unwrap();
+    let out = crius(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--root",
+        "/nonexistent/x",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("cgroup_drivr"), "{err}");
+    assert!(err.contains(cfg.to_str().unwrap()), "{err}");
+}
+
+#[test]
+fn bad_drop_in_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("crius.toml");
+    std::fs::write(&cfg, "").unwrap();
+    std::fs::create_dir(dir.path().join("crius.d")).unwrap();
+    let drop_in = dir.path().join("crius.d/10-port.toml");
+    std::fs::write(&drop_in, "[streaming]\nport = \"high\"\n").unwrap();
+    let out = crius(&["--config", cfg.to_str().unwrap(), "config"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains(drop_in.to_str().unwrap()));
+}
+
+#[test]
+fn explicit_missing_config_is_an_error() {
+    let out = crius(&["--config", "/nonexistent/crius.toml", "config"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/nonexistent/crius.toml"));
+}
+
+#[test]
+fn config_output_is_a_config_that_loads_to_the_same_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("crius.toml");
+    std::fs::write(&cfg, "[runtime]\ncgroup_driver = \"systemd\"\n").unwrap();
+    let first = crius(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--root",
+        "/srv/crius",
+        "config",
+    ]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let rendered = text(&first.stdout);
+    assert!(
+        rendered.contains("cgroup_driver = \"systemd\""),
+        "{rendered}"
+    );
+    assert!(rendered.contains("root = \"/srv/crius\""), "{rendered}");
+    assert!(rendered.lines().any(|l| l.starts_with("# ")), "commented");
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, &rendered).unwrap();
+    let second = crius(&["--config", again.to_str().unwrap(), "config"]);
+    assert_eq!(text(&second.stdout), rendered);
+}
+
+#[test]
+fn version_subcommand() {
+    let out = crius(&["version"]);
+    assert!(out.status.success());
+    let s = text(&out.stdout);
+    assert!(
+        s.contains(&format!("crius {}", env!("CARGO_PKG_VERSION"))),
+        "{s}"
+    );
+    assert!(s.contains("CRI API v1"), "{s}");
+}
+
+#[test]
+fn check_reports_every_area() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("crius.toml");
+    std::fs::write(
+        &cfg,
+        format!("[network]\nconf_dir = \"{}\"\n", dir.path().display()),
+    )
+    .unwrap();
+    let out = crius(&["--config", cfg.to_str().unwrap(), "check"]);
+    let report = text(&out.stdout);
+    for item in [
+        "kernel",
+        "cgroups",
+        "namespaces",
+        "overlayfs",
+        "seccomp",
+        "apparmor",
+        "selinux",
+        "cni config",
+        "mount propagation",
+        "oom_score_adj",
+    ] {
+        assert!(report.contains(item), "{item} missing from:\n{report}");
+    }
+    // This host (and CI) can run crius: root, cgroups, overlayfs present.
+    assert!(out.status.success(), "{report}");
+    // The empty conf dir is reported, not fatal.
+    assert!(report.contains("[warn] cni config"), "{report}");
+    // Which cgroup layout ran is part of the test output.
+    let cg = report.lines().find(|l| l.contains("cgroups")).unwrap();
+    println!("cgroup layout on this host: {cg}");
+}

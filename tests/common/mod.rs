@@ -1,0 +1,339 @@
+//! Test harness: runs the real `crius` binary on a private root, runroot and
+//! socket, and talks CRI to it over the unix socket like kubelet does.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Path of the binary under test.
+pub const CRIUS: &str = env!("CARGO_BIN_EXE_crius");
+
+/// A CRI runtime client on a unix socket.
+pub type Runtime = RuntimeServiceClient<Channel>;
+/// A CRI image client on a unix socket.
+pub type Images = ImageServiceClient<Channel>;
+
+/// Options for a daemon under test.
+#[derive(Default)]
+pub struct DaemonBuilder {
+    config: String,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+impl DaemonBuilder {
+    /// Extra TOML appended to the generated config (which sets the paths).
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config.push_str(toml);
+        self.config.push('\n');
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Starts the daemon and waits until its socket answers.
+    pub fn start(self) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("crius-test-")
+            .tempdir()
+            .expect("tempdir");
+        let paths = Paths::new(dir.path());
+        std::fs::create_dir_all(&paths.cni_dir).expect("cni dir");
+        let config = format!(
+            "log_level = \"debug\"\n[network]\nconf_dir = \"{}\"\n{}",
+            paths.cni_dir.display(),
+            self.config
+        );
+        std::fs::write(&paths.config, config).expect("write config");
+        let mut d = Daemon {
+            child: None,
+            paths,
+            env: self.env,
+            args: self.args,
+            _dir: dir,
+        };
+        d.restart();
+        d
+    }
+}
+
+/// Where a daemon under test keeps its files.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub base: PathBuf,
+    pub root: PathBuf,
+    pub runroot: PathBuf,
+    pub socket: PathBuf,
+    pub cni_dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Paths {
+    fn new(base: &Path) -> Paths {
+        Paths {
+            base: base.to_path_buf(),
+            root: base.join("root"),
+            runroot: base.join("run"),
+            socket: base.join("run/crius.sock"),
+            cni_dir: base.join("net.d"),
+            config: base.join("crius.toml"),
+            log: base.join("crius.log"),
+        }
+    }
+}
+
+/// A running `crius`; killed when dropped.
+pub struct Daemon {
+    child: Option<Child>,
+    pub paths: Paths,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn builder() -> DaemonBuilder {
+        DaemonBuilder::default()
+    }
+
+    /// A daemon with the default test config.
+    pub fn start() -> Daemon {
+        Self::builder().start()
+    }
+
+    /// The command line this daemon runs with, for starting a second copy.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(CRIUS);
+        cmd.arg("--config")
+            .arg(&self.paths.config)
+            .arg("--root")
+            .arg(&self.paths.root)
+            .arg("--runroot")
+            .arg(&self.paths.runroot)
+            .arg("--listen")
+            .arg(&self.paths.socket)
+            .args(&self.args)
+            .env_remove("CRIUS_FAULT_PANIC_METHOD")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// (Re)starts the daemon process on the same state and waits for its socket.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "daemon still running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.paths.log)
+            .expect("log file");
+        let child = self
+            .command()
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn crius");
+        self.child = Some(child);
+        self.wait_for_socket();
+    }
+
+    fn wait_for_socket(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.paths.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "crius exited with {status} before serving:\n{}",
+                    self.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "crius did not serve in time:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.paths.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends `sig` and waits for the process to exit.
+    pub fn stop_with(&mut self, sig: nix::sys::signal::Signal) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("signal crius");
+        wait_timeout(&mut child, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("crius did not exit after {sig}:\n{}", self.logs()))
+    }
+
+    /// SIGTERM, as an init system stops the daemon.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.stop_with(nix::sys::signal::Signal::SIGTERM)
+    }
+
+    /// SIGKILL, a crash.
+    pub fn kill9(&mut self) {
+        self.stop_with(nix::sys::signal::Signal::SIGKILL);
+    }
+
+    pub async fn runtime(&self) -> Runtime {
+        RuntimeServiceClient::new(channel(&self.paths.socket).await)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    pub async fn images(&self) -> Images {
+        ImageServiceClient::new(channel(&self.paths.socket).await)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    /// Writes a CNI network config into the daemon's config directory.
+    pub fn install_cni_config(&self, name: &str, json: &str) {
+        let tmp = self.paths.cni_dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, json).expect("write cni config");
+        std::fs::rename(&tmp, self.paths.cni_dir.join(name)).expect("rename cni config");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits for a child to exit, or gives up after `limit`.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// A gRPC channel over a unix socket.
+pub async fn channel(socket: &Path) -> Channel {
+    let socket = socket.to_path_buf();
+    Endpoint::try_from("http://[::1]:0")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
+        .expect("connect to crius socket")
+}
+
+/// Polls `check` until it returns `Some`, or panics naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Status condition `kind` from a Status response.
+pub fn condition(resp: &StatusResponse, kind: &str) -> RuntimeCondition {
+    resp.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.r#type == kind))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {kind} condition in {resp:?}"))
+}
+
+/// A pod config as kubelet sends it: metadata, log directory, labels.
+pub fn pod_config(name: &str, namespace: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            namespace: namespace.into(),
+            uid: format!("uid-{namespace}-{name}"),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: String::new(),
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        ..Default::default()
+    }
+}
+
+/// A container config running `command` from `image`.
+pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        labels: HashMap::from([("container".to_string(), name.to_string())]),
+        ..Default::default()
+    }
+}
+
+/// A minimal bridge network config using the real CNI plugins.
+pub fn bridge_conflist(name: &str, bridge: &str, subnet: &str) -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": name,
+        "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]]}},
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+            {"type": "loopback"}
+        ]
+    })
+    .to_string()
+}
