@@ -168,4 +168,12 @@ mod tests {
         std::fs::write(d.path().join("a.conflist"), r#"{"name":"a","plugins":[]}"#).unwrap();
         assert!(default_network(d.path()).unwrap().is_none());
     }
+
+    #[test]
+    fn shipped_default_network_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cni");
+        let f = default_network(&dir).unwrap().unwrap();
+        assert_eq!(f.name, "crius");
+        assert_eq!(f.plugins, ["bridge", "portmap", "loopback"]);
+    }
 }
