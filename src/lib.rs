@@ -8,6 +8,7 @@ pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod image;
 pub mod logging;
 pub mod network;
 pub mod runtime;

@@ -1,0 +1,2 @@
+//! Images: references, registries, pulling, the content store and unpacked
+//! overlay layers, and the image records the ImageService serves.
