@@ -66,6 +66,8 @@ pub enum Table {
     Pods,
     Containers,
     Images,
+    /// Unpacked layers by chain id: size and inode counts for ImageFsInfo.
+    Layers,
     /// Daemon-wide values (schema version, pod CIDR).
     Meta,
 }
@@ -76,6 +78,7 @@ impl Table {
             Table::Pods => "pods",
             Table::Containers => "containers",
             Table::Images => "images",
+            Table::Layers => "layers",
             Table::Meta => "meta",
         }
     }
@@ -85,7 +88,13 @@ impl Table {
     }
 }
 
-const ALL_TABLES: [Table; 4] = [Table::Pods, Table::Containers, Table::Images, Table::Meta];
+const ALL_TABLES: [Table; 5] = [
+    Table::Pods,
+    Table::Containers,
+    Table::Images,
+    Table::Layers,
+    Table::Meta,
+];
 const SCHEMA_KEY: &str = "schema_version";
 const SCHEMA_VERSION: u32 = 1;
 
