@@ -81,6 +81,12 @@ pub struct ImageConfig {
     pub registries_conf: PathBuf,
     /// Registry credentials in containers-auth.json / docker config.json format.
     pub auth_file: Option<PathBuf>,
+    /// The infra image; reported as pinned so kubelet's image GC keeps it.
+    pub pause_image: String,
+    /// Layers of one pull downloaded at the same time.
+    pub max_concurrent_downloads: usize,
+    /// Seconds without a byte from the registry before a pull fails.
+    pub pull_stall_timeout: u64,
 }
 
 /// Streaming (exec/attach/port-forward) server settings.
@@ -131,6 +137,9 @@ impl Default for ImageConfig {
         ImageConfig {
             registries_conf: "/etc/containers/registries.conf".into(),
             auth_file: None,
+            pause_image: "registry.k8s.io/pause:3.10".into(),
+            max_concurrent_downloads: 3,
+            pull_stall_timeout: 60,
         }
     }
 }
@@ -237,6 +246,12 @@ impl Config {
                 )));
             }
         }
+        if self.image.max_concurrent_downloads == 0 || self.image.pull_stall_timeout == 0 {
+            return Err(ConfigError::Invalid(
+                "image.max_concurrent_downloads and image.pull_stall_timeout must be positive"
+                    .into(),
+            ));
+        }
         if self.network.plugin_dirs.is_empty() {
             return Err(ConfigError::Invalid(
                 "network.plugin_dirs must name at least one directory".into(),
@@ -304,6 +319,21 @@ impl Config {
             "Registry credentials (containers-auth.json / docker config.json format).",
             "auth_file",
             self.image.auth_file.as_deref().and_then(s),
+        );
+        line(
+            "The infra image: reported as pinned, so kubelet's image GC keeps it.",
+            "pause_image",
+            Some(self.image.pause_image.clone().into()),
+        );
+        line(
+            "Layers of one pull downloaded at the same time.",
+            "max_concurrent_downloads",
+            Some(toml::Value::Integer(self.image.max_concurrent_downloads as i64)),
+        );
+        line(
+            "Seconds without a byte from the registry before a pull fails.",
+            "pull_stall_timeout",
+            Some(toml::Value::Integer(self.image.pull_stall_timeout as i64)),
         );
         line("", "[streaming]", None);
         line(
@@ -495,6 +525,9 @@ mod tests {
             image: ImageConfig {
                 registries_conf: "/reg.conf".into(),
                 auth_file: Some("/auth.json".into()),
+                pause_image: "example.com/pause:1".into(),
+                max_concurrent_downloads: 7,
+                pull_stall_timeout: 5,
             },
             streaming: StreamingConfig {
                 address: "::1".parse().unwrap(),

@@ -18,6 +18,12 @@ pub enum Error {
     /// The object is not in a state that allows the operation.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A remote service (a registry) cannot be reached; retrying later may help.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The caller's credentials were refused.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The operation is not built yet.
     #[error("{0} is not implemented")]
     Unimplemented(&'static str),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::image::Images;
 use crate::network::{Network, Readiness};
 use crate::store::{Store, Table};
 
@@ -29,6 +30,7 @@ pub struct Runtime {
     pub config: Config,
     pub store: Arc<Store>,
     pub network: Network,
+    pub images: Images,
 }
 
 impl Runtime {
@@ -40,10 +42,12 @@ impl Runtime {
             config.network.plugin_dirs.clone(),
             pod_cidr,
         );
+        let images = Images::open(&config.root, config.image.clone(), store.clone())?;
         Ok(Runtime {
             config,
             store,
             network,
+            images,
         })
     }
 

@@ -6,14 +6,15 @@ use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 
-use super::unimplemented;
+use crate::error::Error;
+use crate::image::PullAuth;
+use crate::image::record::{ImageRecord, ImageUser};
 use crate::runtime::Runtime;
 
 type Reply<T> = Result<Response<T>, Status>;
 
 /// Serves the ImageService from the shared core.
 pub struct ImageServiceHandler {
-    #[allow(dead_code)] // used once images are built
     rt: Arc<Runtime>,
 }
 
@@ -21,23 +22,117 @@ impl ImageServiceHandler {
     pub fn new(rt: Arc<Runtime>) -> Self {
         ImageServiceHandler { rt }
     }
+
+    fn to_cri(&self, r: &ImageRecord) -> Image {
+        let (uid, username) = match r.config.user() {
+            ImageUser::Unset => (None, String::new()),
+            ImageUser::Uid(u) => (Some(Int64Value { value: u }), String::new()),
+            ImageUser::Name(n) => (None, n),
+        };
+        Image {
+            id: r.id.clone(),
+            repo_tags: r.repo_tags.clone(),
+            repo_digests: r.repo_digests.clone(),
+            size: r.size,
+            uid,
+            username,
+            spec: Some(ImageSpec {
+                image: r.id.clone(),
+                ..Default::default()
+            }),
+            pinned: self.rt.images.is_pinned(r),
+        }
+    }
+}
+
+/// The image name of a request's `ImageSpec`, required non-empty.
+fn image_name(spec: Option<&ImageSpec>) -> Result<&str, Status> {
+    match spec.map(|s| s.image.trim()) {
+        Some(name) if !name.is_empty() => Ok(name),
+        _ => Err(Error::InvalidArgument("image spec with a non-empty image is required".into()).into()),
+    }
 }
 
 #[tonic::async_trait]
 impl ImageService for ImageServiceHandler {
-    async fn list_images(&self, _: Request<ListImagesRequest>) -> Reply<ListImagesResponse> {
-        unimplemented("ListImages")
+    async fn list_images(&self, req: Request<ListImagesRequest>) -> Reply<ListImagesResponse> {
+        let filter = req
+            .get_ref()
+            .filter
+            .as_ref()
+            .and_then(|f| f.image.as_ref())
+            .map(|s| s.image.as_str());
+        let images = self.rt.images.list(filter)?;
+        Ok(Response::new(ListImagesResponse {
+            images: images.iter().map(|r| self.to_cri(r)).collect(),
+        }))
     }
-    async fn image_status(&self, _: Request<ImageStatusRequest>) -> Reply<ImageStatusResponse> {
-        unimplemented("ImageStatus")
+
+    #[tracing::instrument(skip_all, fields(image = ?req.get_ref().image.as_ref().map(|s| &s.image)))]
+    async fn image_status(&self, req: Request<ImageStatusRequest>) -> Reply<ImageStatusResponse> {
+        let req = req.into_inner();
+        let name = image_name(req.image.as_ref())?;
+        let Some(record) = self.rt.images.find(name)? else {
+            return Ok(Response::new(ImageStatusResponse::default()));
+        };
+        let mut info = std::collections::HashMap::new();
+        if req.verbose {
+            let verbose = serde_json::json!({
+                "id": record.id,
+                "imageSpec": record.config,
+                "layers": record.layers,
+                "pulledAt": record.pulled_at,
+            });
+            info.insert("info".to_string(), verbose.to_string());
+        }
+        Ok(Response::new(ImageStatusResponse {
+            image: Some(self.to_cri(&record)),
+            info,
+        }))
     }
-    async fn pull_image(&self, _: Request<PullImageRequest>) -> Reply<PullImageResponse> {
-        unimplemented("PullImage")
+
+    #[tracing::instrument(skip_all, fields(image = ?req.get_ref().image.as_ref().map(|s| &s.image)))]
+    async fn pull_image(&self, req: Request<PullImageRequest>) -> Reply<PullImageResponse> {
+        let req = req.into_inner();
+        let name = image_name(req.image.as_ref())?;
+        let auth = req
+            .auth
+            .map(|a| PullAuth {
+                username: a.username,
+                password: a.password,
+                auth: a.auth,
+                identity_token: a.identity_token,
+                registry_token: a.registry_token,
+            })
+            .unwrap_or_default();
+        let id = self.rt.images.pull(name, &auth).await?;
+        Ok(Response::new(PullImageResponse { image_ref: id }))
     }
-    async fn remove_image(&self, _: Request<RemoveImageRequest>) -> Reply<RemoveImageResponse> {
-        unimplemented("RemoveImage")
+
+    #[tracing::instrument(skip_all, fields(image = ?req.get_ref().image.as_ref().map(|s| &s.image)))]
+    async fn remove_image(&self, req: Request<RemoveImageRequest>) -> Reply<RemoveImageResponse> {
+        let name = image_name(req.get_ref().image.as_ref())?;
+        self.rt.images.remove(name, &[]).await?;
+        Ok(Response::new(RemoveImageResponse {}))
     }
+
     async fn image_fs_info(&self, _: Request<ImageFsInfoRequest>) -> Reply<ImageFsInfoResponse> {
-        unimplemented("ImageFsInfo")
+        let usage = self.rt.images.usage()?;
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        let fs = |mountpoint: &std::path::Path, bytes, inodes| FilesystemUsage {
+            timestamp,
+            fs_id: Some(FilesystemIdentifier {
+                mountpoint: mountpoint.display().to_string(),
+            }),
+            used_bytes: Some(UInt64Value { value: bytes }),
+            inodes_used: Some(UInt64Value { value: inodes }),
+        };
+        Ok(Response::new(ImageFsInfoResponse {
+            image_filesystems: vec![fs(self.rt.images.root_dir(), usage.bytes, usage.inodes)],
+            container_filesystems: vec![fs(&self.rt.config.root.join("containers"), 0, 0)],
+        }))
     }
 }

@@ -48,6 +48,8 @@ impl From<Error> for tonic::Status {
             Error::NotFound(m) => Status::not_found(m),
             Error::AlreadyExists(m) => Status::already_exists(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::Unavailable(m) => Status::unavailable(m),
+            Error::Unauthenticated(m) => Status::unauthenticated(m),
             e @ Error::Unimplemented(_) => Status::unimplemented(e.to_string()),
             e @ (Error::Store(_) | Error::Internal(_)) => {
                 tracing::error!(error = %e, "internal error");
