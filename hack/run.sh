@@ -12,7 +12,11 @@ install -m 0755 target/release/crius /usr/local/bin/crius
 # The daemon's effective CNI config dir (respects /etc/crius/crius.toml).
 conf_dir=$(crius "$@" config | sed -n 's/^conf_dir = "\(.*\)"$/\1/p')
 conf_dir=${conf_dir:-/etc/cni/net.d}
-if ! ls "$conf_dir"/*.conflist "$conf_dir"/*.conf "$conf_dir"/*.json >/dev/null 2>&1; then
+have_network=no
+for f in "$conf_dir"/*.conflist "$conf_dir"/*.conf "$conf_dir"/*.json; do
+  [ -f "$f" ] && have_network=yes
+done
+if [ "$have_network" = no ]; then
   echo "run: installing the default bridge network into $conf_dir"
   install -d -m 0755 "$conf_dir"
   install -m 0644 cni/10-crius-bridge.conflist "$conf_dir/"
