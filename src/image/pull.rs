@@ -283,22 +283,20 @@ impl Images {
                 .unwrap_or(0)
         ));
         let limits = UnpackLimits::default();
-        let stats = if let Ok(path) = self.content.blob_path(&desc.digest).map(|p| p.is_file().then_some(p)) {
-            match path {
-                Some(path) => {
-                    let dest = tmp.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let f = std::fs::File::open(&path).map_err(internal)?;
-                        unpack::unpack_layer(std::io::BufReader::new(f), compression, &dest, &limits)
-                            .map_err(internal)
-                    })
-                    .await
-                    .map_err(internal)??
-                }
-                None => self.download_and_unpack(src, creds, desc, compression, &tmp, limits).await?,
-            }
+        let blob = self.content.blob_path(&desc.digest).map_err(internal)?;
+        let stats = if blob.is_file() {
+            // Stored by an earlier pull (or another image's layer): no download.
+            let dest = tmp.clone();
+            tokio::task::spawn_blocking(move || {
+                let f = std::fs::File::open(&blob).map_err(internal)?;
+                unpack::unpack_layer(std::io::BufReader::new(f), compression, &dest, &limits)
+                    .map_err(|e| unpack_error(&blob.display().to_string(), e))
+            })
+            .await
+            .map_err(internal)??
         } else {
-            return Err(Error::Internal(format!("bad layer digest {}", desc.digest)));
+            self.download_and_unpack(src, creds, desc, compression, &tmp, limits)
+                .await?
         };
         if stats.diff_id != diff_id {
             remove_dir(&tmp);
@@ -398,7 +396,7 @@ impl Images {
         drop(tx);
         let unpacked = unpacker.await.map_err(internal)?;
         downloaded?;
-        unpacked.map_err(|e| Error::Internal(format!("unpacking layer {}: {e}", desc.digest)))
+        unpacked.map_err(|e| unpack_error(&desc.digest, e))
     }
 }
 
@@ -410,6 +408,10 @@ fn push_unique(v: &mut Vec<String>, s: String) {
 
 fn remove_dir(dir: &std::path::Path) {
     super::remove_tree(dir);
+}
+
+fn unpack_error(layer: &str, e: unpack::UnpackError) -> Error {
+    Error::Internal(format!("unpacking layer {layer}: {e}"))
 }
 
 /// Maps registry failures to the statuses kubelet understands.

@@ -2,6 +2,8 @@
 //! socket, and talks CRI to it over the unix socket like kubelet does.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod testenv;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -25,15 +27,23 @@ pub type Images = ImageServiceClient<Channel>;
 #[derive(Default)]
 pub struct DaemonBuilder {
     config: String,
+    registries: Option<String>,
     env: Vec<(String, String)>,
     args: Vec<String>,
 }
 
 impl DaemonBuilder {
-    /// Extra TOML appended to the generated config (which sets the paths).
+    /// Extra TOML appended to the generated config, which ends inside its
+    /// `[image]` table: bare keys set image options, a `[table]` starts another.
     pub fn config(mut self, toml: &str) -> Self {
         self.config.push_str(toml);
         self.config.push('\n');
+        self
+    }
+
+    /// A registries.conf for this daemon (written next to its config).
+    pub fn registries(mut self, toml: &str) -> Self {
+        self.registries = Some(toml.to_string());
         self
     }
 
@@ -55,9 +65,12 @@ impl DaemonBuilder {
             .expect("tempdir");
         let paths = Paths::new(dir.path());
         std::fs::create_dir_all(&paths.cni_dir).expect("cni dir");
+        let registries = paths.base.join("registries.conf");
+        std::fs::write(&registries, self.registries.unwrap_or_default()).expect("registries.conf");
         let config = format!(
-            "log_level = \"debug\"\n[network]\nconf_dir = \"{}\"\n{}",
+            "log_level = \"debug\"\n[network]\nconf_dir = \"{}\"\n[image]\nregistries_conf = \"{}\"\n{}",
             paths.cni_dir.display(),
+            registries.display(),
             self.config
         );
         std::fs::write(&paths.config, config).expect("write config");
