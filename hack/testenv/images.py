@@ -12,6 +12,7 @@ Usage: images.py [--only NAME ...] [--no-push]
 
 import argparse
 import base64
+import fcntl
 import gzip
 import hashlib
 import http.client
@@ -259,9 +260,10 @@ class Builder:
         digest = sha256(data)
         path = self.blob_path(digest)
         if not os.path.exists(path):
-            with open(path + ".tmp", "wb") as f:
+            tmp = "%s.%d.tmp" % (path, os.getpid())
+            with open(tmp, "wb") as f:
                 f.write(data)
-            os.rename(path + ".tmp", path)
+            os.rename(tmp, path)
         return digest, len(data)
 
     def layer(self, entries, comp, media_types, level=6):
@@ -285,9 +287,10 @@ class Builder:
                 blob = tar
             digest, size = self.put(blob)
             desc = {"digest": digest, "size": size}
-            with open(key + ".tmp", "w") as f:
+            tmp = "%s.%d.tmp" % (key, os.getpid())
+            with open(tmp, "w") as f:
                 json.dump(desc, f)
-            os.rename(key + ".tmp", key)
+            os.rename(tmp, key)
         return dict(mediaType=media_types[comp], **desc), diff_id
 
     def image(self, layers, config=None, fmt="oci", comp="gzip", level=6,
@@ -437,6 +440,10 @@ def hostile_layers(kind):
     return [[raw(H("x", "../../tmp/crius-escape-hardlink"))]]
 
 
+NAMES = ["busybox", "busybox-docker", "layers", "multiarch", "zstd", "uncompressed", "big",
+         "hostile-traversal", "hostile-symlink", "hostile-hardlink", "private"]
+
+
 def build_all(b, only):
     """Builds every image; returns [(registry, repo, tags, image record)]."""
     sh = {"Cmd": ["sh"]}
@@ -584,6 +591,12 @@ def main():
     ap.add_argument("--only", nargs="*", help="image names to build (default: all)")
     ap.add_argument("--no-push", action="store_true", help="build into the cache only")
     args = ap.parse_args()
+    unknown = set(args.only or []) - set(NAMES)
+    if unknown:
+        ap.error("unknown image(s) %s; known: %s" % (" ".join(sorted(unknown)), " ".join(NAMES)))
+    os.makedirs(STATE_DIR, exist_ok=True)
+    lock = open(os.path.join(STATE_DIR, "images.lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # one builder/pusher at a time
     b = Builder(STATE_DIR)
     built = build_all(b, set(args.only or []))
     regs = {REGISTRY: Registry(REGISTRY), AUTH_REGISTRY: Registry(AUTH_REGISTRY, AUTH)}
