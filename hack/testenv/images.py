@@ -589,7 +589,7 @@ def main():
     """Builds, pushes and writes images.json."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", nargs="*", help="image names to build (default: all)")
-    ap.add_argument("--no-push", action="store_true", help="build into the cache only")
+    ap.add_argument("--no-push", action="store_true", help="build into the cache only; print the digests instead of writing images.json")
     args = ap.parse_args()
     unknown = set(args.only or []) - set(NAMES)
     if unknown:
@@ -613,6 +613,9 @@ def main():
             if "platforms" in img:
                 rec["platforms"] = img["platforms"]
             result["%s/%s:%s" % (addr, repo, tag)] = rec
+    if args.no_push:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return
     out = os.path.join(STATE_DIR, "images.json")
     if args.only and os.path.exists(out):
         with open(out) as f:

@@ -51,7 +51,7 @@ running() {
   [ -s "$pidf" ] || return 1
   pid=$(cat "$pidf")
   [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "docker-registry serve $DIR/$1/config.yml"
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "docker-registry serve $DIR/$1/config.yml"
 }
 
 # write_config NAME ADDR [auth]: the registry config for instance NAME.
