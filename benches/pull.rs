@@ -126,7 +126,8 @@ async fn main() {
     }
     let mut times = Vec::new();
     for i in 0..runs {
-        let dir = std::env::temp_dir().join(format!("crius-bench-containerd-{}-{i}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("crius-bench-containerd-{}-{i}", std::process::id()));
         match containerd_pull(&reference, &dir) {
             Some(s) => times.push(s),
             None => {
@@ -137,5 +138,8 @@ async fn main() {
     }
     let c = median(times);
     println!("containerd 1.6: {c:.3} s  {:.1} MB/s", mb / c);
-    println!("ratio: crius is {:.2}x containerd's throughput", c / crius_s);
+    println!(
+        "ratio: crius is {:.2}x containerd's throughput",
+        c / crius_s
+    );
 }

@@ -328,7 +328,9 @@ impl Config {
         line(
             "Layers of one pull downloaded at the same time.",
             "max_concurrent_downloads",
-            Some(toml::Value::Integer(self.image.max_concurrent_downloads as i64)),
+            Some(toml::Value::Integer(
+                self.image.max_concurrent_downloads as i64,
+            )),
         );
         line(
             "Seconds without a byte from the registry before a pull fails.",

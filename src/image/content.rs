@@ -165,6 +165,17 @@ impl ContentStore {
         Ok(removed)
     }
 
+    /// Digests of all verified blobs.
+    pub fn list(&self) -> Vec<String> {
+        std::fs::read_dir(&self.blobs)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Total bytes and files of verified blobs.
     pub fn usage(&self) -> (u64, u64) {
         let mut bytes = 0;

@@ -9,6 +9,10 @@
 pub mod content;
 mod pull;
 pub mod record;
+pub mod reference;
+pub mod registries;
+pub mod registry;
+pub mod unpack;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -51,6 +55,9 @@ pub struct Images {
     /// One lock per reference or layer being pulled, so concurrent pulls of
     /// the same thing share one transfer.
     inflight: KeyedLocks,
+    /// Pulls hold it shared, garbage collection exclusively: content a pull
+    /// has stored but not yet recorded must not be collected.
+    gc: tokio::sync::RwLock<()>,
 }
 
 impl Images {
@@ -75,6 +82,7 @@ impl Images {
             settings,
             registry,
             inflight: KeyedLocks::default(),
+            gc: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -102,7 +110,9 @@ impl Images {
         // A (short) id prefix, as `crictl images` prints ids truncated.
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
         if hex.len() >= 3 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let mut hits = all.iter().filter(|r| r.id["sha256:".len()..].starts_with(hex));
+            let mut hits = all
+                .iter()
+                .filter(|r| r.id["sha256:".len()..].starts_with(hex));
             if let (Some(one), None) = (hits.next(), hits.next()) {
                 return Ok(Some(one.clone()));
             }
@@ -121,7 +131,7 @@ impl Images {
         let Some(img) = self.find(name)? else {
             return Ok(());
         };
-        let _guard = self.inflight.lock("gc").await;
+        let _exclusive = self.gc.write().await;
         self.store.delete(Table::Images, &img.id)?;
         tracing::info!(id = %img.id, tags = ?img.repo_tags, "image removed");
         self.collect_garbage(layers_in_use)
@@ -136,6 +146,7 @@ impl Images {
         let mut keep_blobs = std::collections::HashSet::new();
         for img in &images {
             keep_blobs.insert(img.id.as_str());
+            keep_blobs.extend(img.manifests.iter().map(String::as_str));
             for l in &img.layers {
                 keep_layers.insert(l.chain_id.as_str());
                 keep_blobs.insert(l.digest.as_str());
@@ -149,7 +160,9 @@ impl Images {
             let dir = self.layer_dir(&chain_id)?;
             // Rename first so a crash mid-delete leaves a `tmp-` dir that the
             // next start removes, never a half-deleted layer in use.
-            let doomed = self.layers_dir.join(format!("tmp-gc-{}", hex_of(&chain_id)));
+            let doomed = self
+                .layers_dir
+                .join(format!("tmp-gc-{}", hex_of(&chain_id)));
             if std::fs::rename(&dir, &doomed).is_ok() {
                 remove_tree(&doomed);
             }
@@ -158,6 +171,11 @@ impl Images {
                 self.content.remove(&layer.digest).map_err(internal)?;
             }
             tracing::info!(chain_id, "layer freed");
+        }
+        for digest in self.content.list() {
+            if !keep_blobs.contains(digest.as_str()) {
+                self.content.remove(&digest).map_err(internal)?;
+            }
         }
         Ok(())
     }

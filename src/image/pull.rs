@@ -34,10 +34,14 @@ impl PullAuth {
     /// The credentials to use, or `None` when the request carried none.
     fn credentials(&self) -> Result<Option<Credentials>> {
         if !self.registry_token.is_empty() {
-            return Ok(Some(Credentials::RegistryToken(self.registry_token.clone())));
+            return Ok(Some(Credentials::RegistryToken(
+                self.registry_token.clone(),
+            )));
         }
         if !self.identity_token.is_empty() {
-            return Ok(Some(Credentials::IdentityToken(self.identity_token.clone())));
+            return Ok(Some(Credentials::IdentityToken(
+                self.identity_token.clone(),
+            )));
         }
         if !self.username.is_empty() {
             return Ok(Some(Credentials::Basic {
@@ -73,6 +77,7 @@ impl Images {
             return Err(Error::InvalidArgument("image reference is empty".into()));
         }
         let creds = auth.credentials()?;
+        let _no_gc = self.gc.read().await;
         let registries = Registries::load(&self.settings.registries_conf)
             .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
         let candidates = if reference::is_fully_qualified(image) {
@@ -125,11 +130,20 @@ impl Images {
         self.settings
             .auth_file
             .as_deref()
-            .and_then(|f| super::registries::lookup_auth(f, &src.host, &src.repository).ok().flatten())
+            .and_then(|f| {
+                super::registries::lookup_auth(f, &src.host, &src.repository)
+                    .ok()
+                    .flatten()
+            })
             .unwrap_or(Credentials::Anonymous)
     }
 
-    async fn pull_from(&self, src: &PullSource, r: &Reference, creds: &Credentials) -> Result<String> {
+    async fn pull_from(
+        &self,
+        src: &PullSource,
+        r: &Reference,
+        creds: &Credentials,
+    ) -> Result<String> {
         let top = self
             .registry
             .fetch_manifest(src, &r.pull_reference(), creds)
@@ -138,18 +152,25 @@ impl Images {
         self.content
             .write_verified(&top.digest, &top.bytes)
             .map_err(internal)?;
+        let mut manifests = vec![top.digest.clone()];
         let (config_desc, layers) = match top.kind().map_err(registry_error)? {
             ManifestKind::Image { config, layers } => (config, layers),
             ManifestKind::Index(entries) => {
                 let entry = registry::pick_platform(&entries).ok_or_else(|| {
-                    Error::NotFound(format!("{r} has no image for this platform ({})", std::env::consts::ARCH))
+                    Error::NotFound(format!(
+                        "{r} has no image for this platform ({})",
+                        std::env::consts::ARCH
+                    ))
                 })?;
                 let m = self
                     .registry
                     .fetch_manifest(src, &entry.digest, creds)
                     .await
                     .map_err(registry_error)?;
-                self.content.write_verified(&m.digest, &m.bytes).map_err(internal)?;
+                self.content
+                    .write_verified(&m.digest, &m.bytes)
+                    .map_err(internal)?;
+                manifests.push(m.digest.clone());
                 match m.kind().map_err(registry_error)? {
                     ManifestKind::Image { config, layers } => (config, layers),
                     ManifestKind::Index(_) => {
@@ -170,11 +191,10 @@ impl Images {
             )));
         }
         let chains = chain_ids(&config.rootfs.diff_ids);
-        let jobs = layers
-            .iter()
-            .zip(&config.rootfs.diff_ids)
-            .zip(&chains)
-            .map(|((desc, diff_id), chain)| self.fetch_layer(src, creds, desc, diff_id, chain));
+        let mut jobs = Vec::with_capacity(layers.len());
+        for (i, desc) in layers.iter().enumerate() {
+            jobs.push(self.fetch_layer(src, creds, desc, &config.rootfs.diff_ids[i], &chains[i]));
+        }
         futures::stream::iter(jobs)
             .buffer_unordered(self.settings.max_concurrent_downloads)
             .try_collect::<Vec<()>>()
@@ -190,6 +210,7 @@ impl Images {
                 repo_digests: Vec::new(),
                 size: 0,
                 layers: Vec::new(),
+                manifests: Vec::new(),
                 config: config.clone(),
                 pulled_at: 0,
             });
@@ -206,6 +227,9 @@ impl Images {
             })
             .collect();
         img.config = config;
+        for m in manifests {
+            push_unique(&mut img.manifests, m);
+        }
         img.pulled_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -231,7 +255,10 @@ impl Images {
             return Ok(b);
         }
         if desc.size > MAX {
-            return Err(Error::Internal(format!("config blob {} is too large", desc.digest)));
+            return Err(Error::Internal(format!(
+                "config blob {} is too large",
+                desc.digest
+            )));
         }
         let mut stream = self
             .registry
@@ -242,7 +269,10 @@ impl Images {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(registry_error)?;
             if (buf.len() + chunk.len()) as u64 > MAX {
-                return Err(Error::Internal(format!("config blob {} is too large", desc.digest)));
+                return Err(Error::Internal(format!(
+                    "config blob {} is too large",
+                    desc.digest
+                )));
             }
             buf.extend_from_slice(&chunk);
         }
@@ -353,7 +383,9 @@ impl Images {
         let download = async {
             let mut hasher = Sha256::new();
             if ingest.offset() > 0 {
-                let partial = tokio::fs::read(ingest.partial_path()).await.map_err(internal)?;
+                let partial = tokio::fs::read(ingest.partial_path())
+                    .await
+                    .map_err(internal)?;
                 hasher.update(&partial);
                 tx.send(Ok(Bytes::from(partial)))
                     .await

@@ -19,6 +19,9 @@ pub struct ImageRecord {
     pub size: u64,
     /// Layers bottom to top.
     pub layers: Vec<LayerRef>,
+    /// Manifest (and index) blobs this image was pulled through.
+    #[serde(default)]
+    pub manifests: Vec<String>,
     pub config: ImageConfig,
     /// Unix seconds of the (last) pull.
     pub pulled_at: i64,

@@ -49,7 +49,9 @@ impl ImageServiceHandler {
 fn image_name(spec: Option<&ImageSpec>) -> Result<&str, Status> {
     match spec.map(|s| s.image.trim()) {
         Some(name) if !name.is_empty() => Ok(name),
-        _ => Err(Error::InvalidArgument("image spec with a non-empty image is required".into()).into()),
+        _ => Err(
+            Error::InvalidArgument("image spec with a non-empty image is required".into()).into(),
+        ),
     }
 }
 
