@@ -533,3 +533,191 @@ async fn stalled_registry_times_out() {
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+/// A registry front that demands a bearer token from its own token endpoint
+/// (as Docker Hub, ghcr.io and quay.io do) and forwards authorised requests
+/// to the plain test registry. Returns its address and a request log.
+async fn token_registry(
+    upstream: String,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (me, seen) = (addr.clone(), log.clone());
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let (http, me, upstream, seen) =
+                (http.clone(), me.clone(), upstream.clone(), seen.clone());
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut r = BufReader::new(r);
+                let mut line = String::new();
+                if r.read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+                let mut headers = Vec::new();
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).await.unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    headers.push(h.trim_end().to_string());
+                }
+                let header = |name: &str| {
+                    headers
+                        .iter()
+                        .find(|h| h.to_ascii_lowercase().starts_with(&format!("{name}:")))
+                        .map(|h| h.splitn(2, ':').nth(1).unwrap_or("").trim().to_string())
+                };
+                let auth = header("authorization").unwrap_or_default();
+                seen.lock().unwrap().push(format!("{path} {auth}"));
+                let (status, ctype, extra, body): (&str, String, String, Vec<u8>) = if path
+                    .starts_with("/token")
+                {
+                    let ok = path.contains("scope=repository%3Acrius%2Fbusybox%3Apull")
+                        || path.contains("scope=repository:crius/busybox:pull");
+                    if ok {
+                        (
+                            "200 OK",
+                            "application/json".into(),
+                            String::new(),
+                            br#"{"token":"t0ken","expires_in":300}"#.to_vec(),
+                        )
+                    } else {
+                        (
+                            "403 Forbidden",
+                            "text/plain".into(),
+                            String::new(),
+                            b"bad scope".to_vec(),
+                        )
+                    }
+                } else if auth != "Bearer t0ken" {
+                    let challenge = format!(
+                        "WWW-Authenticate: Bearer realm=\"http://{me}/token\",service=\"test\",scope=\"repository:crius/busybox:pull\"\r\n"
+                    );
+                    (
+                        "401 Unauthorized",
+                        "application/json".into(),
+                        challenge,
+                        b"{}".to_vec(),
+                    )
+                } else {
+                    let mut req = http.get(format!("http://{upstream}{path}"));
+                    if let Some(a) = header("accept") {
+                        req = req.header("accept", a);
+                    }
+                    let resp = req.send().await.unwrap();
+                    let st = resp.status().as_u16();
+                    let ct = resp
+                        .headers()
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let body = resp.bytes().await.unwrap().to_vec();
+                    (
+                        if st == 200 { "200 OK" } else { "404 Not Found" },
+                        ct,
+                        String::new(),
+                        body,
+                    )
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = w.write_all(head.as_bytes()).await;
+                let _ = w.write_all(&body).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    (addr, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_challenge_is_answered() {
+    let env = testenv();
+    let (addr, log) = token_registry(env.registry.clone()).await;
+    let d = Daemon::builder()
+        .registries(&format!(
+            "[[registry]]\nlocation = \"{addr}\"\ninsecure = true\n"
+        ))
+        .start();
+    let id = pull(
+        &mut d.images().await,
+        &format!("{addr}/crius/busybox:latest"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(id, env.config_digest(&env.image("busybox:latest")));
+    let log = log.lock().unwrap().clone();
+    assert!(log.iter().any(|l| l.starts_with("/token")), "{log:?}");
+    // The token is fetched once and reused for every blob.
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("/token")).count(),
+        1,
+        "{log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_infra_image_is_pinned() {
+    let env = testenv();
+    let reference = env.image("busybox:latest");
+    let d = Daemon::builder()
+        .registries(&env.registries_conf())
+        .config(&format!("pause_image = \"{reference}\""))
+        .start();
+    let mut images = d.images().await;
+    pull(&mut images, &reference).await.unwrap();
+    assert!(status(&mut images, &reference).await.unwrap().pinned);
+    pull(&mut images, &env.image("zstd:latest")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_cut_by_a_crash_resumes_and_leaves_nothing_behind() {
+    let env = testenv();
+    let mut d = daemon(env);
+    let reference = env.image("big:latest");
+    let ingest = d.paths.root.join("content/ingest");
+    let mut images = d.images().await;
+    let r = reference.clone();
+    let pulling = tokio::spawn(async move { pull(&mut images, &r).await });
+    // Crash as soon as some layer is part-way down.
+    let partial = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.metadata().is_ok_and(|m| m.len() > 1 << 20))
+            })
+            .unwrap_or(false)
+    };
+    wait_for("a partial download", Duration::from_secs(30), || async {
+        partial(&ingest).then_some(())
+    })
+    .await;
+    d.kill9();
+    let _ = pulling.await;
+    let left_partial = partial(&ingest);
+    println!("partial download left by the crash: {left_partial}");
+    d.restart();
+    let id = pull(&mut d.images().await, &reference).await.unwrap();
+    assert_eq!(id, env.config_digest(&reference));
+    if left_partial {
+        assert!(d.logs().contains("resuming layer download"), "{}", d.logs());
+    }
+    let leftovers: Vec<String> = entries(&d.paths.root.join("layers"))
+        .into_iter()
+        .filter(|e| e.starts_with("tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(entries(&ingest).is_empty());
+}

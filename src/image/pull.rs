@@ -373,6 +373,8 @@ impl Images {
         if stream.offset() != ingest.offset() {
             // The registry ignored the range request: start over.
             ingest.restart().map_err(internal)?;
+        } else if ingest.offset() > 0 {
+            tracing::info!(digest = %desc.digest, offset = ingest.offset(), "resuming layer download");
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(64);
         let dest_owned = dest.to_path_buf();
