@@ -574,7 +574,7 @@ async fn token_registry(
                     headers
                         .iter()
                         .find(|h| h.to_ascii_lowercase().starts_with(&format!("{name}:")))
-                        .map(|h| h.splitn(2, ':').nth(1).unwrap_or("").trim().to_string())
+                        .and_then(|h| h.split_once(':').map(|(_, v)| v.trim().to_string()))
                 };
                 let auth = header("authorization").unwrap_or_default();
                 seen.lock().unwrap().push(format!("{path} {auth}"));
