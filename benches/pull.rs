@@ -67,6 +67,7 @@ fn containerd_pull(reference: &str, dir: &Path) -> Option<f64> {
     let root = dir.join("root");
     let sock = dir.join("containerd.sock");
     let config = dir.join("config.toml");
+    std::fs::create_dir_all(dir).ok()?;
     std::fs::write(
         &config,
         format!(
