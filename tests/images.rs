@@ -721,3 +721,29 @@ async fn a_pull_cut_by_a_crash_resumes_and_leaves_nothing_behind() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert!(entries(&ingest).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_token_from_the_request_is_sent_as_bearer() {
+    let env = testenv();
+    let (addr, log) = token_registry(env.registry.clone()).await;
+    let d = Daemon::builder()
+        .registries(&format!(
+            "[[registry]]\nlocation = \"{addr}\"\ninsecure = true\n"
+        ))
+        .start();
+    d.images()
+        .await
+        .pull_image(PullImageRequest {
+            image: spec(&format!("{addr}/crius/busybox:latest")),
+            auth: Some(AuthConfig {
+                registry_token: "t0ken".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let log = log.lock().unwrap().clone();
+    assert!(!log.iter().any(|l| l.starts_with("/token")), "{log:?}");
+    assert!(log.iter().all(|l| l.ends_with("Bearer t0ken")), "{log:?}");
+}

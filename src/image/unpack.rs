@@ -893,6 +893,32 @@ mod tests {
     }
 
     #[test]
+    fn pax_xattrs_are_kept_but_overlay_ones_dropped() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([
+            ("SCHILY.xattr.user.crius", b"yes".as_slice()),
+            ("SCHILY.xattr.trusted.overlay.opaque", b"y".as_slice()),
+        ])
+        .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_path("f").unwrap();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        let (dir, r) = unpack(&b.into_inner().unwrap());
+        r.unwrap();
+        let f = dir.path().join("l/f");
+        let mut buf = [0u8; 16];
+        let n = rustix::fs::lgetxattr(&f, "user.crius", &mut buf[..]).unwrap();
+        assert_eq!(&buf[..n], b"yes");
+        assert!(rustix::fs::lgetxattr(&f, OPAQUE_XATTR, &mut buf[..]).is_err());
+    }
+
+    #[test]
     fn media_types() {
         assert_eq!(
             Compression::from_media_type("application/vnd.oci.image.layer.v1.tar+zstd").unwrap(),
