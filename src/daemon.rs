@@ -18,6 +18,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Before anything is visible (the socket): a stop signal that arrives
+    // during start-up must still mean an orderly stop.
+    let stop = stop_signal()?;
     make_dir(&config.root, 0o711)?;
     make_dir(&config.runroot, 0o711)?;
     let _lock = RootLock::acquire(&config.root)?;
@@ -33,7 +36,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cgroup_driver = ?config.runtime.cgroup_driver,
         "crius serving CRI v1"
     );
-    server::serve(runtime, socket, stop_signal()?, SHUTDOWN_GRACE).await?;
+    server::serve(runtime, socket, stop, SHUTDOWN_GRACE).await?;
     tracing::info!("stopped");
     Ok(())
 }

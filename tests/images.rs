@@ -56,6 +56,19 @@ async fn remove(images: &mut Images, image: &str) {
         .unwrap();
 }
 
+/// ImageStatus's verbose `info` JSON.
+async fn verbose_info(images: &mut Images, image: &str) -> serde_json::Value {
+    let verbose = images
+        .image_status(ImageStatusRequest {
+            image: spec(image),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    serde_json::from_str(&verbose.info["info"]).unwrap()
+}
+
 fn daemon(env: &TestEnv) -> Daemon {
     Daemon::builder().registries(&env.registries_conf()).start()
 }
@@ -101,15 +114,7 @@ async fn pull_list_status_by_every_name_and_remove() {
             .is_none()
     );
 
-    let verbose = images
-        .image_status(ImageStatusRequest {
-            image: spec(&reference),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    let info = verbose_info(&mut images, &reference).await;
     assert_eq!(info["imageSpec"]["config"]["Cmd"][0], "sh");
 
     // A second tag of the same image: one image, two tags; removing by one
@@ -369,15 +374,7 @@ async fn whiteouts_and_opaque_dirs_merge_as_expected() {
     let mut images = d.images().await;
     let reference = env.image("layers:latest");
     pull(&mut images, &reference).await.unwrap();
-    let verbose = images
-        .image_status(ImageStatusRequest {
-            image: spec(&reference),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    let info = verbose_info(&mut images, &reference).await;
     let layers: Vec<String> = info["layers"]
         .as_array()
         .unwrap()
