@@ -108,6 +108,11 @@ fn containerd_pull(reference: &str, dir: &Path) -> Option<f64> {
 
 #[tokio::main]
 async fn main() {
+    // `cargo test --all-targets` runs benches once in test mode: skip there.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("pull benchmark: run it with `cargo bench --bench pull` (hack/bench-pull.sh)");
+        return;
+    }
     let runs: usize = std::env::var("CRIUS_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -12,4 +12,4 @@ cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --locked --all-targets "$@"
+cargo test --locked --lib --bins --tests "$@"
