@@ -8,6 +8,7 @@ packages=(
   containernetworking-plugins  # bridge, host-local, portmap, loopback in /usr/lib/cni
   iproute2                     # ip netns / ip link for network checks and tests
   util-linux                   # nsenter, mount
+  iputils-ping                 # pod-to-pod reachability in tests
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -12,5 +12,6 @@ pub mod image;
 pub mod logging;
 pub mod network;
 pub mod runtime;
+pub mod sandbox;
 pub mod server;
 pub mod store;

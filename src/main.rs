@@ -44,10 +44,28 @@ enum Command {
     Check,
     /// Print version information.
     Version,
+    /// Internal: create and pin a pod's namespaces (run by the daemon).
+    #[command(hide = true)]
+    Pinns {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        hostname: Option<String>,
+        #[arg(long = "ns")]
+        namespaces: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Pinns {
+        dir,
+        hostname,
+        namespaces,
+    }) = &cli.command
+    {
+        return pinns(dir, hostname.as_deref(), namespaces);
+    }
     let overrides = Overrides {
         root: cli.root,
         runroot: cli.runroot,
@@ -89,7 +107,30 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Some(Command::Pinns { .. }) => ExitCode::FAILURE,
         None => run_daemon(config),
+    }
+}
+
+/// The `pinns` child: single-threaded, so unshare is safe here.
+fn pinns(dir: &std::path::Path, hostname: Option<&str>, namespaces: &[String]) -> ExitCode {
+    use crius::sandbox::pinns::{NsKind, pin_in_child};
+    let mut kinds = Vec::new();
+    for n in namespaces {
+        match NsKind::parse(n) {
+            Some(k) => kinds.push(k),
+            None => {
+                eprintln!("crius pinns: unknown namespace {n:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match pin_in_child(dir, &kinds, hostname) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crius pinns: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

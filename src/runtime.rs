@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::image::Images;
 use crate::network::{Network, Readiness};
+use crate::sandbox::Pods;
 use crate::store::{Store, Table};
 
 /// Name reported by `Version`.
@@ -31,6 +32,7 @@ pub struct Runtime {
     pub store: Arc<Store>,
     pub network: Network,
     pub images: Images,
+    pub pods: Pods,
 }
 
 impl Runtime {
@@ -43,11 +45,13 @@ impl Runtime {
             pod_cidr,
         );
         let images = Images::open(&config.root, config.image.clone(), store.clone())?;
+        let pods = Pods::new(store.clone(), &config.runroot);
         Ok(Runtime {
             config,
             store,
             network,
             images,
+            pods,
         })
     }
 

@@ -5,6 +5,8 @@
 //! a CNI provider usually installs its config after the runtime started, so
 //! the directory is looked at again on every status query.
 
+pub mod cni;
+
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -18,6 +20,9 @@ pub struct NetworkFile {
     pub cni_version: String,
     /// Plugin types in chain order.
     pub plugins: Vec<String>,
+    /// The file's JSON, to run.
+    #[serde(skip)]
+    pub raw: serde_json::Value,
 }
 
 /// Whether pods can get a network right now, and why not.
@@ -64,6 +69,11 @@ impl Network {
         if let Ok(mut g) = self.pod_cidr.write() {
             *g = cidr;
         }
+    }
+
+    /// The plugin directories, in search order.
+    pub fn plugin_dirs(&self) -> &[PathBuf] {
+        &self.plugin_dirs
     }
 
     /// Where each plugin type is found, for diagnostics.
@@ -134,6 +144,7 @@ fn parse_network_file(path: &Path) -> Result<NetworkFile, String> {
         name,
         cni_version,
         plugins,
+        raw: v,
     })
 }
 

@@ -10,6 +10,15 @@ use tonic::{Request, Response, Status};
 use super::unimplemented;
 use crate::config::CgroupDriver as Driver;
 use crate::runtime::{CRI_API_VERSION, RUNTIME_NAME, Runtime};
+use crate::sandbox::pinns::NsKind;
+use crate::sandbox::{PodState, labels_match};
+
+fn pod_state(s: PodState) -> i32 {
+    match s {
+        PodState::Ready => PodSandboxState::SandboxReady as i32,
+        PodState::NotReady => PodSandboxState::SandboxNotready as i32,
+    }
+}
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -100,6 +109,127 @@ impl RuntimeService for RuntimeServiceHandler {
         Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
 
+    #[tracing::instrument(skip_all, fields(pod = ?req.get_ref().config.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| format!("{}/{}", m.namespace, m.name))))]
+    async fn run_pod_sandbox(
+        &self,
+        req: Request<RunPodSandboxRequest>,
+    ) -> Reply<RunPodSandboxResponse> {
+        let req = req.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| Status::invalid_argument("pod sandbox config is required"))?;
+        let id = self
+            .rt
+            .pods
+            .run(config, &req.runtime_handler, &self.rt.network)
+            .await?;
+        Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
+    }
+
+    #[tracing::instrument(skip_all, fields(pod_id = %req.get_ref().pod_sandbox_id))]
+    async fn stop_pod_sandbox(
+        &self,
+        req: Request<StopPodSandboxRequest>,
+    ) -> Reply<StopPodSandboxResponse> {
+        self.rt
+            .pods
+            .stop(&req.get_ref().pod_sandbox_id, &self.rt.network)
+            .await?;
+        Ok(Response::new(StopPodSandboxResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(pod_id = %req.get_ref().pod_sandbox_id))]
+    async fn remove_pod_sandbox(
+        &self,
+        req: Request<RemovePodSandboxRequest>,
+    ) -> Reply<RemovePodSandboxResponse> {
+        let id = &req.get_ref().pod_sandbox_id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("pod sandbox id is empty"));
+        }
+        self.rt.pods.remove(id, &self.rt.network).await?;
+        Ok(Response::new(RemovePodSandboxResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(pod_id = %req.get_ref().pod_sandbox_id))]
+    async fn pod_sandbox_status(
+        &self,
+        req: Request<PodSandboxStatusRequest>,
+    ) -> Reply<PodSandboxStatusResponse> {
+        let req = req.into_inner();
+        let pod = self.rt.pods.get(&req.pod_sandbox_id)?;
+        let mut info = std::collections::HashMap::new();
+        if req.verbose {
+            let v = serde_json::json!({
+                "pid": 0,
+                "netns": (!pod.host_network).then(|| self.rt.pods.ns_path(&pod.id, NsKind::Net)),
+                "network": pod.network,
+                "config": pod.config,
+                "runtimeHandler": pod.runtime_handler,
+            });
+            info.insert("info".to_string(), v.to_string());
+        }
+        let ns_opts = pod
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone());
+        let mut ips = pod.ips.iter();
+        let status = PodSandboxStatus {
+            id: pod.id.clone(),
+            metadata: pod.config.metadata.clone(),
+            state: pod_state(pod.state),
+            created_at: pod.created_at,
+            network: Some(PodSandboxNetworkStatus {
+                ip: ips.next().cloned().unwrap_or_default(),
+                additional_ips: ips.map(|ip| PodIp { ip: ip.clone() }).collect(),
+            }),
+            linux: Some(LinuxPodSandboxStatus {
+                namespaces: Some(Namespace { options: ns_opts }),
+            }),
+            labels: pod.config.labels.clone(),
+            annotations: pod.config.annotations.clone(),
+            runtime_handler: pod.runtime_handler.clone(),
+        };
+        Ok(Response::new(PodSandboxStatusResponse {
+            status: Some(status),
+            info,
+            ..Default::default()
+        }))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        req: Request<ListPodSandboxRequest>,
+    ) -> Reply<ListPodSandboxResponse> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let items = self
+            .rt
+            .pods
+            .list()?
+            .into_iter()
+            .filter(|p| filter.id.is_empty() || p.id.starts_with(&filter.id))
+            .filter(|p| {
+                filter
+                    .state
+                    .as_ref()
+                    .is_none_or(|s| s.state == pod_state(p.state))
+            })
+            .filter(|p| labels_match(&p.config.labels, &filter.label_selector))
+            .map(|p| PodSandbox {
+                id: p.id,
+                metadata: p.config.metadata,
+                state: pod_state(p.state),
+                created_at: p.created_at,
+                labels: p.config.labels,
+                annotations: p.config.annotations,
+                runtime_handler: p.runtime_handler,
+            })
+            .collect();
+        Ok(Response::new(ListPodSandboxResponse { items }))
+    }
+
     async fn get_container_events(
         &self,
         _: Request<GetEventsRequest>,
@@ -107,36 +237,6 @@ impl RuntimeService for RuntimeServiceHandler {
         unimplemented("GetContainerEvents")
     }
 
-    async fn run_pod_sandbox(
-        &self,
-        _: Request<RunPodSandboxRequest>,
-    ) -> Reply<RunPodSandboxResponse> {
-        unimplemented("RunPodSandbox")
-    }
-    async fn stop_pod_sandbox(
-        &self,
-        _: Request<StopPodSandboxRequest>,
-    ) -> Reply<StopPodSandboxResponse> {
-        unimplemented("StopPodSandbox")
-    }
-    async fn remove_pod_sandbox(
-        &self,
-        _: Request<RemovePodSandboxRequest>,
-    ) -> Reply<RemovePodSandboxResponse> {
-        unimplemented("RemovePodSandbox")
-    }
-    async fn pod_sandbox_status(
-        &self,
-        _: Request<PodSandboxStatusRequest>,
-    ) -> Reply<PodSandboxStatusResponse> {
-        unimplemented("PodSandboxStatus")
-    }
-    async fn list_pod_sandbox(
-        &self,
-        _: Request<ListPodSandboxRequest>,
-    ) -> Reply<ListPodSandboxResponse> {
-        unimplemented("ListPodSandbox")
-    }
     async fn create_container(
         &self,
         _: Request<CreateContainerRequest>,

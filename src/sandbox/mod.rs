@@ -1,0 +1,533 @@
+//! Pod sandboxes: pinned namespaces, CNI networking and the pod's
+//! resolv.conf, hostname and hosts files.
+//!
+//! A pod is recorded (not ready) before anything is created for it, so a
+//! crash at any point leaves a record that Stop and Remove can clean up.
+//! Everything a pod owns on the node lives under `runroot/pods/<id>`.
+
+pub mod pinns;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::image::KeyedLocks;
+use crate::network::cni::{Attachment, Invoker, NetworkConf, result_ips};
+use crate::network::{Network, Readiness};
+use crate::store::{Store, Table};
+use pinns::NsKind;
+
+/// How long one CNI plugin may run before the pod fails.
+pub const CNI_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether a pod is usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodState {
+    Ready,
+    NotReady,
+}
+
+/// The network a pod was attached to, cached so DEL works after a restart
+/// or a change of the CNI config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkAttachment {
+    pub conf: Value,
+    pub result: Value,
+}
+
+/// One pod, stored in the `pods` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub id: String,
+    pub config: PodSandboxConfig,
+    pub runtime_handler: String,
+    pub state: PodState,
+    /// Nanoseconds since the epoch.
+    pub created_at: i64,
+    pub ips: Vec<String>,
+    pub host_network: bool,
+    pub host_ipc: bool,
+    /// Set while the pod holds an IP.
+    pub network: Option<NetworkAttachment>,
+}
+
+impl PodRecord {
+    fn key(&self) -> String {
+        identity(&self.config)
+    }
+}
+
+/// The node's pods.
+pub struct Pods {
+    store: Arc<Store>,
+    dir: PathBuf,
+    locks: KeyedLocks,
+}
+
+fn identity(c: &PodSandboxConfig) -> String {
+    let m = c.metadata.clone().unwrap_or_default();
+    format!("{}/{}/{}/{}", m.namespace, m.name, m.uid, m.attempt)
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn new_id(key: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut seed = [0u8; 32];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed));
+    let mut h = Sha256::new();
+    h.update(key.as_bytes());
+    h.update(now_nanos().to_le_bytes());
+    h.update(std::process::id().to_le_bytes());
+    if random.is_ok() {
+        h.update(seed);
+    }
+    hex::encode(h.finalize())
+}
+
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::Internal(e.to_string())
+}
+
+impl Pods {
+    /// Pod state lives in the store; pod files under `runroot/pods`.
+    pub fn new(store: Arc<Store>, runroot: &Path) -> Pods {
+        Pods {
+            store,
+            dir: runroot.join("pods"),
+            locks: KeyedLocks::default(),
+        }
+    }
+
+    fn pod_dir(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    /// Path of a pinned namespace of a pod.
+    pub fn ns_path(&self, id: &str, kind: NsKind) -> PathBuf {
+        self.pod_dir(id).join("ns").join(kind.name())
+    }
+
+    /// All pods.
+    pub fn list(&self) -> Result<Vec<PodRecord>> {
+        Ok(self
+            .store
+            .list::<PodRecord>(Table::Pods)?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect())
+    }
+
+    /// The pod with this id or unique id prefix.
+    pub fn get(&self, id: &str) -> Result<PodRecord> {
+        if id.is_empty() {
+            return Err(Error::InvalidArgument("pod sandbox id is empty".into()));
+        }
+        if let Some(p) = self.store.get::<PodRecord>(Table::Pods, id)? {
+            return Ok(p);
+        }
+        let mut hits = self.list()?.into_iter().filter(|p| p.id.starts_with(id));
+        match (hits.next(), hits.next()) {
+            (Some(p), None) => Ok(p),
+            (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+                "pod sandbox id prefix {id:?} is ambiguous"
+            ))),
+            _ => Err(Error::NotFound(format!("pod sandbox {id:?} not found"))),
+        }
+    }
+
+    /// Creates a ready pod, or returns the existing one for the same
+    /// name/namespace/uid/attempt (a retry of a call the client gave up on).
+    pub async fn run(
+        &self,
+        config: PodSandboxConfig,
+        runtime_handler: &str,
+        network: &Network,
+    ) -> Result<String> {
+        validate(&config)?;
+        if !runtime_handler.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "unknown runtime handler {runtime_handler:?}"
+            )));
+        }
+        let key = identity(&config);
+        let _one = self.locks.lock(&key).await;
+        if let Some(p) = self
+            .list()?
+            .into_iter()
+            .find(|p| p.key() == key && p.state == PodState::Ready)
+        {
+            return Ok(p.id);
+        }
+        let ns = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone())
+            .unwrap_or_default();
+        let host_network = ns.network == NamespaceMode::Node as i32;
+        let host_ipc = ns.ipc == NamespaceMode::Node as i32;
+        let id = new_id(&key);
+        let mut pod = PodRecord {
+            id: id.clone(),
+            config,
+            runtime_handler: runtime_handler.to_string(),
+            state: PodState::NotReady,
+            created_at: now_nanos(),
+            ips: Vec::new(),
+            host_network,
+            host_ipc,
+            network: None,
+        };
+        self.store.put(Table::Pods, &id, &pod)?;
+        match self.set_up(&mut pod, network).await {
+            Ok(()) => {
+                pod.state = PodState::Ready;
+                self.store.put(Table::Pods, &id, &pod)?;
+                tracing::info!(pod_id = %id, pod = %key, ips = ?pod.ips, "pod sandbox ready");
+                Ok(id)
+            }
+            Err(e) => {
+                tracing::warn!(pod_id = %id, error = %e, "pod sandbox failed; cleaning up");
+                if let Err(c) = self.tear_down(&mut pod, network, true).await {
+                    tracing::error!(pod_id = %id, error = %c, "cleanup of a failed pod");
+                }
+                let _ = self.store.delete(Table::Pods, &id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn set_up(&self, pod: &mut PodRecord, network: &Network) -> Result<()> {
+        let dir = self.pod_dir(&pod.id);
+        std::fs::create_dir_all(dir.join("ns")).map_err(internal)?;
+        let mut kinds = Vec::new();
+        if !pod.host_network {
+            kinds.push(NsKind::Net);
+            kinds.push(NsKind::Uts);
+        }
+        if !pod.host_ipc {
+            kinds.push(NsKind::Ipc);
+        }
+        let hostname = hostname(&pod.config);
+        if !kinds.is_empty() {
+            pin(&dir.join("ns"), &kinds, &hostname).await?;
+        }
+        write_file(&dir.join("hostname"), &format!("{hostname}\n"))?;
+        write_file(&dir.join("resolv.conf"), &resolv_conf(&pod.config)?)?;
+        if !pod.host_network {
+            let file = match network.readiness() {
+                Readiness::Ready(f) => f,
+                Readiness::NotReady(why) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "network not ready: {why}"
+                    )));
+                }
+            };
+            let conf = NetworkConf::from_json(&file.raw).map_err(internal)?;
+            let invoker = Invoker {
+                plugin_dirs: network.plugin_dirs().to_vec(),
+                timeout: CNI_TIMEOUT,
+            };
+            // Recorded before ADD: a crash mid-ADD still gets a DEL.
+            pod.network = Some(NetworkAttachment {
+                conf: conf.to_json(),
+                result: Value::Null,
+            });
+            self.store.put(Table::Pods, &pod.id, pod)?;
+            let result = invoker
+                .add(&conf, &self.attachment(pod))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            pod.ips = result_ips(&result);
+            pod.network = Some(NetworkAttachment {
+                conf: conf.to_json(),
+                result,
+            });
+        }
+        write_file(
+            &dir.join("hosts"),
+            &hosts_file(&hostname, pod.ips.first().map(String::as_str)),
+        )?;
+        Ok(())
+    }
+
+    fn attachment(&self, pod: &PodRecord) -> Attachment {
+        let m = pod.config.metadata.clone().unwrap_or_default();
+        let mut capabilities = serde_json::Map::new();
+        let ports: Vec<Value> = pod
+            .config
+            .port_mappings
+            .iter()
+            .filter(|p| p.host_port > 0)
+            .map(|p| {
+                json!({
+                    "hostPort": p.host_port,
+                    "containerPort": p.container_port,
+                    "protocol": match p.protocol { 1 => "udp", 2 => "sctp", _ => "tcp" },
+                    "hostIP": p.host_ip,
+                })
+            })
+            .collect();
+        if !ports.is_empty() {
+            capabilities.insert("portMappings".into(), Value::Array(ports));
+        }
+        if let Some(dns) = &pod.config.dns_config {
+            capabilities.insert(
+                "dns".into(),
+                json!({"servers": dns.servers, "searches": dns.searches, "options": dns.options}),
+            );
+        }
+        let netns = self.ns_path(&pod.id, NsKind::Net);
+        Attachment {
+            container_id: pod.id.clone(),
+            netns: if netns.exists() {
+                netns.display().to_string()
+            } else {
+                String::new()
+            },
+            ifname: "eth0".into(),
+            args: vec![
+                ("K8S_POD_NAMESPACE".into(), m.namespace),
+                ("K8S_POD_NAME".into(), m.name),
+                ("K8S_POD_INFRA_CONTAINER_ID".into(), pod.id.clone()),
+                ("K8S_POD_UID".into(), m.uid),
+            ],
+            capabilities,
+        }
+    }
+
+    /// Releases the network (CNI DEL) and, with `all`, the namespaces and
+    /// files too. Safe to repeat and to run when parts are already gone.
+    async fn tear_down(&self, pod: &mut PodRecord, network: &Network, all: bool) -> Result<()> {
+        if let Some(att) = pod.network.clone() {
+            let conf = NetworkConf::from_json(&att.conf).map_err(internal)?;
+            let invoker = Invoker {
+                plugin_dirs: network.plugin_dirs().to_vec(),
+                timeout: CNI_TIMEOUT,
+            };
+            let prev = (!att.result.is_null()).then_some(&att.result);
+            invoker
+                .del(&conf, &self.attachment(pod), prev)
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            pod.network = None;
+            pod.ips.clear();
+        }
+        pinns::unpin(&self.ns_path(&pod.id, NsKind::Net)).map_err(internal)?;
+        if all {
+            for k in [NsKind::Ipc, NsKind::Uts] {
+                pinns::unpin(&self.ns_path(&pod.id, k)).map_err(internal)?;
+            }
+            match std::fs::remove_dir_all(self.pod_dir(&pod.id)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(internal(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops a pod: its IP is released and its network namespace goes.
+    /// Repeating it is fine.
+    pub async fn stop(&self, id: &str, network: &Network) -> Result<()> {
+        let mut pod = self.get(id)?;
+        let _one = self.locks.lock(&pod.key()).await;
+        self.tear_down(&mut pod, network, false).await?;
+        pod.state = PodState::NotReady;
+        self.store.put(Table::Pods, &pod.id, &pod)?;
+        tracing::info!(pod_id = %pod.id, "pod sandbox stopped");
+        Ok(())
+    }
+
+    /// Removes a pod and everything it holds; an unknown id is fine.
+    pub async fn remove(&self, id: &str, network: &Network) -> Result<()> {
+        let mut pod = match self.get(id) {
+            Ok(p) => p,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let _one = self.locks.lock(&pod.key()).await;
+        self.tear_down(&mut pod, network, true).await?;
+        self.store.delete(Table::Pods, &pod.id)?;
+        tracing::info!(pod_id = %pod.id, "pod sandbox removed");
+        Ok(())
+    }
+}
+
+fn validate(c: &PodSandboxConfig) -> Result<()> {
+    let m = c
+        .metadata
+        .as_ref()
+        .ok_or_else(|| Error::InvalidArgument("pod sandbox config needs metadata".into()))?;
+    for (what, v) in [
+        ("name", &m.name),
+        ("namespace", &m.namespace),
+        ("uid", &m.uid),
+    ] {
+        if v.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "pod metadata.{what} is empty"
+            )));
+        }
+    }
+    if m.attempt > u32::MAX / 2 {
+        return Err(Error::InvalidArgument(
+            "pod metadata.attempt is out of range".into(),
+        ));
+    }
+    let h = hostname(c);
+    if h.len() > 64
+        || !h
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(Error::InvalidArgument(format!("invalid hostname {h:?}")));
+    }
+    if let Some(dns) = &c.dns_config {
+        for s in dns.servers.iter().chain(&dns.searches).chain(&dns.options) {
+            if s.contains(['\n', '\r']) {
+                return Err(Error::InvalidArgument(format!(
+                    "DNS config entry {s:?} has a newline"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The pod's hostname: the requested one, else the pod name (kubelet's rule).
+fn hostname(c: &PodSandboxConfig) -> String {
+    if !c.hostname.is_empty() {
+        return c.hostname.clone();
+    }
+    let name = c
+        .metadata
+        .as_ref()
+        .map(|m| m.name.as_str())
+        .unwrap_or("pod");
+    name.chars().take(63).collect()
+}
+
+fn resolv_conf(c: &PodSandboxConfig) -> Result<String> {
+    match &c.dns_config {
+        Some(d) if !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty()) => {
+            let mut out = String::new();
+            if !d.searches.is_empty() {
+                out.push_str(&format!("search {}\n", d.searches.join(" ")));
+            }
+            for s in &d.servers {
+                out.push_str(&format!("nameserver {s}\n"));
+            }
+            if !d.options.is_empty() {
+                out.push_str(&format!("options {}\n", d.options.join(" ")));
+            }
+            Ok(out)
+        }
+        _ => std::fs::read_to_string("/etc/resolv.conf").or_else(|_| Ok(String::new())),
+    }
+}
+
+fn hosts_file(hostname: &str, ip: Option<&str>) -> String {
+    let mut s = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    );
+    if let Some(ip) = ip {
+        s.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    s
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
+}
+
+/// Runs `crius pinns` to create and pin the namespaces.
+async fn pin(dir: &Path, kinds: &[NsKind], hostname: &str) -> Result<()> {
+    let exe = std::env::current_exe().map_err(internal)?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("pinns")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--hostname")
+        .arg(hostname);
+    for k in kinds {
+        cmd.arg("--ns").arg(k.name());
+    }
+    let out = cmd.output().await.map_err(internal)?;
+    if !out.status.success() {
+        return Err(Error::Internal(format!(
+            "pinning namespaces: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Label selector match: every selector pair must be present.
+pub fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_cri::v1::{DnsConfig, PodSandboxMetadata};
+
+    fn cfg() -> PodSandboxConfig {
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: "web".into(),
+                namespace: "default".into(),
+                uid: "u1".into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn dns_and_hosts_files() {
+        let mut c = cfg();
+        c.dns_config = Some(DnsConfig {
+            servers: vec!["10.0.0.10".into()],
+            searches: vec![
+                "default.svc.cluster.local".into(),
+                "svc.cluster.local".into(),
+            ],
+            options: vec!["ndots:5".into()],
+        });
+        assert_eq!(
+            resolv_conf(&c).unwrap(),
+            "search default.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n"
+        );
+        assert!(hosts_file("web", Some("10.88.0.2")).ends_with("10.88.0.2\tweb\n"));
+        assert_eq!(hostname(&c), "web");
+    }
+
+    #[test]
+    fn validation() {
+        assert!(validate(&cfg()).is_ok());
+        let mut c = cfg();
+        c.metadata.as_mut().unwrap().uid.clear();
+        assert!(matches!(validate(&c), Err(Error::InvalidArgument(_))));
+        let mut c = cfg();
+        c.hostname = "bad host\n".into();
+        assert!(validate(&c).is_err());
+        assert!(validate(&PodSandboxConfig::default()).is_err());
+    }
+}

@@ -1,0 +1,118 @@
+//! Pinned namespaces: a pod's network, IPC and UTS namespaces are created by
+//! a short-lived child (`crius pinns`, like cri-o's pinns) and kept alive by
+//! bind-mounting them onto files, so no pause process is needed and the
+//! namespaces outlive a daemon restart.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+
+/// A namespace kind crius pins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NsKind {
+    Net,
+    Ipc,
+    Uts,
+}
+
+impl NsKind {
+    /// The name under /proc/PID/ns and of the pin file.
+    pub fn name(self) -> &'static str {
+        match self {
+            NsKind::Net => "net",
+            NsKind::Ipc => "ipc",
+            NsKind::Uts => "uts",
+        }
+    }
+
+    fn flag(self) -> CloneFlags {
+        match self {
+            NsKind::Net => CloneFlags::CLONE_NEWNET,
+            NsKind::Ipc => CloneFlags::CLONE_NEWIPC,
+            NsKind::Uts => CloneFlags::CLONE_NEWUTS,
+        }
+    }
+
+    /// Parses a name given to `crius pinns`.
+    pub fn parse(s: &str) -> Option<NsKind> {
+        match s {
+            "net" => Some(NsKind::Net),
+            "ipc" => Some(NsKind::Ipc),
+            "uts" => Some(NsKind::Uts),
+            _ => None,
+        }
+    }
+}
+
+/// Errors while pinning or unpinning.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        source: nix::errno::Errno,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Runs in the `crius pinns` child: new namespaces for this process, the
+/// hostname set in the new UTS namespace, each namespace bind-mounted to
+/// `dir/<name>`. The child exits afterwards; the mounts keep them alive.
+pub fn pin_in_child(dir: &Path, kinds: &[NsKind], hostname: Option<&str>) -> Result<(), PinError> {
+    let flags = kinds.iter().fold(CloneFlags::empty(), |f, k| f | k.flag());
+    nix::sched::unshare(flags).map_err(|source| PinError::Sys {
+        what: "unshare".into(),
+        source,
+    })?;
+    if let (true, Some(h)) = (kinds.contains(&NsKind::Uts), hostname) {
+        nix::unistd::sethostname(h).map_err(|source| PinError::Sys {
+            what: format!("sethostname {h:?}"),
+            source,
+        })?;
+    }
+    for k in kinds {
+        let target = dir.join(k.name());
+        std::fs::File::create(&target).map_err(|source| PinError::Io {
+            path: target.clone(),
+            source,
+        })?;
+        let src = format!("/proc/self/ns/{}", k.name());
+        nix::mount::mount(
+            Some(src.as_str()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|source| PinError::Sys {
+            what: format!("bind {src} to {}", target.display()),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Releases a pinned namespace; a missing pin is fine (idempotent).
+pub fn unpin(path: &Path) -> Result<(), PinError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(source) => {
+            return Err(PinError::Sys {
+                what: format!("umount {}", path.display()),
+                source,
+            });
+        }
+    }
+    std::fs::remove_file(path).map_err(|source| PinError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -1,0 +1,334 @@
+//! Pod sandboxes with the real CNI plugins (Debian's containernetworking-plugins):
+//! pinned namespaces, pod-to-pod traffic, pod files, stop/remove cleanup, restart.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use k8s_cri::v1::*;
+use tonic::Code;
+
+/// A daemon with its own bridge and subnet, so tests can run side by side.
+fn daemon(tag: u8) -> (Daemon, String, String) {
+    let net = format!("crius-test-{tag}");
+    let bridge = format!("crt{tag}");
+    let d = Daemon::start();
+    d.install_cni_config(
+        "10-test.conflist",
+        &bridge_conflist(&net, &bridge, &format!("10.199.{tag}.0/24")),
+    );
+    (d, net, bridge)
+}
+
+/// Removes the bridge the plugin made (the bridge plugin never deletes it).
+fn drop_bridge(bridge: &str) {
+    let _ = Command::new("ip").args(["link", "del", bridge]).status();
+}
+
+async fn run(rt: &mut Runtime, config: PodSandboxConfig) -> Result<String, tonic::Status> {
+    rt.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(config),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+async fn status(rt: &mut Runtime, id: &str) -> PodSandboxStatus {
+    rt.pod_sandbox_status(PodSandboxStatusRequest {
+        pod_sandbox_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+}
+
+fn netns(d: &Daemon, id: &str) -> std::path::PathBuf {
+    d.paths.runroot.join("pods").join(id).join("ns/net")
+}
+
+fn in_netns(ns: &Path, cmd: &[&str]) -> std::process::Output {
+    Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(cmd)
+        .output()
+        .expect("nsenter")
+}
+
+fn mounted(needle: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .contains(needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pods_reach_each_other_and_leave_nothing_behind() {
+    let (d, net, bridge) = daemon(11);
+    let mut rt = d.runtime().await;
+    let mut a_cfg = pod_config("a", "ns1");
+    a_cfg.dns_config = Some(DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["ns1.svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    a_cfg.hostname = "pod-a".into();
+    let a = run(&mut rt, a_cfg.clone()).await.unwrap();
+    let b = run(&mut rt, pod_config("b", "ns1")).await.unwrap();
+    let (sa, sb) = (status(&mut rt, &a).await, status(&mut rt, &b).await);
+    assert_eq!(sa.state, PodSandboxState::SandboxReady as i32);
+    let ip_a = sa.network.unwrap().ip;
+    let ip_b = sb.network.unwrap().ip;
+    assert!(ip_a.starts_with("10.199.11."), "{ip_a}");
+    assert_ne!(ip_a, ip_b);
+    assert!(sa.created_at > 0);
+    assert_eq!(sa.labels["app"], "a");
+
+    let ping = in_netns(&netns(&d, &a), &["ping", "-c", "1", "-W", "2", &ip_b]);
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    let lo = in_netns(&netns(&d, &a), &["ip", "-o", "addr", "show", "lo"]);
+    assert!(
+        String::from_utf8_lossy(&lo.stdout).contains("127.0.0.1"),
+        "loopback up"
+    );
+
+    // The pod files.
+    let dir = d.paths.runroot.join("pods").join(&a);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("resolv.conf")).unwrap(),
+        "search ns1.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("hostname")).unwrap(),
+        "pod-a\n"
+    );
+    assert!(
+        std::fs::read_to_string(dir.join("hosts"))
+            .unwrap()
+            .contains(&format!("{ip_a}\tpod-a"))
+    );
+    // The UTS namespace carries the hostname.
+    let uts = Command::new("nsenter")
+        .arg(format!("--uts={}", dir.join("ns/uts").display()))
+        .arg("hostname")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&uts.stdout).trim(), "pod-a");
+
+    // Same pod again (a kubelet retry): same id.
+    assert_eq!(run(&mut rt, a_cfg).await.unwrap(), a);
+
+    // Stop: IP released, netns gone; twice is fine.
+    let lease_dir = Path::new("/var/lib/cni/networks").join(&net);
+    assert!(lease_dir.join(&ip_a).exists());
+    for _ in 0..2 {
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: a.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        status(&mut rt, &a).await.state,
+        PodSandboxState::SandboxNotready as i32
+    );
+    assert!(!lease_dir.join(&ip_a).exists());
+    assert!(!mounted(&format!("{a}/ns/net")));
+
+    for id in [&a, &b] {
+        for _ in 0..2 {
+            rt.remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: id.to_string(),
+            })
+            .await
+            .unwrap();
+        }
+        assert!(!mounted(id.as_str()), "a pin of {id} is still mounted");
+        assert!(!d.paths.runroot.join("pods").join(id).exists());
+    }
+    assert!(!lease_dir.join(&ip_b).exists());
+    let e = rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: a.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    drop_bridge(&bridge);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_filters_and_bad_input() {
+    let (d, _net, bridge) = daemon(12);
+    let mut rt = d.runtime().await;
+    let a = run(&mut rt, pod_config("a", "ns2")).await.unwrap();
+    let b = run(&mut rt, pod_config("b", "ns2")).await.unwrap();
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: b.clone(),
+    })
+    .await
+    .unwrap();
+    let list = |filter: PodSandboxFilter| {
+        let mut rt = rt.clone();
+        async move {
+            let mut ids: Vec<String> = rt
+                .list_pod_sandbox(ListPodSandboxRequest {
+                    filter: Some(filter),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .items
+                .into_iter()
+                .map(|p| p.id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let mut both = vec![a.clone(), b.clone()];
+    both.sort();
+    assert_eq!(list(PodSandboxFilter::default()).await, both);
+    assert_eq!(
+        list(PodSandboxFilter {
+            id: a[..8].to_string(),
+            ..Default::default()
+        })
+        .await,
+        vec![a.clone()]
+    );
+    assert_eq!(
+        list(PodSandboxFilter {
+            state: Some(PodSandboxStateValue {
+                state: PodSandboxState::SandboxReady as i32
+            }),
+            ..Default::default()
+        })
+        .await,
+        vec![a.clone()]
+    );
+    assert_eq!(
+        list(PodSandboxFilter {
+            label_selector: HashMap::from([("app".to_string(), "b".to_string())]),
+            ..Default::default()
+        })
+        .await,
+        vec![b.clone()]
+    );
+    // Short ids work like crictl's.
+    assert_eq!(status(&mut rt, &a[..12]).await.id, a);
+
+    let e = run(&mut rt, PodSandboxConfig::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let mut bad = pod_config("c", "ns2");
+    bad.hostname = "no spaces allowed".into();
+    assert_eq!(
+        run(&mut rt, bad).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let e = rt
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: "doesnotexist".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    for id in [a, b] {
+        rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .unwrap();
+    }
+    drop_bridge(&bridge);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_network_pods_skip_cni() {
+    let d = Daemon::start(); // no CNI config at all: host network needs none
+    let mut rt = d.runtime().await;
+    let mut cfg = pod_config("h", "ns3");
+    cfg.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                network: NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = run(&mut rt, cfg).await.unwrap();
+    let s = status(&mut rt, &id).await;
+    assert_eq!(s.network.unwrap().ip, "");
+    assert!(!netns(&d, &id).exists());
+    assert_eq!(
+        s.linux
+            .unwrap()
+            .namespaces
+            .unwrap()
+            .options
+            .unwrap()
+            .network,
+        NamespaceMode::Node as i32
+    );
+    // A pod network without a CNI config is refused, and leaves nothing.
+    let e = run(&mut rt, pod_config("n", "ns3")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1);
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_survive_a_daemon_crash() {
+    let (mut d, net, bridge) = daemon(13);
+    let id = run(&mut d.runtime().await, pod_config("r", "ns4"))
+        .await
+        .unwrap();
+    let ip = status(&mut d.runtime().await, &id)
+        .await
+        .network
+        .unwrap()
+        .ip;
+    d.kill9();
+    d.restart();
+    let mut rt = d.runtime().await;
+    let s = status(&mut rt, &id).await;
+    assert_eq!(s.state, PodSandboxState::SandboxReady as i32);
+    assert_eq!(s.network.unwrap().ip, ip);
+    assert!(in_netns(&netns(&d, &id), &["true"]).status.success());
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        !Path::new("/var/lib/cni/networks")
+            .join(&net)
+            .join(&ip)
+            .exists()
+    );
+    assert!(!mounted(&id));
+    drop_bridge(&bridge);
+}
