@@ -4,6 +4,7 @@
 //! everything else lives here so tests and benchmarks can use it directly.
 //! See `docs/architecture.md` for how the modules fit together.
 
+pub mod cgroups;
 pub mod check;
 pub mod config;
 pub mod daemon;

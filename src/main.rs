@@ -53,6 +53,9 @@ enum Command {
         hostname: Option<String>,
         #[arg(long = "ns")]
         namespaces: Vec<String>,
+        /// `key=value`, written inside the new namespaces.
+        #[arg(long = "sysctl")]
+        sysctls: Vec<String>,
     },
 }
 
@@ -62,9 +65,10 @@ fn main() -> ExitCode {
         dir,
         hostname,
         namespaces,
+        sysctls,
     }) = &cli.command
     {
-        return pinns(dir, hostname.as_deref(), namespaces);
+        return pinns(dir, hostname.as_deref(), namespaces, sysctls);
     }
     let overrides = Overrides {
         root: cli.root,
@@ -113,7 +117,12 @@ fn main() -> ExitCode {
 }
 
 /// The `pinns` child: single-threaded, so unshare is safe here.
-fn pinns(dir: &std::path::Path, hostname: Option<&str>, namespaces: &[String]) -> ExitCode {
+fn pinns(
+    dir: &std::path::Path,
+    hostname: Option<&str>,
+    namespaces: &[String],
+    sysctls: &[String],
+) -> ExitCode {
     use crius::sandbox::pinns::{NsKind, pin_in_child};
     let mut kinds = Vec::new();
     for n in namespaces {
@@ -125,7 +134,17 @@ fn pinns(dir: &std::path::Path, hostname: Option<&str>, namespaces: &[String]) -
             }
         }
     }
-    match pin_in_child(dir, &kinds, hostname) {
+    let mut pairs = Vec::new();
+    for kv in sysctls {
+        match kv.split_once('=') {
+            Some((k, v)) => pairs.push((k.to_string(), v.to_string())),
+            None => {
+                eprintln!("crius pinns: sysctl {kv:?} is not key=value");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match pin_in_child(dir, &kinds, hostname, &pairs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("crius pinns: {e}");

@@ -45,7 +45,9 @@ impl Runtime {
             pod_cidr,
         );
         let images = Images::open(&config.root, config.image.clone(), store.clone())?;
-        let pods = Pods::new(store.clone(), &config.runroot);
+        let cgroups = crate::cgroups::Cgroups::detect(config.runtime.cgroup_driver);
+        tracing::info!(cgroup_version = cgroups.version(), "cgroups");
+        let pods = Pods::new(store.clone(), &config.runroot, cgroups);
         Ok(Runtime {
             config,
             store,

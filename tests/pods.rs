@@ -332,3 +332,172 @@ async fn pods_survive_a_daemon_crash() {
     assert!(!mounted(&id));
     drop_bridge(&bridge);
 }
+
+fn cgroup_dir(rel: &str) -> std::path::PathBuf {
+    // v2 if /sys/fs/cgroup is cgroup2, else the v1 memory hierarchy.
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if unified {
+        Path::new("/sys/fs/cgroup").join(rel)
+    } else {
+        Path::new("/sys/fs/cgroup/memory").join(rel)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sysctls_cgroup_and_shm_belong_to_the_pod() {
+    let (d, _net, bridge) = daemon(14);
+    let mut rt = d.runtime().await;
+    let mut cfg = pod_config("s", "ns5");
+    cfg.linux = Some(LinuxPodSandboxConfig {
+        cgroup_parent: "/crius-test/pod-s".into(),
+        sysctls: HashMap::from([
+            (
+                "net.ipv4.ping_group_range".to_string(),
+                "0 2147483647".to_string(),
+            ),
+            ("kernel.shmmni".to_string(), "1234".to_string()),
+        ]),
+        ..Default::default()
+    });
+    let id = run(&mut rt, cfg).await.unwrap();
+    let dir = d.paths.runroot.join("pods").join(&id);
+    let net = in_netns(
+        &netns(&d, &id),
+        &["cat", "/proc/sys/net/ipv4/ping_group_range"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&net.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["0", "2147483647"]
+    );
+    let ipc = Command::new("nsenter")
+        .arg(format!("--ipc={}", dir.join("ns/ipc").display()))
+        .args(["cat", "/proc/sys/kernel/shmmni"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ipc.stdout).trim(), "1234");
+    // The host's values are untouched.
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/shmmni")
+            .unwrap()
+            .trim(),
+        "1234"
+    );
+
+    let cg = cgroup_dir(&format!("crius-test/pod-s/crius-pod-{}", &id[..12]));
+    let version = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "v2"
+    } else {
+        "v1"
+    };
+    println!("cgroup {version}: pod cgroup {}", cg.display());
+    assert!(cg.is_dir(), "{}", cg.display());
+
+    let shm = dir.join("shm").display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.contains(&shm))
+        .expect("shm mounted");
+    assert!(
+        line.contains("tmpfs") && line.contains("size=65536k"),
+        "{line}"
+    );
+
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(!cg.exists());
+    assert!(!mounted(&id));
+    // The parents belong to kubelet; the test made them.
+    for rel in ["crius-test/pod-s", "crius-test"] {
+        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let _ = std::fs::remove_dir(h.path().join(rel));
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(rel));
+    }
+
+    // Sysctls that are not the pod's own are refused.
+    for (k, host_net) in [
+        ("vm.swappiness", false),
+        ("kernel.hostname", false),
+        ("net.core.somaxconn", true),
+    ] {
+        let mut cfg = pod_config("bad", "ns5");
+        cfg.linux = Some(LinuxPodSandboxConfig {
+            sysctls: HashMap::from([(k.to_string(), "1".to_string())]),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: if host_net {
+                        NamespaceMode::Node as i32
+                    } else {
+                        0
+                    },
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let e = run(&mut rt, cfg).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{k}: {e:?}");
+    }
+    drop_bridge(&bridge);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_port_reaches_the_pod_from_localhost() {
+    let (d, _net, bridge) = daemon(15);
+    let mut rt = d.runtime().await;
+    let mut cfg = pod_config("web", "ns6");
+    cfg.port_mappings = vec![PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port: 18081,
+        host_ip: String::new(),
+    }];
+    let id = run(&mut rt, cfg).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.html"), "hello from the pod\n").unwrap();
+    let mut server = Command::new("nsenter")
+        .arg(format!("--net={}", netns(&d, &id).display()))
+        .args([
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            "0.0.0.0",
+            "--directory",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut body = String::new();
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:18081") {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let _ = s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
+            let _ = s.read_to_string(&mut body);
+            if body.contains("hello from the pod") {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(body.contains("hello from the pod"), "{body}");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+    // The port mapping went with the pod.
+    assert!(std::net::TcpStream::connect("127.0.0.1:18081").is_err());
+    drop_bridge(&bridge);
+}

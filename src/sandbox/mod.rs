@@ -16,12 +16,16 @@ use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::cgroups::Cgroups;
 use crate::error::{Error, Result};
 use crate::image::KeyedLocks;
 use crate::network::cni::{Attachment, Invoker, NetworkConf, result_ips};
 use crate::network::{Network, Readiness};
 use crate::store::{Store, Table};
 use pinns::NsKind;
+
+/// Size of a pod's own /dev/shm (kubelet does not pass one; cri-o's default).
+pub const SHM_SIZE_KIB: u64 = 64 * 1024;
 
 /// How long one CNI plugin may run before the pod fails.
 pub const CNI_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,6 +59,9 @@ pub struct PodRecord {
     pub host_ipc: bool,
     /// Set while the pod holds an IP.
     pub network: Option<NetworkAttachment>,
+    /// The pod cgroup, relative to each hierarchy root.
+    #[serde(default)]
+    pub cgroup: Option<String>,
 }
 
 impl PodRecord {
@@ -67,6 +74,7 @@ impl PodRecord {
 pub struct Pods {
     store: Arc<Store>,
     dir: PathBuf,
+    cgroups: Cgroups,
     locks: KeyedLocks,
 }
 
@@ -103,12 +111,18 @@ fn internal(e: impl std::fmt::Display) -> Error {
 
 impl Pods {
     /// Pod state lives in the store; pod files under `runroot/pods`.
-    pub fn new(store: Arc<Store>, runroot: &Path) -> Pods {
+    pub fn new(store: Arc<Store>, runroot: &Path, cgroups: Cgroups) -> Pods {
         Pods {
             store,
             dir: runroot.join("pods"),
+            cgroups,
             locks: KeyedLocks::default(),
         }
+    }
+
+    /// Where a pod's /dev/shm is mounted (none for host IPC pods).
+    pub fn shm_path(&self, id: &str) -> PathBuf {
+        self.pod_dir(id).join("shm")
     }
 
     fn pod_dir(&self, id: &str) -> PathBuf {
@@ -190,6 +204,7 @@ impl Pods {
             host_network,
             host_ipc,
             network: None,
+            cgroup: None,
         };
         self.store.put(Table::Pods, &id, &pod)?;
         match self.set_up(&mut pod, network).await {
@@ -222,8 +237,24 @@ impl Pods {
             kinds.push(NsKind::Ipc);
         }
         let hostname = hostname(&pod.config);
+        let parent = pod
+            .config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.as_str())
+            .unwrap_or("");
+        let cgroup = self
+            .cgroups
+            .pod_path(parent, &pod.id)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        pod.cgroup = Some(cgroup.clone());
+        self.store.put(Table::Pods, &pod.id, pod)?;
+        self.cgroups.create(&cgroup).map_err(internal)?;
         if !kinds.is_empty() {
-            pin(&dir.join("ns"), &kinds, &hostname).await?;
+            pin(&dir.join("ns"), &kinds, &hostname, &sysctls(&pod.config)).await?;
+        }
+        if !pod.host_ipc {
+            pinns::mount_shm(&self.shm_path(&pod.id), SHM_SIZE_KIB).map_err(internal)?;
         }
         write_file(&dir.join("hostname"), &format!("{hostname}\n"))?;
         write_file(&dir.join("resolv.conf"), &resolv_conf(&pod.config)?)?;
@@ -331,6 +362,10 @@ impl Pods {
             for k in [NsKind::Ipc, NsKind::Uts] {
                 pinns::unpin(&self.ns_path(&pod.id, k)).map_err(internal)?;
             }
+            pinns::unmount(&self.shm_path(&pod.id)).map_err(internal)?;
+            if let Some(cg) = &pod.cgroup {
+                self.cgroups.remove(cg).map_err(internal)?;
+            }
             match std::fs::remove_dir_all(self.pod_dir(&pod.id)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(internal(e)),
                 _ => {}
@@ -395,6 +430,46 @@ fn validate(c: &PodSandboxConfig) -> Result<()> {
     {
         return Err(Error::InvalidArgument(format!("invalid hostname {h:?}")));
     }
+    let ns = c
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default();
+    for (key, value) in sysctls(c) {
+        let name = key.replace('/', ".");
+        let valid_name = !key.is_empty()
+            && !key.contains("..")
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+        if !valid_name || value.contains(['\n', '\r']) {
+            return Err(Error::InvalidArgument(format!(
+                "invalid sysctl {key:?}={value:?}"
+            )));
+        }
+        let (namespaced, host) = if name.starts_with("net.") {
+            (true, ns.network == NamespaceMode::Node as i32)
+        } else if name.starts_with("kernel.shm")
+            || name.starts_with("kernel.msg")
+            || name == "kernel.sem"
+            || name.starts_with("fs.mqueue.")
+        {
+            (true, ns.ipc == NamespaceMode::Node as i32)
+        } else {
+            (false, false)
+        };
+        if !namespaced {
+            return Err(Error::InvalidArgument(format!(
+                "sysctl {key:?} is not namespaced: only net.*, kernel.shm*, kernel.msg*, kernel.sem and fs.mqueue.* can be set per pod"
+            )));
+        }
+        if host {
+            return Err(Error::InvalidArgument(format!(
+                "sysctl {key:?} cannot be set for a pod sharing the host's namespace"
+            )));
+        }
+    }
     if let Some(dns) = &c.dns_config {
         for s in dns.servers.iter().chain(&dns.searches).chain(&dns.options) {
             if s.contains(['\n', '\r']) {
@@ -456,8 +531,24 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
         .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
 }
 
+/// The pod's sysctls, sorted for a stable order.
+fn sysctls(c: &PodSandboxConfig) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = c
+        .linux
+        .as_ref()
+        .map(|l| l.sysctls.clone().into_iter().collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 /// Runs `crius pinns` to create and pin the namespaces.
-async fn pin(dir: &Path, kinds: &[NsKind], hostname: &str) -> Result<()> {
+async fn pin(
+    dir: &Path,
+    kinds: &[NsKind],
+    hostname: &str,
+    sysctls: &[(String, String)],
+) -> Result<()> {
     let exe = std::env::current_exe().map_err(internal)?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("pinns")
@@ -467,6 +558,9 @@ async fn pin(dir: &Path, kinds: &[NsKind], hostname: &str) -> Result<()> {
         .arg(hostname);
     for k in kinds {
         cmd.arg("--ns").arg(k.name());
+    }
+    for (k, v) in sysctls {
+        cmd.arg("--sysctl").arg(format!("{k}={v}"));
     }
     let out = cmd.output().await.map_err(internal)?;
     if !out.status.success() {

@@ -61,9 +61,16 @@ pub enum PinError {
 }
 
 /// Runs in the `crius pinns` child: new namespaces for this process, the
-/// hostname set in the new UTS namespace, each namespace bind-mounted to
-/// `dir/<name>`. The child exits afterwards; the mounts keep them alive.
-pub fn pin_in_child(dir: &Path, kinds: &[NsKind], hostname: Option<&str>) -> Result<(), PinError> {
+/// hostname set in the new UTS namespace, the pod's sysctls written (they
+/// land in the new namespaces, as /proc/sys follows the writer's), each
+/// namespace bind-mounted to `dir/<name>`. The child exits afterwards; the
+/// mounts keep the namespaces alive.
+pub fn pin_in_child(
+    dir: &Path,
+    kinds: &[NsKind],
+    hostname: Option<&str>,
+    sysctls: &[(String, String)],
+) -> Result<(), PinError> {
     let flags = kinds.iter().fold(CloneFlags::empty(), |f, k| f | k.flag());
     nix::sched::unshare(flags).map_err(|source| PinError::Sys {
         what: "unshare".into(),
@@ -72,6 +79,13 @@ pub fn pin_in_child(dir: &Path, kinds: &[NsKind], hostname: Option<&str>) -> Res
     if let (true, Some(h)) = (kinds.contains(&NsKind::Uts), hostname) {
         nix::unistd::sethostname(h).map_err(|source| PinError::Sys {
             what: format!("sethostname {h:?}"),
+            source,
+        })?;
+    }
+    for (key, value) in sysctls {
+        let path = PathBuf::from("/proc/sys").join(sysctl_path(key));
+        std::fs::write(&path, value).map_err(|source| PinError::Io {
+            path: path.clone(),
             source,
         })?;
     }
@@ -97,22 +111,55 @@ pub fn pin_in_child(dir: &Path, kinds: &[NsKind], hostname: Option<&str>) -> Res
     Ok(())
 }
 
+/// `net.ipv4.ip_forward` → `net/ipv4/ip_forward`; names already using `/`
+/// (needed when a component holds a dot, like an interface name) stay.
+pub fn sysctl_path(key: &str) -> String {
+    if key.contains('/') {
+        key.to_string()
+    } else {
+        key.replace('.', "/")
+    }
+}
+
 /// Releases a pinned namespace; a missing pin is fine (idempotent).
 pub fn unpin(path: &Path) -> Result<(), PinError> {
     if !path.exists() {
         return Ok(());
     }
-    match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
-        Err(source) => {
-            return Err(PinError::Sys {
-                what: format!("umount {}", path.display()),
-                source,
-            });
-        }
-    }
+    unmount(path)?;
     std::fs::remove_file(path).map_err(|source| PinError::Io {
         path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Detaches whatever is mounted at `path`; nothing mounted is fine.
+pub fn unmount(path: &Path) -> Result<(), PinError> {
+    match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(source) => Err(PinError::Sys {
+            what: format!("umount {}", path.display()),
+            source,
+        }),
+    }
+}
+
+/// Mounts the pod's own /dev/shm: a tmpfs of `size_kib`, shared by its containers.
+pub fn mount_shm(path: &Path, size_kib: u64) -> Result<(), PinError> {
+    std::fs::create_dir_all(path).map_err(|source| PinError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let opts = format!("mode=1777,size={size_kib}k");
+    nix::mount::mount(
+        Some("shm"),
+        path,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(opts.as_str()),
+    )
+    .map_err(|source| PinError::Sys {
+        what: format!("mount shm at {}", path.display()),
         source,
     })
 }

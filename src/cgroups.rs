@@ -1,0 +1,229 @@
+//! Cgroups: pod (and later container) cgroup directories under the
+//! `cgroup_parent` kubelet gives, for cgroup v1 (each controller hierarchy,
+//! including the hybrid layout) and v2, named the cgroupfs or systemd way.
+//!
+//! With the systemd driver the slice name is expanded to its path
+//! (`a-b.slice` → `a.slice/a-b.slice`) as systemd would place it; crius
+//! creates the directories itself, so it also works where systemd does not
+//! run.
+
+use std::path::{Path, PathBuf};
+
+use crate::check::{CgroupMode, cgroup_mode};
+use crate::config::CgroupDriver;
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// Cgroup errors.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("invalid cgroup parent {0:?}")]
+    InvalidParent(String),
+    #[error("no cgroup filesystem found under /sys/fs/cgroup")]
+    NoCgroups,
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The node's cgroup layout and naming driver.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    mode: Option<CgroupMode>,
+    driver: CgroupDriver,
+}
+
+impl Cgroups {
+    /// Detects the layout once at start.
+    pub fn detect(driver: CgroupDriver) -> Cgroups {
+        Cgroups {
+            mode: cgroup_mode(),
+            driver,
+        }
+    }
+
+    /// Which cgroup version pod cgroups use here: "v1" (also in the hybrid
+    /// layout) or "v2".
+    pub fn version(&self) -> &'static str {
+        match self.mode {
+            Some(CgroupMode::Unified) => "v2",
+            _ => "v1",
+        }
+    }
+
+    /// The pod cgroup's path relative to the hierarchy root: a child named
+    /// for the pod under `parent` (default `crius` / `crius.slice`).
+    pub fn pod_path(&self, parent: &str, pod_id: &str) -> Result<String, CgroupError> {
+        let short = &pod_id[..pod_id.len().min(12)];
+        match self.driver {
+            CgroupDriver::Cgroupfs => {
+                let parent = if parent.is_empty() { "/crius" } else { parent };
+                let clean = parent.trim_matches('/');
+                if !parent.starts_with('/')
+                    || clean
+                        .split('/')
+                        .any(|c| c.is_empty() || c == ".." || c == ".")
+                {
+                    return Err(CgroupError::InvalidParent(parent.into()));
+                }
+                Ok(format!("{clean}/crius-pod-{short}"))
+            }
+            CgroupDriver::Systemd => {
+                let parent = if parent.is_empty() {
+                    "crius.slice"
+                } else {
+                    parent
+                };
+                let slice = expand_slice(parent)?;
+                Ok(format!("{slice}/crius-pod-{short}.scope"))
+            }
+        }
+    }
+
+    /// The directories a relative cgroup path has, one per hierarchy.
+    pub fn dirs(&self, rel: &str) -> Result<Vec<PathBuf>, CgroupError> {
+        match self.mode {
+            None => Err(CgroupError::NoCgroups),
+            Some(CgroupMode::Unified) => Ok(vec![Path::new(ROOT).join(rel)]),
+            Some(_) => Ok(v1_controllers().into_iter().map(|c| c.join(rel)).collect()),
+        }
+    }
+
+    /// Creates the cgroup in every hierarchy (parents too).
+    pub fn create(&self, rel: &str) -> Result<(), CgroupError> {
+        for dir in self.dirs(rel)? {
+            create_with_parents(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the cgroup's own directories; missing ones are fine.
+    pub fn remove(&self, rel: &str) -> Result<(), CgroupError> {
+        for dir in self.dirs(rel)? {
+            match std::fs::remove_dir(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(CgroupError::Io {
+                        path: dir,
+                        source: e,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// v1 controller hierarchies (named ones like `name=systemd` and the
+/// hybrid layout's empty cgroup2 `unified` are not resource controllers).
+fn v1_controllers() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(ROOT)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    name != "unified" && name != "systemd" && p.join("cgroup.procs").exists()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// mkdir -p, giving each new cpuset level its parent's cpus and mems (v1
+/// cpusets start empty and refuse tasks otherwise).
+fn create_with_parents(dir: &Path) -> Result<(), CgroupError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_with_parents(parent)?;
+    }
+    let io = |source| CgroupError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(e)),
+        _ => {}
+    }
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        let mine = dir.join(f);
+        let empty =
+            mine.exists() && std::fs::read_to_string(&mine).is_ok_and(|v| v.trim().is_empty());
+        if let (true, Some(p)) = (empty, dir.parent()) {
+            let v = std::fs::read_to_string(p.join(f)).map_err(io)?;
+            std::fs::write(&mine, v.trim()).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// `kubepods-besteffort-pod1.slice` → `kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice`.
+fn expand_slice(slice: &str) -> Result<String, CgroupError> {
+    let bad = || CgroupError::InvalidParent(slice.into());
+    let name = slice.strip_suffix(".slice").ok_or_else(bad)?;
+    if name.is_empty()
+        || name.contains('/')
+        || name.starts_with('-')
+        || name.ends_with('-')
+        || name.contains("--")
+    {
+        return Err(bad());
+    }
+    let mut path = Vec::new();
+    let mut prefix = String::new();
+    for part in name.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push(format!("{prefix}.slice"));
+    }
+    Ok(path.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_expand_like_systemd() {
+        assert_eq!(
+            expand_slice("kubepods-besteffort-pod1.slice").unwrap(),
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice"
+        );
+        assert!(expand_slice("kubepods").is_err());
+        assert!(expand_slice("a--b.slice").is_err());
+        assert!(expand_slice("../x.slice").is_err());
+    }
+
+    #[test]
+    fn pod_paths() {
+        let id = "0123456789abcdef0123";
+        let fs = Cgroups {
+            mode: Some(CgroupMode::Legacy),
+            driver: CgroupDriver::Cgroupfs,
+        };
+        assert_eq!(
+            fs.pod_path("/kubepods/burstable/podu1", id).unwrap(),
+            "kubepods/burstable/podu1/crius-pod-0123456789ab"
+        );
+        assert_eq!(fs.pod_path("", id).unwrap(), "crius/crius-pod-0123456789ab");
+        assert!(fs.pod_path("/a/../../etc", id).is_err());
+        assert!(fs.pod_path("relative", id).is_err());
+        let sd = Cgroups {
+            mode: Some(CgroupMode::Unified),
+            driver: CgroupDriver::Systemd,
+        };
+        assert_eq!(
+            sd.pod_path("kubepods-pod1.slice", id).unwrap(),
+            "kubepods.slice/kubepods-pod1.slice/crius-pod-0123456789ab.scope"
+        );
+    }
+}
