@@ -501,3 +501,95 @@ async fn host_port_reaches_the_pod_from_localhost() {
     assert!(std::net::TcpStream::connect("127.0.0.1:18081").is_err());
     drop_bridge(&bridge);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_the_client_gave_up_on_completes_and_serves_the_retry() {
+    let (d, _net, bridge) = daemon(16);
+    let mut rt = d.runtime().await;
+    let cfg = pod_config("g", "ns7");
+    // The client's deadline expires long before the pod is ready.
+    let mut req = tonic::Request::new(RunPodSandboxRequest {
+        config: Some(cfg.clone()),
+        ..Default::default()
+    });
+    req.set_timeout(std::time::Duration::from_millis(1));
+    assert!(rt.run_pod_sandbox(req).await.is_err());
+    let id = run(&mut rt, cfg).await.unwrap();
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1, "{pods:?}\n{}", d.logs());
+    assert_eq!(pods[0].id, id);
+    assert_eq!(pods[0].state, PodSandboxState::SandboxReady as i32);
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+    drop_bridge(&bridge);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_works_after_the_cni_config_changed_and_the_netns_vanished() {
+    let (d, net, bridge) = daemon(17);
+    let mut rt = d.runtime().await;
+    let id = run(&mut rt, pod_config("v", "ns8")).await.unwrap();
+    let ip = status(&mut rt, &id).await.network.unwrap().ip;
+    // The operator replaces the network config, and the netns pin is gone.
+    std::fs::remove_file(d.paths.cni_dir.join("10-test.conflist")).unwrap();
+    d.install_cni_config(
+        "20-other.conflist",
+        &bridge_conflist("other", "crt99", "10.198.0.0/24"),
+    );
+    let ns = netns(&d, &id);
+    Command::new("umount").arg(&ns).status().unwrap();
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    // DEL ran against the network the pod was attached to.
+    assert!(
+        !Path::new("/var/lib/cni/networks")
+            .join(&net)
+            .join(&ip)
+            .exists()
+    );
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+    drop_bridge(&bridge);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_error_reaches_the_caller_and_nothing_is_left() {
+    let d = Daemon::start();
+    d.install_cni_config(
+        "10-broken.conflist",
+        &serde_json::json!({
+            "cniVersion": "1.0.0", "name": "broken",
+            "plugins": [{"type": "bridge", "bridge": "crt18",
+                         "ipam": {"type": "host-local", "ranges": [[{"subnet": "not-a-subnet"}]]}}]
+        })
+        .to_string(),
+    );
+    let mut rt = d.runtime().await;
+    let e = run(&mut rt, pod_config("x", "ns9")).await.unwrap_err();
+    assert!(e.message().contains("bridge"), "{e:?}");
+    assert!(e.message().to_lowercase().contains("subnet"), "{e:?}");
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    assert_eq!(
+        std::fs::read_dir(d.paths.runroot.join("pods"))
+            .unwrap()
+            .count(),
+        0
+    );
+    drop_bridge("crt18");
+}

@@ -216,7 +216,7 @@ impl Pods {
             }
             Err(e) => {
                 tracing::warn!(pod_id = %id, error = %e, "pod sandbox failed; cleaning up");
-                if let Err(c) = self.tear_down(&mut pod, network, true).await {
+                if let Err(c) = self.tear_down(&mut pod, network, true, true).await {
                     tracing::error!(pod_id = %id, error = %c, "cleanup of a failed pod");
                 }
                 let _ = self.store.delete(Table::Pods, &id);
@@ -321,10 +321,14 @@ impl Pods {
                 json!({"servers": dns.servers, "searches": dns.searches, "options": dns.options}),
             );
         }
+        // Only a live pin is a namespace; a leftover file after a crash or
+        // an unmount is not (DEL then runs without one, as CNI allows).
         let netns = self.ns_path(&pod.id, NsKind::Net);
+        let live = nix::sys::statfs::statfs(&netns)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC);
         Attachment {
             container_id: pod.id.clone(),
-            netns: if netns.exists() {
+            netns: if live {
                 netns.display().to_string()
             } else {
                 String::new()
@@ -340,38 +344,61 @@ impl Pods {
         }
     }
 
-    /// Releases the network (CNI DEL) and, with `all`, the namespaces and
-    /// files too. Safe to repeat and to run when parts are already gone.
-    async fn tear_down(&self, pod: &mut PodRecord, network: &Network, all: bool) -> Result<()> {
+    /// Releases the network (CNI DEL) and, with `all`, the namespaces,
+    /// shm, cgroup and files too. Safe to repeat and to run when parts are
+    /// already gone. A failed DEL stops here (the pod keeps what a retry
+    /// needs) unless `force`, which a failed RunPodSandbox uses to clean up
+    /// all it can.
+    async fn tear_down(
+        &self,
+        pod: &mut PodRecord,
+        network: &Network,
+        all: bool,
+        force: bool,
+    ) -> Result<()> {
+        let mut first: Option<Error> = None;
         if let Some(att) = pod.network.clone() {
-            let conf = NetworkConf::from_json(&att.conf).map_err(internal)?;
             let invoker = Invoker {
                 plugin_dirs: network.plugin_dirs().to_vec(),
                 timeout: CNI_TIMEOUT,
             };
             let prev = (!att.result.is_null()).then_some(&att.result);
-            invoker
-                .del(&conf, &self.attachment(pod), prev)
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            pod.network = None;
-            pod.ips.clear();
+            let deleted = match NetworkConf::from_json(&att.conf) {
+                Ok(conf) => invoker
+                    .del(&conf, &self.attachment(pod), prev)
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string())),
+                Err(e) => Err(internal(e)),
+            };
+            match deleted {
+                Ok(()) => {
+                    pod.network = None;
+                    pod.ips.clear();
+                }
+                Err(e) if !force => return Err(e),
+                Err(e) => first = Some(e),
+            }
         }
-        pinns::unpin(&self.ns_path(&pod.id, NsKind::Net)).map_err(internal)?;
+        let mut step = |r: Result<()>| {
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        };
+        step(pinns::unpin(&self.ns_path(&pod.id, NsKind::Net)).map_err(internal));
         if all {
             for k in [NsKind::Ipc, NsKind::Uts] {
-                pinns::unpin(&self.ns_path(&pod.id, k)).map_err(internal)?;
+                step(pinns::unpin(&self.ns_path(&pod.id, k)).map_err(internal));
             }
-            pinns::unmount(&self.shm_path(&pod.id)).map_err(internal)?;
+            step(pinns::unmount(&self.shm_path(&pod.id)).map_err(internal));
             if let Some(cg) = &pod.cgroup {
-                self.cgroups.remove(cg).map_err(internal)?;
+                step(self.cgroups.remove(cg).map_err(internal));
             }
             match std::fs::remove_dir_all(self.pod_dir(&pod.id)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(internal(e)),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => step(Err(internal(e))),
                 _ => {}
             }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Stops a pod: its IP is released and its network namespace goes.
@@ -379,7 +406,7 @@ impl Pods {
     pub async fn stop(&self, id: &str, network: &Network) -> Result<()> {
         let mut pod = self.get(id)?;
         let _one = self.locks.lock(&pod.key()).await;
-        self.tear_down(&mut pod, network, false).await?;
+        self.tear_down(&mut pod, network, false, false).await?;
         pod.state = PodState::NotReady;
         self.store.put(Table::Pods, &pod.id, &pod)?;
         tracing::info!(pod_id = %pod.id, "pod sandbox stopped");
@@ -394,7 +421,7 @@ impl Pods {
             Err(e) => return Err(e),
         };
         let _one = self.locks.lock(&pod.key()).await;
-        self.tear_down(&mut pod, network, true).await?;
+        self.tear_down(&mut pod, network, true, false).await?;
         self.store.delete(Table::Pods, &pod.id)?;
         tracing::info!(pod_id = %pod.id, "pod sandbox removed");
         Ok(())

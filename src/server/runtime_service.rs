@@ -13,6 +13,19 @@ use crate::runtime::{CRI_API_VERSION, RUNTIME_NAME, Runtime};
 use crate::sandbox::pinns::NsKind;
 use crate::sandbox::{PodState, labels_match};
 
+/// Runs a pod operation to the end even if the client gives up (deadline,
+/// disconnect): its retry then finds the finished work instead of a
+/// half-made pod.
+async fn detached<T: Send + 'static>(
+    op: impl std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+) -> Result<T, Status> {
+    use tracing::Instrument;
+    tokio::spawn(op.instrument(tracing::Span::current()))
+        .await
+        .map_err(|e| Status::internal(format!("pod operation failed: {e}")))?
+        .map_err(Status::from)
+}
+
 fn pod_state(s: PodState) -> i32 {
     match s {
         PodState::Ready => PodSandboxState::SandboxReady as i32,
@@ -118,11 +131,9 @@ impl RuntimeService for RuntimeServiceHandler {
         let config = req
             .config
             .ok_or_else(|| Status::invalid_argument("pod sandbox config is required"))?;
-        let id = self
-            .rt
-            .pods
-            .run(config, &req.runtime_handler, &self.rt.network)
-            .await?;
+        let rt = self.rt.clone();
+        let handler = req.runtime_handler;
+        let id = detached(async move { rt.pods.run(config, &handler, &rt.network).await }).await?;
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
     }
 
@@ -131,10 +142,8 @@ impl RuntimeService for RuntimeServiceHandler {
         &self,
         req: Request<StopPodSandboxRequest>,
     ) -> Reply<StopPodSandboxResponse> {
-        self.rt
-            .pods
-            .stop(&req.get_ref().pod_sandbox_id, &self.rt.network)
-            .await?;
+        let (rt, id) = (self.rt.clone(), req.into_inner().pod_sandbox_id);
+        detached(async move { rt.pods.stop(&id, &rt.network).await }).await?;
         Ok(Response::new(StopPodSandboxResponse {}))
     }
 
@@ -143,11 +152,12 @@ impl RuntimeService for RuntimeServiceHandler {
         &self,
         req: Request<RemovePodSandboxRequest>,
     ) -> Reply<RemovePodSandboxResponse> {
-        let id = &req.get_ref().pod_sandbox_id;
+        let id = req.into_inner().pod_sandbox_id;
         if id.is_empty() {
             return Err(Status::invalid_argument("pod sandbox id is empty"));
         }
-        self.rt.pods.remove(id, &self.rt.network).await?;
+        let rt = self.rt.clone();
+        detached(async move { rt.pods.remove(&id, &rt.network).await }).await?;
         Ok(Response::new(RemovePodSandboxResponse {}))
     }
 
