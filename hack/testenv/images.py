@@ -489,6 +489,11 @@ def build_all(b, only):
     if want("big"):
         out.append((REGISTRY, "crius/big", ["latest"], b.image(
             big_layers(), {"Cmd": ["busybox", "sha256sum", "-c", "/big/SHA256SUMS"]}, level=1)))
+    if want("pause"):
+        # A stand-in infra image for runtimes that need one (containerd in
+        # the pod benchmark): PID 1 just sleeps.
+        out.append((REGISTRY, "crius/pause", ["latest"], b.image(
+            [busybox_entries()], {"Entrypoint": ["/bin/sleep", "2147483647"]})))
     for kind in ("traversal", "symlink", "hardlink"):
         if want("hostile-" + kind):
             out.append((REGISTRY, "crius/hostile-" + kind, ["latest"],

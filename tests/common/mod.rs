@@ -246,6 +246,15 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // A test that failed before removing its pods must not leave
+        // namespace pins or tmpfs mounted on the host.
+        let base = self.paths.base.display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if point.starts_with(&base) {
+                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
     }
 }
 
