@@ -71,6 +71,8 @@ pub struct NetworkConfig {
     pub conf_dir: PathBuf,
     /// Directories searched, in order, for CNI plugin binaries.
     pub plugin_dirs: Vec<PathBuf>,
+    /// Seconds one CNI plugin may run before the pod operation fails.
+    pub plugin_timeout: u64,
 }
 
 /// Image pulling settings.
@@ -128,6 +130,7 @@ impl Default for NetworkConfig {
         NetworkConfig {
             conf_dir: "/etc/cni/net.d".into(),
             plugin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            plugin_timeout: 60,
         }
     }
 }
@@ -246,9 +249,12 @@ impl Config {
                 )));
             }
         }
-        if self.image.max_concurrent_downloads == 0 || self.image.pull_stall_timeout == 0 {
+        if self.image.max_concurrent_downloads == 0
+            || self.image.pull_stall_timeout == 0
+            || self.network.plugin_timeout == 0
+        {
             return Err(ConfigError::Invalid(
-                "image.max_concurrent_downloads and image.pull_stall_timeout must be positive"
+                "image.max_concurrent_downloads, image.pull_stall_timeout and network.plugin_timeout must be positive"
                     .into(),
             ));
         }
@@ -308,6 +314,11 @@ impl Config {
                     .map(|p| toml::Value::String(p.display().to_string()))
                     .collect(),
             )),
+        );
+        line(
+            "Seconds one CNI plugin may run before the pod operation fails.",
+            "plugin_timeout",
+            Some(toml::Value::Integer(self.network.plugin_timeout as i64)),
         );
         line("", "[image]", None);
         line(
@@ -523,6 +534,7 @@ mod tests {
             network: NetworkConfig {
                 conf_dir: "/n".into(),
                 plugin_dirs: vec!["/p1".into(), "/p 2".into()],
+                plugin_timeout: 9,
             },
             image: ImageConfig {
                 registries_conf: "/reg.conf".into(),

@@ -42,6 +42,7 @@ impl Runtime {
         let network = Network::new(
             config.network.conf_dir.clone(),
             config.network.plugin_dirs.clone(),
+            std::time::Duration::from_secs(config.network.plugin_timeout),
             pod_cidr,
         );
         let images = Images::open(&config.root, config.image.clone(), store.clone())?;

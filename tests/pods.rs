@@ -593,3 +593,35 @@ async fn a_plugin_error_reaches_the_caller_and_nothing_is_left() {
     );
     drop_bridge("crt18");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_plugin_times_out_and_the_pod_fails_cleanly() {
+    use std::os::unix::fs::PermissionsExt;
+    let plugins = tempfile::tempdir().unwrap();
+    let hang = plugins.path().join("hang");
+    std::fs::write(&hang, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = Daemon::builder()
+        .network(&format!(
+            "plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\nplugin_timeout = 2",
+            plugins.path().display()
+        ))
+        .start();
+    d.install_cni_config(
+        "10-hang.conflist",
+        &serde_json::json!({"cniVersion": "1.0.0", "name": "hang", "plugins": [{"type": "hang"}]})
+            .to_string(),
+    );
+    let mut rt = d.runtime().await;
+    let started = std::time::Instant::now();
+    let e = run(&mut rt, pod_config("h", "ns10")).await.unwrap_err();
+    assert!(e.message().contains("timed out"), "{e:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+}

@@ -36,14 +36,21 @@ pub enum Readiness {
 pub struct Network {
     conf_dir: PathBuf,
     plugin_dirs: Vec<PathBuf>,
+    plugin_timeout: std::time::Duration,
     pod_cidr: RwLock<Option<String>>,
 }
 
 impl Network {
-    pub fn new(conf_dir: PathBuf, plugin_dirs: Vec<PathBuf>, pod_cidr: Option<String>) -> Self {
+    pub fn new(
+        conf_dir: PathBuf,
+        plugin_dirs: Vec<PathBuf>,
+        plugin_timeout: std::time::Duration,
+        pod_cidr: Option<String>,
+    ) -> Self {
         Network {
             conf_dir,
             plugin_dirs,
+            plugin_timeout,
             pod_cidr: RwLock::new(pod_cidr),
         }
     }
@@ -71,9 +78,12 @@ impl Network {
         }
     }
 
-    /// The plugin directories, in search order.
-    pub fn plugin_dirs(&self) -> &[PathBuf] {
-        &self.plugin_dirs
+    /// What runs this node's CNI plugins.
+    pub fn invoker(&self) -> cni::Invoker {
+        cni::Invoker {
+            plugin_dirs: self.plugin_dirs.clone(),
+            timeout: self.plugin_timeout,
+        }
     }
 
     /// Where each plugin type is found, for diagnostics.

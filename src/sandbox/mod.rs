@@ -10,7 +10,6 @@ pub mod pinns;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
 use serde::{Deserialize, Serialize};
@@ -19,16 +18,13 @@ use serde_json::{Value, json};
 use crate::cgroups::Cgroups;
 use crate::error::{Error, Result};
 use crate::image::KeyedLocks;
-use crate::network::cni::{Attachment, Invoker, NetworkConf, result_ips};
+use crate::network::cni::{Attachment, NetworkConf, result_ips};
 use crate::network::{Network, Readiness};
 use crate::store::{Store, Table};
 use pinns::NsKind;
 
 /// Size of a pod's own /dev/shm (kubelet does not pass one; cri-o's default).
 pub const SHM_SIZE_KIB: u64 = 64 * 1024;
-
-/// How long one CNI plugin may run before the pod fails.
-pub const CNI_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Whether a pod is usable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,10 +264,7 @@ impl Pods {
                 }
             };
             let conf = NetworkConf::from_json(&file.raw).map_err(internal)?;
-            let invoker = Invoker {
-                plugin_dirs: network.plugin_dirs().to_vec(),
-                timeout: CNI_TIMEOUT,
-            };
+            let invoker = network.invoker();
             // Recorded before ADD: a crash mid-ADD still gets a DEL.
             pod.network = Some(NetworkAttachment {
                 conf: conf.to_json(),
@@ -314,6 +307,9 @@ impl Pods {
             .collect();
         if !ports.is_empty() {
             capabilities.insert("portMappings".into(), Value::Array(ports));
+        }
+        if let Some(bw) = bandwidth(&pod.config.annotations) {
+            capabilities.insert("bandwidth".into(), bw);
         }
         if let Some(dns) = &pod.config.dns_config {
             capabilities.insert(
@@ -358,10 +354,7 @@ impl Pods {
     ) -> Result<()> {
         let mut first: Option<Error> = None;
         if let Some(att) = pod.network.clone() {
-            let invoker = Invoker {
-                plugin_dirs: network.plugin_dirs().to_vec(),
-                timeout: CNI_TIMEOUT,
-            };
+            let invoker = network.invoker();
             let prev = (!att.result.is_null()).then_some(&att.result);
             let deleted = match NetworkConf::from_json(&att.conf) {
                 Ok(conf) => invoker
@@ -599,6 +592,51 @@ async fn pin(
     Ok(())
 }
 
+/// The CNI `bandwidth` capability from kubelet's pod annotations
+/// (`kubernetes.io/ingress-bandwidth: 10M`), in bits per second; the burst
+/// is left unlimited as cri-o and containerd do.
+fn bandwidth(annotations: &HashMap<String, String>) -> Option<Value> {
+    let rate = |k: &str| annotations.get(k).and_then(|v| parse_quantity(v));
+    let (ingress, egress) = (
+        rate("kubernetes.io/ingress-bandwidth"),
+        rate("kubernetes.io/egress-bandwidth"),
+    );
+    if ingress.is_none() && egress.is_none() {
+        return None;
+    }
+    let mut bw = serde_json::Map::new();
+    if let Some(r) = ingress {
+        bw.insert("ingressRate".into(), json!(r));
+        bw.insert("ingressBurst".into(), json!(i32::MAX));
+    }
+    if let Some(r) = egress {
+        bw.insert("egressRate".into(), json!(r));
+        bw.insert("egressBurst".into(), json!(i32::MAX));
+    }
+    Some(Value::Object(bw))
+}
+
+/// A Kubernetes quantity (`10M`, `1Gi`, `500k`, `1000`) as a number.
+fn parse_quantity(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
+    let (num, unit) = q.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
 /// Label selector match: every selector pair must be present.
 pub fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
@@ -638,6 +676,21 @@ mod tests {
         );
         assert!(hosts_file("web", Some("10.88.0.2")).ends_with("10.88.0.2\tweb\n"));
         assert_eq!(hostname(&c), "web");
+    }
+
+    #[test]
+    fn bandwidth_annotations() {
+        assert_eq!(parse_quantity("10M"), Some(10_000_000));
+        assert_eq!(parse_quantity("1Gi"), Some(1 << 30));
+        assert_eq!(parse_quantity("x"), None);
+        let a = HashMap::from([(
+            "kubernetes.io/egress-bandwidth".to_string(),
+            "5M".to_string(),
+        )]);
+        let bw = bandwidth(&a).unwrap();
+        assert_eq!(bw["egressRate"], 5_000_000);
+        assert!(bw.get("ingressRate").is_none());
+        assert!(bandwidth(&HashMap::new()).is_none());
     }
 
     #[test]

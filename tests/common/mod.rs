@@ -27,6 +27,7 @@ pub type Images = ImageServiceClient<Channel>;
 #[derive(Default)]
 pub struct DaemonBuilder {
     config: String,
+    network: String,
     registries: Option<String>,
     env: Vec<(String, String)>,
     args: Vec<String>,
@@ -38,6 +39,13 @@ impl DaemonBuilder {
     pub fn config(mut self, toml: &str) -> Self {
         self.config.push_str(toml);
         self.config.push('\n');
+        self
+    }
+
+    /// Extra keys for the generated config's `[network]` table.
+    pub fn network(mut self, toml: &str) -> Self {
+        self.network.push_str(toml);
+        self.network.push('\n');
         self
     }
 
@@ -68,8 +76,9 @@ impl DaemonBuilder {
         let registries = paths.base.join("registries.conf");
         std::fs::write(&registries, self.registries.unwrap_or_default()).expect("registries.conf");
         let config = format!(
-            "log_level = \"debug\"\n[network]\nconf_dir = \"{}\"\n[image]\nregistries_conf = \"{}\"\n{}",
+            "log_level = \"debug\"\n[network]\nconf_dir = \"{}\"\n{}[image]\nregistries_conf = \"{}\"\n{}",
             paths.cni_dir.display(),
+            self.network,
             registries.display(),
             self.config
         );
