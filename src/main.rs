@@ -57,10 +57,16 @@ enum Command {
         #[arg(long = "sysctl")]
         sysctls: Vec<String>,
     },
+    /// Internal: PID 1 of a pod's PID namespace.
+    #[command(hide = true)]
+    PodInit,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::PodInit) = &cli.command {
+        crius::sandbox::pinns::pod_init();
+    }
     if let Some(Command::Pinns {
         dir,
         hostname,
@@ -111,7 +117,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Some(Command::Pinns { .. }) => ExitCode::FAILURE,
+        Some(Command::Pinns { .. } | Command::PodInit) => ExitCode::FAILURE,
         None => run_daemon(config),
     }
 }
@@ -145,7 +151,12 @@ fn pinns(
         }
     }
     match pin_in_child(dir, &kinds, hostname, &pairs) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(init) => {
+            if let Some(pid) = init {
+                println!("init_pid={pid}");
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("crius pinns: {e}");
             ExitCode::FAILURE

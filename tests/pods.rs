@@ -625,3 +625,70 @@ async fn a_hung_plugin_times_out_and_the_pod_fails_cleanly() {
         .items;
     assert!(pods.is_empty(), "{pods:?}");
 }
+
+/// `PPid` and state of a process, from /proc.
+fn proc_status(pid: u32) -> Option<(u32, String, String)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |k: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    Some((
+        field("PPid:").parse().ok()?,
+        field("State:"),
+        field("NSpid:"),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_pid_namespace_has_an_init_that_reaps_orphans() {
+    let (d, _net, bridge) = daemon(19);
+    let mut rt = d.runtime().await;
+    let id = run(&mut rt, pod_config("p", "ns11")).await.unwrap();
+    let info = rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let init = v["pid"].as_u64().unwrap() as u32;
+    let (_, _, nspid) = proc_status(init).expect("init runs");
+    assert!(
+        nspid.ends_with("\t1") || nspid.ends_with(" 1"),
+        "PID 1 in its namespace: {nspid:?}"
+    );
+
+    // Orphan a short-lived process inside the pod: the init must reap it.
+    let pin = d.paths.runroot.join("pods").join(&id).join("ns/pid");
+    let st = Command::new("nsenter")
+        .arg(format!("--pid={}", pin.display()))
+        .args(["sh", "-c", "sleep 0.3 & echo $!"])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{st:?}");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+    assert!(
+        children.trim().is_empty(),
+        "init left children (zombies): {children:?}"
+    );
+
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let gone = proc_status(init).is_none_or(|(_, state, _)| state.starts_with('Z'));
+    assert!(gone, "init still running after stop");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+    drop_bridge(&bridge);
+}

@@ -58,6 +58,9 @@ pub struct PodRecord {
     /// The pod cgroup, relative to each hierarchy root.
     #[serde(default)]
     pub cgroup: Option<String>,
+    /// PID of the pod init when the pod has its own PID namespace.
+    #[serde(default)]
+    pub init_pid: Option<u32>,
 }
 
 impl PodRecord {
@@ -201,6 +204,7 @@ impl Pods {
             host_ipc,
             network: None,
             cgroup: None,
+            init_pid: None,
         };
         self.store.put(Table::Pods, &id, &pod)?;
         match self.set_up(&mut pod, network).await {
@@ -232,6 +236,9 @@ impl Pods {
         if !pod.host_ipc {
             kinds.push(NsKind::Ipc);
         }
+        if pid_mode(&pod.config) == NamespaceMode::Pod as i32 {
+            kinds.push(NsKind::Pid);
+        }
         let hostname = hostname(&pod.config);
         let parent = pod
             .config
@@ -247,7 +254,8 @@ impl Pods {
         self.store.put(Table::Pods, &pod.id, pod)?;
         self.cgroups.create(&cgroup).map_err(internal)?;
         if !kinds.is_empty() {
-            pin(&dir.join("ns"), &kinds, &hostname, &sysctls(&pod.config)).await?;
+            pod.init_pid = pin(&dir.join("ns"), &kinds, &hostname, &sysctls(&pod.config)).await?;
+            self.store.put(Table::Pods, &pod.id, pod)?;
         }
         if !pod.host_ipc {
             pinns::mount_shm(&self.shm_path(&pod.id), SHM_SIZE_KIB).map_err(internal)?;
@@ -372,6 +380,9 @@ impl Pods {
                 Err(e) => first = Some(e),
             }
         }
+        if let Some(pid) = pod.init_pid.take() {
+            stop_init(pid);
+        }
         let mut step = |r: Result<()>| {
             if let Err(e) = r {
                 first.get_or_insert(e);
@@ -379,7 +390,7 @@ impl Pods {
         };
         step(pinns::unpin(&self.ns_path(&pod.id, NsKind::Net)).map_err(internal));
         if all {
-            for k in [NsKind::Ipc, NsKind::Uts] {
+            for k in [NsKind::Ipc, NsKind::Uts, NsKind::Pid] {
                 step(pinns::unpin(&self.ns_path(&pod.id, k)).map_err(internal));
             }
             step(pinns::unmount(&self.shm_path(&pod.id)).map_err(internal));
@@ -551,6 +562,29 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
         .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
 }
 
+/// The pod's PID namespace mode (POD, CONTAINER, NODE).
+fn pid_mode(c: &PodSandboxConfig) -> i32 {
+    c.linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .map(|n| n.pid)
+        .unwrap_or(NamespaceMode::Pod as i32)
+}
+
+/// Ends a pod init (and with it every process in the pod's PID namespace),
+/// if `pid` is still one: after a reboot or a reuse of the pid it is not.
+fn stop_init(pid: u32) {
+    let is_init = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"pod-init"));
+    if is_init {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// The pod's sysctls, sorted for a stable order.
 fn sysctls(c: &PodSandboxConfig) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = c
@@ -568,7 +602,7 @@ async fn pin(
     kinds: &[NsKind],
     hostname: &str,
     sysctls: &[(String, String)],
-) -> Result<()> {
+) -> Result<Option<u32>> {
     let exe = std::env::current_exe().map_err(internal)?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("pinns")
@@ -589,7 +623,10 @@ async fn pin(
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("init_pid="))
+        .and_then(|p| p.trim().parse().ok()))
 }
 
 /// The CNI `bandwidth` capability from kubelet's pod annotations

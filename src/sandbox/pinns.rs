@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use std::os::unix::process::CommandExt;
+
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 
@@ -14,6 +16,8 @@ pub enum NsKind {
     Net,
     Ipc,
     Uts,
+    /// Needs a process: the pod init (`crius pod-init`) is its PID 1.
+    Pid,
 }
 
 impl NsKind {
@@ -23,6 +27,7 @@ impl NsKind {
             NsKind::Net => "net",
             NsKind::Ipc => "ipc",
             NsKind::Uts => "uts",
+            NsKind::Pid => "pid",
         }
     }
 
@@ -31,6 +36,7 @@ impl NsKind {
             NsKind::Net => CloneFlags::CLONE_NEWNET,
             NsKind::Ipc => CloneFlags::CLONE_NEWIPC,
             NsKind::Uts => CloneFlags::CLONE_NEWUTS,
+            NsKind::Pid => CloneFlags::CLONE_NEWPID,
         }
     }
 
@@ -40,6 +46,7 @@ impl NsKind {
             "net" => Some(NsKind::Net),
             "ipc" => Some(NsKind::Ipc),
             "uts" => Some(NsKind::Uts),
+            "pid" => Some(NsKind::Pid),
             _ => None,
         }
     }
@@ -64,13 +71,14 @@ pub enum PinError {
 /// hostname set in the new UTS namespace, the pod's sysctls written (they
 /// land in the new namespaces, as /proc/sys follows the writer's), each
 /// namespace bind-mounted to `dir/<name>`. The child exits afterwards; the
-/// mounts keep the namespaces alive.
+/// mounts keep the namespaces alive. With a PID namespace it also starts
+/// the pod init (its PID 1, in all the new namespaces) and returns its pid.
 pub fn pin_in_child(
     dir: &Path,
     kinds: &[NsKind],
     hostname: Option<&str>,
     sysctls: &[(String, String)],
-) -> Result<(), PinError> {
+) -> Result<Option<u32>, PinError> {
     let flags = kinds.iter().fold(CloneFlags::empty(), |f, k| f | k.flag());
     nix::sched::unshare(flags).map_err(|source| PinError::Sys {
         what: "unshare".into(),
@@ -89,13 +97,34 @@ pub fn pin_in_child(
             source,
         })?;
     }
+    // The first child after unshare(CLONE_NEWPID) is PID 1 of the new
+    // namespace; it keeps the namespace usable for the pod's containers.
+    let init = if kinds.contains(&NsKind::Pid) {
+        let child = std::process::Command::new("/proc/self/exe")
+            .arg("pod-init")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|source| PinError::Io {
+                path: PathBuf::from("/proc/self/exe"),
+                source,
+            })?;
+        Some(child.id())
+    } else {
+        None
+    };
     for k in kinds {
         let target = dir.join(k.name());
         std::fs::File::create(&target).map_err(|source| PinError::Io {
             path: target.clone(),
             source,
         })?;
-        let src = format!("/proc/self/ns/{}", k.name());
+        let src = match (k, init) {
+            (NsKind::Pid, Some(pid)) => format!("/proc/{pid}/ns/pid"),
+            _ => format!("/proc/self/ns/{}", k.name()),
+        };
         nix::mount::mount(
             Some(src.as_str()),
             &target,
@@ -108,7 +137,38 @@ pub fn pin_in_child(
             source,
         })?;
     }
-    Ok(())
+    Ok(init)
+}
+
+/// The pod init: PID 1 of a pod's PID namespace. It reaps every orphan the
+/// kernel hands it and exits on SIGTERM or SIGINT (its death ends the
+/// namespace and every process left in it).
+pub fn pod_init() -> ! {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        set.add(s);
+    }
+    if set.thread_block().is_err() {
+        std::process::exit(1);
+    }
+    loop {
+        match set.wait() {
+            Ok(Signal::SIGTERM | Signal::SIGINT) => std::process::exit(0),
+            Ok(_) | Err(_) => loop {
+                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            },
+        }
+    }
 }
 
 /// `net.ipv4.ip_forward` → `net/ipv4/ip_forward`; names already using `/`

@@ -171,7 +171,7 @@ impl RuntimeService for RuntimeServiceHandler {
         let mut info = std::collections::HashMap::new();
         if req.verbose {
             let v = serde_json::json!({
-                "pid": 0,
+                "pid": pod.init_pid.unwrap_or(0),
                 "netns": (!pod.host_network).then(|| self.rt.pods.ns_path(&pod.id, NsKind::Net)),
                 "network": pod.network,
                 "config": pod.config,

@@ -255,14 +255,45 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // A test that failed before removing its pods must not leave
-        // namespace pins or tmpfs mounted on the host.
+        // A test that failed before removing its pods must not leave pod
+        // inits running, nor namespace pins or tmpfs mounted on the host.
+        kill_pod_inits(&self.paths.runroot.join("pods"));
         let base = self.paths.base.display().to_string();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
             if point.starts_with(&base) {
                 let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
             }
+        }
+    }
+}
+
+/// Kills the `crius pod-init` of every pod PID namespace pinned under `pods`.
+fn kill_pod_inits(pods: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let pinned: Vec<u64> = std::fs::read_dir(pods)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|p| std::fs::metadata(p.path().join("ns/pid")).ok())
+                .map(|m| m.ino())
+                .collect()
+        })
+        .unwrap_or_default();
+    if pinned.is_empty() {
+        return;
+    }
+    for proc_entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = proc_entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let ns = std::fs::metadata(proc_entry.path().join("ns/pid")).map(|m| m.ino());
+        let is_init = std::fs::read(proc_entry.path().join("cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"pod-init"));
+        if is_init && ns.is_ok_and(|i| pinned.contains(&i)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
