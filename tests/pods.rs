@@ -692,3 +692,39 @@ async fn a_pod_pid_namespace_has_an_init_that_reaps_orphans() {
         .unwrap();
     drop_bridge(&bridge);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbose_status_runs_cni_check() {
+    let (d, _net, bridge) = daemon(20);
+    let mut rt = d.runtime().await;
+    let id = run(&mut rt, pod_config("c", "ns12")).await.unwrap();
+    let check = |rt: &mut Runtime, id: String| {
+        let mut rt = rt.clone();
+        async move {
+            let info = rt
+                .pod_sandbox_status(PodSandboxStatusRequest {
+                    pod_sandbox_id: id,
+                    verbose: true,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .info;
+            let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+            v["networkCheck"].clone()
+        }
+    };
+    assert_eq!(check(&mut rt, id.clone()).await, "ok");
+    // Someone removes the pod's interface: CHECK says so.
+    let del = in_netns(&netns(&d, &id), &["ip", "link", "del", "eth0"]);
+    assert!(del.status.success());
+    let broken = check(&mut rt, id.clone()).await;
+    assert!(
+        broken.as_str().is_some_and(|m| m.contains("CHECK")),
+        "{broken}"
+    );
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+    drop_bridge(&bridge);
+}

@@ -98,6 +98,20 @@ impl Invoker {
         prev.ok_or_else(|| CniError::Config(format!("network {} returned no result", conf.name)))
     }
 
+    /// CHECK through the chain (CNI 0.4.0+): whether the attachment is still
+    /// as ADD left it.
+    pub async fn check(
+        &self,
+        conf: &NetworkConf,
+        a: &Attachment,
+        prev: &Value,
+    ) -> Result<(), CniError> {
+        for plugin in &conf.plugins {
+            self.exec("CHECK", conf, plugin, a, Some(prev)).await?;
+        }
+        Ok(())
+    }
+
     /// DEL through the chain in reverse, with the cached ADD result.
     pub async fn del(
         &self,

@@ -405,6 +405,23 @@ impl Pods {
         first.map_or(Ok(()), Err)
     }
 
+    /// Runs CNI CHECK for a ready pod's network: `None` when the pod has no
+    /// CNI attachment, else the outcome.
+    pub async fn check_network(&self, pod: &PodRecord, network: &Network) -> Option<Result<()>> {
+        let att = pod.network.as_ref().filter(|a| !a.result.is_null())?;
+        let conf = match NetworkConf::from_json(&att.conf) {
+            Ok(c) => c,
+            Err(e) => return Some(Err(internal(e))),
+        };
+        Some(
+            network
+                .invoker()
+                .check(&conf, &self.attachment(pod), &att.result)
+                .await
+                .map_err(|e| Error::Internal(e.to_string())),
+        )
+    }
+
     /// Stops a pod: its IP is released and its network namespace goes.
     /// Repeating it is fine.
     pub async fn stop(&self, id: &str, network: &Network) -> Result<()> {

@@ -170,7 +170,13 @@ impl RuntimeService for RuntimeServiceHandler {
         let pod = self.rt.pods.get(&req.pod_sandbox_id)?;
         let mut info = std::collections::HashMap::new();
         if req.verbose {
+            let check = match self.rt.pods.check_network(&pod, &self.rt.network).await {
+                None => serde_json::Value::Null,
+                Some(Ok(())) => "ok".into(),
+                Some(Err(e)) => e.to_string().into(),
+            };
             let v = serde_json::json!({
+                "networkCheck": check,
                 "pid": pod.init_pid.unwrap_or(0),
                 "netns": (!pod.host_network).then(|| self.rt.pods.ns_path(&pod.id, NsKind::Net)),
                 "network": pod.network,
