@@ -250,12 +250,12 @@ impl Pods {
             .cgroups
             .pod_path(parent, &pod.id)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        // Not stored yet: a crash before the next write is cleaned up by
+        // recomputing the path and finding the init through its pin.
         pod.cgroup = Some(cgroup.clone());
-        self.store.put(Table::Pods, &pod.id, pod)?;
         self.cgroups.create(&cgroup).map_err(internal)?;
         if !kinds.is_empty() {
             pod.init_pid = pin(&dir.join("ns"), &kinds, &hostname, &sysctls(&pod.config)).await?;
-            self.store.put(Table::Pods, &pod.id, pod)?;
         }
         if !pod.host_ipc {
             pinns::mount_shm(&self.shm_path(&pod.id), SHM_SIZE_KIB).map_err(internal)?;
@@ -380,9 +380,7 @@ impl Pods {
                 Err(e) => first = Some(e),
             }
         }
-        if let Some(pid) = pod.init_pid.take() {
-            stop_init(pid);
-        }
+        stop_init(pod.init_pid.take(), &self.ns_path(&pod.id, NsKind::Pid));
         let mut step = |r: Result<()>| {
             if let Err(e) = r {
                 first.get_or_insert(e);
@@ -394,8 +392,18 @@ impl Pods {
                 step(pinns::unpin(&self.ns_path(&pod.id, k)).map_err(internal));
             }
             step(pinns::unmount(&self.shm_path(&pod.id)).map_err(internal));
-            if let Some(cg) = &pod.cgroup {
-                step(self.cgroups.remove(cg).map_err(internal));
+            let parent = pod
+                .config
+                .linux
+                .as_ref()
+                .map(|l| l.cgroup_parent.as_str())
+                .unwrap_or("");
+            let cgroup = pod
+                .cgroup
+                .clone()
+                .or_else(|| self.cgroups.pod_path(parent, &pod.id).ok());
+            if let Some(cg) = cgroup {
+                step(self.cgroups.remove(&cg).map_err(internal));
             }
             match std::fs::remove_dir_all(self.pod_dir(&pod.id)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => step(Err(internal(e))),
@@ -589,12 +597,27 @@ fn pid_mode(c: &PodSandboxConfig) -> i32 {
         .unwrap_or(NamespaceMode::Pod as i32)
 }
 
-/// Ends a pod init (and with it every process in the pod's PID namespace),
-/// if `pid` is still one: after a reboot or a reuse of the pid it is not.
-fn stop_init(pid: u32) {
-    let is_init = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"pod-init"));
-    if is_init {
+/// Ends a pod init (and with it every process in the pod's PID namespace).
+/// The process is identified by the namespace it is PID 1 of, so a reused
+/// pid is never killed; without a recorded pid it is looked up.
+fn stop_init(recorded: Option<u32>, pin: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ns) = std::fs::metadata(pin).map(|m| m.ino()) else {
+        return;
+    };
+    let in_ns = |pid: u32| {
+        std::fs::metadata(format!("/proc/{pid}/ns/pid")).is_ok_and(|m| m.ino() == ns)
+            && std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"pod-init"))
+    };
+    let pid = recorded.filter(|p| in_ns(*p)).or_else(|| {
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .find(|p| in_ns(*p))
+    });
+    if let Some(pid) = pid {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
