@@ -7,6 +7,7 @@
 pub mod cgroups;
 pub mod check;
 pub mod config;
+pub mod container;
 pub mod daemon;
 pub mod error;
 pub mod image;
