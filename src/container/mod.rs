@@ -2,4 +2,5 @@
 //! its image into the process to run (command, environment, user); the OCI
 //! spec, the executor and the monitor build on them.
 
+pub mod logs;
 pub mod process;
