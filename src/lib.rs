@@ -16,4 +16,5 @@ pub mod network;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
+pub mod storage;
 pub mod store;

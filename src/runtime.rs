@@ -33,6 +33,7 @@ pub struct Runtime {
     pub network: Network,
     pub images: Images,
     pub pods: Pods,
+    pub storage: crate::storage::Storage,
 }
 
 impl Runtime {
@@ -49,12 +50,15 @@ impl Runtime {
         let cgroups = crate::cgroups::Cgroups::detect(config.runtime.cgroup_driver);
         tracing::info!(cgroup_version = cgroups.version(), "cgroups");
         let pods = Pods::new(store.clone(), &config.runroot, cgroups);
+        let storage = crate::storage::Storage::open(&config.root)
+            .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
         Ok(Runtime {
             config,
             store,
             network,
             images,
             pods,
+            storage,
         })
     }
 

@@ -172,6 +172,9 @@ impl Images {
             }
             tracing::info!(chain_id, "layer freed");
         }
+        if let Some(root) = self.layers_dir.parent() {
+            crate::storage::prune_dangling_links(root);
+        }
         for digest in self.content.list() {
             if !keep_blobs.contains(digest.as_str()) {
                 self.content.remove(&digest).map_err(internal)?;

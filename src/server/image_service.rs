@@ -134,7 +134,10 @@ impl ImageService for ImageServiceHandler {
         };
         Ok(Response::new(ImageFsInfoResponse {
             image_filesystems: vec![fs(self.rt.images.root_dir(), usage.bytes, usage.inodes)],
-            container_filesystems: vec![fs(&self.rt.config.root.join("containers"), 0, 0)],
+            container_filesystems: vec![{
+                let (bytes, inodes) = self.rt.storage.usage();
+                fs(self.rt.storage.root(), bytes, inodes)
+            }],
         }))
     }
 }
