@@ -37,6 +37,22 @@ async fn run(rt: &mut Runtime, config: PodSandboxConfig) -> Result<String, tonic
     .map(|r| r.into_inner().pod_sandbox_id)
 }
 
+async fn list_all(rt: &mut Runtime) -> Vec<PodSandbox> {
+    rt.list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+}
+
+async fn remove(rt: &mut Runtime, id: &str) {
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: id.to_string(),
+    })
+    .await
+    .unwrap();
+}
+
 async fn status(rt: &mut Runtime, id: &str) -> PodSandboxStatus {
     rt.pod_sandbox_status(PodSandboxStatusRequest {
         pod_sandbox_id: id.into(),
@@ -283,16 +299,9 @@ async fn host_network_pods_skip_cni() {
     // A pod network without a CNI config is refused, and leaves nothing.
     let e = run(&mut rt, pod_config("n", "ns3")).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = list_all(&mut rt).await;
     assert_eq!(pods.len(), 1);
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
-        .await
-        .unwrap();
+    remove(&mut rt, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,9 +503,7 @@ async fn host_port_reaches_the_pod_from_localhost() {
     let _ = server.kill();
     let _ = server.wait();
     assert!(body.contains("hello from the pod"), "{body}");
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
-        .await
-        .unwrap();
+    remove(&mut rt, &id).await;
     // The port mapping went with the pod.
     assert!(std::net::TcpStream::connect("127.0.0.1:18081").is_err());
     drop_bridge(&bridge);
@@ -515,18 +522,11 @@ async fn a_run_the_client_gave_up_on_completes_and_serves_the_retry() {
     req.set_timeout(std::time::Duration::from_millis(1));
     assert!(rt.run_pod_sandbox(req).await.is_err());
     let id = run(&mut rt, cfg).await.unwrap();
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = list_all(&mut rt).await;
     assert_eq!(pods.len(), 1, "{pods:?}\n{}", d.logs());
     assert_eq!(pods[0].id, id);
     assert_eq!(pods[0].state, PodSandboxState::SandboxReady as i32);
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
-        .await
-        .unwrap();
+    remove(&mut rt, &id).await;
     drop_bridge(&bridge);
 }
 
@@ -556,9 +556,7 @@ async fn stop_works_after_the_cni_config_changed_and_the_netns_vanished() {
             .join(&ip)
             .exists()
     );
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
-        .await
-        .unwrap();
+    remove(&mut rt, &id).await;
     drop_bridge(&bridge);
 }
 
@@ -578,12 +576,7 @@ async fn a_plugin_error_reaches_the_caller_and_nothing_is_left() {
     let e = run(&mut rt, pod_config("x", "ns9")).await.unwrap_err();
     assert!(e.message().contains("bridge"), "{e:?}");
     assert!(e.message().to_lowercase().contains("subnet"), "{e:?}");
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = list_all(&mut rt).await;
     assert!(pods.is_empty(), "{pods:?}");
     assert_eq!(
         std::fs::read_dir(d.paths.runroot.join("pods"))
@@ -617,12 +610,7 @@ async fn a_hung_plugin_times_out_and_the_pod_fails_cleanly() {
     let e = run(&mut rt, pod_config("h", "ns10")).await.unwrap_err();
     assert!(e.message().contains("timed out"), "{e:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = list_all(&mut rt).await;
     assert!(pods.is_empty(), "{pods:?}");
 }
 
@@ -687,9 +675,7 @@ async fn a_pod_pid_namespace_has_an_init_that_reaps_orphans() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     let gone = proc_status(init).is_none_or(|(_, state, _)| state.starts_with('Z'));
     assert!(gone, "init still running after stop");
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
-        .await
-        .unwrap();
+    remove(&mut rt, &id).await;
     drop_bridge(&bridge);
 }
 
@@ -723,8 +709,6 @@ async fn verbose_status_runs_cni_check() {
         broken.as_str().is_some_and(|m| m.contains("CHECK")),
         "{broken}"
     );
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
-        .await
-        .unwrap();
+    remove(&mut rt, &id).await;
     drop_bridge(&bridge);
 }

@@ -240,15 +240,9 @@ impl Pods {
             kinds.push(NsKind::Pid);
         }
         let hostname = hostname(&pod.config);
-        let parent = pod
-            .config
-            .linux
-            .as_ref()
-            .map(|l| l.cgroup_parent.as_str())
-            .unwrap_or("");
         let cgroup = self
             .cgroups
-            .pod_path(parent, &pod.id)
+            .pod_path(cgroup_parent(&pod.config), &pod.id)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         // Not stored yet: a crash before the next write is cleaned up by
         // recomputing the path and finding the init through its pin.
@@ -392,16 +386,11 @@ impl Pods {
                 step(pinns::unpin(&self.ns_path(&pod.id, k)).map_err(internal));
             }
             step(pinns::unmount(&self.shm_path(&pod.id)).map_err(internal));
-            let parent = pod
-                .config
-                .linux
-                .as_ref()
-                .map(|l| l.cgroup_parent.as_str())
-                .unwrap_or("");
-            let cgroup = pod
-                .cgroup
-                .clone()
-                .or_else(|| self.cgroups.pod_path(parent, &pod.id).ok());
+            let cgroup = pod.cgroup.clone().or_else(|| {
+                self.cgroups
+                    .pod_path(cgroup_parent(&pod.config), &pod.id)
+                    .ok()
+            });
             if let Some(cg) = cgroup {
                 step(self.cgroups.remove(&cg).map_err(internal));
             }
@@ -585,6 +574,14 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
+}
+
+/// The cgroup parent kubelet asked for ("" when none).
+fn cgroup_parent(c: &PodSandboxConfig) -> &str {
+    c.linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.as_str())
+        .unwrap_or("")
 }
 
 /// The pod's PID namespace mode (POD, CONTAINER, NODE).
