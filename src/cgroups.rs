@@ -19,6 +19,8 @@ const ROOT: &str = "/sys/fs/cgroup";
 pub enum CgroupError {
     #[error("invalid cgroup parent {0:?}")]
     InvalidParent(String),
+    #[error("invalid container resources: {0}")]
+    InvalidResource(String),
     #[error("no cgroup filesystem found under /sys/fs/cgroup")]
     NoCgroups,
     #[error("{path}: {source}")]
@@ -225,5 +227,207 @@ mod tests {
             sd.pod_path("kubepods-pod1.slice", id).unwrap(),
             "kubepods.slice/kubepods-pod1.slice/crius-pod-0123456789ab.scope"
         );
+    }
+}
+
+/// Which cgroup interface files to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// The cgroup files (relative name, value) that apply CRI container
+/// resources, for v1 controllers (`cpu/cpu.shares`) or the v2 tree
+/// (`cpu.weight`). Unset (zero) fields write nothing.
+pub fn resource_files(
+    version: Version,
+    r: &k8s_cri::v1::LinuxContainerResources,
+) -> Result<Vec<(String, String)>, CgroupError> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut put = |f: &str, v: String| out.push((f.to_string(), v));
+    let invalid = |what: &str| CgroupError::InvalidResource(what.to_string());
+    match version {
+        Version::V1 => {
+            if r.cpu_shares > 0 {
+                put("cpu/cpu.shares", r.cpu_shares.max(2).to_string());
+            }
+            if r.cpu_period > 0 {
+                put("cpu/cpu.cfs_period_us", r.cpu_period.to_string());
+            }
+            if r.cpu_quota != 0 {
+                put("cpu/cpu.cfs_quota_us", r.cpu_quota.to_string());
+            }
+            if r.memory_limit_in_bytes > 0 {
+                put(
+                    "memory/memory.limit_in_bytes",
+                    r.memory_limit_in_bytes.to_string(),
+                );
+            }
+            if r.memory_swap_limit_in_bytes != 0 {
+                put(
+                    "memory/memory.memsw.limit_in_bytes",
+                    r.memory_swap_limit_in_bytes.to_string(),
+                );
+            }
+            for h in &r.hugepage_limits {
+                put(
+                    &format!("hugetlb/hugetlb.{}.limit_in_bytes", h.page_size),
+                    h.limit.to_string(),
+                );
+            }
+            if !r.unified.is_empty() {
+                return Err(invalid("unified resources need cgroup v2"));
+            }
+        }
+        Version::V2 => {
+            if r.cpu_shares > 0 {
+                // runc's mapping of shares [2, 262144] onto weight [1, 10000].
+                let shares = r.cpu_shares.clamp(2, 262_144);
+                put(
+                    "cpu.weight",
+                    (1 + ((shares - 2) * 9999) / 262_142).to_string(),
+                );
+            }
+            if r.cpu_quota != 0 || r.cpu_period > 0 {
+                let quota = if r.cpu_quota > 0 {
+                    r.cpu_quota.to_string()
+                } else {
+                    "max".into()
+                };
+                let period = if r.cpu_period > 0 {
+                    r.cpu_period
+                } else {
+                    100_000
+                };
+                put("cpu.max", format!("{quota} {period}"));
+            }
+            if r.memory_limit_in_bytes > 0 {
+                put("memory.max", r.memory_limit_in_bytes.to_string());
+            }
+            // CRI's swap limit is memory+swap; v2 limits swap alone.
+            match r.memory_swap_limit_in_bytes {
+                -1 => put("memory.swap.max", "max".into()),
+                s if s > 0 && r.memory_limit_in_bytes > 0 => put(
+                    "memory.swap.max",
+                    (s - r.memory_limit_in_bytes).max(0).to_string(),
+                ),
+                _ => {}
+            }
+            for h in &r.hugepage_limits {
+                put(&format!("hugetlb.{}.max", h.page_size), h.limit.to_string());
+            }
+            let mut unified: Vec<_> = r.unified.iter().collect();
+            unified.sort();
+            for (k, v) in unified {
+                if k.contains('/') || k.starts_with('.') || k.is_empty() || v.contains('\n') {
+                    return Err(invalid(&format!("unified key {k:?}")));
+                }
+                put(k, v.clone());
+            }
+        }
+    }
+    let cpuset = match version {
+        Version::V1 => ("cpuset/cpuset.cpus", "cpuset/cpuset.mems"),
+        Version::V2 => ("cpuset.cpus", "cpuset.mems"),
+    };
+    for (file, value) in [(cpuset.0, &r.cpuset_cpus), (cpuset.1, &r.cpuset_mems)] {
+        if !value.is_empty() {
+            if !value
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b',' || b == b'-')
+            {
+                return Err(invalid(&format!("cpuset {value:?}")));
+            }
+            out.push((file.to_string(), value.clone()));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod resource_tests {
+    use super::*;
+    use k8s_cri::v1::{HugepageLimit, LinuxContainerResources};
+
+    fn res() -> LinuxContainerResources {
+        LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 256 << 20,
+            memory_swap_limit_in_bytes: 512 << 20,
+            cpuset_cpus: "0-1".into(),
+            hugepage_limits: vec![HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 4 << 20,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn get(files: &[(String, String)], f: &str) -> Option<String> {
+        files.iter().find(|(k, _)| k == f).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn v1_files() {
+        let f = resource_files(Version::V1, &res()).unwrap();
+        assert_eq!(get(&f, "cpu/cpu.shares").as_deref(), Some("512"));
+        assert_eq!(get(&f, "cpu/cpu.cfs_quota_us").as_deref(), Some("50000"));
+        assert_eq!(
+            get(&f, "memory/memory.limit_in_bytes").as_deref(),
+            Some("268435456")
+        );
+        assert_eq!(
+            get(&f, "memory/memory.memsw.limit_in_bytes").as_deref(),
+            Some("536870912")
+        );
+        assert_eq!(
+            get(&f, "hugetlb/hugetlb.2MB.limit_in_bytes").as_deref(),
+            Some("4194304")
+        );
+        assert_eq!(get(&f, "cpuset/cpuset.cpus").as_deref(), Some("0-1"));
+        let mut u = res();
+        u.unified.insert("memory.high".into(), "1".into());
+        assert!(resource_files(Version::V1, &u).is_err());
+    }
+
+    #[test]
+    fn v2_files() {
+        let mut r = res();
+        r.unified.insert("memory.high".into(), "100000000".into());
+        let f = resource_files(Version::V2, &r).unwrap();
+        assert_eq!(get(&f, "cpu.weight").as_deref(), Some("20"));
+        assert_eq!(get(&f, "cpu.max").as_deref(), Some("50000 100000"));
+        assert_eq!(get(&f, "memory.max").as_deref(), Some("268435456"));
+        assert_eq!(get(&f, "memory.swap.max").as_deref(), Some("268435456"));
+        assert_eq!(get(&f, "memory.high").as_deref(), Some("100000000"));
+        assert_eq!(get(&f, "hugetlb.2MB.max").as_deref(), Some("4194304"));
+        // Extremes of the shares → weight mapping, and an unlimited quota.
+        let edge = LinuxContainerResources {
+            cpu_shares: 2,
+            cpu_quota: -1,
+            ..Default::default()
+        };
+        let f = resource_files(Version::V2, &edge).unwrap();
+        assert_eq!(get(&f, "cpu.weight").as_deref(), Some("1"));
+        assert_eq!(get(&f, "cpu.max").as_deref(), Some("max 100000"));
+        let big = LinuxContainerResources {
+            cpu_shares: 262_144,
+            ..Default::default()
+        };
+        assert_eq!(
+            get(&resource_files(Version::V2, &big).unwrap(), "cpu.weight").as_deref(),
+            Some("10000")
+        );
+        let mut bad = LinuxContainerResources::default();
+        bad.unified.insert("../escape".into(), "1".into());
+        assert!(resource_files(Version::V2, &bad).is_err());
+        let cpus = LinuxContainerResources {
+            cpuset_cpus: "0\n1".into(),
+            ..Default::default()
+        };
+        assert!(resource_files(Version::V2, &cpus).is_err());
     }
 }
