@@ -9,6 +9,8 @@ packages=(
   iproute2                     # ip netns / ip link for network checks and tests
   util-linux                   # nsenter, mount
   iputils-ping                 # pod-to-pod reachability in tests
+  libseccomp-dev               # seccomp profiles compiled to BPF
+  pkg-config                   # finds libseccomp at build time
 )
 missing=()
 for p in "${packages[@]}"; do
