@@ -4,3 +4,4 @@
 
 pub mod logs;
 pub mod process;
+pub mod spec;

@@ -1,0 +1,879 @@
+//! The OCI runtime spec of a container, built from the CRI request, the
+//! image config and the pod it joins. Pure: everything the node provides
+//! (paths, the resolved user, the pod's namespace pins) comes in through
+//! [`SpecInput`], so every rule is unit-tested without a node.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use k8s_cri::v1::{ContainerConfig, LinuxContainerSecurityContext, MountPropagation};
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice,
+    LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+
+use super::process::User;
+
+/// Capabilities a container gets unless it asks otherwise (containerd's and
+/// cri-o's default set).
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Paths hidden from unprivileged containers when kubelet sends none.
+pub const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths read-only in unprivileged containers when kubelet sends none.
+pub const DEFAULT_READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Why a spec cannot be built from the request.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("invalid {what}: {value}")]
+    Invalid { what: &'static str, value: String },
+    #[error("building the OCI spec: {0}")]
+    Oci(#[from] oci_spec::OciSpecError),
+}
+
+fn invalid(what: &'static str, value: impl Into<String>) -> SpecError {
+    SpecError::Invalid {
+        what,
+        value: value.into(),
+    }
+}
+
+/// How the container's PID namespace is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PidNamespace {
+    /// Its own (Kubernetes' default).
+    Container,
+    /// The pod's pinned one.
+    Pod(PathBuf),
+    /// The host's.
+    Node,
+    /// Another container's (`TARGET`, ephemeral debug containers).
+    Target(PathBuf),
+}
+
+/// What the node provides for one container: paths and decisions the pure
+/// rules cannot make themselves.
+#[derive(Debug, Clone)]
+pub struct SpecInput<'a> {
+    pub config: &'a ContainerConfig,
+    /// argv, from [`super::process::command`].
+    pub args: Vec<String>,
+    /// From [`super::process::environment`].
+    pub env: Vec<String>,
+    /// The image's WORKDIR.
+    pub image_workdir: Option<String>,
+    pub user: &'a User,
+    /// The mounted overlay rootfs.
+    pub rootfs: &'a Path,
+    /// Pinned namespaces of the pod: net, ipc, uts (absent for host ones).
+    pub pod_namespaces: Vec<(LinuxNamespaceType, PathBuf)>,
+    pub pid: PidNamespace,
+    /// The pod's `/etc/resolv.conf`, `/etc/hostname`, `/etc/hosts`.
+    pub pod_files: Vec<(&'static str, PathBuf)>,
+    /// The pod's /dev/shm (or the host's for host IPC pods).
+    pub shm: Option<PathBuf>,
+    /// The container cgroup, relative to each hierarchy root.
+    pub cgroups_path: String,
+    /// Whether the container gets its own cgroup namespace (cgroup v2).
+    pub cgroup_namespace: bool,
+    /// Host devices `(path, type, major, minor, mode, uid, gid)` for CRI
+    /// `devices` and privileged containers, resolved by the caller.
+    pub devices: Vec<HostDevice>,
+}
+
+/// A device node found on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDevice {
+    pub host_path: PathBuf,
+    pub container_path: PathBuf,
+    pub char_device: bool,
+    pub major: i64,
+    pub minor: i64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// cgroup device permissions, `rwm` subset.
+    pub permissions: String,
+}
+
+fn security(config: &ContainerConfig) -> LinuxContainerSecurityContext {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default()
+}
+
+/// Whether the request asks for a privileged container.
+pub fn privileged(config: &ContainerConfig) -> bool {
+    security(config).privileged
+}
+
+fn parse_capability(name: &str) -> Result<Capability, SpecError> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
+    let short = &full["CAP_".len()..];
+    Capability::from_str(short).map_err(|_| invalid("capability", name))
+}
+
+/// The capability set: the defaults (or all, privileged), plus adds, minus
+/// drops; "ALL" works in both lists as in Docker.
+pub fn capabilities(sec: &LinuxContainerSecurityContext) -> Result<Vec<String>, SpecError> {
+    let all: Vec<String> = all_capabilities();
+    if sec.privileged {
+        return Ok(all);
+    }
+    let caps = sec.capabilities.clone().unwrap_or_default();
+    let mut set: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect();
+    let norm = |c: &String| -> Result<String, SpecError> {
+        if c.eq_ignore_ascii_case("ALL") {
+            return Ok("ALL".into());
+        }
+        parse_capability(c).map(|_| {
+            let u = c.trim().to_ascii_uppercase();
+            if u.starts_with("CAP_") {
+                u
+            } else {
+                format!("CAP_{u}")
+            }
+        })
+    };
+    for c in &caps.add_capabilities {
+        match norm(c)?.as_str() {
+            "ALL" => set = all.clone(),
+            n if !set.iter().any(|s| s == n) => set.push(n.to_string()),
+            _ => {}
+        }
+    }
+    for c in &caps.drop_capabilities {
+        match norm(c)?.as_str() {
+            "ALL" => set.clear(),
+            n => set.retain(|s| s != n),
+        }
+    }
+    // Explicit adds survive a drop of ALL (Docker's rule).
+    if caps
+        .drop_capabilities
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case("ALL"))
+    {
+        for c in &caps.add_capabilities {
+            let n = norm(c)?;
+            if n != "ALL" && !set.contains(&n) {
+                set.push(n);
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// Every capability this kernel knows.
+fn all_capabilities() -> Vec<String> {
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u8>().ok())
+        .unwrap_or(40);
+    caps::all()
+        .into_iter()
+        .filter(|c| c.index() <= last)
+        .map(|c| c.to_string())
+        .collect()
+}
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, SpecError> {
+    Ok(MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()?)
+}
+
+fn bind(dest: &str, source: &Path, readonly: bool, propagation: &str) -> Result<Mount, SpecError> {
+    let mut opts = vec!["rbind", if readonly { "ro" } else { "rw" }];
+    if !propagation.is_empty() {
+        opts.push(propagation);
+    }
+    opts.extend(["nosuid", "nodev"]);
+    mount(dest, "bind", &source.to_string_lossy(), &opts)
+}
+
+/// Rejects container paths that are relative or climb out with `..`.
+fn clean_container_path(p: &str) -> Result<String, SpecError> {
+    if !p.starts_with('/') || p.split('/').any(|c| c == "..") || p.contains('\0') {
+        return Err(invalid("container path", p));
+    }
+    let parts: Vec<&str> = p
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// The mounts: the standard filesystems, the pod's files and /dev/shm, and
+/// the CRI mounts (which replace any standard one at the same path), parents
+/// before children.
+fn mounts(input: &SpecInput, privileged: bool) -> Result<(Vec<Mount>, Option<String>), SpecError> {
+    let ro_sys = if privileged { "rw" } else { "ro" };
+    let mut out = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", ro_sys],
+        )?,
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", ro_sys],
+        )?,
+    ];
+    if let Some(shm) = &input.shm {
+        out.push(bind("/dev/shm", shm, false, "")?);
+    }
+    let cri: Vec<(String, &k8s_cri::v1::Mount)> = input
+        .config
+        .mounts
+        .iter()
+        .map(|m| Ok((clean_container_path(&m.container_path)?, m)))
+        .collect::<Result<_, SpecError>>()?;
+    let taken: HashSet<&str> = cri.iter().map(|(p, _)| p.as_str()).collect();
+    for (dest, path) in &input.pod_files {
+        if !taken.contains(dest) {
+            out.push(bind(dest, path, false, "")?);
+        }
+    }
+    let mut root_propagation = None;
+    for (dest, m) in &cri {
+        if m.host_path.is_empty() || !m.host_path.starts_with('/') {
+            return Err(invalid("mount host path", &m.host_path));
+        }
+        let propagation = match MountPropagation::try_from(m.propagation) {
+            Ok(MountPropagation::PropagationPrivate) | Err(_) => "rprivate",
+            Ok(MountPropagation::PropagationHostToContainer) => {
+                if root_propagation.is_none() {
+                    root_propagation = Some("rslave".to_string());
+                }
+                "rslave"
+            }
+            Ok(MountPropagation::PropagationBidirectional) => {
+                if !privileged {
+                    return Err(invalid(
+                        "mount propagation",
+                        format!("bidirectional on {dest} needs a privileged container"),
+                    ));
+                }
+                root_propagation = Some("rshared".to_string());
+                "rshared"
+            }
+        };
+        out.retain(|x| x.destination() != Path::new(dest));
+        out.push(bind(
+            dest,
+            Path::new(&m.host_path),
+            m.readonly,
+            propagation,
+        )?);
+    }
+    // Stable sort: a parent is mounted before anything beneath it.
+    out.sort_by_key(|m| m.destination().components().count());
+    Ok((out, root_propagation))
+}
+
+fn devices(
+    input: &SpecInput,
+) -> Result<(Vec<LinuxDevice>, Vec<oci_spec::runtime::LinuxDeviceCgroup>), SpecError> {
+    let mut devs = Vec::new();
+    let mut allow = Vec::new();
+    for d in &input.devices {
+        let typ = if d.char_device {
+            LinuxDeviceType::C
+        } else {
+            LinuxDeviceType::B
+        };
+        let perms = if d.permissions.is_empty() {
+            "rwm".to_string()
+        } else {
+            d.permissions.clone()
+        };
+        if perms.chars().any(|c| !"rwm".contains(c)) {
+            return Err(invalid("device permissions", perms));
+        }
+        devs.push(
+            LinuxDeviceBuilder::default()
+                .path(d.container_path.clone())
+                .typ(typ)
+                .major(d.major)
+                .minor(d.minor)
+                .file_mode(d.mode & 0o7777)
+                .uid(d.uid)
+                .gid(d.gid)
+                .build()?,
+        );
+        allow.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .major(d.major)
+                .minor(d.minor)
+                .access(perms)
+                .build()?,
+        );
+    }
+    Ok((devs, allow))
+}
+
+/// Builds the spec.
+pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
+    let config = input.config;
+    let sec = security(config);
+    let privileged = sec.privileged;
+    let caps = capabilities(&sec)?;
+    let cap_set: HashSet<Capability> = caps
+        .iter()
+        .map(|c| parse_capability(c))
+        .collect::<Result<_, _>>()?;
+    let cwd = if !config.working_dir.is_empty() {
+        config.working_dir.clone()
+    } else {
+        input
+            .image_workdir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into())
+    };
+    if !cwd.starts_with('/') {
+        return Err(invalid("working directory", cwd));
+    }
+    let mut env = input.env.clone();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, PATH_ENV.to_string());
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", input.user.home));
+    }
+    let tty = config.tty;
+    if !env.iter().any(|e| e.starts_with("TERM=")) && tty {
+        env.push("TERM=xterm".into());
+    }
+    let user = UserBuilder::default()
+        .uid(input.user.uid)
+        .gid(input.user.gid)
+        .additional_gids(input.user.additional_gids.clone())
+        .build()?;
+    let linux_caps = LinuxCapabilitiesBuilder::default()
+        .bounding(cap_set.clone())
+        .effective(cap_set.clone())
+        .permitted(cap_set)
+        .build()?;
+    let resources = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.resources.clone())
+        .unwrap_or_default();
+    let mut process = ProcessBuilder::default()
+        .terminal(tty)
+        .user(user)
+        .args(input.args.clone())
+        .env(env)
+        .cwd(cwd)
+        .capabilities(linux_caps)
+        .no_new_privileges(sec.no_new_privs)
+        .build()?;
+    if resources.oom_score_adj != 0 {
+        let adj = i32::try_from(resources.oom_score_adj)
+            .ok()
+            .filter(|a| (-1000..=1000).contains(a))
+            .ok_or_else(|| invalid("oom_score_adj", resources.oom_score_adj.to_string()))?;
+        process.set_oom_score_adj(Some(adj));
+    }
+    #[allow(deprecated)] // kubelet still sends the old field to old runtimes
+    let old_apparmor = sec.apparmor_profile.clone();
+    if !old_apparmor.is_empty() || sec.apparmor.is_some() {
+        // AppArmor is applied by the hardening work; the field is kept so the
+        // spec says what was asked.
+        let profile = sec
+            .apparmor
+            .as_ref()
+            .map(|a| a.localhost_ref.clone())
+            .filter(|p| !p.is_empty())
+            .unwrap_or(old_apparmor);
+        if !profile.is_empty() {
+            process.set_apparmor_profile(Some(profile));
+        }
+    }
+
+    let mut namespaces = vec![
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Mount)
+            .build()?,
+    ];
+    for (typ, path) in &input.pod_namespaces {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(*typ)
+                .path(path.clone())
+                .build()?,
+        );
+    }
+    match &input.pid {
+        PidNamespace::Container => namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Pid)
+                .build()?,
+        ),
+        PidNamespace::Pod(p) | PidNamespace::Target(p) => namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Pid)
+                .path(p.clone())
+                .build()?,
+        ),
+        PidNamespace::Node => {}
+    }
+    if input.cgroup_namespace && !privileged {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Cgroup)
+                .build()?,
+        );
+    }
+
+    let (mounts, root_propagation) = mounts(input, privileged)?;
+    let (devices, mut allow) = devices(input)?;
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(PathBuf::from(format!(
+            "/{}",
+            input.cgroups_path.trim_start_matches('/')
+        )))
+        .devices(devices);
+    if !privileged {
+        let masked: Vec<String> = if sec.masked_paths.is_empty() {
+            DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect()
+        } else {
+            sec.masked_paths.clone()
+        };
+        let readonly: Vec<String> = if sec.readonly_paths.is_empty() {
+            DEFAULT_READONLY_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            sec.readonly_paths.clone()
+        };
+        linux = linux.masked_paths(masked).readonly_paths(readonly);
+    } else {
+        linux = linux
+            .masked_paths(Vec::<String>::new())
+            .readonly_paths(Vec::<String>::new());
+        allow.insert(
+            0,
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .access("rwm")
+                .build()?,
+        );
+    }
+    if let Some(p) = root_propagation {
+        linux = linux.rootfs_propagation(p);
+    }
+    let mut res = LinuxResourcesBuilder::default().devices(allow);
+    let mut cpu = LinuxCpuBuilder::default();
+    if resources.cpu_shares > 0 {
+        cpu = cpu.shares(resources.cpu_shares as u64);
+    }
+    if resources.cpu_quota != 0 {
+        cpu = cpu.quota(resources.cpu_quota);
+    }
+    if resources.cpu_period > 0 {
+        cpu = cpu.period(resources.cpu_period as u64);
+    }
+    if !resources.cpuset_cpus.is_empty() {
+        cpu = cpu.cpus(resources.cpuset_cpus.clone());
+    }
+    if !resources.cpuset_mems.is_empty() {
+        cpu = cpu.mems(resources.cpuset_mems.clone());
+    }
+    res = res.cpu(cpu.build()?);
+    if resources.memory_limit_in_bytes > 0 {
+        let mut mem = LinuxMemoryBuilder::default().limit(resources.memory_limit_in_bytes);
+        if resources.memory_swap_limit_in_bytes != 0 {
+            mem = mem.swap(resources.memory_swap_limit_in_bytes);
+        }
+        res = res.memory(mem.build()?);
+    }
+    if !resources.unified.is_empty() {
+        res = res.unified(resources.unified.clone());
+    }
+    linux = linux.resources(res.build()?);
+
+    let mut annotations: HashMap<String, String> = config.annotations.clone();
+    if let Some(m) = &config.metadata {
+        annotations.insert("io.kubernetes.cri.container-name".into(), m.name.clone());
+    }
+    annotations.insert(
+        "io.kubernetes.cri.container-type".into(),
+        "container".into(),
+    );
+    Ok(SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path(input.rootfs)
+                .readonly(sec.readonly_rootfs)
+                .build()?,
+        )
+        .process(process)
+        .mounts(mounts)
+        .linux(linux.build()?)
+        .annotations(annotations)
+        .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_cri::v1::{Capability as CriCaps, LinuxContainerConfig};
+
+    fn user() -> User {
+        User {
+            uid: 1000,
+            gid: 1000,
+            additional_gids: vec![10],
+            home: "/home/u".into(),
+        }
+    }
+
+    fn input<'a>(config: &'a ContainerConfig, u: &'a User) -> SpecInput<'a> {
+        SpecInput {
+            config,
+            args: vec!["/bin/sh".into(), "-c".into(), "true".into()],
+            env: vec!["A=1".into()],
+            image_workdir: Some("/work".into()),
+            user: u,
+            rootfs: Path::new("/r/merged"),
+            pod_namespaces: vec![
+                (LinuxNamespaceType::Network, "/run/p/ns/net".into()),
+                (LinuxNamespaceType::Ipc, "/run/p/ns/ipc".into()),
+                (LinuxNamespaceType::Uts, "/run/p/ns/uts".into()),
+            ],
+            pid: PidNamespace::Container,
+            pod_files: vec![
+                ("/etc/resolv.conf", "/run/p/resolv.conf".into()),
+                ("/etc/hostname", "/run/p/hostname".into()),
+                ("/etc/hosts", "/run/p/hosts".into()),
+            ],
+            shm: Some("/run/p/shm".into()),
+            cgroups_path: "crius/crius-pod-1/crius-abc".into(),
+            cgroup_namespace: false,
+            devices: vec![],
+        }
+    }
+
+    fn with_security(sec: LinuxContainerSecurityContext) -> ContainerConfig {
+        ContainerConfig {
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(sec),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn dests(s: &Spec) -> Vec<String> {
+        s.mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.destination().display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let c = ContainerConfig::default();
+        let u = user();
+        let s = build(&input(&c, &u)).unwrap();
+        let p = s.process().as_ref().unwrap();
+        assert_eq!(p.cwd(), Path::new("/work"));
+        assert_eq!(p.user().uid(), 1000);
+        assert_eq!(p.user().additional_gids().as_ref().unwrap(), &vec![10]);
+        let env = p.env().as_ref().unwrap();
+        assert!(env[0].starts_with("PATH="));
+        assert!(env.contains(&"HOME=/home/u".to_string()));
+        let caps = p
+            .capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .clone()
+            .unwrap();
+        assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len());
+        assert!(!caps.contains(&Capability::SysAdmin));
+        let l = s.linux().as_ref().unwrap();
+        assert!(
+            l.masked_paths()
+                .as_ref()
+                .unwrap()
+                .contains(&"/proc/kcore".to_string())
+        );
+        assert!(
+            l.readonly_paths()
+                .as_ref()
+                .unwrap()
+                .contains(&"/proc/sys".to_string())
+        );
+        let ns = l.namespaces().as_ref().unwrap();
+        assert!(
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
+        );
+        assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network
+            && n.path().as_deref() == Some(Path::new("/run/p/ns/net"))));
+        assert_eq!(
+            l.cgroups_path().as_deref(),
+            Some(Path::new("/crius/crius-pod-1/crius-abc"))
+        );
+        let d = dests(&s);
+        let pos = |x: &str| d.iter().position(|m| m == x).unwrap();
+        assert!(pos("/dev") < pos("/dev/pts") && pos("/dev") < pos("/dev/shm"));
+        for want in [
+            "/proc",
+            "/sys/fs/cgroup",
+            "/dev/shm",
+            "/etc/hosts",
+            "/etc/resolv.conf",
+        ] {
+            assert!(d.contains(&want.to_string()), "{want} in {d:?}");
+        }
+        let sys = s
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/sys"))
+            .unwrap();
+        assert!(sys.options().as_ref().unwrap().contains(&"ro".to_string()));
+    }
+
+    #[test]
+    fn capabilities_add_drop_all() {
+        let mut sec = LinuxContainerSecurityContext {
+            capabilities: Some(CriCaps {
+                add_capabilities: vec!["SYS_ADMIN".into()],
+                drop_capabilities: vec!["CAP_NET_RAW".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let c = capabilities(&sec).unwrap();
+        assert!(c.contains(&"CAP_SYS_ADMIN".to_string()));
+        assert!(!c.contains(&"CAP_NET_RAW".to_string()));
+        sec.capabilities = Some(CriCaps {
+            add_capabilities: vec!["NET_BIND_SERVICE".into()],
+            drop_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        });
+        assert_eq!(capabilities(&sec).unwrap(), vec!["CAP_NET_BIND_SERVICE"]);
+        sec.capabilities = Some(CriCaps {
+            add_capabilities: vec!["NOT_A_CAP".into()],
+            ..Default::default()
+        });
+        assert!(capabilities(&sec).is_err());
+        sec.capabilities = None;
+        sec.privileged = true;
+        assert!(
+            capabilities(&sec)
+                .unwrap()
+                .contains(&"CAP_SYS_ADMIN".to_string())
+        );
+    }
+
+    #[test]
+    fn privileged_has_no_masks_and_rw_sys() {
+        let c = with_security(LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        });
+        let u = user();
+        let s = build(&input(&c, &u)).unwrap();
+        let l = s.linux().as_ref().unwrap();
+        assert!(l.masked_paths().as_ref().is_none_or(|m| m.is_empty()));
+        let sys = s
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/sys"))
+            .unwrap();
+        assert!(sys.options().as_ref().unwrap().contains(&"rw".to_string()));
+    }
+
+    #[test]
+    fn cri_mounts_replace_and_propagate() {
+        let c = ContainerConfig {
+            mounts: vec![
+                k8s_cri::v1::Mount {
+                    container_path: "/etc/hosts".into(),
+                    host_path: "/var/lib/kubelet/hosts".into(),
+                    readonly: true,
+                    ..Default::default()
+                },
+                k8s_cri::v1::Mount {
+                    container_path: "/data/".into(),
+                    host_path: "/srv".into(),
+                    propagation: MountPropagation::PropagationHostToContainer as i32,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let u = user();
+        let s = build(&input(&c, &u)).unwrap();
+        let ms = s.mounts().as_ref().unwrap();
+        let hosts: Vec<_> = ms
+            .iter()
+            .filter(|m| m.destination() == Path::new("/etc/hosts"))
+            .collect();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(
+            hosts[0].source().as_deref(),
+            Some(Path::new("/var/lib/kubelet/hosts"))
+        );
+        assert!(
+            hosts[0]
+                .options()
+                .as_ref()
+                .unwrap()
+                .contains(&"ro".to_string())
+        );
+        let data = ms
+            .iter()
+            .find(|m| m.destination() == Path::new("/data"))
+            .unwrap();
+        assert!(
+            data.options()
+                .as_ref()
+                .unwrap()
+                .contains(&"rslave".to_string())
+        );
+        assert_eq!(
+            s.linux().as_ref().unwrap().rootfs_propagation().as_deref(),
+            Some("rslave")
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        let u = user();
+        for path in ["relative", "/a/../../etc"] {
+            let c = ContainerConfig {
+                mounts: vec![k8s_cri::v1::Mount {
+                    container_path: path.into(),
+                    host_path: "/srv".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            assert!(build(&input(&c, &u)).is_err(), "{path}");
+        }
+        let c = ContainerConfig {
+            mounts: vec![k8s_cri::v1::Mount {
+                container_path: "/x".into(),
+                host_path: "/srv".into(),
+                propagation: MountPropagation::PropagationBidirectional as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(build(&input(&c, &u)).is_err());
+        let c = ContainerConfig {
+            working_dir: "rel".into(),
+            ..Default::default()
+        };
+        assert!(build(&input(&c, &u)).is_err());
+    }
+
+    #[test]
+    fn spec_serialises_as_oci_json() {
+        let c = ContainerConfig::default();
+        let u = user();
+        let s = build(&input(&c, &u)).unwrap();
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["root"]["path"], "/r/merged");
+        assert_eq!(v["process"]["args"][0], "/bin/sh");
+        let back: Spec = serde_json::from_value(v).unwrap();
+        assert_eq!(back, s);
+    }
+}
