@@ -101,6 +101,86 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Writes CRI resources into the cgroup `rel` (which must exist).
+    pub fn apply(
+        &self,
+        rel: &str,
+        r: &k8s_cri::v1::LinuxContainerResources,
+    ) -> Result<(), CgroupError> {
+        let (version, base) = match self.mode {
+            None => return Err(CgroupError::NoCgroups),
+            Some(CgroupMode::Unified) => (Version::V2, Path::new(ROOT).to_path_buf()),
+            Some(_) => (Version::V1, Path::new(ROOT).to_path_buf()),
+        };
+        for (file, value) in resource_files(version, r)? {
+            let path = match (version, file.split_once('/')) {
+                (Version::V1, Some((ctrl, f))) => base.join(ctrl).join(rel).join(f),
+                _ => base.join(rel).join(&file),
+            };
+            std::fs::write(&path, &value).map_err(|source| CgroupError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// v1 devices controller: deny every device but the standard ones and
+    /// those given (a privileged container gets all). A container with
+    /// CAP_MKNOD can otherwise open host disks. (v2 needs an eBPF program,
+    /// not built yet.)
+    pub fn restrict_devices(
+        &self,
+        rel: &str,
+        privileged: bool,
+        devices: &[crate::container::spec::HostDevice],
+    ) -> Result<(), CgroupError> {
+        let dir = Path::new(ROOT).join("devices").join(rel);
+        if self.mode == Some(CgroupMode::Unified) || !dir.join("devices.allow").exists() {
+            return Ok(());
+        }
+        let write = |f: &str, v: &str| {
+            std::fs::write(dir.join(f), v).map_err(|source| CgroupError::Io {
+                path: dir.join(f),
+                source,
+            })
+        };
+        if privileged {
+            return write("devices.allow", "a");
+        }
+        write("devices.deny", "a")?;
+        let mut allow: Vec<String> = [
+            "c *:* m",
+            "b *:* m",
+            "c 1:3 rwm",
+            "c 1:5 rwm",
+            "c 1:7 rwm",
+            "c 1:8 rwm",
+            "c 1:9 rwm",
+            "c 5:0 rwm",
+            "c 5:1 rwm",
+            "c 5:2 rwm",
+            "c 136:* rwm",
+            "c 10:200 rwm",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for d in devices {
+            let perms = if d.permissions.is_empty() {
+                "rwm"
+            } else {
+                &d.permissions
+            };
+            let kind = if d.char_device { 'c' } else { 'b' };
+            allow.push(format!("{kind} {}:{} {perms}", d.major, d.minor));
+        }
+        for a in allow {
+            write("devices.allow", &a)?;
+        }
+        Ok(())
+    }
+
     /// Removes the cgroup's own directories; missing ones are fine.
     pub fn remove(&self, rel: &str) -> Result<(), CgroupError> {
         for dir in self.dirs(rel)? {

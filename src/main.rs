@@ -60,10 +60,26 @@ enum Command {
     /// Internal: PID 1 of a pod's PID namespace.
     #[command(hide = true)]
     PodInit,
+    /// Internal: a pod's container monitor (started by the daemon).
+    #[command(hide = true)]
+    Monitor {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Monitor { dir }) = &cli.command {
+        // Before anything starts a thread: the monitor forks containers.
+        return match crius::monitor::run(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("crius monitor: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::PodInit) = &cli.command {
         crius::sandbox::pinns::pod_init();
     }
@@ -117,7 +133,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Some(Command::Pinns { .. } | Command::PodInit) => ExitCode::FAILURE,
+        Some(Command::Pinns { .. } | Command::PodInit | Command::Monitor { .. }) => {
+            ExitCode::FAILURE
+        }
         None => run_daemon(config),
     }
 }

@@ -34,6 +34,7 @@ pub struct Runtime {
     pub images: Images,
     pub pods: Pods,
     pub storage: crate::storage::Storage,
+    pub containers: crate::container::Containers,
 }
 
 impl Runtime {
@@ -49,6 +50,8 @@ impl Runtime {
         let images = Images::open(&config.root, config.image.clone(), store.clone())?;
         let cgroups = crate::cgroups::Cgroups::detect(config.runtime.cgroup_driver);
         tracing::info!(cgroup_version = cgroups.version(), "cgroups");
+        let containers =
+            crate::container::Containers::new(store.clone(), &config.runroot, cgroups.clone());
         let pods = Pods::new(store.clone(), &config.runroot, cgroups);
         let storage = crate::storage::Storage::open(&config.root)
             .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
@@ -59,7 +62,34 @@ impl Runtime {
             images,
             pods,
             storage,
+            containers,
         })
+    }
+
+    /// StopPodSandbox: the pod's containers first, then the pod.
+    pub async fn stop_pod(&self, id: &str) -> Result<()> {
+        let pod = self.pods.get(id)?;
+        self.containers.stop_pod(&self.pods, &pod.id).await?;
+        self.pods.stop(&pod.id, &self.network).await
+    }
+
+    /// RemovePodSandbox: the pod's containers and monitor, then the pod.
+    pub async fn remove_pod(&self, id: &str) -> Result<()> {
+        let pod = match self.pods.get(id) {
+            Ok(p) => p,
+            Err(crate::error::Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.containers
+            .remove_pod(&self.pods, &self.storage, &pod.id)
+            .await?;
+        self.pods.remove(&pod.id, &self.network).await
+    }
+
+    /// RemoveImage, keeping layers containers stack.
+    pub async fn remove_image(&self, name: &str) -> Result<()> {
+        let in_use = self.containers.layers_in_use()?;
+        self.images.remove(name, &in_use).await
     }
 
     /// RuntimeReady and NetworkReady, evaluated now.

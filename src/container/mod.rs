@@ -1,7 +1,935 @@
-//! Containers. For now the pure rules that turn a CRI container request and
-//! its image into the process to run (command, environment, user); the OCI
-//! spec, the executor and the monitor build on them.
+//! Containers: the record kept in the store, the rootfs, the OCI spec and
+//! cgroup the daemon prepares, and the pod monitor that runs them. The
+//! running state (pid, start, exit) lives in files the monitor writes under
+//! `runroot/containers/<id>/`, so it is right after a daemon restart and
+//! for containers that exited while the daemon was down.
 
 pub mod logs;
 pub mod process;
 pub mod spec;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1::{
+    ContainerConfig, ContainerState, LinuxContainerResources, NamespaceMode, PodSandboxConfig,
+};
+use oci_spec::runtime::LinuxNamespaceType;
+use serde::{Deserialize, Serialize};
+
+use crate::cgroups::Cgroups;
+use crate::error::{Error, Result};
+use crate::image::{Images, KeyedLocks};
+use crate::monitor::client::{Client, MonitorError};
+use crate::monitor::proto::{self, request::Op};
+use crate::monitor::{ExitRecord, files};
+use crate::sandbox::pinns::NsKind;
+use crate::sandbox::{PodRecord, PodState, Pods};
+use crate::storage::Storage;
+use crate::store::{Store, Table};
+
+/// Stop timeout used when a container must go now (remove, pod stop).
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// One container, stored in the `containers` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub pod_id: String,
+    pub config: ContainerConfig,
+    /// The image id (`sha256:` of its config).
+    pub image_id: String,
+    /// The digest reference (or id) of the image used.
+    pub image_ref: String,
+    /// Absolute log path; empty when the pod has no log directory.
+    pub log_path: String,
+    /// Nanoseconds since the epoch.
+    pub created_at: i64,
+    /// The container cgroup relative to each hierarchy root.
+    pub cgroup: String,
+    /// Chain ids of the image layers the rootfs stacks.
+    pub layers: Vec<String>,
+    pub stop_signal: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    /// Current resources (updated by UpdateContainerResources).
+    pub resources: Option<LinuxContainerResources>,
+    /// Why StartContainer failed, for the status message.
+    #[serde(default)]
+    pub start_error: Option<String>,
+}
+
+/// Where a container is in its life, read from the monitor's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunState {
+    pub state: ContainerState,
+    pub pid: Option<i32>,
+    pub started_at: i64,
+    pub exit: Option<ExitRecord>,
+}
+
+/// The node's containers.
+pub struct Containers {
+    store: Arc<Store>,
+    dir: PathBuf,
+    exe: PathBuf,
+    cgroups: Cgroups,
+    locks: KeyedLocks,
+}
+
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::Internal(e.to_string())
+}
+
+fn monitor_err(e: MonitorError) -> Error {
+    match e {
+        MonitorError::Remote(m) => Error::Internal(m),
+        other => Error::Internal(other.to_string()),
+    }
+}
+
+fn now_nanos() -> i64 {
+    crate::monitor::now_nanos()
+}
+
+fn new_id() -> String {
+    let mut seed = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut seed);
+    }
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(seed);
+    h.update(now_nanos().to_le_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Reads a file of the image inside the rootfs, resolving symlinks as the
+/// container would (never out of the rootfs); missing → empty.
+fn read_in_root(root: &Path, rel: &str) -> String {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let Ok(dir) = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()) else {
+        return String::new();
+    };
+    let Ok(fd) = rustix::fs::openat2(
+        &dir,
+        rel,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    ) else {
+        return String::new();
+    };
+    let mut s = String::new();
+    let mut f = std::fs::File::from(fd);
+    let _ = std::io::Read::read_to_string(&mut std::io::Read::take(&mut f, 4 << 20), &mut s);
+    s
+}
+
+/// A signal number from an image STOPSIGNAL (`SIGTERM`, `TERM`, `15`).
+fn parse_signal(s: &str) -> Option<i32> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..65).contains(&n).then_some(n);
+    }
+    let name = s.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name).to_string();
+    nix::sys::signal::Signal::iterator()
+        .find(|sig| sig.as_str().strip_prefix("SIG") == Some(name.as_str()))
+        .map(|sig| sig as i32)
+}
+
+/// Validates `log_path` (relative, no `..`) and joins it to the pod's log
+/// directory.
+fn log_path(pod: &PodSandboxConfig, c: &ContainerConfig) -> Result<String> {
+    if c.log_path.is_empty() || pod.log_directory.is_empty() {
+        return Ok(String::new());
+    }
+    if !pod.log_directory.starts_with('/') {
+        return Err(Error::InvalidArgument(format!(
+            "log directory {:?} is not absolute",
+            pod.log_directory
+        )));
+    }
+    let rel = Path::new(&c.log_path);
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|p| !matches!(p, std::path::Component::Normal(_)))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "log path {:?} must stay inside the pod's log directory",
+            c.log_path
+        )));
+    }
+    Ok(Path::new(&pod.log_directory)
+        .join(rel)
+        .display()
+        .to_string())
+}
+
+fn container_name(c: &ContainerConfig) -> Result<(String, u32)> {
+    let m = c
+        .metadata
+        .as_ref()
+        .ok_or_else(|| Error::InvalidArgument("container config needs metadata".into()))?;
+    if m.name.is_empty() {
+        return Err(Error::InvalidArgument(
+            "container metadata.name is empty".into(),
+        ));
+    }
+    Ok((m.name.clone(), m.attempt))
+}
+
+impl Containers {
+    /// Records in the store; state files under `runroot/containers`.
+    pub fn new(store: Arc<Store>, runroot: &Path, cgroups: Cgroups) -> Containers {
+        Containers {
+            store,
+            dir: runroot.join("containers"),
+            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            cgroups,
+            locks: KeyedLocks::default(),
+        }
+    }
+
+    fn state_dir(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    fn monitor(pods: &Pods, pod_id: &str) -> Client {
+        Client::new(&pods.pod_dir(pod_id).join("monitor"))
+    }
+
+    /// All containers.
+    pub fn list(&self) -> Result<Vec<ContainerRecord>> {
+        Ok(self
+            .store
+            .list::<ContainerRecord>(Table::Containers)?
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect())
+    }
+
+    /// The container with this id or unique id prefix.
+    pub fn get(&self, id: &str) -> Result<ContainerRecord> {
+        if id.is_empty() {
+            return Err(Error::InvalidArgument("container id is empty".into()));
+        }
+        if let Some(c) = self.store.get::<ContainerRecord>(Table::Containers, id)? {
+            return Ok(c);
+        }
+        let mut hits = self.list()?.into_iter().filter(|c| c.id.starts_with(id));
+        match (hits.next(), hits.next()) {
+            (Some(c), None) => Ok(c),
+            (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+                "container id prefix {id:?} is ambiguous"
+            ))),
+            _ => Err(Error::NotFound(format!("container {id:?} not found"))),
+        }
+    }
+
+    /// Reads the state the monitor recorded.
+    pub fn run_state(&self, c: &ContainerRecord) -> RunState {
+        let dir = self.state_dir(&c.id);
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+        let pid = read(files::PID).and_then(|s| s.trim().parse::<i32>().ok());
+        let started_at = read(files::STARTED)
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        let exit: Option<ExitRecord> =
+            read(files::EXIT).and_then(|s| serde_json::from_str(&s).ok());
+        let state = match (&exit, started_at, pid) {
+            (Some(_), _, _) => ContainerState::ContainerExited,
+            // State gone (reboot) or the process vanished without a record.
+            (None, _, None) if c.start_error.is_some() || !dir.exists() => {
+                ContainerState::ContainerExited
+            }
+            (None, 0, _) => ContainerState::ContainerCreated,
+            (None, _, Some(p)) if !Path::new(&format!("/proc/{p}")).exists() => {
+                ContainerState::ContainerExited
+            }
+            _ => ContainerState::ContainerRunning,
+        };
+        RunState {
+            state,
+            pid,
+            started_at,
+            exit,
+        }
+    }
+
+    /// Creates a container in a ready pod; it waits for StartContainer.
+    pub async fn create(
+        &self,
+        pods: &Pods,
+        images: &Images,
+        storage: &Storage,
+        pod_id: &str,
+        config: ContainerConfig,
+        sandbox_config: Option<PodSandboxConfig>,
+    ) -> Result<String> {
+        let (name, attempt) = container_name(&config)?;
+        let pod = pods.get(pod_id)?;
+        if pod.state != PodState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                pod.id
+            )));
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        if image_name.is_empty() {
+            return Err(Error::InvalidArgument("container image is empty".into()));
+        }
+        let image = images
+            .find(&image_name)?
+            .ok_or_else(|| Error::NotFound(format!("image {image_name:?} not found")))?;
+        let pod_cfg = sandbox_config.unwrap_or_else(|| pod.config.clone());
+        let log_path = log_path(&pod_cfg, &config)?;
+        let _one = self
+            .locks
+            .lock(&format!("{}/{name}/{attempt}", pod.id))
+            .await;
+        if self.list()?.iter().any(|c| {
+            c.pod_id == pod.id && container_name(&c.config).ok() == Some((name.clone(), attempt))
+        }) {
+            return Err(Error::AlreadyExists(format!(
+                "container {name} (attempt {attempt}) already exists in pod {}",
+                pod.id
+            )));
+        }
+        let id = new_id();
+        let pod_cgroup = pod
+            .cgroup
+            .clone()
+            .ok_or_else(|| Error::FailedPrecondition("pod has no cgroup".into()))?;
+        let mut record = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod.id.clone(),
+            config: config.clone(),
+            image_id: image.id.clone(),
+            image_ref: image
+                .repo_digests
+                .first()
+                .cloned()
+                .unwrap_or(image.id.clone()),
+            log_path,
+            created_at: now_nanos(),
+            cgroup: format!("{pod_cgroup}/crius-{}", &id[..12]),
+            layers: image.layers.iter().map(|l| l.chain_id.clone()).collect(),
+            stop_signal: image
+                .config
+                .config
+                .stop_signal
+                .as_deref()
+                .and_then(parse_signal)
+                .unwrap_or(libc::SIGTERM),
+            uid: 0,
+            gid: 0,
+            additional_gids: Vec::new(),
+            resources: config.linux.as_ref().and_then(|l| l.resources.clone()),
+            start_error: None,
+        };
+        // Recorded first: a crash mid-create leaves something to remove.
+        self.store.put(Table::Containers, &id, &record)?;
+        match self
+            .set_up(pods, images, storage, &pod, &image, &mut record)
+            .await
+        {
+            Ok(()) => {
+                self.store.put(Table::Containers, &id, &record)?;
+                tracing::info!(container_id = %id, pod_id = %pod.id, name = %name, "container created");
+                Ok(id)
+            }
+            Err(e) => {
+                tracing::warn!(container_id = %id, error = %e, "container create failed; cleaning up");
+                self.tear_down(pods, storage, &record).await;
+                let _ = self.store.delete(Table::Containers, &id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn set_up(
+        &self,
+        pods: &Pods,
+        images: &Images,
+        storage: &Storage,
+        pod: &PodRecord,
+        image: &crate::image::record::ImageRecord,
+        record: &mut ContainerRecord,
+    ) -> Result<()> {
+        let id = record.id.clone();
+        let config = &record.config;
+        let layers = record
+            .layers
+            .iter()
+            .map(|c| images.layer_dir(c))
+            .collect::<Result<Vec<_>>>()?;
+        let rootfs = storage.create_rootfs(&id, &layers).map_err(internal)?;
+        let sec = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.clone())
+            .unwrap_or_default();
+        let run = &image.config.config;
+        let user_req = process::UserRequest {
+            run_as_user: sec.run_as_user.as_ref().map(|v| v.value),
+            run_as_username: sec.run_as_username.clone(),
+            run_as_group: sec.run_as_group.as_ref().map(|v| v.value),
+            supplemental_groups: sec.supplemental_groups.clone(),
+            policy: if sec.supplemental_groups_policy == 1 {
+                process::GroupsPolicy::Strict
+            } else {
+                process::GroupsPolicy::Merge
+            },
+        };
+        let user = process::resolve_user(
+            &user_req,
+            run.user.as_deref().unwrap_or(""),
+            &read_in_root(&rootfs, "etc/passwd"),
+            &read_in_root(&rootfs, "etc/group"),
+        )
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        record.uid = user.uid;
+        record.gid = user.gid;
+        record.additional_gids = user.additional_gids.clone();
+        let args = process::command(run, &config.command, &config.args)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let env_pairs: Vec<(String, String)> = config
+            .envs
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect();
+        let env = process::environment(run, &env_pairs);
+        let pod_dir = pods.pod_dir(&pod.id);
+        let mut pod_namespaces = Vec::new();
+        if !pod.host_network {
+            pod_namespaces.push((
+                LinuxNamespaceType::Network,
+                pods.ns_path(&pod.id, NsKind::Net),
+            ));
+            pod_namespaces.push((LinuxNamespaceType::Uts, pods.ns_path(&pod.id, NsKind::Uts)));
+        }
+        if !pod.host_ipc {
+            pod_namespaces.push((LinuxNamespaceType::Ipc, pods.ns_path(&pod.id, NsKind::Ipc)));
+        }
+        let ns_opts = sec.namespace_options.clone().unwrap_or_default();
+        let pid = match NamespaceMode::try_from(ns_opts.pid) {
+            Ok(NamespaceMode::Pod) if pods.ns_path(&pod.id, NsKind::Pid).exists() => {
+                spec::PidNamespace::Pod(pods.ns_path(&pod.id, NsKind::Pid))
+            }
+            Ok(NamespaceMode::Node) => spec::PidNamespace::Node,
+            Ok(NamespaceMode::Target) => {
+                let target = self.get(&ns_opts.target_id)?;
+                let st = self.run_state(&target);
+                let tpid = st
+                    .pid
+                    .filter(|_| st.state == ContainerState::ContainerRunning)
+                    .ok_or_else(|| {
+                        Error::FailedPrecondition(format!(
+                            "target container {} is not running",
+                            target.id
+                        ))
+                    })?;
+                spec::PidNamespace::Target(PathBuf::from(format!("/proc/{tpid}/ns/pid")))
+            }
+            _ => spec::PidNamespace::Container,
+        };
+        let shm = if pod.host_ipc {
+            Some(PathBuf::from("/dev/shm"))
+        } else {
+            Some(pods.shm_path(&pod.id))
+        };
+        let mut host_mounts_ok = Vec::new();
+        for m in &config.mounts {
+            // Like containerd and cri-o: a missing host directory is created.
+            let p = Path::new(&m.host_path);
+            if p.is_absolute() && !p.exists() {
+                std::fs::create_dir_all(p).map_err(|e| {
+                    Error::InvalidArgument(format!("mount host path {}: {e}", m.host_path))
+                })?;
+            }
+            host_mounts_ok.push(p);
+        }
+        let devices = host_devices(config, spec::privileged(config))?;
+        let v2 = self.cgroups.version() == "v2";
+        let input = spec::SpecInput {
+            config,
+            args,
+            env,
+            image_workdir: run.working_dir.clone(),
+            user: &user,
+            rootfs: &rootfs,
+            pod_namespaces,
+            pid,
+            pod_files: vec![
+                ("/etc/resolv.conf", pod_dir.join("resolv.conf")),
+                ("/etc/hostname", pod_dir.join("hostname")),
+                ("/etc/hosts", pod_dir.join("hosts")),
+            ],
+            shm,
+            cgroups_path: record.cgroup.clone(),
+            cgroup_namespace: v2,
+            devices,
+        };
+        let oci = spec::build(&input).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let dir = self.state_dir(&id);
+        std::fs::create_dir_all(&dir).map_err(internal)?;
+        let json = serde_json::to_vec_pretty(&oci).map_err(internal)?;
+        std::fs::write(dir.join("config.json"), json).map_err(internal)?;
+        // cgroup with its limits before any process joins it.
+        self.cgroups.create(&record.cgroup).map_err(internal)?;
+        let resources = record.resources.clone().unwrap_or_default();
+        self.cgroups
+            .apply(&record.cgroup, &resources)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        self.cgroups
+            .restrict_devices(&record.cgroup, spec::privileged(config), &input.devices)
+            .map_err(internal)?;
+        if !record.log_path.is_empty()
+            && let Some(parent) = Path::new(&record.log_path).parent()
+        {
+            std::fs::create_dir_all(parent).map_err(internal)?;
+        }
+        let monitor = Self::monitor(pods, &pod.id);
+        monitor
+            .ensure_running(&self.exe)
+            .await
+            .map_err(monitor_err)?;
+        let cgroup_dirs = self
+            .cgroups
+            .dirs(&record.cgroup)
+            .map_err(internal)?
+            .into_iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        let resp = monitor
+            .call(Op::Create(proto::Create {
+                id: id.clone(),
+                dir: dir.display().to_string(),
+                log_path: record.log_path.clone(),
+                cgroup_dirs,
+                stdin: config.stdin,
+            }))
+            .await
+            .map_err(|e| match e {
+                MonitorError::Remote(m) => Error::Internal(format!("creating container: {m}")),
+                other => monitor_err(other),
+            })?;
+        for w in resp.warnings {
+            tracing::warn!(container_id = %id, "{w}");
+        }
+        Ok(())
+    }
+
+    /// Undoes create, best effort: process, rootfs, cgroup, state.
+    async fn tear_down(&self, pods: &Pods, storage: &Storage, c: &ContainerRecord) {
+        let monitor = Self::monitor(pods, &c.pod_id);
+        let _ = monitor
+            .call(Op::Forget(proto::ContainerRef { id: c.id.clone() }))
+            .await;
+        if let Err(e) = storage.remove_rootfs(&c.id) {
+            tracing::warn!(container_id = %c.id, error = %e, "removing rootfs");
+        }
+        self.kill_cgroup(c);
+        if let Err(e) = self.cgroups.remove(&c.cgroup) {
+            tracing::warn!(container_id = %c.id, error = %e, "removing cgroup");
+        }
+        let _ = std::fs::remove_dir_all(self.state_dir(&c.id));
+    }
+
+    /// SIGKILLs whatever is left in the container's cgroup (processes that
+    /// outlived the init in a shared PID namespace).
+    fn kill_cgroup(&self, c: &ContainerRecord) {
+        for dir in self.cgroups.dirs(&c.cgroup).unwrap_or_default() {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
+    /// Starts a created container.
+    pub async fn start(&self, pods: &Pods, id: &str) -> Result<()> {
+        let mut c = self.get(id)?;
+        let _one = self.locks.lock(&c.id).await;
+        let st = self.run_state(&c);
+        if st.state != ContainerState::ContainerCreated {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not in created state",
+                c.id
+            )));
+        }
+        let monitor = Self::monitor(pods, &c.pod_id);
+        match monitor
+            .call(Op::Start(proto::ContainerRef { id: c.id.clone() }))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(container_id = %c.id, "container started");
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                c.start_error = Some(msg.clone());
+                self.store.put(Table::Containers, &c.id, &c)?;
+                Err(Error::Internal(format!("starting container: {msg}")))
+            }
+        }
+    }
+
+    /// Stops a container: its stop signal, SIGKILL after `timeout`; returns
+    /// once it is gone. Stopping a stopped container is fine.
+    pub async fn stop(&self, pods: &Pods, id: &str, timeout: Duration) -> Result<()> {
+        let c = self.get(id)?;
+        let _one = self.locks.lock(&c.id).await;
+        self.stop_locked(pods, &c, timeout).await
+    }
+
+    async fn stop_locked(&self, pods: &Pods, c: &ContainerRecord, timeout: Duration) -> Result<()> {
+        let st = self.run_state(c);
+        let monitor = Self::monitor(pods, &c.pod_id);
+        match st.state {
+            ContainerState::ContainerExited => {
+                self.kill_cgroup(c);
+                return Ok(());
+            }
+            ContainerState::ContainerCreated => {
+                // Never started: nothing to signal gracefully.
+                let _ = monitor
+                    .call(Op::Kill(proto::Kill {
+                        id: c.id.clone(),
+                        signal: libc::SIGKILL,
+                        all: true,
+                    }))
+                    .await;
+            }
+            _ => {}
+        }
+        if !timeout.is_zero() {
+            let _ = monitor
+                .call(Op::Kill(proto::Kill {
+                    id: c.id.clone(),
+                    signal: c.stop_signal,
+                    all: false,
+                }))
+                .await;
+            if self.wait(&monitor, c, timeout).await? {
+                self.kill_cgroup(c);
+                tracing::info!(container_id = %c.id, "container stopped");
+                return Ok(());
+            }
+        }
+        monitor
+            .call(Op::Kill(proto::Kill {
+                id: c.id.clone(),
+                signal: libc::SIGKILL,
+                all: true,
+            }))
+            .await
+            .map_err(monitor_err)?;
+        if !self.wait(&monitor, c, KILL_WAIT).await? {
+            return Err(Error::Internal(format!(
+                "container {} did not die after SIGKILL",
+                c.id
+            )));
+        }
+        self.kill_cgroup(c);
+        tracing::info!(container_id = %c.id, "container killed");
+        Ok(())
+    }
+
+    /// Waits for the exit, through the monitor; without a monitor (it
+    /// died) by watching the process.
+    async fn wait(&self, monitor: &Client, c: &ContainerRecord, timeout: Duration) -> Result<bool> {
+        match monitor
+            .call(Op::Wait(proto::Wait {
+                id: c.id.clone(),
+                timeout_ms: timeout.as_millis() as u64,
+            }))
+            .await
+        {
+            Ok(r) => Ok(r.exited),
+            Err(MonitorError::Io { .. }) => {
+                let deadline = tokio::time::Instant::now() + timeout;
+                while tokio::time::Instant::now() < deadline {
+                    if self.run_state(c).state == ContainerState::ContainerExited {
+                        return Ok(true);
+                    }
+                    if let Some(pid) = self.run_state(c).pid {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(false)
+            }
+            Err(e) => Err(monitor_err(e)),
+        }
+    }
+
+    /// Removes a container (stopping it first); an unknown id is fine.
+    pub async fn remove(&self, pods: &Pods, storage: &Storage, id: &str) -> Result<()> {
+        let c = match self.get(id) {
+            Ok(c) => c,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let _one = self.locks.lock(&c.id).await;
+        if self.run_state(&c).state != ContainerState::ContainerExited {
+            self.stop_locked(pods, &c, Duration::ZERO).await?;
+        }
+        self.tear_down(pods, storage, &c).await;
+        self.store.delete(Table::Containers, &c.id)?;
+        tracing::info!(container_id = %c.id, "container removed");
+        Ok(())
+    }
+
+    /// Stops every container of a pod (StopPodSandbox).
+    pub async fn stop_pod(&self, pods: &Pods, pod_id: &str) -> Result<()> {
+        for c in self.list()?.into_iter().filter(|c| c.pod_id == pod_id) {
+            let _one = self.locks.lock(&c.id).await;
+            self.stop_locked(pods, &c, Duration::ZERO).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes every container of a pod and its monitor (RemovePodSandbox).
+    pub async fn remove_pod(&self, pods: &Pods, storage: &Storage, pod_id: &str) -> Result<()> {
+        for c in self.list()?.into_iter().filter(|c| c.pod_id == pod_id) {
+            self.remove(pods, storage, &c.id).await?;
+        }
+        let _ = Self::monitor(pods, pod_id)
+            .call(Op::Shutdown(proto::Empty {}))
+            .await;
+        Ok(())
+    }
+
+    /// Changes the cgroup limits of a container live.
+    pub async fn update(&self, id: &str, resources: LinuxContainerResources) -> Result<()> {
+        let mut c = self.get(id)?;
+        let _one = self.locks.lock(&c.id).await;
+        if self.run_state(&c).state == ContainerState::ContainerExited {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        self.cgroups
+            .apply(&c.cgroup, &resources)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        c.resources = Some(resources);
+        self.store.put(Table::Containers, &c.id, &c)?;
+        Ok(())
+    }
+
+    /// Makes the monitor reopen the log file (after kubelet rotated it).
+    pub async fn reopen_log(&self, pods: &Pods, id: &str) -> Result<()> {
+        let c = self.get(id)?;
+        if self.run_state(&c).state != ContainerState::ContainerRunning {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        Self::monitor(pods, &c.pod_id)
+            .call(Op::ReopenLog(proto::ContainerRef { id: c.id.clone() }))
+            .await
+            .map_err(monitor_err)?;
+        Ok(())
+    }
+
+    /// Runs a command in the container, returning its output and exit code;
+    /// a timeout kills it and reports a non-zero code.
+    pub async fn exec_sync(
+        &self,
+        pods: &Pods,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, Vec<u8>, i32)> {
+        if cmd.is_empty() || cmd[0].is_empty() {
+            return Err(Error::InvalidArgument("exec command is empty".into()));
+        }
+        let c = self.get(id)?;
+        if self.run_state(&c).state != ContainerState::ContainerRunning {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        let r = Self::monitor(pods, &c.pod_id)
+            .call(Op::ExecSync(proto::Exec {
+                id: c.id.clone(),
+                cmd,
+                timeout_ms: timeout.as_millis() as u64,
+            }))
+            .await
+            .map_err(|e| match e {
+                MonitorError::Remote(m) => Error::Internal(format!("exec: {m}")),
+                other => monitor_err(other),
+            })?;
+        let mut stderr = r.stderr;
+        let mut code = r.exit_code;
+        if r.timed_out {
+            stderr.extend_from_slice(
+                format!("command timed out after {}s\n", timeout.as_secs_f64()).as_bytes(),
+            );
+            if code == 0 {
+                code = 137;
+            }
+        }
+        Ok((r.stdout, stderr, code))
+    }
+
+    /// Chain ids of layers some container's rootfs stacks, so image removal
+    /// never frees them.
+    pub fn layers_in_use(&self) -> Result<Vec<String>> {
+        let mut out: Vec<String> = self.list()?.into_iter().flat_map(|c| c.layers).collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+/// CRI `devices` (and, privileged, every host device) as spec devices.
+fn host_devices(config: &ContainerConfig, privileged: bool) -> Result<Vec<spec::HostDevice>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let mut add = |host: &Path, ctr: &Path, perms: &str| -> Result<bool> {
+        let md = match std::fs::metadata(host) {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(Error::InvalidArgument(format!(
+                    "device {}: {e}",
+                    host.display()
+                )));
+            }
+        };
+        let ft = md.file_type();
+        if !ft.is_char_device() && !ft.is_block_device() {
+            return Ok(false);
+        }
+        let rdev = md.rdev();
+        out.push(spec::HostDevice {
+            host_path: host.to_path_buf(),
+            container_path: ctr.to_path_buf(),
+            char_device: ft.is_char_device(),
+            major: libc::major(rdev) as i64,
+            minor: libc::minor(rdev) as i64,
+            mode: md.mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+            permissions: perms.to_string(),
+        });
+        Ok(true)
+    };
+    for d in &config.devices {
+        let ctr = if d.container_path.is_empty() {
+            &d.host_path
+        } else {
+            &d.container_path
+        };
+        if !d.host_path.starts_with('/') || !ctr.starts_with('/') || ctr.contains("..") {
+            return Err(Error::InvalidArgument(format!(
+                "device {:?} -> {:?}",
+                d.host_path, ctr
+            )));
+        }
+        let host = Path::new(&d.host_path);
+        if host.is_dir() {
+            for e in std::fs::read_dir(host).map_err(internal)?.flatten() {
+                let name = e.file_name();
+                add(&e.path(), &Path::new(ctr).join(&name), &d.permissions)?;
+            }
+        } else if !add(host, Path::new(ctr), &d.permissions)? {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not a device",
+                d.host_path
+            )));
+        }
+    }
+    if privileged {
+        let have: Vec<PathBuf> = config
+            .devices
+            .iter()
+            .map(|d| PathBuf::from(&d.container_path))
+            .collect();
+        for e in std::fs::read_dir("/dev").map_err(internal)?.flatten() {
+            let p = e.path();
+            if have.contains(&p) || e.file_type().is_ok_and(|t| t.is_symlink()) {
+                continue;
+            }
+            let _ = add(&p, &p, "rwm");
+        }
+    }
+    Ok(out)
+}
+
+/// Labels/state/pod filter of ListContainers.
+pub fn matches_filter(
+    c: &ContainerRecord,
+    st: &RunState,
+    f: &k8s_cri::v1::ContainerFilter,
+) -> bool {
+    if !f.id.is_empty() && !c.id.starts_with(&f.id) {
+        return false;
+    }
+    if !f.pod_sandbox_id.is_empty() && !c.pod_id.starts_with(&f.pod_sandbox_id) {
+        return false;
+    }
+    if let Some(s) = &f.state
+        && s.state != st.state as i32
+    {
+        return false;
+    }
+    let labels: &HashMap<String, String> = &c.config.labels;
+    crate::sandbox::labels_match(labels, &f.label_selector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals_parse() {
+        assert_eq!(parse_signal("SIGQUIT"), Some(libc::SIGQUIT));
+        assert_eq!(parse_signal("term"), Some(libc::SIGTERM));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("SIGNOPE"), None);
+        assert_eq!(parse_signal(""), None);
+    }
+
+    #[test]
+    fn log_paths_stay_in_the_directory() {
+        let pod = PodSandboxConfig {
+            log_directory: "/var/log/pods/x".into(),
+            ..Default::default()
+        };
+        let mut c = ContainerConfig {
+            log_path: "app/0.log".into(),
+            ..Default::default()
+        };
+        assert_eq!(log_path(&pod, &c).unwrap(), "/var/log/pods/x/app/0.log");
+        for bad in ["../../etc/passwd", "/etc/passwd", "a/../../b"] {
+            c.log_path = bad.into();
+            assert!(log_path(&pod, &c).is_err(), "{bad}");
+        }
+    }
+}

@@ -436,6 +436,9 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         .bounding(cap_set.clone())
         .effective(cap_set.clone())
         .permitted(cap_set)
+        // oci-spec's defaults would give these sets three capabilities.
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
         .build()?;
     let resources = config
         .linux
@@ -451,6 +454,9 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         .capabilities(linux_caps)
         .no_new_privileges(sec.no_new_privs)
         .build()?;
+    // oci-spec's builder defaults would cap open files at 1024: inherit the
+    // node's limits instead, as cri-o does.
+    process.set_rlimits(None);
     if resources.oom_score_adj != 0 {
         let adj = i32::try_from(resources.oom_score_adj)
             .ok()
@@ -586,7 +592,7 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         "io.kubernetes.cri.container-type".into(),
         "container".into(),
     );
-    Ok(SpecBuilder::default()
+    let mut spec = SpecBuilder::default()
         .version("1.0.2")
         .root(
             RootBuilder::default()
@@ -598,7 +604,10 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         .mounts(mounts)
         .linux(linux.build()?)
         .annotations(annotations)
-        .build()?)
+        .build()?;
+    // Containers join the pod's UTS namespace: no hostname of their own.
+    spec.set_hostname(None);
+    Ok(spec)
 }
 
 #[cfg(test)]
@@ -671,6 +680,8 @@ mod tests {
         assert_eq!(p.user().additional_gids().as_ref().unwrap(), &vec![10]);
         let env = p.env().as_ref().unwrap();
         assert!(env[0].starts_with("PATH="));
+        assert!(p.rlimits().is_none());
+        assert!(s.hostname().is_none());
         assert!(env.contains(&"HOME=/home/u".to_string()));
         let caps = p
             .capabilities()
@@ -681,6 +692,9 @@ mod tests {
             .unwrap();
         assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len());
         assert!(!caps.contains(&Capability::SysAdmin));
+        let c = p.capabilities().as_ref().unwrap();
+        assert!(c.ambient().as_ref().is_none_or(|a| a.is_empty()));
+        assert!(c.inheritable().as_ref().is_none_or(|a| a.is_empty()));
         let l = s.linux().as_ref().unwrap();
         assert!(
             l.masked_paths()

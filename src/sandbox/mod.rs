@@ -124,7 +124,8 @@ impl Pods {
         self.pod_dir(id).join("shm")
     }
 
-    fn pod_dir(&self, id: &str) -> PathBuf {
+    /// A pod's runtime directory (namespace pins, pod files, monitor).
+    pub fn pod_dir(&self, id: &str) -> PathBuf {
         self.dir.join(id)
     }
 

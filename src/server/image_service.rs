@@ -114,7 +114,7 @@ impl ImageService for ImageServiceHandler {
     #[tracing::instrument(skip_all, fields(image = ?req.get_ref().image.as_ref().map(|s| &s.image)))]
     async fn remove_image(&self, req: Request<RemoveImageRequest>) -> Reply<RemoveImageResponse> {
         let name = image_name(req.get_ref().image.as_ref())?;
-        self.rt.images.remove(name, &[]).await?;
+        self.rt.remove_image(name).await?;
         Ok(Response::new(RemoveImageResponse {}))
     }
 

@@ -143,7 +143,7 @@ impl RuntimeService for RuntimeServiceHandler {
         req: Request<StopPodSandboxRequest>,
     ) -> Reply<StopPodSandboxResponse> {
         let (rt, id) = (self.rt.clone(), req.into_inner().pod_sandbox_id);
-        detached(async move { rt.pods.stop(&id, &rt.network).await }).await?;
+        detached(async move { rt.stop_pod(&id).await }).await?;
         Ok(Response::new(StopPodSandboxResponse {}))
     }
 
@@ -157,7 +157,7 @@ impl RuntimeService for RuntimeServiceHandler {
             return Err(Status::invalid_argument("pod sandbox id is empty"));
         }
         let rt = self.rt.clone();
-        detached(async move { rt.pods.remove(&id, &rt.network).await }).await?;
+        detached(async move { rt.remove_pod(&id).await }).await?;
         Ok(Response::new(RemovePodSandboxResponse {}))
     }
 
@@ -253,56 +253,203 @@ impl RuntimeService for RuntimeServiceHandler {
         unimplemented("GetContainerEvents")
     }
 
+    #[tracing::instrument(skip_all, fields(pod_id = %req.get_ref().pod_sandbox_id, name = ?req.get_ref().config.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| &m.name)))]
     async fn create_container(
         &self,
-        _: Request<CreateContainerRequest>,
+        req: Request<CreateContainerRequest>,
     ) -> Reply<CreateContainerResponse> {
-        unimplemented("CreateContainer")
+        let req = req.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| Status::invalid_argument("container config is required"))?;
+        let rt = self.rt.clone();
+        let id = detached(async move {
+            rt.containers
+                .create(
+                    &rt.pods,
+                    &rt.images,
+                    &rt.storage,
+                    &req.pod_sandbox_id,
+                    config,
+                    req.sandbox_config,
+                )
+                .await
+        })
+        .await?;
+        Ok(Response::new(CreateContainerResponse { container_id: id }))
     }
+
+    #[tracing::instrument(skip_all, fields(container_id = %req.get_ref().container_id))]
     async fn start_container(
         &self,
-        _: Request<StartContainerRequest>,
+        req: Request<StartContainerRequest>,
     ) -> Reply<StartContainerResponse> {
-        unimplemented("StartContainer")
+        let (rt, id) = (self.rt.clone(), req.into_inner().container_id);
+        detached(async move { rt.containers.start(&rt.pods, &id).await }).await?;
+        Ok(Response::new(StartContainerResponse {}))
     }
+
+    #[tracing::instrument(skip_all, fields(container_id = %req.get_ref().container_id))]
     async fn stop_container(
         &self,
-        _: Request<StopContainerRequest>,
+        req: Request<StopContainerRequest>,
     ) -> Reply<StopContainerResponse> {
-        unimplemented("StopContainer")
+        let req = req.into_inner();
+        let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
+        let rt = self.rt.clone();
+        detached(async move {
+            rt.containers
+                .stop(&rt.pods, &req.container_id, timeout)
+                .await
+        })
+        .await?;
+        Ok(Response::new(StopContainerResponse {}))
     }
+
+    #[tracing::instrument(skip_all, fields(container_id = %req.get_ref().container_id))]
     async fn remove_container(
         &self,
-        _: Request<RemoveContainerRequest>,
+        req: Request<RemoveContainerRequest>,
     ) -> Reply<RemoveContainerResponse> {
-        unimplemented("RemoveContainer")
+        let (rt, id) = (self.rt.clone(), req.into_inner().container_id);
+        if id.is_empty() {
+            return Err(Status::invalid_argument("container id is empty"));
+        }
+        detached(async move { rt.containers.remove(&rt.pods, &rt.storage, &id).await }).await?;
+        Ok(Response::new(RemoveContainerResponse {}))
     }
+
     async fn list_containers(
         &self,
-        _: Request<ListContainersRequest>,
+        req: Request<ListContainersRequest>,
     ) -> Reply<ListContainersResponse> {
-        unimplemented("ListContainers")
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let mut containers = Vec::new();
+        for c in self.rt.containers.list()? {
+            let st = self.rt.containers.run_state(&c);
+            if !crate::container::matches_filter(&c, &st, &filter) {
+                continue;
+            }
+            containers.push(Container {
+                id: c.id.clone(),
+                pod_sandbox_id: c.pod_id.clone(),
+                metadata: c.config.metadata.clone(),
+                image: c.config.image.clone(),
+                image_ref: c.image_ref.clone(),
+                state: st.state as i32,
+                created_at: c.created_at,
+                labels: c.config.labels.clone(),
+                annotations: c.config.annotations.clone(),
+                image_id: c.image_id.clone(),
+            });
+        }
+        Ok(Response::new(ListContainersResponse { containers }))
     }
+
+    #[tracing::instrument(skip_all, fields(container_id = %req.get_ref().container_id))]
     async fn container_status(
         &self,
-        _: Request<ContainerStatusRequest>,
+        req: Request<ContainerStatusRequest>,
     ) -> Reply<ContainerStatusResponse> {
-        unimplemented("ContainerStatus")
+        let req = req.into_inner();
+        let c = self.rt.containers.get(&req.container_id)?;
+        let st = self.rt.containers.run_state(&c);
+        let (reason, exit_code, finished_at) = match st.exit {
+            Some(e) if e.oom_killed => ("OOMKilled", e.exit_code, e.finished_at),
+            Some(e) if e.exit_code == 0 => ("Completed", 0, e.finished_at),
+            Some(e) => ("Error", e.exit_code, e.finished_at),
+            None if st.state == ContainerState::ContainerExited => ("Unknown", 255, 0),
+            None => ("", 0, 0),
+        };
+        let reason = if c.start_error.is_some() && st.started_at == 0 {
+            "StartError"
+        } else {
+            reason
+        };
+        let mut info = std::collections::HashMap::new();
+        if req.verbose {
+            let spec: serde_json::Value = std::fs::read(
+                std::path::Path::new(&self.rt.config.runroot)
+                    .join("containers")
+                    .join(&c.id)
+                    .join("config.json"),
+            )
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+            let v = serde_json::json!({ "pid": st.pid.unwrap_or(0), "sandboxID": c.pod_id, "runtimeSpec": spec });
+            info.insert("info".to_string(), v.to_string());
+        }
+        let status = ContainerStatus {
+            id: c.id.clone(),
+            metadata: c.config.metadata.clone(),
+            state: st.state as i32,
+            created_at: c.created_at,
+            started_at: st.started_at,
+            finished_at,
+            exit_code,
+            image: c.config.image.clone(),
+            image_ref: c.image_ref.clone(),
+            reason: reason.into(),
+            message: c.start_error.clone().unwrap_or_default(),
+            labels: c.config.labels.clone(),
+            annotations: c.config.annotations.clone(),
+            mounts: c.config.mounts.clone(),
+            log_path: c.log_path.clone(),
+            resources: Some(ContainerResources {
+                linux: c.resources.clone(),
+                windows: None,
+            }),
+            image_id: c.image_id.clone(),
+            user: Some(ContainerUser {
+                linux: Some(LinuxContainerUser {
+                    uid: c.uid as i64,
+                    gid: c.gid as i64,
+                    supplemental_groups: c.additional_gids.iter().map(|g| *g as i64).collect(),
+                }),
+            }),
+        };
+        Ok(Response::new(ContainerStatusResponse {
+            status: Some(status),
+            info,
+        }))
     }
+
+    #[tracing::instrument(skip_all, fields(container_id = %req.get_ref().container_id))]
     async fn update_container_resources(
         &self,
-        _: Request<UpdateContainerResourcesRequest>,
+        req: Request<UpdateContainerResourcesRequest>,
     ) -> Reply<UpdateContainerResourcesResponse> {
-        unimplemented("UpdateContainerResources")
+        let req = req.into_inner();
+        let linux = req.linux.unwrap_or_default();
+        self.rt.containers.update(&req.container_id, linux).await?;
+        Ok(Response::new(UpdateContainerResourcesResponse {}))
     }
+
+    #[tracing::instrument(skip_all, fields(container_id = %req.get_ref().container_id))]
     async fn reopen_container_log(
         &self,
-        _: Request<ReopenContainerLogRequest>,
+        req: Request<ReopenContainerLogRequest>,
     ) -> Reply<ReopenContainerLogResponse> {
-        unimplemented("ReopenContainerLog")
+        let id = req.into_inner().container_id;
+        self.rt.containers.reopen_log(&self.rt.pods, &id).await?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
     }
-    async fn exec_sync(&self, _: Request<ExecSyncRequest>) -> Reply<ExecSyncResponse> {
-        unimplemented("ExecSync")
+
+    #[tracing::instrument(skip_all, fields(container_id = %req.get_ref().container_id))]
+    async fn exec_sync(&self, req: Request<ExecSyncRequest>) -> Reply<ExecSyncResponse> {
+        let req = req.into_inner();
+        let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
+        let (stdout, stderr, exit_code) = self
+            .rt
+            .containers
+            .exec_sync(&self.rt.pods, &req.container_id, req.cmd, timeout)
+            .await?;
+        Ok(Response::new(ExecSyncResponse {
+            stdout,
+            stderr,
+            exit_code,
+        }))
     }
     async fn exec(&self, _: Request<ExecRequest>) -> Reply<ExecResponse> {
         unimplemented("Exec")

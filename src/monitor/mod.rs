@@ -1,0 +1,54 @@
+//! The pod monitor: one small single-threaded process per pod (`crius
+//! monitor`), outliving the daemon. It creates and starts the pod's
+//! containers through the embedded executor (which forks, so this process
+//! must stay single-threaded), holds their stdio, writes their CRI logs,
+//! reaps them and records exit codes and OOM kills in files under each
+//! container's directory, and runs execs. The daemon talks to it with the
+//! protocol in `proto/monitor.proto` ([`client`]).
+
+pub mod client;
+mod server;
+
+/// Generated from `proto/monitor.proto`.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/crius.monitor.v1.rs"));
+}
+
+pub use server::run;
+
+/// Protocol version spoken by this build.
+pub const VERSION: u32 = 1;
+/// Socket name inside the monitor's directory.
+pub const SOCKET: &str = "monitor.sock";
+/// Largest frame accepted (exec output is capped below this).
+pub const MAX_FRAME: usize = 40 << 20;
+/// Exec output kept per stream; the rest is dropped.
+pub const EXEC_OUTPUT_CAP: usize = 16 << 20;
+
+/// Files a monitor writes in a container's directory.
+pub mod files {
+    /// The init's pid, written at create.
+    pub const PID: &str = "pid";
+    /// Start time (ns since the epoch), written at start.
+    pub const STARTED: &str = "started";
+    /// [`super::ExitRecord`] as JSON, written when the init is reaped.
+    pub const EXIT: &str = "exit.json";
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExitRecord {
+    pub exit_code: i32,
+    /// Nanoseconds since the epoch.
+    pub finished_at: i64,
+    pub oom_killed: bool,
+}
+
+/// Nanoseconds since the epoch, now.
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,767 @@
+//! The monitor's event loop: one thread, `poll(2)` over the socket, a
+//! SIGCHLD signalfd and every output pipe.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use prost::Message;
+
+use super::proto::{self, Request, Response, request::Op};
+use super::{EXEC_OUTPUT_CAP, ExitRecord, MAX_FRAME, SOCKET, VERSION, files, now_nanos};
+use crate::container::logs::{LogWriter, Stream};
+use crate::executor::linux::{become_subreaper, pipe};
+use crate::executor::{CreateOptions, Created, Embedded, Executor, Stdio};
+
+/// Longest CRI log line before it is split into partial records.
+const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// Where a container's output records go.
+enum Sink {
+    File(File),
+    Discard,
+}
+
+impl Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::File(f) => f.write(b),
+            Sink::Discard => Ok(b.len()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn open_log(path: &str) -> std::io::Result<Sink> {
+    if path.is_empty() {
+        return Ok(Sink::Discard);
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    Ok(Sink::File(f))
+}
+
+struct Output {
+    /// None once the pipe hung up.
+    fd: Option<OwnedFd>,
+    log: LogWriter<Sink>,
+}
+
+struct Container {
+    dir: PathBuf,
+    spec: oci_spec::runtime::Spec,
+    opts: CreateOptions,
+    pid: i32,
+    created: Option<Created>,
+    outputs: Vec<Output>,
+    /// Kept for attach; closing it would give the process EOF.
+    _stdin: Option<OwnedFd>,
+    log_path: String,
+    exit: Option<ExitRecord>,
+}
+
+struct ExecJob {
+    pid: i32,
+    /// (read end, is stdout); None once hung up.
+    pipes: Vec<(Option<OwnedFd>, bool)>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    status: Option<i32>,
+    deadline: Option<Instant>,
+    timed_out: bool,
+    conn: UnixStream,
+}
+
+struct Waiter {
+    id: String,
+    deadline: Instant,
+    conn: UnixStream,
+}
+
+struct Monitor {
+    executor: Embedded,
+    containers: HashMap<String, Container>,
+    execs: Vec<ExecJob>,
+    waiters: Vec<Waiter>,
+    shutdown: bool,
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl flag manipulation on a descriptor we own.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+}
+
+/// Reads what is available without blocking. `Ok(true)` at EOF.
+fn drain(fd: RawFd, mut sink: impl FnMut(&[u8])) -> bool {
+    let mut buf = [0u8; 65536];
+    loop {
+        // SAFETY: reading into a stack buffer of the given size.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n > 0 {
+            sink(&buf[..n as usize]);
+            continue;
+        }
+        if n == 0 {
+            return true;
+        }
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => false,
+            // EIO: a pty whose slave side is closed everywhere.
+            _ => true,
+        };
+    }
+}
+
+fn respond(conn: &mut UnixStream, resp: &Response) {
+    let body = resp.encode_to_vec();
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(30)));
+    let _ = conn.write_all(&frame);
+}
+
+fn error(msg: impl std::fmt::Display) -> Response {
+    Response {
+        error: msg.to_string(),
+        ..Default::default()
+    }
+}
+
+fn read_request(conn: &mut UnixStream) -> Result<Request, String> {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len).map_err(|e| e.to_string())?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(format!("frame of {len} bytes"));
+    }
+    let mut buf = vec![0u8; len];
+    conn.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    Request::decode(buf.as_slice()).map_err(|e| e.to_string())
+}
+
+/// Writes a file atomically (temp + rename), so a reader never sees half.
+fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// A pseudo-terminal pair `(master, slave)`.
+fn pty() -> Result<(OwnedFd, OwnedFd), String> {
+    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on the fd we get back;
+    // name is a valid buffer.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if m < 0 {
+            return Err(format!("posix_openpt: {}", std::io::Error::last_os_error()));
+        }
+        let master = OwnedFd::from_raw_fd(m);
+        if libc::grantpt(m) < 0 || libc::unlockpt(m) < 0 {
+            return Err(format!("unlockpt: {}", std::io::Error::last_os_error()));
+        }
+        let mut name = [0 as libc::c_char; 128];
+        if libc::ptsname_r(m, name.as_mut_ptr(), name.len()) != 0 {
+            return Err("ptsname".into());
+        }
+        let s = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if s < 0 {
+            return Err(format!(
+                "opening pty slave: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok((master, OwnedFd::from_raw_fd(s)))
+    }
+}
+
+fn dev_null() -> Result<OwnedFd, String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(|e| e.to_string())
+}
+
+/// Whether the memory cgroup recorded an OOM kill.
+fn oom_killed(cgroup_dirs: &[PathBuf]) -> bool {
+    for d in cgroup_dirs {
+        for (file, key) in [
+            ("memory.events", "oom_kill"),
+            ("memory.oom_control", "oom_kill"),
+        ] {
+            if let Ok(text) = std::fs::read_to_string(d.join(file)) {
+                let n = text
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix(key)
+                            .map(|v| v.trim().parse::<u64>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if n > 0 {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+fn exit_code(status: i32) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        255
+    }
+}
+
+impl Monitor {
+    fn handle(&mut self, req: Request, mut conn: UnixStream) {
+        if req.version != VERSION {
+            respond(
+                &mut conn,
+                &error(format!(
+                    "protocol version {} not spoken (want {VERSION})",
+                    req.version
+                )),
+            );
+            return;
+        }
+        let resp = match req.op {
+            Some(Op::Ping(_)) => Response::default(),
+            Some(Op::Create(c)) => self.create(c).unwrap_or_else(error),
+            Some(Op::Start(c)) => self.start(&c.id).unwrap_or_else(error),
+            Some(Op::Kill(k)) => self.kill(&k).unwrap_or_else(error),
+            Some(Op::ReopenLog(c)) => self.reopen(&c.id).unwrap_or_else(error),
+            Some(Op::Forget(c)) => {
+                self.forget(&c.id);
+                Response::default()
+            }
+            Some(Op::Shutdown(_)) => {
+                self.shutdown = true;
+                Response::default()
+            }
+            Some(Op::Wait(w)) => {
+                match self.containers.get(&w.id) {
+                    None => respond(&mut conn, &error(format!("no container {}", w.id))),
+                    Some(c) => match c.exit {
+                        Some(e) => respond(&mut conn, &exited(e)),
+                        None => self.waiters.push(Waiter {
+                            id: w.id,
+                            deadline: Instant::now() + Duration::from_millis(w.timeout_ms),
+                            conn,
+                        }),
+                    },
+                }
+                return;
+            }
+            Some(Op::ExecSync(e)) => {
+                if let Err(msg) = self.exec(e, conn.try_clone().map_err(|e| e.to_string())) {
+                    respond(&mut conn, &error(msg));
+                }
+                return;
+            }
+            None => error("empty request"),
+        };
+        respond(&mut conn, &resp);
+    }
+
+    fn create(&mut self, c: proto::Create) -> Result<Response, String> {
+        if self.containers.contains_key(&c.id) {
+            return Err(format!("container {} already created", c.id));
+        }
+        let dir = PathBuf::from(&c.dir);
+        let spec: oci_spec::runtime::Spec = serde_json::from_slice(
+            &std::fs::read(dir.join("config.json")).map_err(|e| format!("reading spec: {e}"))?,
+        )
+        .map_err(|e| format!("parsing spec: {e}"))?;
+        let seccomp = std::fs::read(dir.join("seccomp.bpf")).ok();
+        let opts = CreateOptions {
+            cgroup_dirs: c.cgroup_dirs.iter().map(PathBuf::from).collect(),
+            seccomp,
+        };
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let (stdio, reads, stdin_w) = if terminal {
+            let (master, slave) = pty()?;
+            let s2 = slave.try_clone().map_err(|e| e.to_string())?;
+            let s3 = slave.try_clone().map_err(|e| e.to_string())?;
+            let keep = master.try_clone().map_err(|e| e.to_string())?;
+            (
+                Stdio {
+                    stdin: slave,
+                    stdout: s2,
+                    stderr: s3,
+                    terminal: true,
+                },
+                vec![(master, Stream::Stdout)],
+                Some(keep),
+            )
+        } else {
+            let (out_r, out_w) = pipe().map_err(|e| e.to_string())?;
+            let (err_r, err_w) = pipe().map_err(|e| e.to_string())?;
+            let (stdin, stdin_w) = if c.stdin {
+                let (r, w) = pipe().map_err(|e| e.to_string())?;
+                (r, Some(w))
+            } else {
+                (dev_null()?, None)
+            };
+            (
+                Stdio {
+                    stdin,
+                    stdout: out_w,
+                    stderr: err_w,
+                    terminal: false,
+                },
+                vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+                stdin_w,
+            )
+        };
+        let mut outputs = Vec::new();
+        for (fd, stream) in reads {
+            set_nonblocking(fd.as_raw_fd());
+            let sink =
+                open_log(&c.log_path).map_err(|e| format!("opening log {}: {e}", c.log_path))?;
+            outputs.push(Output {
+                fd: Some(fd),
+                log: LogWriter::new(sink, stream, MAX_LOG_LINE),
+            });
+        }
+        let created = self
+            .executor
+            .create(&spec, stdio, &opts)
+            .map_err(|e| e.to_string())?;
+        let pid = created.pid;
+        let warnings = created.warnings.clone();
+        for w in &warnings {
+            eprintln!("container {}: {w}", c.id);
+        }
+        let _ = write_atomic(&dir.join(files::PID), pid.to_string().as_bytes());
+        self.containers.insert(
+            c.id.clone(),
+            Container {
+                dir,
+                spec,
+                opts,
+                pid,
+                created: Some(created),
+                outputs,
+                _stdin: stdin_w,
+                log_path: c.log_path,
+                exit: None,
+            },
+        );
+        Ok(Response {
+            pid,
+            warnings,
+            ..Default::default()
+        })
+    }
+
+    fn start(&mut self, id: &str) -> Result<Response, String> {
+        let c = self
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| format!("no container {id}"))?;
+        let created = c
+            .created
+            .take()
+            .ok_or_else(|| format!("container {id} already started"))?;
+        let started = now_nanos();
+        let _ = write_atomic(&c.dir.join(files::STARTED), started.to_string().as_bytes());
+        self.executor.start(created).map_err(|e| e.to_string())?;
+        Ok(Response {
+            pid: c.pid,
+            ..Default::default()
+        })
+    }
+
+    fn kill(&mut self, k: &proto::Kill) -> Result<Response, String> {
+        let c = self
+            .containers
+            .get(&k.id)
+            .ok_or_else(|| format!("no container {}", k.id))?;
+        if c.exit.is_none() {
+            // SAFETY: signalling our own unreaped child: its pid cannot be reused.
+            unsafe { libc::kill(c.pid, k.signal) };
+        }
+        if k.all {
+            for d in &c.opts.cgroup_dirs {
+                let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: plain kill; the cgroup holds only this container's processes.
+                    unsafe { libc::kill(pid, k.signal) };
+                }
+            }
+        }
+        Ok(Response::default())
+    }
+
+    fn reopen(&mut self, id: &str) -> Result<Response, String> {
+        let c = self
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| format!("no container {id}"))?;
+        for o in &mut c.outputs {
+            let sink = open_log(&c.log_path).map_err(|e| format!("reopening log: {e}"))?;
+            o.log.reopen(sink);
+        }
+        Ok(Response::default())
+    }
+
+    fn forget(&mut self, id: &str) {
+        if let Some(c) = self.containers.remove(id)
+            && c.exit.is_none()
+        {
+            // SAFETY: killing our own unreaped child.
+            unsafe { libc::kill(c.pid, libc::SIGKILL) };
+            let mut status = 0;
+            // SAFETY: reaping it.
+            unsafe { libc::waitpid(c.pid, &mut status, 0) };
+        }
+    }
+
+    fn exec(&mut self, e: proto::Exec, conn: Result<UnixStream, String>) -> Result<(), String> {
+        let conn = conn?;
+        let c = self
+            .containers
+            .get(&e.id)
+            .ok_or_else(|| format!("no container {}", e.id))?;
+        if c.exit.is_some() || c.created.is_some() {
+            return Err(format!("container {} is not running", e.id));
+        }
+        if e.cmd.is_empty() {
+            return Err("empty command".into());
+        }
+        let mut process = c.spec.process().clone().ok_or("container has no process")?;
+        process.set_args(Some(e.cmd.clone()));
+        process.set_terminal(Some(false));
+        let (out_r, out_w) = pipe().map_err(|e| e.to_string())?;
+        let (err_r, err_w) = pipe().map_err(|e| e.to_string())?;
+        let stdio = Stdio {
+            stdin: dev_null()?,
+            stdout: out_w,
+            stderr: err_w,
+            terminal: false,
+        };
+        let pid = self
+            .executor
+            .exec(c.pid, &c.spec, &process, stdio, &c.opts)
+            .map_err(|e| e.to_string())?;
+        set_nonblocking(out_r.as_raw_fd());
+        set_nonblocking(err_r.as_raw_fd());
+        self.execs.push(ExecJob {
+            pid,
+            pipes: vec![(Some(out_r), true), (Some(err_r), false)],
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            status: None,
+            deadline: (e.timeout_ms > 0)
+                .then(|| Instant::now() + Duration::from_millis(e.timeout_ms)),
+            timed_out: false,
+            conn,
+        });
+        Ok(())
+    }
+
+    /// Reaps every exited child and settles containers and execs.
+    fn reap(&mut self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: non-blocking wait for any child; status is an out-pointer.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            if let Some((id, c)) = self.containers.iter_mut().find(|(_, c)| c.pid == pid) {
+                let now = SystemTime::now();
+                for o in &mut c.outputs {
+                    let log = &mut o.log;
+                    if let Some(fd) = &o.fd {
+                        drain(fd.as_raw_fd(), |b| {
+                            let _ = log.write(b, now);
+                        });
+                    }
+                    let _ = o.log.close(now);
+                }
+                c.outputs.clear();
+                let code = exit_code(status);
+                let oom = libc::WIFSIGNALED(status)
+                    && libc::WTERMSIG(status) == libc::SIGKILL
+                    && oom_killed(&c.opts.cgroup_dirs);
+                let rec = ExitRecord {
+                    exit_code: code,
+                    finished_at: now_nanos(),
+                    oom_killed: oom,
+                };
+                if let Ok(json) = serde_json::to_vec(&rec) {
+                    let _ = write_atomic(&c.dir.join(files::EXIT), &json);
+                }
+                c.exit = Some(rec);
+                c.created = None;
+                let id = id.clone();
+                let (done, keep): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
+                    .into_iter()
+                    .partition(|w| w.id == id);
+                self.waiters = keep;
+                for mut w in done {
+                    respond(&mut w.conn, &exited(rec));
+                }
+            } else if let Some(job) = self.execs.iter_mut().find(|j| j.pid == pid) {
+                job.status = Some(status);
+            }
+        }
+        self.finish_execs();
+    }
+
+    fn finish_execs(&mut self) {
+        let mut i = 0;
+        while i < self.execs.len() {
+            if self.execs[i].status.is_none() {
+                i += 1;
+                continue;
+            }
+            let mut job = self.execs.swap_remove(i);
+            for (fd, is_out) in &job.pipes {
+                let buf = if *is_out {
+                    &mut job.stdout
+                } else {
+                    &mut job.stderr
+                };
+                if let Some(fd) = fd {
+                    drain(fd.as_raw_fd(), |b| append_capped(buf, b));
+                }
+            }
+            let code = exit_code(job.status.unwrap_or(0));
+            let resp = Response {
+                exited: true,
+                exit_code: code,
+                stdout: std::mem::take(&mut job.stdout),
+                stderr: std::mem::take(&mut job.stderr),
+                timed_out: job.timed_out,
+                ..Default::default()
+            };
+            respond(&mut job.conn, &resp);
+        }
+    }
+
+    fn timers(&mut self, now: Instant) {
+        for job in &mut self.execs {
+            if let Some(d) = job.deadline
+                && d <= now
+                && !job.timed_out
+            {
+                job.timed_out = true;
+                // SAFETY: killing our own unreaped child.
+                unsafe { libc::kill(job.pid, libc::SIGKILL) };
+            }
+        }
+        let (due, keep): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|w| w.deadline <= now);
+        self.waiters = keep;
+        for mut w in due {
+            respond(&mut w.conn, &Response::default());
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.execs
+            .iter()
+            .filter(|j| !j.timed_out)
+            .filter_map(|j| j.deadline)
+            .chain(self.waiters.iter().map(|w| w.deadline))
+            .min()
+    }
+}
+
+fn append_capped(buf: &mut Vec<u8>, b: &[u8]) {
+    let room = EXEC_OUTPUT_CAP.saturating_sub(buf.len());
+    buf.extend_from_slice(&b[..b.len().min(room)]);
+}
+
+fn exited(e: ExitRecord) -> Response {
+    Response {
+        exited: true,
+        exit_code: e.exit_code,
+        ..Default::default()
+    }
+}
+
+fn signalfd_sigchld() -> Result<OwnedFd, String> {
+    // SAFETY: building a signal set and blocking SIGCHLD for this (only)
+    // thread; the signalfd is a new descriptor we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(format!("signalfd: {}", std::io::Error::last_os_error()));
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Runs the monitor for the pod directory `dir` until told to shut down.
+/// Prints `ready` on stdout once the socket accepts connections.
+pub fn run(dir: &Path) -> Result<(), String> {
+    become_subreaper().map_err(|e| e.to_string())?;
+    let sigchld = signalfd_sigchld()?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let sock = dir.join(SOCKET);
+    let _ = std::fs::remove_file(&sock);
+    let listener =
+        UnixListener::bind(&sock).map_err(|e| format!("binding {}: {e}", sock.display()))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    {
+        let mut out = std::io::stdout();
+        let _ = out.write_all(b"ready\n");
+        let _ = out.flush();
+    }
+    // The daemon's pipe is done with: stdout becomes /dev/null.
+    if let Ok(null) = dev_null() {
+        // SAFETY: dup2 onto our own stdout.
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+    let mut m = Monitor {
+        executor: Embedded,
+        containers: HashMap::new(),
+        execs: Vec::new(),
+        waiters: Vec::new(),
+        shutdown: false,
+    };
+    while !m.shutdown {
+        let mut fds = vec![
+            libc::pollfd {
+                fd: sigchld.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // (container id, output index) / (exec index, pipe index) per slot.
+        let mut slots: Vec<(bool, String, usize, usize)> = Vec::new();
+        for (id, c) in &m.containers {
+            for (i, o) in c.outputs.iter().enumerate() {
+                let Some(fd) = &o.fd else { continue };
+                fds.push(libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                slots.push((true, id.clone(), i, 0));
+            }
+        }
+        for (j, job) in m.execs.iter().enumerate() {
+            for (p, (fd, _)) in job.pipes.iter().enumerate() {
+                let Some(fd) = fd else { continue };
+                fds.push(libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                slots.push((false, String::new(), j, p));
+            }
+        }
+        let timeout = m
+            .next_deadline()
+            .map(|d| {
+                d.saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .min(60_000) as i32
+                    + 1
+            })
+            .unwrap_or(-1);
+        // SAFETY: fds is a valid array of fds.len() pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            continue;
+        }
+        let now = SystemTime::now();
+        for (k, pfd) in fds.iter().enumerate().skip(2) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            let (is_ctr, id, a, b) = &slots[k - 2];
+            if *is_ctr {
+                if let Some(c) = m.containers.get_mut(id)
+                    && let Some(o) = c.outputs.get_mut(*a)
+                {
+                    let log = &mut o.log;
+                    let eof = o.fd.as_ref().is_some_and(|fd| {
+                        drain(fd.as_raw_fd(), |bytes| {
+                            let _ = log.write(bytes, now);
+                        })
+                    });
+                    if eof {
+                        // Every writer is gone: finish the last line, stop polling.
+                        let _ = o.log.close(now);
+                        o.fd = None;
+                    }
+                }
+            } else if let Some(job) = m.execs.get_mut(*a) {
+                let is_out = job.pipes[*b].1;
+                let Some(fd) = job.pipes[*b].0.as_ref().map(|f| f.as_raw_fd()) else {
+                    continue;
+                };
+                let buf = if is_out {
+                    &mut job.stdout
+                } else {
+                    &mut job.stderr
+                };
+                if drain(fd, |bytes| append_capped(buf, bytes)) {
+                    job.pipes[*b].0 = None;
+                }
+            }
+        }
+        if fds[0].revents != 0 {
+            let mut buf = [0u8; 128 * 8];
+            let mut f = File::from(sigchld.try_clone().map_err(|e| e.to_string())?);
+            while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
+            m.reap();
+        }
+        if fds[1].revents != 0 {
+            while let Ok((mut conn, _)) = listener.accept() {
+                match read_request(&mut conn) {
+                    Ok(req) => m.handle(req, conn),
+                    Err(e) => respond(&mut conn, &error(format!("bad request: {e}"))),
+                }
+            }
+        }
+        m.timers(Instant::now());
+    }
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}
