@@ -179,11 +179,11 @@ async fn rpcs_not_built_yet_answer_unimplemented_by_name() {
     let err = d
         .runtime()
         .await
-        .list_containers(ListContainersRequest::default())
+        .list_pod_sandbox_stats(ListPodSandboxStatsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("ListContainers"), "{err:?}");
+    assert!(err.message().contains("ListPodSandboxStats"), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

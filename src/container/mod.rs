@@ -203,8 +203,11 @@ impl Containers {
         self.dir.join(id)
     }
 
+    /// A pod's monitor lives in `runroot/m/<id prefix>`: short, because
+    /// its socket path must fit in sun_path (108 bytes).
     fn monitor(pods: &Pods, pod_id: &str) -> Client {
-        Client::new(&pods.pod_dir(pod_id).join("monitor"))
+        let runroot = pods.runroot();
+        Client::new(&runroot.join("m").join(&pod_id[..pod_id.len().min(32)]))
     }
 
     /// All containers.

@@ -722,7 +722,7 @@ impl Executor for Embedded {
             unsafe { libc::write(sync_fd, b"R".as_ptr().cast(), 1) };
             wait_for_start(start_fd);
             let e = exec(&prepared, &path);
-            fail(sync_fd, "exec", e);
+            fail(sync_fd, &format!("exec {:?}", prepared.argv[0]), e);
         };
         let (pid, sync_r, mut report) =
             self.spawn(&sync_w, sync_r, &opts.cgroup_dirs, &ns, child)?;
@@ -789,7 +789,7 @@ impl Executor for Embedded {
                 Err(e) => fail(sync_fd, "exec", e),
             };
             let e = exec(&prepared, &path);
-            fail(sync_fd, "exec", e);
+            fail(sync_fd, &format!("exec {:?}", prepared.argv[0]), e);
         };
         let (child_pid, sync_r, mut report) =
             self.spawn(&sync_w, sync_r, &opts.cgroup_dirs, &ns, child)?;

@@ -674,18 +674,23 @@ mod tests {
     fn symlinks_resolve_inside_the_root() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
-        std::fs::create_dir(&root).unwrap();
         let outside = dir.path().join("outside");
         std::fs::create_dir(&outside).unwrap();
-        // A hostile image: /etc -> the host's directory.
+        // The same absolute path exists inside the root: a hostile image's
+        // `/etc -> <host path>` must land there, not on the host.
+        let inside = root.join(outside.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
         let r = std::fs::File::open(&root).unwrap();
         open_create(r.as_raw_fd(), Path::new("etc/hosts"), true).unwrap();
         assert!(!outside.join("hosts").exists(), "escaped the root");
-        assert!(
-            root.join(outside.strip_prefix("/").unwrap())
-                .join("hosts")
-                .exists()
-        );
+        assert!(inside.join("hosts").exists());
+        // A link to a path missing inside the root is refused, never
+        // followed to the host.
+        std::os::unix::fs::symlink(&outside, root.join("dangling")).unwrap();
+        let top = outside.strip_prefix("/").unwrap().iter().next().unwrap();
+        std::fs::remove_dir_all(root.join(top)).unwrap();
+        assert!(open_create(r.as_raw_fd(), Path::new("dangling/x"), false).is_err());
+        assert!(!outside.join("x").exists(), "escaped the root");
     }
 }

@@ -214,10 +214,9 @@ fn oom_killed(cgroup_dirs: &[PathBuf]) -> bool {
             if let Ok(text) = std::fs::read_to_string(d.join(file)) {
                 let n = text
                     .lines()
-                    .find_map(|l| {
-                        l.strip_prefix(key)
-                            .map(|v| v.trim().parse::<u64>().unwrap_or(0))
-                    })
+                    .filter_map(|l| l.split_once(' '))
+                    .find(|(k, _)| *k == key)
+                    .and_then(|(_, v)| v.trim().parse::<u64>().ok())
                     .unwrap_or(0);
                 if n > 0 {
                     return true;
@@ -490,15 +489,42 @@ impl Monitor {
         Ok(())
     }
 
-    /// Reaps every exited child and settles containers and execs.
+    /// Reaps every exited child and settles containers and execs. A
+    /// container's exit record is written while it is still a zombie, so a
+    /// reader never sees it gone without a record.
     fn reap(&mut self) {
         loop {
-            let mut status = 0;
-            // SAFETY: non-blocking wait for any child; status is an out-pointer.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
+            // SAFETY: siginfo_t is plain data; waitid fills it.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: peek (WNOWAIT) at any exited child without reaping it.
+            let rc = unsafe {
+                libc::waitid(
+                    libc::P_ALL,
+                    0,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                )
+            };
+            // SAFETY: si_pid/si_status are valid for SIGCHLD-style siginfo.
+            let (pid, si_status) = unsafe { (info.si_pid(), info.si_status()) };
+            if rc < 0 || pid == 0 {
                 break;
             }
+            let status = if info.si_code == libc::CLD_EXITED {
+                (si_status & 0xff) << 8
+            } else {
+                si_status & 0x7f
+            };
+            self.settle(pid, status);
+            let mut st = 0;
+            // SAFETY: reaping the child we just settled.
+            unsafe { libc::waitpid(pid, &mut st, 0) };
+        }
+        self.finish_execs();
+    }
+
+    fn settle(&mut self, pid: i32, status: i32) {
+        {
             if let Some((id, c)) = self.containers.iter_mut().find(|(_, c)| c.pid == pid) {
                 let now = SystemTime::now();
                 for o in &mut c.outputs {
@@ -512,9 +538,9 @@ impl Monitor {
                 }
                 c.outputs.clear();
                 let code = exit_code(status);
-                let oom = libc::WIFSIGNALED(status)
-                    && libc::WTERMSIG(status) == libc::SIGKILL
-                    && oom_killed(&c.opts.cgroup_dirs);
+                // Any OOM kill in its cgroup counts, as with containerd and
+                // cri-o: a shell init reports its killed child as exit 137.
+                let oom = code != 0 && oom_killed(&c.opts.cgroup_dirs);
                 let rec = ExitRecord {
                     exit_code: code,
                     finished_at: now_nanos(),
@@ -537,7 +563,6 @@ impl Monitor {
                 job.status = Some(status);
             }
         }
-        self.finish_execs();
     }
 
     fn finish_execs(&mut self) {

@@ -124,6 +124,11 @@ impl Pods {
         self.pod_dir(id).join("shm")
     }
 
+    /// The daemon's runroot.
+    pub fn runroot(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
     /// A pod's runtime directory (namespace pins, pod files, monitor).
     pub fn pod_dir(&self, id: &str) -> PathBuf {
         self.dir.join(id)

@@ -257,6 +257,7 @@ impl Drop for Daemon {
         }
         // A test that failed before removing its pods must not leave pod
         // inits running, nor namespace pins or tmpfs mounted on the host.
+        kill_containers(&self.paths.runroot);
         kill_pod_inits(&self.paths.runroot.join("pods"));
         let base = self.paths.base.display().to_string();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -264,6 +265,43 @@ impl Drop for Daemon {
             if point.starts_with(&base) {
                 let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
             }
+        }
+    }
+}
+
+/// Kills container inits (their pid files) and the pod monitors of a
+/// runroot, so a failed test leaves no processes behind.
+fn kill_containers(runroot: &Path) {
+    let kill = |pid: i32| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
+    let needle = runroot.display().to_string();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("monitor") && cmd.contains(&needle) {
+            kill(pid);
+        }
+    }
+    for c in std::fs::read_dir(runroot.join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if c.path().join("exit.json").exists() {
+            continue;
+        }
+        if let Some(pid) = std::fs::read_to_string(c.path().join("pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            kill(pid);
         }
     }
 }

@@ -1,0 +1,731 @@
+//! Containers end to end, as root with real namespaces, cgroups and
+//! overlayfs: lifecycle, CRI logs, ExecSync, OOM, resources, restarts.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::testenv::testenv;
+use common::*;
+use k8s_cri::v1::*;
+use tonic::Code;
+
+struct Env {
+    d: Daemon,
+    rt: Runtime,
+    pod: String,
+    logs: PathBuf,
+    image: String,
+}
+
+/// A daemon with busybox pulled and one host-network pod (no CNI needed).
+async fn env(name: &str) -> Env {
+    let d = Daemon::builder()
+        .registries(&testenv().registries_conf())
+        .start();
+    let image = testenv().image("busybox:latest");
+    let mut images = d.images().await;
+    images
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull busybox");
+    let mut rt = d.runtime().await;
+    let logs = d.paths.base.join("logs");
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(host_pod(name, &logs)),
+            ..Default::default()
+        })
+        .await
+        .expect("run pod")
+        .into_inner()
+        .pod_sandbox_id;
+    println!("cgroup version: {}", cgroup_version());
+    Env {
+        d,
+        rt,
+        pod,
+        logs,
+        image,
+    }
+}
+
+fn cgroup_version() -> &'static str {
+    let v2 = nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+    if v2 { "v2" } else { "v1" }
+}
+
+fn host_pod(name: &str, logs: &Path) -> PodSandboxConfig {
+    let mut p = pod_config(name, "containers");
+    p.log_directory = logs.display().to_string();
+    p.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                network: NamespaceMode::Node as i32,
+                pid: NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    p
+}
+
+impl Env {
+    fn config(&self, name: &str, script: &str) -> ContainerConfig {
+        container_config(name, &self.image, &["/bin/sh", "-c", script])
+    }
+
+    async fn create(&mut self, config: ContainerConfig) -> Result<String, tonic::Status> {
+        self.rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: self.pod.clone(),
+                config: Some(config),
+                sandbox_config: None,
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    async fn run(&mut self, name: &str, script: &str) -> String {
+        let cfg = self.config(name, script);
+        self.run_config(cfg).await
+    }
+
+    async fn run_config(&mut self, cfg: ContainerConfig) -> String {
+        let id = self.create(cfg).await.expect("create");
+        self.rt
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .expect("start");
+        id
+    }
+
+    async fn status(&mut self, id: &str) -> ContainerStatus {
+        self.rt
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .expect("status")
+            .into_inner()
+            .status
+            .expect("status body")
+    }
+
+    async fn wait_exit(&mut self, id: &str) -> ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.status(id).await;
+            if s.state == ContainerState::ContainerExited as i32 {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "container did not exit: {s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn exec(&mut self, id: &str, cmd: &[&str], timeout: i64) -> ExecSyncResponse {
+        self.rt
+            .exec_sync(ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout,
+            })
+            .await
+            .expect("exec_sync")
+            .into_inner()
+    }
+
+    async fn sh(&mut self, id: &str, script: &str) -> (String, i32) {
+        let r = self.exec(id, &["/bin/sh", "-c", script], 10).await;
+        (String::from_utf8_lossy(&r.stdout).into_owned(), r.exit_code)
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    async fn stop(&mut self, id: &str, timeout: i64) {
+        self.rt
+            .stop_container(StopContainerRequest {
+                container_id: id.into(),
+                timeout,
+            })
+            .await
+            .expect("stop");
+    }
+
+    async fn remove(&mut self, id: &str) {
+        self.rt
+            .remove_container(RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .expect("remove");
+    }
+
+    async fn list(&mut self, filter: ContainerFilter) -> Vec<Container> {
+        self.rt
+            .list_containers(ListContainersRequest {
+                filter: Some(filter),
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .containers
+    }
+
+    fn container_cgroup(&self, id: &str, controller: &str) -> PathBuf {
+        let base = if cgroup_version() == "v2" {
+            PathBuf::from("/sys/fs/cgroup")
+        } else {
+            PathBuf::from("/sys/fs/cgroup").join(controller)
+        };
+        let pattern = format!("crius-{}", &id[..12]);
+        find_dir(&base.join("crius"), &pattern).expect("container cgroup")
+    }
+}
+
+fn find_dir(dir: &Path, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if e.file_name().to_string_lossy() == name {
+            return Some(e.path());
+        }
+        if let Some(p) = find_dir(&e.path(), name) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// The `F`-terminated lines of a CRI log for one stream, reassembled.
+fn log_lines(log: &str, stream: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for rec in log.lines() {
+        let mut parts = rec.splitn(4, ' ');
+        let (ts, s, tag, content) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap_or(""),
+        );
+        assert!(ts.ends_with('Z') && ts.contains('T'), "timestamp {ts}");
+        assert!(tag == "P" || tag == "F", "tag {tag}");
+        if s != stream {
+            continue;
+        }
+        cur.push_str(content);
+        if tag == "F" {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn lifecycle_status_logs_and_exit_codes() {
+    let mut e = env("life").await;
+    let id = e.run("life", "echo out; echo err >&2; id -u; exit 3").await;
+    let s = e.wait_exit(&id).await;
+    assert_eq!(s.exit_code, 3);
+    assert_eq!(s.reason, "Error");
+    assert!(s.started_at > 0 && s.finished_at >= s.started_at);
+    assert_eq!(s.image.as_ref().unwrap().image, e.image);
+    assert!(s.image_ref.contains("sha256:"));
+    assert_eq!(s.log_path, e.logs.join("life.log").display().to_string());
+    let log = e.log("life");
+    assert_eq!(log_lines(&log, "stdout"), vec!["out", "0"]);
+    assert_eq!(log_lines(&log, "stderr"), vec!["err"]);
+
+    let ok = e.run("ok", "true").await;
+    let s = e.wait_exit(&ok).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+
+    // A second container of the same name in the pod is refused.
+    let err = e.create(e.config("ok", "true")).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+
+    // Created → Running → Exited, and the list filters.
+    let cfg = e.config(
+        "sleeper",
+        "trap 'exit 15' TERM; while :; do sleep 0.1; done",
+    );
+    let sleeper = e.create(cfg).await.unwrap();
+    assert_eq!(
+        e.status(&sleeper).await.state,
+        ContainerState::ContainerCreated as i32
+    );
+    e.rt.start_container(StartContainerRequest {
+        container_id: sleeper.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        e.status(&sleeper).await.state,
+        ContainerState::ContainerRunning as i32
+    );
+    let running = e
+        .list(ContainerFilter {
+            state: Some(ContainerStateValue {
+                state: ContainerState::ContainerRunning as i32,
+            }),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].id, sleeper);
+    let by_label = e
+        .list(ContainerFilter {
+            label_selector: HashMap::from([("container".into(), "ok".into())]),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(by_label.len(), 1);
+    let by_prefix = e
+        .list(ContainerFilter {
+            id: sleeper[..8].to_string(),
+            pod_sandbox_id: e.pod[..8].to_string(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(by_prefix.len(), 1);
+
+    let t = Instant::now();
+    e.stop(&sleeper, 10).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "SIGTERM should end sleep"
+    );
+    let s = e.status(&sleeper).await;
+    assert_eq!(s.state, ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 15);
+    e.stop(&sleeper, 10).await; // idempotent
+    for id in [&id, &ok, &sleeper] {
+        e.remove(id).await;
+        e.remove(id).await; // idempotent
+    }
+    assert!(e.list(ContainerFilter::default()).await.is_empty());
+    let err =
+        e.rt.container_status(ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // Nothing left: no rootfs mount, no state dir, no cgroup.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&id), "rootfs still mounted");
+    assert!(!e.d.paths.runroot.join("containers").join(&id).exists());
+    assert!(!e.d.paths.root.join("containers").join(&id).exists());
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_codes() {
+    let mut e = env("bad").await;
+    let cfg = e.config("x", "true");
+    let err =
+        e.rt.create_container(CreateContainerRequest {
+            pod_sandbox_id: "nope".into(),
+            config: Some(cfg),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let mut cfg = e.config("x", "true");
+    cfg.image = Some(ImageSpec {
+        image: "127.0.0.1:5100/crius/not-pulled:1".into(),
+        ..Default::default()
+    });
+    assert_eq!(e.create(cfg).await.unwrap_err().code(), Code::NotFound);
+    let mut cfg = e.config("x", "true");
+    cfg.log_path = "../../escape.log".into();
+    assert_eq!(
+        e.create(cfg).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut cfg = e.config("x", "true");
+    cfg.metadata = None;
+    assert_eq!(
+        e.create(cfg).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut cfg = e.config("x", "true");
+    cfg.mounts = vec![Mount {
+        container_path: "relative".into(),
+        host_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    assert_eq!(
+        e.create(cfg).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    // A command missing from the image: start fails, status says why.
+    let cfg = container_config("missing", &e.image, &["/no/such/binary"]);
+    let id = e.create(cfg).await.unwrap();
+    let err =
+        e.rt.start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("/no/such/binary"),
+        "{}",
+        err.message()
+    );
+    let s = e.wait_exit(&id).await;
+    assert_ne!(s.exit_code, 0);
+    assert!(s.message.contains("/no/such/binary"), "{s:?}");
+    // Stopped pod: no new containers.
+    let pod = e.pod.clone();
+    e.rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    let cfg = e.config("late", "true");
+    assert_eq!(
+        e.create(cfg).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    // The daemon still serves after all that.
+    assert!(e.d.logs().contains("container create failed") || !e.d.logs().contains("panic"));
+}
+
+#[tokio::test]
+async fn long_lines_become_partial_records() {
+    let mut e = env("long").await;
+    // 100 KB of 'a' without a newline in between, then a short line.
+    let id = e
+        .run(
+            "long",
+            "head -c 102400 /dev/zero | tr '\\0' a; echo; echo short",
+        )
+        .await;
+    e.wait_exit(&id).await;
+    let log = e.log("long");
+    let lines = log_lines(&log, "stdout");
+    assert_eq!(lines.len(), 2, "{}", &log[..200.min(log.len())]);
+    assert_eq!(lines[0].len(), 102_400);
+    assert!(lines[0].bytes().all(|b| b == b'a'));
+    assert_eq!(lines[1], "short");
+    let partial = log.lines().filter(|l| l.contains(" stdout P ")).count();
+    assert!(partial >= 2, "a 100 KB line is split into P records");
+}
+
+#[tokio::test]
+async fn exec_sync_output_user_caps_and_timeout() {
+    let mut e = env("exec").await;
+    let mut cfg = e.config("exec", "sleep 1000");
+    cfg.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            run_as_user: Some(Int64Value { value: 1234 }),
+            capabilities: Some(Capability {
+                drop_capabilities: vec!["ALL".into()],
+                add_capabilities: vec!["NET_BIND_SERVICE".into()],
+                ..Default::default()
+            }),
+            no_new_privs: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    cfg.envs = vec![KeyValue {
+        key: "GREETING".into(),
+        value: "hi".into(),
+    }];
+    let id = e.run_config(cfg).await;
+    let r = e
+        .exec(
+            &id,
+            &["/bin/sh", "-c", "echo $GREETING; echo oops >&2; exit 7"],
+            10,
+        )
+        .await;
+    assert_eq!(r.stdout, b"hi\n");
+    assert_eq!(r.stderr, b"oops\n");
+    assert_eq!(r.exit_code, 7);
+    // The exec runs as the container's user with its capabilities, in its
+    // cgroup and namespaces.
+    let (out, _) = e
+        .sh(&id, "id -u; grep -E 'CapBnd|NoNewPrivs' /proc/self/status")
+        .await;
+    assert!(out.starts_with("1234\n"), "{out}");
+    assert!(out.contains("CapBnd:\t0000000000000400"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    let (init, _) = e.sh(&id, "cat /proc/1/cmdline | tr '\\0' ' '").await;
+    assert_eq!(init.trim(), "sleep 1000");
+    let (cg, _) = e.sh(&id, "cat /proc/self/cgroup").await;
+    assert!(cg.contains(&format!("crius-{}", &id[..12])), "{cg}");
+    // Timeout: a non-zero code in about the timeout, and the process is gone.
+    let t = Instant::now();
+    let r = e.exec(&id, &["/bin/sh", "-c", "sleep 60"], 1).await;
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_ne!(r.exit_code, 0);
+    let (ps, _) = e
+        .sh(&id, "ps -o args | grep 'sleep 60' | grep -v grep")
+        .await;
+    assert!(ps.trim().is_empty(), "timed-out exec still running: {ps}");
+    // Not running: FailedPrecondition.
+    e.stop(&id, 0).await;
+    let err =
+        e.rt.exec_sync(ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            timeout: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn isolation_defaults_and_readonly_rootfs() {
+    let mut e = env("iso").await;
+    let mut cfg = e.config("iso", "sleep 1000");
+    cfg.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        security_context: Some(LinuxContainerSecurityContext {
+            readonly_rootfs: true,
+            ..Default::default()
+        }),
+    });
+    let id = e.run_config(cfg).await;
+    let (_, code) = e.sh(&id, "touch /newfile").await;
+    assert_ne!(code, 0, "read-only rootfs");
+    let (out, code) = e.sh(&id, "echo x > /dev/shm/ok && cat /dev/shm/ok").await;
+    assert_eq!((out.as_str(), code), ("x\n", 0), "/dev/shm stays writable");
+    let (_, code) = e.sh(&id, "echo y > /tmp/x").await;
+    assert_ne!(code, 0, "/tmp is on the read-only rootfs");
+    // Masked and read-only kernel paths.
+    let (out, _) = e
+        .sh(
+            &id,
+            "wc -c < /proc/keys; echo 1 > /proc/sys/kernel/domainname 2>&1 || echo denied",
+        )
+        .await;
+    assert!(out.starts_with("0\n") && out.contains("denied"), "{out}");
+    // Its own cgroup, read-only: it cannot raise its own limits.
+    if cgroup_version() == "v1" {
+        let (out, _) = e
+            .sh(&id, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes")
+            .await;
+        assert_eq!(out.trim(), (64u64 << 20).to_string());
+        let (_, code) = e
+            .sh(
+                &id,
+                "echo 999999999 > /sys/fs/cgroup/memory/memory.limit_in_bytes",
+            )
+            .await;
+        assert_ne!(code, 0, "cgroup must be read-only");
+        let (out, _) = e
+            .sh(&id, "ls /sys/fs/cgroup/memory | grep -c crius-pod || true")
+            .await;
+        assert_eq!(out.trim(), "0", "only its own cgroup is visible");
+        // No access to host block devices even with CAP_MKNOD.
+        let (_, code) = e
+            .sh(&id, "mknod /dev/shm/sda b 8 0 && head -c1 /dev/shm/sda")
+            .await;
+        assert_ne!(code, 0, "devices cgroup must refuse block devices");
+    }
+    let host = e.container_cgroup(&id, "memory");
+    let limit_file = if cgroup_version() == "v2" {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap().trim().to_string();
+    assert_eq!(read(&host.join(limit_file)), (64u64 << 20).to_string());
+    // UpdateContainerResources changes the live limit.
+    e.rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 128 << 20,
+            cpu_shares: 512,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(read(&host.join(limit_file)), (128u64 << 20).to_string());
+    let s = e.status(&id).await;
+    assert_eq!(
+        s.resources.unwrap().linux.unwrap().memory_limit_in_bytes,
+        128 << 20
+    );
+}
+
+#[tokio::test]
+async fn oom_kill_is_reported() {
+    let mut e = env("oom").await;
+    let mut cfg = e.config("oom", "tail /dev/zero");
+    cfg.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 16 << 20,
+            memory_swap_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = e.run_config(cfg).await;
+    let s = e.wait_exit(&id).await;
+    assert_eq!(s.reason, "OOMKilled", "{s:?}");
+    assert_eq!(s.exit_code, 137);
+}
+
+#[tokio::test]
+async fn stop_signal_timeout_then_sigkill() {
+    let mut e = env("stopsig").await;
+    // Ignores SIGTERM: stop must fall back to SIGKILL after the timeout.
+    let id = e
+        .run("stubborn", "trap '' TERM; while true; do sleep 0.1; done")
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    e.stop(&id, 1).await;
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    let s = e.status(&id).await;
+    assert_eq!(s.state, ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 137);
+}
+
+#[tokio::test]
+async fn daemon_crash_keeps_containers_and_logs() {
+    let mut e = env("crash").await;
+    let ticker = e
+        .run(
+            "ticker",
+            "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+        )
+        .await;
+    let quitter = e.run("quitter", "sleep 1; exit 42").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    e.d.kill9();
+    let before = log_lines(&e.log("ticker"), "stdout").len();
+    // While the daemon is down: logs keep flowing, the quitter exits.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = log_lines(&e.log("ticker"), "stdout").len();
+    assert!(
+        during > before + 5,
+        "logs stopped with the daemon: {before} → {during}"
+    );
+    e.d.restart();
+    e.rt = e.d.runtime().await;
+    let s = e.status(&ticker).await;
+    assert_eq!(s.state, ContainerState::ContainerRunning as i32);
+    let s = e.status(&quitter).await;
+    assert_eq!(s.state, ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 42);
+    // The restarted daemon still controls the survivor.
+    let (out, code) = e.sh(&ticker, "echo alive").await;
+    assert_eq!((out.as_str(), code), ("alive\n", 0));
+    // Removing the pod takes its containers and monitor with it.
+    let pod = e.pod.clone();
+    e.rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        e.status(&ticker).await.state,
+        ContainerState::ContainerExited as i32
+    );
+    e.rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert!(e.list(ContainerFilter::default()).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let monitors = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| {
+            let c = std::fs::read(p.path().join("cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            (c.contains("monitor") && c.contains(&e.d.paths.runroot.display().to_string()))
+                .then_some(c)
+        })
+        .collect::<Vec<_>>();
+    assert!(monitors.is_empty(), "left running: {monitors:?}");
+}
+
+#[tokio::test]
+async fn reopen_log_after_rotation() {
+    let mut e = env("reopen").await;
+    let id = e
+        .run("rot", "while true; do echo line; sleep 0.05; done")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let path = e.logs.join("rot.log");
+    std::fs::rename(&path, e.logs.join("rot.log.1")).unwrap();
+    e.rt.reopen_container_log(ReopenContainerLogRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !log_lines(&e.log("rot"), "stdout").is_empty(),
+        "new file gets lines"
+    );
+    e.stop(&id, 0).await;
+    let err =
+        e.rt.reopen_container_log(ReopenContainerLogRequest { container_id: id })
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn image_in_use_keeps_its_layers() {
+    let mut e = env("inuse").await;
+    let id = e.run("user", "sleep 1000").await;
+    let mut images = e.d.images().await;
+    images
+        .remove_image(RemoveImageRequest {
+            image: Some(ImageSpec {
+                image: e.image.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    // The rootfs still works: layers were kept for the container.
+    let (out, code) = e.sh(&id, "ls /bin/busybox").await;
+    assert_eq!((out.trim(), code), ("/bin/busybox", 0));
+    let layers = std::fs::read_dir(e.d.paths.root.join("layers"))
+        .unwrap()
+        .flatten()
+        .filter(|d| !d.file_name().to_string_lossy().starts_with("tmp-"))
+        .count();
+    assert!(layers > 0, "layers freed under a running container");
+}
