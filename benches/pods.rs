@@ -4,21 +4,18 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use common::testenv::testenv;
-use common::{Daemon, Runtime, bridge_conflist, channel, pod_config, wait_timeout};
+use common::{Daemon, Runtime, bridge_conflist, channel, pod_config};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
-
-fn summary(mut ms: Vec<f64>) -> (f64, f64, f64) {
-    ms.sort_by(|a, b| a.total_cmp(b));
-    (ms[0], ms[ms.len() / 2], ms[ms.len() * 9 / 10])
-}
+use support::{Containerd, summary};
 
 /// Runs `n` pods one after another, timing each RunPodSandbox; then
 /// removes them (untimed).
@@ -63,56 +60,8 @@ async fn cleanup(rt: &mut Runtime, ids: Vec<String>) {
 
 async fn containerd(dir: &Path, n: usize) -> Result<Vec<f64>, String> {
     let env = testenv();
-    let netd = dir.join("net.d");
-    std::fs::create_dir_all(&netd).map_err(|e| e.to_string())?;
-    std::fs::write(
-        netd.join("10-bench.conflist"),
-        bridge_conflist("crius-bench-ctrd", "crtb1", "10.196.0.0/16"),
-    )
-    .map_err(|e| e.to_string())?;
-    let sock = dir.join("containerd.sock");
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-[grpc]
-address = "{sock}"
-[plugins."io.containerd.grpc.v1.cri"]
-sandbox_image = "{pause}"
-# This node cannot lower oom_score_adj (no CAP_SYS_RESOURCE); without this
-# runc fails every sandbox here.
-restrict_oom_score_adj = true
-[plugins."io.containerd.grpc.v1.cri".cni]
-bin_dir = "/usr/lib/cni"
-conf_dir = "{netd}"
-[plugins."io.containerd.grpc.v1.cri".registry.mirrors."{reg}"]
-endpoint = ["http://{reg}"]
-"#,
-            root = dir.join("root").display(),
-            state = dir.join("state").display(),
-            sock = sock.display(),
-            pause = env.image("pause:latest"),
-            netd = netd.display(),
-            reg = env.registry,
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let log = std::fs::File::create(dir.join("containerd.log")).map_err(|e| e.to_string())?;
-    let mut daemon = Command::new("containerd")
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    let ctrd = Containerd::start(dir, "crtb1", "10.196.0.0/16")?;
+    let sock = ctrd.sock.clone();
     let ch = channel(&sock).await;
     let mut images = ImageServiceClient::new(ch.clone());
     let pulled = images
@@ -135,9 +84,7 @@ endpoint = ["http://{reg}"]
             }
         }
     };
-    let _ = daemon.kill();
-    let _ = wait_timeout(&mut daemon, Duration::from_secs(10));
-    let _ = Command::new("ip").args(["link", "del", "crtb1"]).status();
+    drop(ctrd);
     result
 }
 

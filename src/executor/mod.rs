@@ -8,6 +8,7 @@
 
 pub mod linux;
 mod rootfs;
+pub mod sys;
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -15,6 +15,7 @@ use super::proto::{self, Request, Response, request::Op};
 use super::{EXEC_OUTPUT_CAP, ExitRecord, MAX_FRAME, SOCKET, VERSION, files, now_nanos};
 use crate::container::logs::{LogWriter, Stream};
 use crate::executor::linux::{become_subreaper, pipe};
+use crate::executor::sys;
 use crate::executor::{CreateOptions, Created, Embedded, Executor, Stdio};
 
 /// Longest CRI log line before it is split into partial records.
@@ -97,28 +98,18 @@ struct Monitor {
     shutdown: bool,
 }
 
-fn set_nonblocking(fd: RawFd) {
-    // SAFETY: fcntl flag manipulation on a descriptor we own.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
-    }
-}
-
 /// Reads what is available without blocking. `Ok(true)` at EOF.
 fn drain(fd: RawFd, mut sink: impl FnMut(&[u8])) -> bool {
     let mut buf = [0u8; 65536];
     loop {
-        // SAFETY: reading into a stack buffer of the given size.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n > 0 {
-            sink(&buf[..n as usize]);
-            continue;
-        }
-        if n == 0 {
-            return true;
-        }
-        let e = std::io::Error::last_os_error();
+        let e = match sys::read_some(fd, &mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                sink(&buf[..n]);
+                continue;
+            }
+            Err(e) => e,
+        };
         return match e.raw_os_error() {
             Some(libc::EINTR) => continue,
             Some(libc::EAGAIN) => false,
@@ -162,37 +153,6 @@ fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, content)?;
     std::fs::rename(&tmp, path)
-}
-
-/// A pseudo-terminal pair `(master, slave)`.
-fn pty() -> Result<(OwnedFd, OwnedFd), String> {
-    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on the fd we get back;
-    // name is a valid buffer.
-    unsafe {
-        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
-        if m < 0 {
-            return Err(format!("posix_openpt: {}", std::io::Error::last_os_error()));
-        }
-        let master = OwnedFd::from_raw_fd(m);
-        if libc::grantpt(m) < 0 || libc::unlockpt(m) < 0 {
-            return Err(format!("unlockpt: {}", std::io::Error::last_os_error()));
-        }
-        let mut name = [0 as libc::c_char; 128];
-        if libc::ptsname_r(m, name.as_mut_ptr(), name.len()) != 0 {
-            return Err("ptsname".into());
-        }
-        let s = libc::open(
-            name.as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        );
-        if s < 0 {
-            return Err(format!(
-                "opening pty slave: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        Ok((master, OwnedFd::from_raw_fd(s)))
-    }
 }
 
 fn dev_null() -> Result<OwnedFd, String> {
@@ -308,7 +268,7 @@ impl Monitor {
             .and_then(|p| p.terminal())
             .unwrap_or(false);
         let (stdio, reads, stdin_w) = if terminal {
-            let (master, slave) = pty()?;
+            let (master, slave) = sys::pty()?;
             let s2 = slave.try_clone().map_err(|e| e.to_string())?;
             let s3 = slave.try_clone().map_err(|e| e.to_string())?;
             let keep = master.try_clone().map_err(|e| e.to_string())?;
@@ -344,7 +304,7 @@ impl Monitor {
         };
         let mut outputs = Vec::new();
         for (fd, stream) in reads {
-            set_nonblocking(fd.as_raw_fd());
+            sys::set_nonblocking(fd.as_raw_fd());
             let sink =
                 open_log(&c.log_path).map_err(|e| format!("opening log {}: {e}", c.log_path))?;
             outputs.push(Output {
@@ -407,15 +367,14 @@ impl Monitor {
             .get(&k.id)
             .ok_or_else(|| format!("no container {}", k.id))?;
         if c.exit.is_none() {
-            // SAFETY: signalling our own unreaped child: its pid cannot be reused.
-            unsafe { libc::kill(c.pid, k.signal) };
+            // Our unreaped child: its pid cannot have been reused.
+            sys::kill(c.pid, k.signal);
         }
         if k.all {
             for d in &c.opts.cgroup_dirs {
                 let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
                 for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    // SAFETY: plain kill; the cgroup holds only this container's processes.
-                    unsafe { libc::kill(pid, k.signal) };
+                    sys::kill(pid, k.signal);
                 }
             }
         }
@@ -438,11 +397,8 @@ impl Monitor {
         if let Some(c) = self.containers.remove(id)
             && c.exit.is_none()
         {
-            // SAFETY: killing our own unreaped child.
-            unsafe { libc::kill(c.pid, libc::SIGKILL) };
-            let mut status = 0;
-            // SAFETY: reaping it.
-            unsafe { libc::waitpid(c.pid, &mut status, 0) };
+            sys::kill(c.pid, libc::SIGKILL);
+            sys::reap(c.pid);
         }
     }
 
@@ -473,8 +429,8 @@ impl Monitor {
             .executor
             .exec(c.pid, &c.spec, &process, stdio, &c.opts)
             .map_err(|e| e.to_string())?;
-        set_nonblocking(out_r.as_raw_fd());
-        set_nonblocking(err_r.as_raw_fd());
+        sys::set_nonblocking(out_r.as_raw_fd());
+        sys::set_nonblocking(err_r.as_raw_fd());
         self.execs.push(ExecJob {
             pid,
             pipes: vec![(Some(out_r), true), (Some(err_r), false)],
@@ -493,32 +449,9 @@ impl Monitor {
     /// container's exit record is written while it is still a zombie, so a
     /// reader never sees it gone without a record.
     fn reap(&mut self) {
-        loop {
-            // SAFETY: siginfo_t is plain data; waitid fills it.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: peek (WNOWAIT) at any exited child without reaping it.
-            let rc = unsafe {
-                libc::waitid(
-                    libc::P_ALL,
-                    0,
-                    &mut info,
-                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-                )
-            };
-            // SAFETY: si_pid/si_status are valid for SIGCHLD-style siginfo.
-            let (pid, si_status) = unsafe { (info.si_pid(), info.si_status()) };
-            if rc < 0 || pid == 0 {
-                break;
-            }
-            let status = if info.si_code == libc::CLD_EXITED {
-                (si_status & 0xff) << 8
-            } else {
-                si_status & 0x7f
-            };
+        while let Some((pid, status)) = sys::peek_exited() {
             self.settle(pid, status);
-            let mut st = 0;
-            // SAFETY: reaping the child we just settled.
-            unsafe { libc::waitpid(pid, &mut st, 0) };
+            sys::reap(pid);
         }
         self.finish_execs();
     }
@@ -603,8 +536,7 @@ impl Monitor {
                 && !job.timed_out
             {
                 job.timed_out = true;
-                // SAFETY: killing our own unreaped child.
-                unsafe { libc::kill(job.pid, libc::SIGKILL) };
+                sys::kill(job.pid, libc::SIGKILL);
             }
         }
         let (due, keep): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
@@ -639,27 +571,11 @@ fn exited(e: ExitRecord) -> Response {
     }
 }
 
-fn signalfd_sigchld() -> Result<OwnedFd, String> {
-    // SAFETY: building a signal set and blocking SIGCHLD for this (only)
-    // thread; the signalfd is a new descriptor we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
-        if fd < 0 {
-            return Err(format!("signalfd: {}", std::io::Error::last_os_error()));
-        }
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
-}
-
 /// Runs the monitor for the pod directory `dir` until told to shut down.
 /// Prints `ready` on stdout once the socket accepts connections.
 pub fn run(dir: &Path) -> Result<(), String> {
     become_subreaper().map_err(|e| e.to_string())?;
-    let sigchld = signalfd_sigchld()?;
+    let sigchld = sys::sigchld_fd()?;
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let sock = dir.join(SOCKET);
     let _ = std::fs::remove_file(&sock);
@@ -673,9 +589,10 @@ pub fn run(dir: &Path) -> Result<(), String> {
     }
     // The daemon's pipe is done with: stdout becomes /dev/null.
     if let Ok(null) = dev_null() {
-        // SAFETY: dup2 onto our own stdout.
-        unsafe { libc::dup2(null.as_raw_fd(), 1) };
+        sys::redirect_stdout(&null);
     }
+    // Long-lived and one per pod: keep only the code it runs resident.
+    sys::trim_text();
     let mut m = Monitor {
         executor: Embedded,
         containers: HashMap::new(),
@@ -729,8 +646,7 @@ pub fn run(dir: &Path) -> Result<(), String> {
                     + 1
             })
             .unwrap_or(-1);
-        // SAFETY: fds is a valid array of fds.len() pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        let n = sys::poll(&mut fds, timeout);
         if n < 0 {
             continue;
         }
@@ -780,7 +696,15 @@ pub fn run(dir: &Path) -> Result<(), String> {
         if fds[1].revents != 0 {
             while let Ok((mut conn, _)) = listener.accept() {
                 match read_request(&mut conn) {
-                    Ok(req) => m.handle(req, conn),
+                    Ok(req) => {
+                        // Creating and exec'ing runs code an idle monitor
+                        // never needs again: let it go afterwards.
+                        let heavy = matches!(req.op, Some(Op::Create(_)) | Some(Op::Start(_)));
+                        m.handle(req, conn);
+                        if heavy {
+                            sys::trim_text();
+                        }
+                    }
                     Err(e) => respond(&mut conn, &error(format!("bad request: {e}"))),
                 }
             }

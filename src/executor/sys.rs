@@ -1,0 +1,160 @@
+//! Safe wrappers over the process and descriptor syscalls the monitor's
+//! event loop needs, so `unsafe` stays in the executor.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+fn last() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+/// Sets O_NONBLOCK on a descriptor.
+pub fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl flag manipulation on a descriptor the caller owns.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+}
+
+/// One `read(2)`: bytes read, 0 at EOF.
+pub fn read_some(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: buf is valid for buf.len() bytes.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 { Err(last()) } else { Ok(n as usize) }
+}
+
+/// `poll(2)` over `fds`; the number ready, or a negative value on error.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> i32 {
+    // SAFETY: fds is a valid slice of pollfds.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) }
+}
+
+/// Sends a signal; a process that is gone is not an error.
+pub fn kill(pid: i32, signal: i32) {
+    if pid > 0 {
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// Reaps a child, blocking until it exits.
+pub fn reap(pid: i32) {
+    let mut status = 0;
+    // SAFETY: status is a valid out-pointer.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+        && last().raw_os_error() == Some(libc::EINTR)
+    {}
+}
+
+/// An exited child, without reaping it (WNOWAIT): `(pid, wait status)`.
+/// The caller records the exit while the zombie still holds the pid, then
+/// calls [`reap`].
+pub fn peek_exited() -> Option<(i32, i32)> {
+    // SAFETY: siginfo_t is plain data; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: info is a valid out-pointer.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: for a CLD_* siginfo from waitid, si_pid/si_status are set.
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if rc < 0 || pid == 0 {
+        return None;
+    }
+    let wait_status = if info.si_code == libc::CLD_EXITED {
+        (status & 0xff) << 8
+    } else {
+        status & 0x7f
+    };
+    Some((pid, wait_status))
+}
+
+/// Blocks SIGCHLD and returns a signalfd that becomes readable on it.
+pub fn sigchld_fd() -> Result<OwnedFd, String> {
+    // SAFETY: sigset operations on a local set; signalfd returns a new fd.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(format!("signalfd: {}", last()));
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Points this process's stdout at `fd`.
+pub fn redirect_stdout(fd: &OwnedFd) {
+    // SAFETY: dup2 onto descriptor 1.
+    unsafe { libc::dup2(fd.as_raw_fd(), 1) };
+}
+
+/// A pseudo-terminal pair `(master, slave)`.
+pub fn pty() -> Result<(OwnedFd, OwnedFd), String> {
+    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on the fd we get back;
+    // name is a valid buffer.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if m < 0 {
+            return Err(format!("posix_openpt: {}", last()));
+        }
+        let master = OwnedFd::from_raw_fd(m);
+        if libc::grantpt(m) < 0 || libc::unlockpt(m) < 0 {
+            return Err(format!("unlockpt: {}", last()));
+        }
+        let mut name = [0 as libc::c_char; 128];
+        if libc::ptsname_r(m, name.as_mut_ptr(), name.len()) != 0 {
+            return Err("ptsname".into());
+        }
+        let s = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if s < 0 {
+            return Err(format!("opening pty slave: {}", last()));
+        }
+        Ok((master, OwnedFd::from_raw_fd(s)))
+    }
+}
+
+/// Drops this process's mapped program text (its own and its libraries')
+/// and turns off read-around for it, so only the code pages a long-lived
+/// helper keeps running stay resident; the rest stays in the shared page
+/// cache and faults back in on demand. Only executable file mappings are
+/// touched: they are never written, so dropping them loses nothing.
+pub fn trim_text() {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let file = f.nth(3).is_some_and(|p| p.starts_with('/'));
+        if perms != "r-xp" || !file {
+            continue;
+        }
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+        else {
+            continue;
+        };
+        // SAFETY: [start, end) is a whole read-only executable file mapping:
+        // MADV_RANDOM/MADV_DONTNEED only drop clean file pages,
+        // which fault back in from the page cache when run.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_RANDOM);
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+}
