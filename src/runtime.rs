@@ -68,7 +68,12 @@ impl Runtime {
 
     /// StopPodSandbox: the pod's containers first, then the pod.
     pub async fn stop_pod(&self, id: &str) -> Result<()> {
-        let pod = self.pods.get(id)?;
+        // CRI: stopping an unknown pod succeeds (kubelet retries after GC).
+        let pod = match self.pods.get(id) {
+            Ok(p) => p,
+            Err(crate::error::Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
         self.containers.stop_pod(&self.pods, &pod.id).await?;
         self.pods.stop(&pod.id, &self.network).await
     }

@@ -363,6 +363,21 @@ async fn bad_requests_get_clear_codes() {
         e.create(cfg).await.unwrap_err().code(),
         Code::InvalidArgument
     );
+    // Stopping or removing an unknown container succeeds (CRI idempotence).
+    e.stop("0123456789abcdef", 1).await;
+    e.remove("0123456789abcdef").await;
+    let mut cfg = e.config("x", "true");
+    cfg.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            run_as_group: Some(Int64Value { value: 10 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    assert_eq!(
+        e.create(cfg).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
     let mut cfg = e.config("x", "true");
     cfg.metadata = None;
     assert_eq!(
@@ -728,4 +743,32 @@ async fn image_in_use_keeps_its_layers() {
         .filter(|d| !d.file_name().to_string_lossy().starts_with("tmp-"))
         .count();
     assert!(layers > 0, "layers freed under a running container");
+}
+
+#[tokio::test]
+async fn privileged_gets_the_nodes_capabilities_and_devices() {
+    let mut e = env("priv").await;
+    let mut cfg = e.config("priv", "sleep 1000");
+    cfg.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = e.run_config(cfg).await;
+    let host_bnd = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("CapBnd:"))
+        .unwrap()
+        .to_string();
+    let (out, _) = e.sh(&id, "grep CapEff /proc/1/status").await;
+    assert_eq!(
+        out.trim().trim_start_matches("CapEff:").trim(),
+        host_bnd.trim_start_matches("CapBnd:").trim(),
+        "privileged: every capability this node allows"
+    );
+    let (out, code) = e.sh(&id, "ls /dev/ | grep -c . ; grep -c ' /proc/keys ' /proc/self/mountinfo").await;
+    assert_eq!(code, 1, "no masked paths: {out}");
 }

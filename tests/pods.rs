@@ -252,13 +252,12 @@ async fn list_filters_and_bad_input() {
         run(&mut rt, bad).await.unwrap_err().code(),
         Code::InvalidArgument
     );
-    let e = rt
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: "doesnotexist".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::NotFound);
+    // CRI: stopping an unknown pod succeeds (critest's idempotence test).
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: "doesnotexist".into(),
+    })
+    .await
+    .unwrap();
     for id in [a, b] {
         rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
             .await

@@ -373,6 +373,8 @@ impl Containers {
         record: &mut ContainerRecord,
     ) -> Result<()> {
         let id = record.id.clone();
+        let t = std::time::Instant::now();
+        let step = |what: &str| tracing::debug!(container_id = %id, elapsed_us = t.elapsed().as_micros() as u64, "{what}");
         let config = &record.config;
         let layers = record
             .layers
@@ -380,6 +382,7 @@ impl Containers {
             .map(|c| images.layer_dir(c))
             .collect::<Result<Vec<_>>>()?;
         let rootfs = storage.create_rootfs(&id, &layers).map_err(internal)?;
+        step("rootfs mounted");
         let sec = config
             .linux
             .as_ref()
@@ -491,6 +494,7 @@ impl Containers {
         std::fs::create_dir_all(&dir).map_err(internal)?;
         let json = serde_json::to_vec_pretty(&oci).map_err(internal)?;
         std::fs::write(dir.join("config.json"), json).map_err(internal)?;
+        step("spec written");
         // cgroup with its limits before any process joins it.
         self.cgroups.create(&record.cgroup).map_err(internal)?;
         let resources = record.resources.clone().unwrap_or_default();
@@ -505,11 +509,13 @@ impl Containers {
         {
             std::fs::create_dir_all(parent).map_err(internal)?;
         }
+        step("cgroup ready");
         let monitor = Self::monitor(pods, &pod.id);
         monitor
             .ensure_running(&self.exe)
             .await
             .map_err(monitor_err)?;
+        step("monitor ready");
         let cgroup_dirs = self
             .cgroups
             .dirs(&record.cgroup)
@@ -530,6 +536,7 @@ impl Containers {
                 MonitorError::Remote(m) => Error::Internal(format!("creating container: {m}")),
                 other => monitor_err(other),
             })?;
+        step("container set up");
         for w in resp.warnings {
             tracing::warn!(container_id = %id, "{w}");
         }
@@ -598,7 +605,12 @@ impl Containers {
     /// Stops a container: its stop signal, SIGKILL after `timeout`; returns
     /// once it is gone. Stopping a stopped container is fine.
     pub async fn stop(&self, pods: &Pods, id: &str, timeout: Duration) -> Result<()> {
-        let c = self.get(id)?;
+        // CRI: stopping an unknown container succeeds.
+        let c = match self.get(id) {
+            Ok(c) => c,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
         let _one = self.locks.lock(&c.id).await;
         self.stop_locked(pods, &c, timeout).await
     }

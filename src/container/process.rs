@@ -15,6 +15,8 @@ pub enum ProcessError {
     UnknownGroup(String),
     #[error("invalid {what} {value}")]
     Invalid { what: &'static str, value: String },
+    #[error("run_as_group is set without run_as_user or run_as_username")]
+    GroupWithoutUser,
 }
 
 /// Kubernetes' rule: `command` replaces the image ENTRYPOINT (and drops its
@@ -148,6 +150,11 @@ pub fn resolve_user(
         Some((u, g)) => (u, Some(g)),
         None => (image_user, None),
     };
+    // As containerd and cri-o: a group alone would silently combine with
+    // whatever user the image names.
+    if req.run_as_group.is_some() && req.run_as_user.is_none() && req.run_as_username.is_empty() {
+        return Err(ProcessError::GroupWithoutUser);
+    }
     let by_name = |n: &str| passwd_entries(passwd).find(|e| e.name == n);
     let by_uid = |u: u32| passwd_entries(passwd).find(|e| e.uid == u);
 
@@ -303,6 +310,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(user(req, "1002:1003").unwrap().gid, 33);
+        let group_only = UserRequest {
+            run_as_group: Some(2000),
+            ..Default::default()
+        };
+        assert_eq!(
+            user(group_only, "www-data"),
+            Err(ProcessError::GroupWithoutUser)
+        );
         let bad = UserRequest {
             run_as_user: Some(-1),
             ..Default::default()

@@ -211,17 +211,17 @@ pub fn capabilities(sec: &LinuxContainerSecurityContext) -> Result<Vec<String>, 
     Ok(set)
 }
 
-/// Every capability this kernel knows.
+/// Every capability the runtime itself may hand out: its own bounding set
+/// (as containerd's `cap.Current()`). Nodes withhold some (here
+/// CAP_SYS_RESOURCE): asking for those makes capset fail.
 fn all_capabilities() -> Vec<String> {
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse::<u8>().ok())
-        .unwrap_or(40);
-    caps::all()
+    let mut out: Vec<String> = caps::read(None, caps::CapSet::Bounding)
+        .unwrap_or_else(|_| caps::all())
         .into_iter()
-        .filter(|c| c.index() <= last)
         .map(|c| c.to_string())
-        .collect()
+        .collect();
+    out.sort();
+    out
 }
 
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, SpecError> {
