@@ -769,6 +769,76 @@ async fn privileged_gets_the_nodes_capabilities_and_devices() {
         host_bnd.trim_start_matches("CapBnd:").trim(),
         "privileged: every capability this node allows"
     );
-    let (out, code) = e.sh(&id, "ls /dev/ | grep -c . ; grep -c ' /proc/keys ' /proc/self/mountinfo").await;
+    let (out, code) = e
+        .sh(
+            &id,
+            "ls /dev/ | grep -c . ; grep -c ' /proc/keys ' /proc/self/mountinfo",
+        )
+        .await;
     assert_eq!(code, 1, "no masked paths: {out}");
+}
+
+#[tokio::test]
+async fn seccomp_runtime_default_and_localhost_profiles() {
+    let mut e = env("seccomp").await;
+    let sec = |p: SecurityProfile| LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            seccomp: Some(p),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut cfg = e.config("default", "sleep 1000");
+    cfg.linux = Some(sec(SecurityProfile {
+        profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+        ..Default::default()
+    }));
+    let id = e.run_config(cfg).await;
+    let (out, _) = e
+        .sh(&id, "grep Seccomp: /proc/1/status /proc/self/status")
+        .await;
+    assert_eq!(
+        out.matches("\t2").count(),
+        2,
+        "init and exec filtered: {out}"
+    );
+
+    // A localhost profile that refuses chmod, as critest's.
+    let profile = e.d.paths.base.join("no-chmod.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["chmod","fchmodat","fchmodat2","fchmod"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let mut cfg = e.config("local", "sleep 1000");
+    cfg.linux = Some(sec(SecurityProfile {
+        profile_type: security_profile::ProfileType::Localhost as i32,
+        localhost_ref: profile.display().to_string(),
+    }));
+    let id = e.run_config(cfg).await;
+    let r = e.exec(&id, &["/bin/sh", "-c", "chmod 400 /"], 10).await;
+    assert_ne!(r.exit_code, 0);
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("Operation not permitted"),
+        "{r:?}"
+    );
+    // Unconfined: no filter.
+    let mut cfg = e.config("open", "sleep 1000");
+    cfg.linux = Some(sec(SecurityProfile {
+        profile_type: security_profile::ProfileType::Unconfined as i32,
+        ..Default::default()
+    }));
+    let id = e.run_config(cfg).await;
+    let (out, _) = e.sh(&id, "grep Seccomp: /proc/1/status").await;
+    assert!(out.contains("\t0"), "{out}");
+    // A missing localhost profile is the caller's error.
+    let mut cfg = e.config("missing", "true");
+    cfg.linux = Some(sec(SecurityProfile {
+        profile_type: security_profile::ProfileType::Localhost as i32,
+        localhost_ref: "/nonexistent/profile.json".into(),
+    }));
+    assert_eq!(
+        e.create(cfg).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
 }

@@ -489,9 +489,17 @@ impl Containers {
             cgroup_namespace: v2,
             devices,
         };
-        let oci = spec::build(&input).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let mut oci = spec::build(&input).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let dir = self.state_dir(&id);
         std::fs::create_dir_all(&dir).map_err(internal)?;
+        if let Some(profile) = seccomp_profile(&sec)? {
+            let program = crate::executor::seccomp::compile(&profile)
+                .map_err(|e| Error::InvalidArgument(format!("seccomp profile: {e}")))?;
+            std::fs::write(dir.join("seccomp.bpf"), program.to_bytes()).map_err(internal)?;
+            if let Some(linux) = oci.linux_mut() {
+                linux.set_seccomp(Some(profile));
+            }
+        }
         let json = serde_json::to_vec_pretty(&oci).map_err(internal)?;
         std::fs::write(dir.join("config.json"), json).map_err(internal)?;
         step("spec written");
@@ -821,6 +829,60 @@ impl Containers {
         out.dedup();
         Ok(out)
     }
+}
+
+/// The seccomp profile a container asked for: RuntimeDefault (also the
+/// deprecated `runtime/default`, `docker/default` paths), Localhost (an
+/// absolute path to an OCI profile), or none (Unconfined, unset,
+/// privileged).
+fn seccomp_profile(
+    sec: &k8s_cri::v1::LinuxContainerSecurityContext,
+) -> Result<Option<oci_spec::runtime::LinuxSeccomp>> {
+    use k8s_cri::v1::security_profile::ProfileType;
+    if sec.privileged {
+        return Ok(None);
+    }
+    #[allow(deprecated)] // old kubelets send the path form
+    let path = sec.seccomp_profile_path.clone();
+    let localhost = match &sec.seccomp {
+        Some(p) => match ProfileType::try_from(p.profile_type) {
+            Ok(ProfileType::RuntimeDefault) => None,
+            Ok(ProfileType::Unconfined) => return Ok(None),
+            Ok(ProfileType::Localhost) => Some(p.localhost_ref.clone()),
+            Err(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown seccomp profile type {}",
+                    p.profile_type
+                )));
+            }
+        },
+        None => match path.as_str() {
+            "" | "unconfined" => return Ok(None),
+            "runtime/default" | "docker/default" => None,
+            p => match p.strip_prefix("localhost/") {
+                Some(rest) => Some(rest.to_string()),
+                None => {
+                    return Err(Error::InvalidArgument(format!(
+                        "unknown seccomp profile {p:?}"
+                    )));
+                }
+            },
+        },
+    };
+    let Some(file) = localhost else {
+        let caps = spec::capabilities(sec).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        return Ok(Some(crate::executor::seccomp::runtime_default(&caps)));
+    };
+    if !file.starts_with('/') {
+        return Err(Error::InvalidArgument(format!(
+            "seccomp localhost profile {file:?} is not an absolute path"
+        )));
+    }
+    let text = std::fs::read(&file)
+        .map_err(|e| Error::InvalidArgument(format!("seccomp profile {file}: {e}")))?;
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| Error::InvalidArgument(format!("seccomp profile {file}: {e}")))
 }
 
 /// The monitor program: `crius-monitor` next to the daemon's binary (small,

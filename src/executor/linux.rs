@@ -313,7 +313,7 @@ struct Prepared {
     no_new_privs: bool,
     rlimits: Vec<PosixRlimit>,
     oom_score_adj: Option<i32>,
-    seccomp: Option<Vec<u8>>,
+    seccomp: Option<super::seccomp::Program>,
     terminal: bool,
 }
 
@@ -376,7 +376,12 @@ fn prepare(process: &Process, opts: &CreateOptions) -> Result<Prepared, Executor
         no_new_privs: process.no_new_privileges().unwrap_or(false),
         rlimits: process.rlimits().clone().unwrap_or_default(),
         oom_score_adj: process.oom_score_adj(),
-        seccomp: opts.seccomp.clone(),
+        seccomp: opts
+            .seccomp
+            .as_deref()
+            .map(super::seccomp::Program::from_bytes)
+            .transpose()
+            .map_err(|e| ExecutorError::Spec(e.to_string()))?,
         terminal: process.terminal().unwrap_or(false),
     })
 }
@@ -506,8 +511,8 @@ fn become_process(p: &Prepared, sync: RawFd) -> Result<(), String> {
     if !p.no_new_privs {
         // Without no_new_privs loading a filter needs CAP_SYS_ADMIN, which
         // the process may be about to lose.
-        if let Some(bpf) = &p.seccomp {
-            load_seccomp(bpf)?;
+        if let Some(program) = &p.seccomp {
+            super::seccomp::install(program).map_err(|e| format!("loading seccomp filter: {e}"))?;
         }
     }
     // SAFETY: prctl with integer arguments.
@@ -543,45 +548,12 @@ fn become_process(p: &Prepared, sync: RawFd) -> Result<(), String> {
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
             return Err(format!("no_new_privs: {}", errno()));
         }
-        if let Some(bpf) = &p.seccomp {
-            load_seccomp(bpf)?;
+        if let Some(program) = &p.seccomp {
+            super::seccomp::install(program).map_err(|e| format!("loading seccomp filter: {e}"))?;
         }
     }
     std::env::set_current_dir(&p.cwd)
         .map_err(|e| format!("working directory {}: {e}", p.cwd.display()))?;
-    Ok(())
-}
-
-/// Loads a classic-BPF seccomp filter (8 bytes per instruction).
-fn load_seccomp(bpf: &[u8]) -> Result<(), String> {
-    if bpf.is_empty() || !bpf.len().is_multiple_of(8) {
-        return Err("malformed seccomp program".into());
-    }
-    let filters: Vec<libc::sock_filter> = bpf
-        .chunks_exact(8)
-        .map(|c| libc::sock_filter {
-            code: u16::from_ne_bytes([c[0], c[1]]),
-            jt: c[2],
-            jf: c[3],
-            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
-        })
-        .collect();
-    let prog = libc::sock_fprog {
-        len: filters.len() as u16,
-        filter: filters.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: prog points at `filters`, alive for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            0,
-            &prog as *const libc::sock_fprog,
-        )
-    };
-    if rc < 0 {
-        return Err(format!("loading seccomp filter: {}", errno()));
-    }
     Ok(())
 }
 

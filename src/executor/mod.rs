@@ -8,6 +8,7 @@
 
 pub mod linux;
 mod rootfs;
+pub mod seccomp;
 pub mod sys;
 
 use std::os::fd::OwnedFd;
