@@ -842,3 +842,133 @@ async fn seccomp_runtime_default_and_localhost_profiles() {
         Code::InvalidArgument
     );
 }
+
+#[tokio::test]
+async fn a_dead_monitor_does_not_block_stop_or_remove() {
+    let mut e = env("orphan").await;
+    let id = e.run("orphan", "sleep 1000").await;
+    let pid: i32 =
+        std::fs::read_to_string(e.d.paths.runroot.join("containers").join(&id).join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    let runroot = e.d.paths.runroot.display().to_string();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("monitor") && cmd.contains(&runroot) {
+            let mon: i32 = p.file_name().to_string_lossy().parse().unwrap();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(mon),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    e.stop(&id, 5).await;
+    let s = e.status(&id).await;
+    assert_eq!(s.state, ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 137);
+    // Gone, or a zombie waiting for whoever adopted it.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = state.rsplit(')').next().unwrap_or("").trim().chars().next();
+    assert!(
+        matches!(state, None | Some('Z')),
+        "container survived: {state:?}"
+    );
+    let pod = e.pod.clone();
+    e.rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert!(e.list(ContainerFilter::default()).await.is_empty());
+}
+
+#[tokio::test]
+async fn mount_propagation_host_to_container_and_bidirectional() {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    let mut e = env("prop").await;
+    let src = e.d.paths.base.join("shared-src");
+    std::fs::create_dir_all(&src).unwrap();
+    // As kubelet's nodes have it: the host path is on a shared mount.
+    mount(
+        Some(&src),
+        &src,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .unwrap();
+    mount(
+        None::<&str>,
+        &src,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .unwrap();
+    let image = e.image.clone();
+    let with_mount = |name: &str, prop: MountPropagation, privileged: bool| {
+        let mut cfg = container_config(name, &image, &["/bin/sh", "-c", "sleep 1000"]);
+        cfg.mounts = vec![Mount {
+            container_path: "/mnt".into(),
+            host_path: src.display().to_string(),
+            propagation: prop as i32,
+            ..Default::default()
+        }];
+        cfg.linux = Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                privileged,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        cfg
+    };
+    let slave = e
+        .run_config(with_mount(
+            "slave",
+            MountPropagation::PropagationHostToContainer,
+            false,
+        ))
+        .await;
+    let both = e
+        .run_config(with_mount(
+            "both",
+            MountPropagation::PropagationBidirectional,
+            true,
+        ))
+        .await;
+    // Host → container.
+    let from_host = src.join("from-host");
+    std::fs::create_dir_all(&from_host).unwrap();
+    mount(
+        Some("tmpfs"),
+        &from_host,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::write(from_host.join("marker"), "host").unwrap();
+    for id in [&slave, &both] {
+        let (out, _) = e.sh(id, "cat /mnt/from-host/marker").await;
+        assert_eq!(out, "host", "host mount seen in {id}");
+    }
+    // Container → host, only for bidirectional.
+    let (_, code) = e
+        .sh(&both, "mkdir -p /mnt/from-ctr && mount -t tmpfs tmpfs /mnt/from-ctr && echo ctr > /mnt/from-ctr/marker")
+        .await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        std::fs::read_to_string(src.join("from-ctr/marker")).unwrap_or_default(),
+        "ctr\n",
+        "bidirectional mount reaches the host"
+    );
+    let _ = umount2(&src.join("from-ctr"), MntFlags::MNT_DETACH);
+    let _ = umount2(&from_host, MntFlags::MNT_DETACH);
+    let _ = umount2(&src, MntFlags::MNT_DETACH);
+}

@@ -631,6 +631,11 @@ impl Containers {
                 self.kill_cgroup(c);
                 return Ok(());
             }
+            _ if !monitor.alive().await => {
+                // The monitor is gone (killed, crashed): nobody will reap or
+                // record; kill what is left and record the kill ourselves.
+                return self.stop_orphan(c).await;
+            }
             ContainerState::ContainerCreated => {
                 // Never started: nothing to signal gracefully.
                 let _ = monitor
@@ -673,6 +678,47 @@ impl Containers {
         }
         self.kill_cgroup(c);
         tracing::info!(container_id = %c.id, "container killed");
+        Ok(())
+    }
+
+    /// Stops a container whose monitor is gone: SIGKILL to its cgroup until
+    /// empty, then an exit record (137) so its status says Exited.
+    async fn stop_orphan(&self, c: &ContainerRecord) -> Result<()> {
+        tracing::warn!(container_id = %c.id, "monitor gone; killing the container's cgroup");
+        let deadline = tokio::time::Instant::now() + KILL_WAIT;
+        loop {
+            self.kill_cgroup(c);
+            let empty = self
+                .cgroups
+                .dirs(&c.cgroup)
+                .unwrap_or_default()
+                .iter()
+                .all(|d| {
+                    std::fs::read_to_string(d.join("cgroup.procs"))
+                        .map_or(true, |p| p.trim().is_empty())
+                });
+            if empty {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Internal(format!(
+                    "container {} did not die after SIGKILL",
+                    c.id
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let exit = self.state_dir(&c.id).join(files::EXIT);
+        if !exit.exists() {
+            let rec = ExitRecord {
+                exit_code: 137,
+                finished_at: now_nanos(),
+                oom_killed: false,
+            };
+            let json = serde_json::to_vec(&rec).map_err(internal)?;
+            let _ = std::fs::create_dir_all(self.state_dir(&c.id));
+            std::fs::write(&exit, json).map_err(internal)?;
+        }
         Ok(())
     }
 

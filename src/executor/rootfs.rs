@@ -576,25 +576,43 @@ fn make_device(rootfd: RawFd, d: &Device) -> Result<(), String> {
     Ok(())
 }
 
-/// pivot_root into the rootfs (the `.`/`.` form: no put_old directory),
-/// falling back to MS_MOVE + chroot where pivot_root is refused.
+/// pivot_root into the rootfs with the old root parked on a temporary
+/// directory, falling back to MS_MOVE + chroot where pivot_root is refused.
+/// A named put_old (not the `.`/`.` form) matters: a propagation change on
+/// `.` after pivot_root reaches the new root, not the old one, and would
+/// turn bidirectional mounts into slaves.
 fn pivot(rootfd: RawFd) -> Result<(), String> {
     let dot = c(".");
+    let put_old = c(".crius-old-root");
+    let old_abs = c("/.crius-old-root");
     // SAFETY: fchdir on an open directory fd.
     if unsafe { libc::fchdir(rootfd) } < 0 {
         return Err(format!("chdir rootfs: {}", errno()));
     }
+    // SAFETY: mkdirat relative to the rootfs directory fd.
+    let made = unsafe { libc::mkdirat(rootfd, put_old.as_ptr(), 0o700) } == 0;
     // SAFETY: pivot_root with two valid paths.
-    let rc = unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) };
+    let rc = if made {
+        unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), put_old.as_ptr()) }
+    } else {
+        -1
+    };
     if rc == 0 {
-        // The old root is now stacked under `.`: make it a slave so the
-        // detach cannot propagate to the host, then drop it.
-        mount_raw(None, &dot, None, libc::MS_SLAVE | libc::MS_REC, None)?;
-        // SAFETY: umount2 of the old root.
-        if unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) } < 0 {
-            return Err(format!("detaching old root: {}", errno()));
+        // Make the old root a slave so detaching it cannot propagate to the
+        // host, then drop it.
+        mount_raw(None, &old_abs, None, libc::MS_SLAVE | libc::MS_REC, None)?;
+        // SAFETY: umount2 and rmdir of the parked old root.
+        unsafe {
+            if libc::umount2(old_abs.as_ptr(), libc::MNT_DETACH) < 0 {
+                return Err(format!("detaching old root: {}", errno()));
+            }
+            libc::rmdir(old_abs.as_ptr());
         }
     } else {
+        if made {
+            // SAFETY: removing the directory made above.
+            unsafe { libc::unlinkat(rootfd, put_old.as_ptr(), libc::AT_REMOVEDIR) };
+        }
         mount_raw(Some(&dot), &c("/"), None, libc::MS_MOVE, None)
             .map_err(|e| format!("pivot_root failed ({}), move: {e}", errno()))?;
         // SAFETY: chroot to the moved rootfs.

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::str::FromStr;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use libseccomp::{
@@ -27,60 +28,33 @@ use sha2::{Digest, Sha256};
 pub enum SeccompError {
     /// The profile uses an action this runtime cannot enforce.
     #[error("seccomp action {action} (syscalls {syscalls}) is not supported")]
-    UnsupportedAction {
-        /// The OCI action name, e.g. `SCMP_ACT_NOTIFY`.
-        action: String,
-        /// The rule's syscalls, or `defaultAction`.
-        syscalls: String,
-    },
+    UnsupportedAction { action: String, syscalls: String },
     /// An `errnoRet` does not fit the 16-bit data field of a seccomp return.
     #[error("seccomp errnoRet {value} for {syscalls} is out of range (max 65535)")]
-    ErrnoRet {
-        /// The requested errno.
-        value: u32,
-        /// The rule's syscalls, or `defaultAction`.
-        syscalls: String,
-    },
+    ErrnoRet { value: u32, syscalls: String },
     /// An architecture in the profile could not be added to the filter.
     #[error("seccomp architecture {arch}: {source}")]
     Arch {
-        /// The OCI architecture name.
         arch: String,
-        /// What libseccomp said.
         source: libseccomp::error::SeccompError,
     },
     /// The profile lists architectures, none of which this host can run.
     #[error("seccomp profile architectures [{listed}] do not include host architecture {host}")]
-    NoHostArch {
-        /// The architectures the profile lists.
-        listed: String,
-        /// The host's native architecture.
-        host: String,
-    },
+    NoHostArch { listed: String, host: String },
     /// A syscall argument comparison is malformed.
     #[error("seccomp rule for {syscall}: {reason}")]
-    BadArg {
-        /// The syscall the condition belongs to.
-        syscall: String,
-        /// What is wrong with it.
-        reason: String,
-    },
+    BadArg { syscall: String, reason: String },
     /// libseccomp refused a rule.
     #[error("seccomp rule for {syscall} ({action}): {source}")]
     Rule {
-        /// The syscall of the rule.
         syscall: String,
-        /// The OCI action of the rule.
         action: String,
-        /// What libseccomp said.
         source: libseccomp::error::SeccompError,
     },
     /// libseccomp failed outside of a particular rule.
     #[error("seccomp: {what}: {source}")]
     Libseccomp {
-        /// The step that failed.
         what: &'static str,
-        /// What libseccomp said.
         source: libseccomp::error::SeccompError,
     },
     /// Exporting or reading back the BPF program failed.
@@ -236,21 +210,22 @@ fn add_rule(
     // Conditions on distinct arguments are ANDed in one rule. Several on the
     // same argument cannot be (libseccomp rejects them), so like runc each
     // becomes its own rule and they are ORed.
+    // (`comparator` has already rejected indexes outside 0..6.)
     let mut seen = [false; 6];
     let distinct = args
         .iter()
         .all(|a| !std::mem::replace(&mut seen[a.index()], true));
+    let groups: Vec<&[ScmpArgCompare]> = if distinct {
+        vec![&cmps[..]]
+    } else {
+        cmps.iter().map(std::slice::from_ref).collect()
+    };
     for name in rule.names() {
         let Ok(syscall) = ScmpSyscall::from_name(name) else {
             tracing::debug!(syscall = %name, "seccomp: skipping syscall unknown to libseccomp");
             continue;
         };
-        let groups: Vec<&[ScmpArgCompare]> = if distinct || cmps.is_empty() {
-            vec![&cmps[..]]
-        } else {
-            cmps.iter().map(std::slice::from_ref).collect()
-        };
-        for group in groups {
+        for group in &groups {
             ctx.add_rule_conditional(action, syscall, group)
                 .map_err(|source| SeccompError::Rule {
                     syscall: name.clone(),
@@ -320,32 +295,12 @@ fn comparator(arg: &LinuxSeccompArg, syscall: &str) -> Result<ScmpArgCompare, Se
     Ok(ScmpArgCompare::new(index, op, datum))
 }
 
-fn scmp_arch(arch: Arch) -> ScmpArch {
-    match arch {
-        Arch::ScmpArchNative => ScmpArch::Native,
-        Arch::ScmpArchX86 => ScmpArch::X86,
-        Arch::ScmpArchX86_64 => ScmpArch::X8664,
-        Arch::ScmpArchX32 => ScmpArch::X32,
-        Arch::ScmpArchArm => ScmpArch::Arm,
-        Arch::ScmpArchAarch64 => ScmpArch::Aarch64,
-        Arch::ScmpArchMips => ScmpArch::Mips,
-        Arch::ScmpArchMips64 => ScmpArch::Mips64,
-        Arch::ScmpArchMips64n32 => ScmpArch::Mips64N32,
-        Arch::ScmpArchMipsel => ScmpArch::Mipsel,
-        Arch::ScmpArchMipsel64 => ScmpArch::Mipsel64,
-        Arch::ScmpArchMipsel64n32 => ScmpArch::Mipsel64N32,
-        Arch::ScmpArchPpc => ScmpArch::Ppc,
-        Arch::ScmpArchPpc64 => ScmpArch::Ppc64,
-        Arch::ScmpArchPpc64le => ScmpArch::Ppc64Le,
-        Arch::ScmpArchS390 => ScmpArch::S390,
-        Arch::ScmpArchS390x => ScmpArch::S390X,
-        Arch::ScmpArchParisc => ScmpArch::Parisc,
-        Arch::ScmpArchParisc64 => ScmpArch::Parisc64,
-        Arch::ScmpArchRiscv64 => ScmpArch::Riscv64,
-        Arch::ScmpArchLoongarch64 => ScmpArch::Loongarch64,
-        Arch::ScmpArchM68k => ScmpArch::M68k,
-        Arch::ScmpArchSh => ScmpArch::Sh,
-        Arch::ScmpArchSheb => ScmpArch::Sheb,
+/// The OCI wire name of an architecture (`SCMP_ARCH_X86_64`), which is also
+/// libseccomp's name for it.
+fn arch_name(arch: Arch) -> String {
+    match serde_json::to_value(arch) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => arch.to_string(),
     }
 }
 
@@ -374,17 +329,19 @@ fn add_arches(ctx: &mut ScmpFilterContext, listed: &[Arch]) -> Result<(), Seccom
     let host = host_arches();
     let mut matched = listed.is_empty();
     for &arch in listed {
-        let scmp = scmp_arch(arch);
+        let name = arch_name(arch);
+        let scmp = ScmpArch::from_str(&name).map_err(|source| SeccompError::Arch {
+            arch: name.clone(),
+            source,
+        })?;
         if scmp == ScmpArch::Native || scmp == host[0] {
             matched = true;
         } else if host.contains(&scmp) {
             matched = true;
-            ctx.add_arch(scmp).map_err(|source| SeccompError::Arch {
-                arch: arch.to_string(),
-                source,
-            })?;
+            ctx.add_arch(scmp)
+                .map_err(|source| SeccompError::Arch { arch: name, source })?;
         } else {
-            tracing::debug!(%arch, "seccomp: skipping architecture foreign to this host");
+            tracing::debug!(arch = %name, "seccomp: skipping architecture foreign to this host");
         }
     }
     if !matched {
@@ -453,7 +410,9 @@ pub fn install(program: &Program) -> Result<(), std::io::Error> {
 }
 
 /// Syscalls the moby/containerd default profile allows unconditionally
-/// (names unknown to the local libseccomp are skipped at compile time).
+/// (names unknown to the local libseccomp are skipped at compile time). The
+/// last three are allowed on kernels >= 4.8, where ptrace cannot bypass
+/// seccomp; crius does not support older kernels.
 const DEFAULT_ALLOW: &str = "\
 accept accept4 access adjtimex alarm bind brk cachestat capget capset chdir chmod chown \
 chown32 clock_adjtime clock_adjtime64 clock_getres clock_getres_time64 clock_gettime \
@@ -711,6 +670,27 @@ mod tests {
         }
     }
 
+    /// socket(AF_VSOCK) must fail with EPERM, socket(AF_UNIX) and clone3's
+    /// ENOSYS must behave as in moby's profile; 0 if all do.
+    fn vsock_unix_clone3() -> i32 {
+        // SAFETY: socket and clone3 with a NULL args pointer take no valid pointers.
+        unsafe {
+            if errno_of(libc::syscall(
+                libc::SYS_socket,
+                libc::AF_VSOCK,
+                libc::SOCK_STREAM,
+                0,
+            )) != libc::EPERM
+            {
+                return 101;
+            }
+            if libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM, 0) < 0 {
+                return 102;
+            }
+            errno_of(libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0)) - libc::ENOSYS
+        }
+    }
+
     fn unshare_ns() -> i32 {
         // SAFETY: getpid and unshare take no pointers.
         unsafe {
@@ -736,6 +716,10 @@ mod tests {
         let second = compile(&p.clone()).expect("compile again");
         let warm = t.elapsed();
         assert!(Arc::ptr_eq(&first, &second));
+        if ScmpArch::native() == ScmpArch::X8664 {
+            // The i386 audit arch is checked too, so 32-bit binaries are filtered.
+            assert!(first.filters.iter().any(|f| f.k == 0x4000_0003));
+        }
         assert!(
             warm.as_millis() < 5,
             "cached compile took {warm:?} (cold {cold:?})"
@@ -816,6 +800,15 @@ mod tests {
     }
 
     #[test]
+    fn repeated_argument_index_compiles_as_or() {
+        let p = profile(serde_json::json!({"defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [{"names": ["socket"], "action": "SCMP_ACT_ALLOW", "args": [
+                {"index": 0, "value": 1, "op": "SCMP_CMP_EQ"},
+                {"index": 0, "value": 2, "op": "SCMP_CMP_EQ"}]}]}));
+        compile(&p).expect("same-index conditions become separate rules");
+    }
+
+    #[test]
     fn kernel_enforces_errno_ret() {
         let p = profile(serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]}));
@@ -837,6 +830,7 @@ mod tests {
         }
         let plain = compile(&runtime_default(&[])).expect("compile");
         assert_eq!(in_child(Some(&plain), unshare_ns), libc::EPERM);
+        assert_eq!(in_child(Some(&plain), vsock_unix_clone3), 0);
         let admin = compile(&runtime_default(&["CAP_SYS_ADMIN".into()])).expect("compile");
         assert_eq!(in_child(Some(&admin), unshare_ns), 0);
     }
