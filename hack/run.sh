@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 hack/deps.sh
 cargo build --release --locked
-install -m 0755 target/release/crius target/release/crius-monitor /usr/local/bin/
+install -m 0755 target/release/crius target/release/crius-helper /usr/local/bin/
 
 # The daemon's effective CNI config dir (respects /etc/crius/crius.toml).
 conf_dir=$(crius "$@" config | sed -n 's/^conf_dir = "\(.*\)"$/\1/p')

@@ -20,3 +20,12 @@ pub mod sandbox;
 pub mod server;
 pub mod storage;
 pub mod store;
+
+/// The program crius runs per pod (monitor, namespace pinner, pod init):
+/// the small `crius-helper` next to the daemon's binary, else the daemon
+/// binary itself (same subcommands, slower to start).
+pub fn helper_exe() -> std::path::PathBuf {
+    let me = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let small = me.with_file_name("crius-helper");
+    if small.is_file() { small } else { me }
+}

@@ -90,7 +90,7 @@ fn main() -> ExitCode {
         sysctls,
     }) = &cli.command
     {
-        return pinns(dir, hostname.as_deref(), namespaces, sysctls);
+        return crius::sandbox::pinns::main(dir, hostname.as_deref(), namespaces, sysctls);
     }
     let overrides = Overrides {
         root: cli.root,
@@ -137,48 +137,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         None => run_daemon(config),
-    }
-}
-
-/// The `pinns` child: single-threaded, so unshare is safe here.
-fn pinns(
-    dir: &std::path::Path,
-    hostname: Option<&str>,
-    namespaces: &[String],
-    sysctls: &[String],
-) -> ExitCode {
-    use crius::sandbox::pinns::{NsKind, pin_in_child};
-    let mut kinds = Vec::new();
-    for n in namespaces {
-        match NsKind::parse(n) {
-            Some(k) => kinds.push(k),
-            None => {
-                eprintln!("crius pinns: unknown namespace {n:?}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let mut pairs = Vec::new();
-    for kv in sysctls {
-        match kv.split_once('=') {
-            Some((k, v)) => pairs.push((k.to_string(), v.to_string())),
-            None => {
-                eprintln!("crius pinns: sysctl {kv:?} is not key=value");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    match pin_in_child(dir, &kinds, hostname, &pairs) {
-        Ok(init) => {
-            if let Some(pid) = init {
-                println!("init_pid={pid}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("crius pinns: {e}");
-            ExitCode::FAILURE
-        }
     }
 }
 

@@ -193,7 +193,7 @@ impl Containers {
         Containers {
             store,
             dir: runroot.join("containers"),
-            exe: monitor_exe(),
+            exe: crate::helper_exe(),
             cgroups,
             locks: KeyedLocks::default(),
         }
@@ -929,14 +929,6 @@ fn seccomp_profile(
     serde_json::from_slice(&text)
         .map(Some)
         .map_err(|e| Error::InvalidArgument(format!("seccomp profile {file}: {e}")))
-}
-
-/// The monitor program: `crius-monitor` next to the daemon's binary (small,
-/// so each pod's monitor stays small), else the daemon binary itself.
-fn monitor_exe() -> PathBuf {
-    let me = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-    let small = me.with_file_name("crius-monitor");
-    if small.is_file() { small } else { me }
 }
 
 /// CRI `devices` (and, privileged, every host device) as spec devices.

@@ -646,8 +646,7 @@ async fn pin(
     hostname: &str,
     sysctls: &[(String, String)],
 ) -> Result<Option<u32>> {
-    let exe = std::env::current_exe().map_err(internal)?;
-    let mut cmd = tokio::process::Command::new(exe);
+    let mut cmd = tokio::process::Command::new(crate::helper_exe());
     cmd.arg("pinns")
         .arg("--dir")
         .arg(dir)

@@ -223,3 +223,46 @@ pub fn mount_shm(path: &Path, size_kib: u64) -> Result<(), PinError> {
         source,
     })
 }
+
+/// `pinns` as a command: parses the namespace and sysctl arguments, pins,
+/// prints `init_pid=<pid>` when a PID namespace got an init.
+pub fn main(
+    dir: &std::path::Path,
+    hostname: Option<&str>,
+    namespaces: &[String],
+    sysctls: &[String],
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let mut kinds = Vec::new();
+    for n in namespaces {
+        match NsKind::parse(n) {
+            Some(k) => kinds.push(k),
+            None => {
+                eprintln!("crius pinns: unknown namespace {n:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let mut pairs = Vec::new();
+    for kv in sysctls {
+        match kv.split_once('=') {
+            Some((k, v)) => pairs.push((k.to_string(), v.to_string())),
+            None => {
+                eprintln!("crius pinns: sysctl {kv:?} is not key=value");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match pin_in_child(dir, &kinds, hostname, &pairs) {
+        Ok(init) => {
+            if let Some(pid) = init {
+                println!("init_pid={pid}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("crius pinns: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

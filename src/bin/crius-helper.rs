@@ -1,0 +1,58 @@
+//! `crius-helper`: the processes crius starts per pod, as one small binary
+//! (the pod monitor, the namespace pinner and the pod PID-namespace init).
+//! They link only what they run, so each starts in about a millisecond
+//! (the daemon binary takes four) and a long-lived monitor keeps few pages
+//! resident. Each is also available as a hidden `crius` subcommand, which
+//! the daemon uses when this binary is not installed beside it.
+//!
+//!   crius-helper monitor --dir <dir>
+//!   crius-helper pinns --dir <dir> [--hostname H] [--ns KIND]... [--sysctl K=V]...
+//!   crius-helper pod-init
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: crius-helper monitor --dir <dir> | pinns --dir <dir> [--hostname H] [--ns KIND]... [--sysctl K=V]... | pod-init"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        return usage();
+    };
+    let mut dir = None;
+    let mut hostname = None;
+    let mut namespaces = Vec::new();
+    let mut sysctls = Vec::new();
+    let mut it = rest.iter();
+    while let Some(flag) = it.next() {
+        let Some(value) = it.next() else {
+            return usage();
+        };
+        match flag.as_str() {
+            "--dir" => dir = Some(PathBuf::from(value)),
+            "--hostname" => hostname = Some(value.clone()),
+            "--ns" => namespaces.push(value.clone()),
+            "--sysctl" => sysctls.push(value.clone()),
+            _ => return usage(),
+        }
+    }
+    match (cmd.as_str(), dir) {
+        ("monitor", Some(dir)) => match crius::monitor::run(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("crius-helper monitor: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        ("pinns", Some(dir)) => {
+            crius::sandbox::pinns::main(&dir, hostname.as_deref(), &namespaces, &sysctls)
+        }
+        ("pod-init", None) => crius::sandbox::pinns::pod_init(),
+        _ => usage(),
+    }
+}
