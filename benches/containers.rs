@@ -160,6 +160,32 @@ fn print(name: &str, r: &Report, n: usize, parallel: usize) {
     );
 }
 
+/// crius on a private root with `extra` config, under the load.
+async fn crius_load(n: usize, parallel: usize, extra: &str) -> Result<Report, String> {
+    let d = Daemon::builder()
+        .registries(&testenv().registries_conf())
+        .config(extra)
+        .start();
+    d.install_cni_config(
+        "10-bench.conflist",
+        &bridge_conflist("crius-bench", "crtb0", "10.197.0.0/16"),
+    );
+    let daemon_pid = d.pid() as i32;
+    let runroot = d.paths.runroot.display().to_string();
+    let r = load(&d.paths.socket, n, parallel, "crius", || {
+        (
+            daemon_pid,
+            pids_matching(|c| c.contains(" monitor ") && c.contains(&runroot)),
+        )
+    })
+    .await;
+    drop(d);
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", "crtb0"])
+        .status();
+    r
+}
+
 #[tokio::main]
 async fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -185,27 +211,7 @@ async fn main() {
         }
         return;
     }
-    let d = Daemon::builder()
-        .registries(&testenv().registries_conf())
-        .start();
-    d.install_cni_config(
-        "10-bench.conflist",
-        &bridge_conflist("crius-bench", "crtb0", "10.197.0.0/16"),
-    );
-    let daemon_pid = d.pid() as i32;
-    let runroot = d.paths.runroot.display().to_string();
-    let crius = load(&d.paths.socket, n, parallel, "crius", || {
-        (
-            daemon_pid,
-            pids_matching(|c| c.contains(" monitor ") && c.contains(&runroot)),
-        )
-    })
-    .await;
-    drop(d);
-    let _ = std::process::Command::new("ip")
-        .args(["link", "del", "crtb0"])
-        .status();
-    let crius = match crius {
+    let crius = match crius_load(n, parallel, "").await {
         Ok(r) => r,
         Err(e) => {
             println!("crius: {e}");
@@ -213,6 +219,17 @@ async fn main() {
         }
     };
     print("crius", &crius, n, parallel);
+    // The same with the kernel's favordynmods (an opt-in setting).
+    let favor = match crius_load(n, parallel, "[runtime]\ncgroup_favor_dynmods = true").await {
+        Ok(r) => {
+            print("crius+favordyn", &r, n, parallel);
+            Some(r)
+        }
+        Err(e) => {
+            println!("crius+favordyn: {e}");
+            None
+        }
+    };
 
     let dir = std::env::temp_dir().join(format!("crius-bench-ctrd-{}", std::process::id()));
     let ctrd = match Containerd::start(&dir, "crtb1", "10.196.0.0/16") {
@@ -235,15 +252,18 @@ async fn main() {
     match result {
         Ok(c) => {
             print("containerd 1.6", &c, n, parallel);
-            let (_, med, _) = summary(crius.sequential_ms.clone());
-            let (_, cmed, _) = summary(c.sequential_ms.clone());
-            println!(
-                "ratio (crius / containerd): sequential median {:.2}, {parallel} at once {:.2}, daemon RSS {:.2}, per-pod RSS {:.2}",
-                med / cmed,
-                crius.parallel_ms / c.parallel_ms,
-                crius.daemon_kib as f64 / c.daemon_kib.max(1) as f64,
-                crius.per_pod_kib / c.per_pod_kib.max(1.0)
-            );
+            for (name, r) in [("crius", Some(&crius)), ("crius+favordyn", favor.as_ref())] {
+                let Some(r) = r else { continue };
+                let (_, med, _) = summary(r.sequential_ms.clone());
+                let (_, cmed, _) = summary(c.sequential_ms.clone());
+                println!(
+                    "ratio {name} / containerd: sequential median {:.2}, {parallel} at once {:.2}, daemon RSS {:.2}, per-pod RSS {:.2}",
+                    med / cmed,
+                    r.parallel_ms / c.parallel_ms,
+                    r.daemon_kib as f64 / c.daemon_kib.max(1) as f64,
+                    r.per_pod_kib / c.per_pod_kib.max(1.0)
+                );
+            }
         }
         Err(e) => println!(
             "containerd 1.6: {e} (log in {})",

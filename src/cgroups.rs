@@ -198,6 +198,58 @@ impl Cgroups {
     }
 }
 
+/// Turns on the kernel's `favordynmods` for cgroup migrations: on cgroup
+/// v2 by remounting the hierarchy with the option, on v1 by keeping a
+/// named, controller-less hierarchy mounted with it at `mountpoint` (the
+/// lock it tunes is shared by all hierarchies). Idempotent.
+pub fn favor_dynmods(mountpoint: &Path) -> Result<(), CgroupError> {
+    use nix::mount::{MsFlags, mount};
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: nix::errno::Errno| CgroupError::Io {
+            path,
+            source: std::io::Error::from(e),
+        }
+    };
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if cgroup_mode() == Some(CgroupMode::Unified) {
+        let root = Path::new(ROOT);
+        if mounts
+            .lines()
+            .any(|l| l.contains(" /sys/fs/cgroup ") && l.contains("favordynmods"))
+        {
+            return Ok(());
+        }
+        return mount(
+            None::<&str>,
+            root,
+            None::<&str>,
+            MsFlags::MS_REMOUNT,
+            Some("favordynmods"),
+        )
+        .map_err(io(root));
+    }
+    let point = mountpoint.display().to_string();
+    if mounts
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(point.as_str()))
+    {
+        return Ok(());
+    }
+    std::fs::create_dir_all(mountpoint).map_err(|source| CgroupError::Io {
+        path: mountpoint.to_path_buf(),
+        source,
+    })?;
+    mount(
+        Some("cgroup"),
+        mountpoint,
+        Some("cgroup"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("none,name=crius-favordynmods,favordynmods"),
+    )
+    .map_err(io(mountpoint))
+}
+
 /// v1 controller hierarchies (named ones like `name=systemd` and the
 /// hybrid layout's empty cgroup2 `unified` are not resource controllers).
 fn v1_controllers() -> Vec<PathBuf> {

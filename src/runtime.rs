@@ -49,6 +49,12 @@ impl Runtime {
         );
         let images = Images::open(&config.root, config.image.clone(), store.clone())?;
         let cgroups = crate::cgroups::Cgroups::detect(config.runtime.cgroup_driver);
+        if config.runtime.cgroup_favor_dynmods {
+            match crate::cgroups::favor_dynmods(&config.runroot.join("cgroup-favordynmods")) {
+                Ok(()) => tracing::info!("cgroup favordynmods on"),
+                Err(e) => tracing::warn!(error = %e, "cgroup favordynmods not available"),
+            }
+        }
         tracing::info!(cgroup_version = cgroups.version(), "cgroups");
         let containers =
             crate::container::Containers::new(store.clone(), &config.runroot, cgroups.clone());
