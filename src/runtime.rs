@@ -56,8 +56,12 @@ impl Runtime {
             }
         }
         tracing::info!(cgroup_version = cgroups.version(), "cgroups");
-        let containers =
-            crate::container::Containers::new(store.clone(), &config.runroot, cgroups.clone());
+        let containers = crate::container::Containers::new(
+            store.clone(),
+            &config.runroot,
+            cgroups.clone(),
+            &config.runtime.log_dir,
+        );
         let pods = Pods::new(store.clone(), &config.runroot, cgroups);
         let storage = crate::storage::Storage::open(&config.root)
             .map_err(|e| crate::error::Error::Internal(e.to_string()))?;

@@ -359,3 +359,39 @@ async fn env_variables_set_flags() {
     serde_json::from_str::<serde_json::Value>(first)
         .unwrap_or_else(|e| panic!("CRIUS_LOG_FORMAT=json gave {first:?}: {e}"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgroup_favor_dynmods_is_opt_in() {
+    let mounted = |d: &Daemon| {
+        let point = d
+            .paths
+            .runroot
+            .join("cgroup-favordynmods")
+            .display()
+            .to_string();
+        let v2 = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| {
+                l.contains(" /sys/fs/cgroup ")
+                    && l.contains("cgroup2")
+                    && l.contains("favordynmods")
+            });
+        v2 || std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(point.as_str()) && l.contains("favordynmods"))
+    };
+    let off = Daemon::start();
+    assert!(!mounted(&off), "off by default");
+    let on = Daemon::builder()
+        .config("[runtime]\ncgroup_favor_dynmods = true")
+        .start();
+    // Serving (not just bound) means start-up is done.
+    on.runtime()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .unwrap();
+    assert!(mounted(&on), "favordynmods on:\n{}", on.logs());
+}

@@ -78,6 +78,7 @@ pub struct Containers {
     exe: PathBuf,
     cgroups: Cgroups,
     locks: KeyedLocks,
+    log_dir: PathBuf,
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
@@ -147,14 +148,25 @@ fn parse_signal(s: &str) -> Option<i32> {
 
 /// Validates `log_path` (relative, no `..`) and joins it to the pod's log
 /// directory.
-fn log_path(pod: &PodSandboxConfig, c: &ContainerConfig) -> Result<String> {
-    if c.log_path.is_empty() || pod.log_directory.is_empty() {
+/// A pod without a log directory logs under `fallback/<pod id>` (the
+/// `[runtime] log_dir` setting).
+fn log_path(
+    pod: &PodSandboxConfig,
+    c: &ContainerConfig,
+    fallback: &Path,
+    pod_id: &str,
+) -> Result<String> {
+    if c.log_path.is_empty() {
         return Ok(String::new());
     }
-    if !pod.log_directory.starts_with('/') {
+    let dir = if pod.log_directory.is_empty() {
+        fallback.join(pod_id).display().to_string()
+    } else {
+        pod.log_directory.clone()
+    };
+    if !dir.starts_with('/') {
         return Err(Error::InvalidArgument(format!(
-            "log directory {:?} is not absolute",
-            pod.log_directory
+            "log directory {dir:?} is not absolute"
         )));
     }
     let rel = Path::new(&c.log_path);
@@ -168,10 +180,7 @@ fn log_path(pod: &PodSandboxConfig, c: &ContainerConfig) -> Result<String> {
             c.log_path
         )));
     }
-    Ok(Path::new(&pod.log_directory)
-        .join(rel)
-        .display()
-        .to_string())
+    Ok(Path::new(&dir).join(rel).display().to_string())
 }
 
 fn container_name(c: &ContainerConfig) -> Result<(String, u32)> {
@@ -189,8 +198,9 @@ fn container_name(c: &ContainerConfig) -> Result<(String, u32)> {
 
 impl Containers {
     /// Records in the store; state files under `runroot/containers`.
-    pub fn new(store: Arc<Store>, runroot: &Path, cgroups: Cgroups) -> Containers {
+    pub fn new(store: Arc<Store>, runroot: &Path, cgroups: Cgroups, log_dir: &Path) -> Containers {
         Containers {
+            log_dir: log_dir.to_path_buf(),
             store,
             dir: runroot.join("containers"),
             exe: crate::helper_exe(),
@@ -298,7 +308,7 @@ impl Containers {
             .find(&image_name)?
             .ok_or_else(|| Error::NotFound(format!("image {image_name:?} not found")))?;
         let pod_cfg = sandbox_config.unwrap_or_else(|| pod.config.clone());
-        let log_path = log_path(&pod_cfg, &config)?;
+        let log_path = log_path(&pod_cfg, &config, &self.log_dir, &pod.id)?;
         let _one = self
             .locks
             .lock(&format!("{}/{name}/{attempt}", pod.id))
@@ -1049,10 +1059,19 @@ mod tests {
             log_path: "app/0.log".into(),
             ..Default::default()
         };
-        assert_eq!(log_path(&pod, &c).unwrap(), "/var/log/pods/x/app/0.log");
+        let fallback = Path::new("/var/log/crius/pods");
+        assert_eq!(
+            log_path(&pod, &c, fallback, "p1").unwrap(),
+            "/var/log/pods/x/app/0.log"
+        );
+        let no_dir = PodSandboxConfig::default();
+        assert_eq!(
+            log_path(&no_dir, &c, fallback, "p1").unwrap(),
+            "/var/log/crius/pods/p1/app/0.log"
+        );
         for bad in ["../../etc/passwd", "/etc/passwd", "a/../../b"] {
             c.log_path = bad.into();
-            assert!(log_path(&pod, &c).is_err(), "{bad}");
+            assert!(log_path(&pod, &c, fallback, "p1").is_err(), "{bad}");
         }
     }
 }
