@@ -25,6 +25,8 @@ use support::{Containerd, pids_matching, rss_kib, summary};
 
 /// What one runtime measured.
 struct Report {
+    /// CreateContainer + StartContainer of `sh -c true` in a warm pod.
+    create_start_ms: Vec<f64>,
     sequential_ms: Vec<f64>,
     parallel_ms: f64,
     daemon_kib: u64,
@@ -112,6 +114,39 @@ async fn load(
         sequential_ms.push(ms);
         pods.push(pod);
     }
+    // Container alone: create+start in the first (warm) pod, then wait for
+    // the exit and remove it (untimed).
+    let mut create_start_ms = Vec::new();
+    for i in 0..n {
+        let mut cfg = container_config(&format!("true-{i}"), &image, &["/bin/sh", "-c", "true"]);
+        cfg.log_path = String::new();
+        let t = Instant::now();
+        let id = rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pods[0].clone(),
+                config: Some(cfg),
+                sandbox_config: Some(pod_config(&format!("{name}-seq-0"), "bench")),
+            })
+            .await
+            .map_err(|e| format!("CreateContainer: {}", e.message()))?
+            .into_inner()
+            .container_id;
+        rt.start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .map_err(|e| format!("StartContainer: {}", e.message()))?;
+        create_start_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let _ = rt
+            .stop_container(StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 10,
+            })
+            .await;
+        let _ = rt
+            .remove_container(RemoveContainerRequest { container_id: id })
+            .await;
+    }
     remove_pods(&mut rt, std::mem::take(&mut pods)).await;
     let t = Instant::now();
     let tasks: Vec<_> = (0..parallel)
@@ -140,6 +175,7 @@ async fn load(
         return Err(e);
     }
     Ok(Report {
+        create_start_ms,
         sequential_ms,
         parallel_ms,
         daemon_kib,
@@ -148,6 +184,10 @@ async fn load(
 }
 
 fn print(name: &str, r: &Report, n: usize, parallel: usize) {
+    let (min, med, p90) = summary(r.create_start_ms.clone());
+    println!(
+        "{name:<15} container create+start in a warm pod, {n} times: {min:.1} / {med:.1} / {p90:.1} ms (min / median / p90)"
+    );
     let (min, med, p90) = summary(r.sequential_ms.clone());
     println!(
         "{name:<15} pod+container running, {n} one after another: {min:.1} / {med:.1} / {p90:.1} ms (min / median / p90)"

@@ -972,3 +972,45 @@ async fn mount_propagation_host_to_container_and_bidirectional() {
     let _ = umount2(&from_host, MntFlags::MNT_DETACH);
     let _ = umount2(&src, MntFlags::MNT_DETACH);
 }
+
+#[tokio::test]
+async fn oom_score_adj_is_set_or_clamped_where_the_kernel_refuses() {
+    let mut e = env("oomadj").await;
+    let with_adj = |name: &str, adj: i64, image: &str| {
+        let mut cfg = container_config(name, image, &["/bin/sh", "-c", "sleep 1000"]);
+        cfg.linux = Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                oom_score_adj: adj,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        cfg
+    };
+    let image = e.image.clone();
+    let up = e.run_config(with_adj("up", 500, &image)).await;
+    let (out, _) = e.sh(&up, "cat /proc/1/oom_score_adj").await;
+    assert_eq!(out.trim(), "500", "raising always works");
+    // Lowering needs CAP_SYS_RESOURCE, which this node withholds: the
+    // container still runs, with the value it inherited, and the daemon
+    // says so. Where the kernel allows it, the value is applied.
+    let inherited = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+    let down = e.run_config(with_adj("down", -900, &image)).await;
+    let (out, _) = e.sh(&down, "cat /proc/1/oom_score_adj").await;
+    let applied = out.trim() == "-900";
+    assert!(
+        applied || out.trim() == inherited.trim(),
+        "oom_score_adj {out:?}, inherited {inherited:?}"
+    );
+    if !applied {
+        assert!(
+            e.d.logs().contains("oom_score_adj -900 refused"),
+            "clamp not logged"
+        );
+    }
+    let bad = with_adj("bad", 5000, &image);
+    assert_eq!(
+        e.create(bad).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+}

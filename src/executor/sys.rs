@@ -138,8 +138,14 @@ pub fn trim_text() {
         let (Some(range), Some(perms)) = (f.next(), f.next()) else {
             continue;
         };
-        let file = f.nth(3).is_some_and(|p| p.starts_with('/'));
-        if perms != "r-xp" || !file {
+        let offset = f.next().unwrap_or("");
+        let file = f.nth(2).is_some_and(|p| p.starts_with('/'));
+        // Text, and the read-only segment at offset 0 (headers, .rodata):
+        // never written. Never RELRO (r--p at a later offset), whose
+        // relocated pages would be lost.
+        let clean =
+            perms == "r-xp" || (perms == "r--p" && offset.trim_start_matches('0').is_empty());
+        if !clean || !file {
             continue;
         }
         let Some((a, b)) = range.split_once('-') else {
@@ -149,7 +155,7 @@ pub fn trim_text() {
         else {
             continue;
         };
-        // SAFETY: [start, end) is a whole read-only executable file mapping:
+        // SAFETY: [start, end) is a whole never-written file mapping:
         // MADV_RANDOM/MADV_DONTNEED only drop clean file pages,
         // which fault back in from the page cache when run.
         unsafe {
