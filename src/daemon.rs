@@ -27,13 +27,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.root)
         .with_context(|| format!("opening the state store in {}", config.root.display()))?;
     let socket = Socket::bind(&config.listen)?;
-    let runtime = Arc::new(Runtime::new(config.clone(), Arc::new(store))?);
+    let streaming =
+        tokio::net::TcpListener::bind((config.streaming.address, config.streaming.port))
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the streaming server on {}:{}",
+                    config.streaming.address, config.streaming.port
+                )
+            })?;
+    let streaming_url = format!("http://{}", streaming.local_addr()?);
+    let runtime = Arc::new(Runtime::new(
+        config.clone(),
+        Arc::new(store),
+        streaming_url.clone(),
+    )?);
+    tokio::spawn(crate::streaming::server::serve(streaming, runtime.clone()));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %config.listen.display(),
         root = %config.root.display(),
         runroot = %config.runroot.display(),
         cgroup_driver = ?config.runtime.cgroup_driver,
+        streaming = %streaming_url,
         "crius serving CRI v1"
     );
     server::serve(runtime, socket, stop, SHUTDOWN_GRACE).await?;

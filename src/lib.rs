@@ -20,6 +20,7 @@ pub mod sandbox;
 pub mod server;
 pub mod storage;
 pub mod store;
+pub mod streaming;
 
 /// The program crius runs per pod (monitor, namespace pinner, pod init):
 /// the small `crius-helper` next to the daemon's binary, else the daemon

@@ -35,11 +35,13 @@ pub struct Runtime {
     pub pods: Pods,
     pub storage: crate::storage::Storage,
     pub containers: crate::container::Containers,
+    pub streaming: crate::streaming::Streaming,
 }
 
 impl Runtime {
     /// Builds the core from the effective config and an opened store.
-    pub fn new(config: Config, store: Arc<Store>) -> Result<Runtime> {
+    /// `streaming_url` is the base URL of the bound streaming listener.
+    pub fn new(config: Config, store: Arc<Store>, streaming_url: String) -> Result<Runtime> {
         let pod_cidr: Option<String> = store.get(Table::Meta, POD_CIDR_KEY)?;
         let network = Network::new(
             config.network.conf_dir.clone(),
@@ -73,6 +75,7 @@ impl Runtime {
             pods,
             storage,
             containers,
+            streaming: crate::streaming::Streaming::new(streaming_url),
         })
     }
 

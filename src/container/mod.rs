@@ -877,6 +877,19 @@ impl Containers {
         Ok((r.stdout, stderr, code))
     }
 
+    /// The monitor of a running container and the container's full id, for
+    /// streaming sessions.
+    pub fn monitor_for(&self, pods: &Pods, id: &str) -> Result<(Client, String)> {
+        let c = self.get(id)?;
+        if self.run_state(&c).state != ContainerState::ContainerRunning {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        Ok((Self::monitor(pods, &c.pod_id), c.id))
+    }
+
     /// Chain ids of layers some container's rootfs stacks, so image removal
     /// never frees them.
     pub fn layers_in_use(&self) -> Result<Vec<String>> {

@@ -371,7 +371,9 @@ impl Images {
             .await
             .map_err(registry_error)?;
         if stream.offset() != ingest.offset() {
-            // The registry ignored the range request: start over.
+            // The registry ignored the range request (or the partial blob
+            // was already whole): start over.
+            tracing::info!(digest = %desc.digest, offset = ingest.offset(), "resuming layer download impossible; downloading it again");
             ingest.restart().map_err(internal)?;
         } else if ingest.offset() > 0 {
             tracing::info!(digest = %desc.digest, offset = ingest.offset(), "resuming layer download");

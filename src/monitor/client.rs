@@ -134,3 +134,65 @@ impl Client {
         Ok(resp)
     }
 }
+
+impl Client {
+    /// Runs an interactive process on `stdio` (stdin, stdout, stderr; the
+    /// same pty slave three times for tty) and waits for its exit code.
+    /// Dropping the returned future's task does not stop the process:
+    /// `cancel` closing (its sender dropped) does, by hanging up on the
+    /// monitor.
+    pub async fn exec_stream(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        tty: bool,
+        stdio: [std::os::fd::OwnedFd; 3],
+        cancel: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<i32, MonitorError> {
+        use std::os::fd::AsRawFd;
+        let path = self.socket();
+        let io = |source| MonitorError::Io {
+            path: path.clone(),
+            source,
+        };
+        let stream = std::os::unix::net::UnixStream::connect(&path).map_err(io)?;
+        let req = Request {
+            version: VERSION,
+            op: Some(Op::ExecStream(super::proto::ExecStream {
+                id: id.to_string(),
+                cmd,
+                tty,
+            })),
+        };
+        let body = req.encode_to_vec();
+        let mut frame = Vec::with_capacity(4 + body.len());
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        let raw: Vec<i32> = stdio.iter().map(|f| f.as_raw_fd()).collect();
+        crate::executor::sys::send_with_fds(stream.as_raw_fd(), &frame, &raw).map_err(io)?;
+        // The monitor has its own copies now.
+        drop(stdio);
+        stream.set_nonblocking(true).map_err(io)?;
+        let mut s = UnixStream::from_std(stream).map_err(io)?;
+        let mut len = [0u8; 4];
+        tokio::select! {
+            r = s.read_exact(&mut len) => { r.map_err(io)?; }
+            _ = cancel => {
+                // Hanging up tells the monitor to kill the process.
+                return Err(MonitorError::Remote("exec cancelled".into()));
+            }
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_FRAME {
+            return Err(MonitorError::Decode(format!("frame of {len} bytes")));
+        }
+        let mut buf = vec![0u8; len];
+        s.read_exact(&mut buf).await.map_err(io)?;
+        let resp =
+            Response::decode(buf.as_slice()).map_err(|e| MonitorError::Decode(e.to_string()))?;
+        if !resp.error.is_empty() {
+            return Err(MonitorError::Remote(resp.error));
+        }
+        Ok(resp.exit_code)
+    }
+}

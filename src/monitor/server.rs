@@ -82,6 +82,8 @@ struct ExecJob {
     deadline: Option<Instant>,
     timed_out: bool,
     conn: UnixStream,
+    /// Interactive: the daemon hanging up means the client left; kill it.
+    stream: bool,
 }
 
 struct Waiter {
@@ -135,17 +137,25 @@ fn error(msg: impl std::fmt::Display) -> Response {
     }
 }
 
-fn read_request(conn: &mut UnixStream) -> Result<Request, String> {
+/// Reads one request frame and the descriptors passed with it.
+fn read_request(conn: &mut UnixStream) -> Result<(Request, Vec<OwnedFd>), String> {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
     let mut len = [0u8; 4];
-    conn.read_exact(&mut len).map_err(|e| e.to_string())?;
+    // The first read collects descriptors sent with the frame (SCM_RIGHTS).
+    let (got, fds) = sys::recv_with_fds(conn.as_raw_fd(), &mut len).map_err(|e| e.to_string())?;
+    if got == 0 {
+        return Err("connection closed".into());
+    }
+    conn.read_exact(&mut len[got..])
+        .map_err(|e| e.to_string())?;
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
         return Err(format!("frame of {len} bytes"));
     }
     let mut buf = vec![0u8; len];
     conn.read_exact(&mut buf).map_err(|e| e.to_string())?;
-    Request::decode(buf.as_slice()).map_err(|e| e.to_string())
+    let req = Request::decode(buf.as_slice()).map_err(|e| e.to_string())?;
+    Ok((req, fds))
 }
 
 /// Writes a file atomically (temp + rename), so a reader never sees half.
@@ -198,7 +208,7 @@ fn exit_code(status: i32) -> i32 {
 }
 
 impl Monitor {
-    fn handle(&mut self, req: Request, mut conn: UnixStream) {
+    fn handle(&mut self, req: Request, mut conn: UnixStream, fds: Vec<OwnedFd>) {
         if req.version != VERSION {
             respond(
                 &mut conn,
@@ -234,6 +244,14 @@ impl Monitor {
                             conn,
                         }),
                     },
+                }
+                return;
+            }
+            Some(Op::ExecStream(e)) => {
+                // Answered when the process exits (see finish_execs).
+                let dup = conn.try_clone().map_err(|e| e.to_string());
+                if let Err(msg) = dup.and_then(|c| self.exec_stream(e, fds, c)) {
+                    respond(&mut conn, &error(msg));
                 }
                 return;
             }
@@ -441,6 +459,55 @@ impl Monitor {
                 .then(|| Instant::now() + Duration::from_millis(e.timeout_ms)),
             timed_out: false,
             conn,
+            stream: false,
+        });
+        Ok(())
+    }
+
+    /// An interactive exec on the daemon's descriptors.
+    fn exec_stream(
+        &mut self,
+        e: proto::ExecStream,
+        fds: Vec<OwnedFd>,
+        conn: UnixStream,
+    ) -> Result<(), String> {
+        let c = self
+            .containers
+            .get(&e.id)
+            .ok_or_else(|| format!("no container {}", e.id))?;
+        if c.exit.is_some() || c.created.is_some() {
+            return Err(format!("container {} is not running", e.id));
+        }
+        if e.cmd.is_empty() {
+            return Err("empty command".into());
+        }
+        let mut fds = fds.into_iter();
+        let (Some(stdin), Some(stdout), Some(stderr)) = (fds.next(), fds.next(), fds.next()) else {
+            return Err("exec stream needs three descriptors".into());
+        };
+        let mut process = c.spec.process().clone().ok_or("container has no process")?;
+        process.set_args(Some(e.cmd.clone()));
+        process.set_terminal(Some(e.tty));
+        let stdio = Stdio {
+            stdin,
+            stdout,
+            stderr,
+            terminal: e.tty,
+        };
+        let pid = self
+            .executor
+            .exec(c.pid, &c.spec, &process, stdio, &c.opts)
+            .map_err(|e| e.to_string())?;
+        self.execs.push(ExecJob {
+            pid,
+            pipes: Vec::new(),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            status: None,
+            deadline: None,
+            timed_out: false,
+            conn,
+            stream: true,
         });
         Ok(())
     }
@@ -627,6 +694,14 @@ pub fn run(dir: &Path) -> Result<(), String> {
             }
         }
         for (j, job) in m.execs.iter().enumerate() {
+            if job.stream && job.status.is_none() {
+                fds.push(libc::pollfd {
+                    fd: job.conn.as_raw_fd(),
+                    events: libc::POLLIN | libc::POLLRDHUP,
+                    revents: 0,
+                });
+                slots.push((false, String::new(), j, usize::MAX));
+            }
             for (p, (fd, _)) in job.pipes.iter().enumerate() {
                 let Some(fd) = fd else { continue };
                 fds.push(libc::pollfd {
@@ -673,6 +748,11 @@ pub fn run(dir: &Path) -> Result<(), String> {
                     }
                 }
             } else if let Some(job) = m.execs.get_mut(*a) {
+                if *b == usize::MAX {
+                    // The daemon hung up: its client left.
+                    sys::kill(job.pid, libc::SIGKILL);
+                    continue;
+                }
                 let is_out = job.pipes[*b].1;
                 let Some(fd) = job.pipes[*b].0.as_ref().map(|f| f.as_raw_fd()) else {
                     continue;
@@ -696,11 +776,11 @@ pub fn run(dir: &Path) -> Result<(), String> {
         if fds[1].revents != 0 {
             while let Ok((mut conn, _)) = listener.accept() {
                 match read_request(&mut conn) {
-                    Ok(req) => {
+                    Ok((req, fds)) => {
                         // Creating and exec'ing runs code an idle monitor
                         // never needs again: let it go afterwards.
                         let heavy = matches!(req.op, Some(Op::Create(_)) | Some(Op::Start(_)));
-                        m.handle(req, conn);
+                        m.handle(req, conn, fds);
                         if heavy {
                             sys::trim_text();
                         }

@@ -451,8 +451,39 @@ impl RuntimeService for RuntimeServiceHandler {
             exit_code,
         }))
     }
-    async fn exec(&self, _: Request<ExecRequest>) -> Reply<ExecResponse> {
-        unimplemented("Exec")
+    #[tracing::instrument(skip_all, fields(container_id = %req.get_ref().container_id))]
+    async fn exec(&self, req: Request<ExecRequest>) -> Reply<ExecResponse> {
+        let req = req.into_inner();
+        if req.container_id.is_empty() {
+            return Err(Status::invalid_argument("missing required container_id"));
+        }
+        if req.tty && req.stderr {
+            return Err(Status::invalid_argument(
+                "tty and stderr cannot both be true",
+            ));
+        }
+        if !req.stdin && !req.stdout && !req.stderr {
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout, or stderr must be set",
+            ));
+        }
+        if req.cmd.first().is_none_or(|c| c.is_empty()) {
+            return Err(Status::invalid_argument("exec command is empty"));
+        }
+        // Fails with NotFound / FailedPrecondition before a URL exists.
+        let (_, id) = self
+            .rt
+            .containers
+            .monitor_for(&self.rt.pods, &req.container_id)?;
+        let url = self
+            .rt
+            .streaming
+            .issue(crate::streaming::Pending::Exec(ExecRequest {
+                container_id: id,
+                ..req
+            }))
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        Ok(Response::new(ExecResponse { url }))
     }
     async fn attach(&self, _: Request<AttachRequest>) -> Reply<AttachResponse> {
         unimplemented("Attach")

@@ -1,0 +1,241 @@
+//! Exec over the streaming server, spoken by a WebSocket client as
+//! client-go does (`v5.channel.k8s.io`, base64 forms), end to end against
+//! a real container.
+
+mod common;
+
+use std::time::Duration;
+
+use common::testenv::testenv;
+use common::*;
+use futures::{SinkExt, StreamExt};
+use k8s_cri::v1::*;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tonic::Code;
+
+async fn running_container(d: &Daemon) -> (Runtime, String) {
+    let image = testenv().image("busybox:latest");
+    d.images()
+        .await
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut rt = d.runtime().await;
+    let mut pod = pod_config("stream", "streaming");
+    pod.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                network: NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod_id = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let mut cfg = container_config("app", &image, &["/bin/sh", "-c", "sleep 1000"]);
+    cfg.log_path = String::new();
+    let id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod_id,
+            config: Some(cfg),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    (rt, id)
+}
+
+async fn exec_url(rt: &mut Runtime, id: &str, cmd: &[&str], stdin: bool) -> String {
+    rt.exec(ExecRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        stdin,
+        stdout: true,
+        stderr: true,
+        tty: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .url
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str, protocol: &str) -> Result<(Ws, String), String> {
+    let mut req = url
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .map_err(|e| e.to_string())?;
+    let chosen = resp
+        .headers()
+        .get("sec-websocket-protocol")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    Ok((ws, chosen))
+}
+
+/// Collects (stdout, stderr, error-channel) until the server closes.
+async fn collect(ws: &mut Ws, base64: bool) -> (String, String, String) {
+    use base64::Engine as _;
+    let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), Vec::new());
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .map(|m| m.and_then(Result::ok))
+    {
+        let (ch, data) = match m {
+            Message::Binary(b) if !b.is_empty() => (b[0], b[1..].to_vec()),
+            Message::Text(t) if base64 && !t.is_empty() => (
+                t.as_bytes()[0] - b'0',
+                base64::engine::general_purpose::STANDARD
+                    .decode(&t.as_bytes()[1..])
+                    .unwrap(),
+            ),
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        match ch {
+            1 => out.extend(data),
+            2 => err.extend(data),
+            3 => status.extend(data),
+            _ => {}
+        }
+    }
+    let s = |v: Vec<u8>| String::from_utf8(v).unwrap();
+    (s(out), s(err), s(status))
+}
+
+#[tokio::test]
+async fn websocket_exec_output_exit_code_and_stdin() {
+    let d = Daemon::builder()
+        .registries(&testenv().registries_conf())
+        .start();
+    let (mut rt, id) = running_container(&d).await;
+
+    let url = exec_url(
+        &mut rt,
+        &id,
+        &["/bin/sh", "-c", "echo out; echo err >&2; exit 7"],
+        false,
+    )
+    .await;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let (mut ws, proto) = connect(&url, "v5.channel.k8s.io").await.unwrap();
+    assert_eq!(proto, "v5.channel.k8s.io");
+    let (out, err, status) = collect(&mut ws, false).await;
+    assert_eq!((out.as_str(), err.as_str()), ("out\n", "err\n"));
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["reason"], "NonZeroExitCode");
+    assert_eq!(v["details"]["causes"][0]["message"], "7");
+
+    // The token was spent: a second connection gets 404.
+    let again = connect(&url, "v5.channel.k8s.io").await.unwrap_err();
+    assert!(again.contains("404"), "{again}");
+
+    // stdin, ended by the v5 CLOSE signal; success status.
+    let url = exec_url(&mut rt, &id, &["/bin/cat"], true).await;
+    let (mut ws, _) = connect(&url, "v5.channel.k8s.io").await.unwrap();
+    ws.send(Message::Binary(
+        [&[0u8][..], b"hello stdin\n"].concat().into(),
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::Binary(vec![255u8, 0].into()))
+        .await
+        .unwrap();
+    let (out, _, status) = collect(&mut ws, false).await;
+    assert_eq!(out, "hello stdin\n");
+    assert_eq!(status, r#"{"metadata":{},"status":"Success"}"#);
+
+    // base64 framing (v4).
+    let url = exec_url(&mut rt, &id, &["/bin/sh", "-c", "echo b64"], false).await;
+    let (mut ws, proto) = connect(&url, "v4.base64.channel.k8s.io").await.unwrap();
+    assert_eq!(proto, "v4.base64.channel.k8s.io");
+    let (out, _, status) = collect(&mut ws, true).await;
+    assert_eq!(out, "b64\n");
+    assert!(status.contains("Success"));
+
+    // Unsupported subprotocol only: 403.
+    let url = exec_url(&mut rt, &id, &["true"], false).await;
+    let e = connect(&url, "v9.nothing").await.unwrap_err();
+    assert!(e.contains("403"), "{e}");
+}
+
+#[tokio::test]
+async fn exec_requests_are_validated() {
+    let d = Daemon::builder()
+        .registries(&testenv().registries_conf())
+        .start();
+    let (mut rt, id) = running_container(&d).await;
+    let bad = |r: ExecRequest| r;
+    for (req, code) in [
+        (
+            bad(ExecRequest {
+                container_id: String::new(),
+                cmd: vec!["true".into()],
+                stdout: true,
+                ..Default::default()
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            bad(ExecRequest {
+                container_id: id.clone(),
+                cmd: vec!["true".into()],
+                tty: true,
+                stderr: true,
+                stdout: true,
+                ..Default::default()
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            bad(ExecRequest {
+                container_id: id.clone(),
+                cmd: vec!["true".into()],
+                ..Default::default()
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            bad(ExecRequest {
+                container_id: "nope".into(),
+                cmd: vec!["true".into()],
+                stdout: true,
+                ..Default::default()
+            }),
+            Code::NotFound,
+        ),
+    ] {
+        assert_eq!(rt.exec(req).await.unwrap_err().code(), code);
+    }
+}
