@@ -239,3 +239,46 @@ async fn exec_requests_are_validated() {
         assert_eq!(rt.exec(req).await.unwrap_err().code(), code);
     }
 }
+
+#[tokio::test]
+async fn websocket_exec_with_a_terminal_inside_the_container() {
+    let d = Daemon::builder()
+        .registries(&testenv().registries_conf())
+        .start();
+    let (mut rt, id) = running_container(&d).await;
+    let url = rt
+        .exec(ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["/bin/sh".into()],
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            tty: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let (mut ws, _) = connect(&url, "v5.channel.k8s.io").await.unwrap();
+    ws.send(Message::Binary(
+        [&[4u8][..], br#"{"Width":100,"Height":40}"#, b"\n"]
+            .concat()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::Binary(
+        [&[0u8][..], b"tty; stty size; exit 4\n"].concat().into(),
+    ))
+    .await
+    .unwrap();
+    let (out, err, status) = collect(&mut ws, false).await;
+    assert!(err.is_empty(), "a terminal has no separate stderr");
+    assert!(
+        out.contains("/dev/pts/0"),
+        "terminal from the container's devpts: {out}"
+    );
+    assert!(out.contains("40 100"), "resize applied: {out}");
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["details"]["causes"][0]["message"], "4");
+}

@@ -745,12 +745,63 @@ impl Executor for Embedded {
         stdio: Stdio,
         opts: &CreateOptions,
     ) -> Result<i32, ExecutorError> {
+        self.exec_with(pid, process, opts, Some(stdio), None)
+    }
+
+    fn exec_tty(
+        &self,
+        pid: i32,
+        _spec: &Spec,
+        process: &Process,
+        opts: &CreateOptions,
+    ) -> Result<(i32, OwnedFd), ExecutorError> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| ExecutorError::Sys {
+            op: "socketpair",
+            source: e.into(),
+        })?;
+        let pid = self.exec_with(pid, process, opts, None, Some(theirs))?;
+        let mut byte = [0u8; 1];
+        let (_, mut fds) = super::sys::recv_with_fds(ours.as_raw_fd(), &mut byte)
+            .map_err(ExecutorError::sys("receiving the terminal"))?;
+        match fds.pop() {
+            Some(master) => Ok((pid, master)),
+            None => Err(ExecutorError::Child("no terminal from the exec".into())),
+        }
+    }
+}
+
+impl Embedded {
+    /// Exec with the given stdio, or (`console`) a terminal opened inside
+    /// the container, whose master goes back over the socket.
+    fn exec_with(
+        &self,
+        pid: i32,
+        process: &Process,
+        opts: &CreateOptions,
+        stdio: Option<Stdio>,
+        console: Option<OwnedFd>,
+    ) -> Result<i32, ExecutorError> {
         let prepared = prepare(process, opts)?;
         let ns = process_namespaces(pid)?;
         let (sync_r, sync_w) = pipe()?;
         let sync_fd = sync_w.as_raw_fd();
         let child = || {
-            if let Err(e) = setup_stdio(&stdio, prepared.terminal) {
+            let stdio = match (stdio, &console) {
+                (Some(s), _) => s,
+                (None, Some(sock)) => match container_pty(sock.as_raw_fd()) {
+                    Ok(s) => s,
+                    Err(e) => fail(sync_fd, "terminal", e),
+                },
+                (None, None) => fail(sync_fd, "stdio", "none given"),
+            };
+            if let Err(e) = setup_stdio(&stdio, stdio.terminal) {
                 fail(sync_fd, "stdio", e);
             }
             if let Err(e) = become_process(&prepared, sync_fd) {
@@ -772,6 +823,50 @@ impl Executor for Embedded {
             return Err(ExecutorError::Child(e));
         }
         Ok(child_pid)
+    }
+}
+
+/// Opens a pseudo-terminal from the container's own devpts (so the
+/// process sees `/dev/pts/N` as its terminal), sends the master over
+/// `sock` and returns the slave as stdio.
+fn container_pty(sock: RawFd) -> Result<Stdio, String> {
+    let ptmx = CString::new("/dev/ptmx").unwrap_or_default();
+    // SAFETY: open/unlockpt/ptsname_r on descriptors we own; name is a
+    // valid buffer.
+    unsafe {
+        let m = libc::open(
+            ptmx.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if m < 0 {
+            return Err(format!("opening /dev/ptmx: {}", errno()));
+        }
+        let master = OwnedFd::from_raw_fd(m);
+        if libc::unlockpt(m) < 0 {
+            return Err(format!("unlockpt: {}", errno()));
+        }
+        let mut name = [0 as libc::c_char; 64];
+        if libc::ptsname_r(m, name.as_mut_ptr(), name.len()) != 0 {
+            return Err("ptsname".into());
+        }
+        let s = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if s < 0 {
+            return Err(format!("opening the pty slave: {}", errno()));
+        }
+        let slave = OwnedFd::from_raw_fd(s);
+        super::sys::send_with_fds(sock, b"m", &[master.as_raw_fd()])
+            .map_err(|e| format!("sending the terminal: {e}"))?;
+        drop(master);
+        let dup = |f: &OwnedFd| f.try_clone().map_err(|e| e.to_string());
+        Ok(Stdio {
+            stdin: dup(&slave)?,
+            stdout: dup(&slave)?,
+            stderr: slave,
+            terminal: true,
+        })
     }
 }
 

@@ -87,6 +87,15 @@ pub trait Executor {
         stdio: Stdio,
         opts: &CreateOptions,
     ) -> Result<i32, ExecutorError>;
+    /// Like [`Executor::exec`] with a terminal allocated inside the
+    /// container (its own devpts); returns the pid and the pty master.
+    fn exec_tty(
+        &self,
+        pid: i32,
+        spec: &Spec,
+        process: &Process,
+        opts: &CreateOptions,
+    ) -> Result<(i32, OwnedFd), ExecutorError>;
 }
 
 /// The executor linked into crius.

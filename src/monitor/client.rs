@@ -135,27 +135,70 @@ impl Client {
     }
 }
 
+/// An interactive process started by [`Client::start_stream`].
+pub struct StreamWait {
+    stream: UnixStream,
+    path: PathBuf,
+}
+
+impl StreamWait {
+    /// Waits for the exit code. If `cancel` fires (its sender dropped)
+    /// first, hangs up, which makes the monitor kill the process.
+    pub async fn wait(
+        mut self,
+        cancel: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<i32, MonitorError> {
+        let path = self.path.clone();
+        let io = |source| MonitorError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut len = [0u8; 4];
+        tokio::select! {
+            r = self.stream.read_exact(&mut len) => { r.map_err(io)?; }
+            _ = cancel => return Err(MonitorError::Remote("exec cancelled".into())),
+        }
+        let resp = read_body(&mut self.stream, len, &io).await?;
+        if !resp.error.is_empty() {
+            return Err(MonitorError::Remote(resp.error));
+        }
+        Ok(resp.exit_code)
+    }
+}
+
+async fn read_body(
+    s: &mut UnixStream,
+    len: [u8; 4],
+    io: &impl Fn(std::io::Error) -> MonitorError,
+) -> Result<Response, MonitorError> {
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(MonitorError::Decode(format!("frame of {len} bytes")));
+    }
+    let mut buf = vec![0u8; len];
+    s.read_exact(&mut buf).await.map_err(io)?;
+    Response::decode(buf.as_slice()).map_err(|e| MonitorError::Decode(e.to_string()))
+}
+
 impl Client {
-    /// Runs an interactive process on `stdio` (stdin, stdout, stderr; the
-    /// same pty slave three times for tty) and waits for its exit code.
-    /// Dropping the returned future's task does not stop the process:
-    /// `cancel` closing (its sender dropped) does, by hanging up on the
-    /// monitor.
-    pub async fn exec_stream(
+    /// Starts an interactive process. Without tty it runs on `stdio`
+    /// (stdin, stdout, stderr); with tty the monitor makes a terminal inside
+    /// the container and its master is returned.
+    pub fn start_stream(
         &self,
         id: &str,
         cmd: Vec<String>,
         tty: bool,
-        stdio: [std::os::fd::OwnedFd; 3],
-        cancel: tokio::sync::oneshot::Receiver<()>,
-    ) -> Result<i32, MonitorError> {
+        stdio: Option<[std::os::fd::OwnedFd; 3]>,
+    ) -> Result<(Option<std::os::fd::OwnedFd>, StreamWait), MonitorError> {
+        use std::io::Read as _;
         use std::os::fd::AsRawFd;
         let path = self.socket();
         let io = |source| MonitorError::Io {
             path: path.clone(),
             source,
         };
-        let stream = std::os::unix::net::UnixStream::connect(&path).map_err(io)?;
+        let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(io)?;
         let req = Request {
             version: VERSION,
             op: Some(Op::ExecStream(super::proto::ExecStream {
@@ -168,31 +211,46 @@ impl Client {
         let mut frame = Vec::with_capacity(4 + body.len());
         frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
         frame.extend_from_slice(&body);
-        let raw: Vec<i32> = stdio.iter().map(|f| f.as_raw_fd()).collect();
+        let raw: Vec<i32> = stdio.iter().flatten().map(|f| f.as_raw_fd()).collect();
         crate::executor::sys::send_with_fds(stream.as_raw_fd(), &frame, &raw).map_err(io)?;
         // The monitor has its own copies now.
         drop(stdio);
-        stream.set_nonblocking(true).map_err(io)?;
-        let mut s = UnixStream::from_std(stream).map_err(io)?;
-        let mut len = [0u8; 4];
-        tokio::select! {
-            r = s.read_exact(&mut len) => { r.map_err(io)?; }
-            _ = cancel => {
-                // Hanging up tells the monitor to kill the process.
-                return Err(MonitorError::Remote("exec cancelled".into()));
+        let mut master = None;
+        if tty {
+            // First answer: the pid, with the terminal's master attached.
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+            let mut len = [0u8; 4];
+            let (got, mut fds) =
+                crate::executor::sys::recv_with_fds(stream.as_raw_fd(), &mut len).map_err(io)?;
+            if got == 0 {
+                return Err(MonitorError::Decode("monitor hung up".into()));
             }
+            stream.read_exact(&mut len[got..]).map_err(io)?;
+            let n = u32::from_be_bytes(len) as usize;
+            if n > MAX_FRAME {
+                return Err(MonitorError::Decode(format!("frame of {n} bytes")));
+            }
+            let mut buf = vec![0u8; n];
+            stream.read_exact(&mut buf).map_err(io)?;
+            let resp = Response::decode(buf.as_slice())
+                .map_err(|e| MonitorError::Decode(e.to_string()))?;
+            if !resp.error.is_empty() {
+                return Err(MonitorError::Remote(resp.error));
+            }
+            master = Some(
+                fds.pop()
+                    .ok_or_else(|| MonitorError::Decode("no terminal from the monitor".into()))?,
+            );
+            let _ = stream.set_read_timeout(None);
         }
-        let len = u32::from_be_bytes(len) as usize;
-        if len > MAX_FRAME {
-            return Err(MonitorError::Decode(format!("frame of {len} bytes")));
-        }
-        let mut buf = vec![0u8; len];
-        s.read_exact(&mut buf).await.map_err(io)?;
-        let resp =
-            Response::decode(buf.as_slice()).map_err(|e| MonitorError::Decode(e.to_string()))?;
-        if !resp.error.is_empty() {
-            return Err(MonitorError::Remote(resp.error));
-        }
-        Ok(resp.exit_code)
+        stream.set_nonblocking(true).map_err(io)?;
+        let stream = UnixStream::from_std(stream).map_err(io)?;
+        Ok((
+            master,
+            StreamWait {
+                stream,
+                path: path.clone(),
+            },
+        ))
     }
 }

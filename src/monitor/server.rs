@@ -481,23 +481,44 @@ impl Monitor {
         if e.cmd.is_empty() {
             return Err("empty command".into());
         }
-        let mut fds = fds.into_iter();
-        let (Some(stdin), Some(stdout), Some(stderr)) = (fds.next(), fds.next(), fds.next()) else {
-            return Err("exec stream needs three descriptors".into());
-        };
         let mut process = c.spec.process().clone().ok_or("container has no process")?;
         process.set_args(Some(e.cmd.clone()));
         process.set_terminal(Some(e.tty));
-        let stdio = Stdio {
-            stdin,
-            stdout,
-            stderr,
-            terminal: e.tty,
+        let pid = if e.tty {
+            // The terminal is made inside the container; its master goes
+            // to the daemon with a first answer (the pid).
+            let (pid, master) = self
+                .executor
+                .exec_tty(c.pid, &c.spec, &process, &c.opts)
+                .map_err(|e| e.to_string())?;
+            let first = Response {
+                pid,
+                ..Default::default()
+            };
+            let body = first.encode_to_vec();
+            let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(&body);
+            if let Err(err) = sys::send_with_fds(conn.as_raw_fd(), &frame, &[master.as_raw_fd()]) {
+                sys::kill(pid, libc::SIGKILL);
+                return Err(format!("sending the terminal: {err}"));
+            }
+            pid
+        } else {
+            let mut fds = fds.into_iter();
+            let (Some(stdin), Some(stdout), Some(stderr)) = (fds.next(), fds.next(), fds.next())
+            else {
+                return Err("exec stream needs three descriptors".into());
+            };
+            let stdio = Stdio {
+                stdin,
+                stdout,
+                stderr,
+                terminal: false,
+            };
+            self.executor
+                .exec(c.pid, &c.spec, &process, stdio, &c.opts)
+                .map_err(|e| e.to_string())?
         };
-        let pid = self
-            .executor
-            .exec(c.pid, &c.spec, &process, stdio, &c.opts)
-            .map_err(|e| e.to_string())?;
         self.execs.push(ExecJob {
             pid,
             pipes: Vec::new(),

@@ -92,26 +92,17 @@ fn pump_in(fd: OwnedFd) -> mpsc::Sender<Bytes> {
     tx
 }
 
-/// Starts `req` in its container with pipes (or a pty) wired to the
-/// returned [`Process`].
+/// Starts `req` in its container with pipes (or a terminal made inside
+/// the container) wired to the returned [`Process`].
 pub async fn start_exec(rt: &Runtime, req: &ExecRequest) -> Result<Process, String> {
     let (out_tx, output) = mpsc::channel(64);
     let mut stdin_tx = None;
-    let mut master = None;
-    let stdio: [OwnedFd; 3] = if req.tty {
-        let (m, slave) = crate::executor::sys::pty()?;
-        let m = Arc::new(m);
-        let read = m.try_clone().map_err(|e| e.to_string())?;
-        pump_out(read, STDOUT, out_tx.clone());
-        if req.stdin {
-            stdin_tx = Some(pump_in(m.try_clone().map_err(|e| e.to_string())?));
-        }
-        master = Some(m);
-        [
-            slave.try_clone().map_err(|e| e.to_string())?,
-            slave.try_clone().map_err(|e| e.to_string())?,
-            slave,
-        ]
+    let (monitor, id) = rt
+        .containers
+        .monitor_for(&rt.pods, &req.container_id)
+        .map_err(|e| e.to_string())?;
+    let stdio = if req.tty {
+        None
     } else {
         let stdin = if req.stdin {
             let (r, w) = pipe()?;
@@ -132,22 +123,34 @@ pub async fn start_exec(rt: &Runtime, req: &ExecRequest) -> Result<Process, Stri
         }
         let err = outs.pop().ok_or("no stderr")?;
         let out = outs.pop().ok_or("no stdout")?;
-        [stdin, out, err]
+        Some([stdin, out, err])
+    };
+    let (cmd, tty) = (req.cmd.clone(), req.tty);
+    let (master, wait) =
+        tokio::task::spawn_blocking(move || monitor.start_stream(&id, cmd, tty, stdio))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    let master = match master {
+        Some(m) => {
+            let m = Arc::new(m);
+            pump_out(
+                m.try_clone().map_err(|e| e.to_string())?,
+                STDOUT,
+                out_tx.clone(),
+            );
+            if req.stdin {
+                stdin_tx = Some(pump_in(m.try_clone().map_err(|e| e.to_string())?));
+            }
+            Some(m)
+        }
+        None => None,
     };
     drop(out_tx);
     let (cancel_tx, cancel_rx) = oneshot::channel();
     let (exit_tx, exit) = oneshot::channel();
-    let monitor = rt
-        .containers
-        .monitor_for(&rt.pods, &req.container_id)
-        .map_err(|e| e.to_string())?;
-    let (id, cmd, tty) = (monitor.1, req.cmd.clone(), req.tty);
     tokio::spawn(async move {
-        let r = monitor
-            .0
-            .exec_stream(&id, cmd, tty, stdio, cancel_rx)
-            .await
-            .map_err(|e| e.to_string());
+        let r = wait.wait(cancel_rx).await.map_err(|e| e.to_string());
         let _ = exit_tx.send(r);
     });
     Ok(Process {
