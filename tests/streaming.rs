@@ -282,3 +282,95 @@ async fn websocket_exec_with_a_terminal_inside_the_container() {
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(v["details"]["causes"][0]["message"], "4");
 }
+
+#[tokio::test]
+async fn websocket_attach_joins_the_main_process() {
+    let d = Daemon::builder()
+        .registries(&testenv().registries_conf())
+        .start();
+    let (mut rt, _) = running_container(&d).await;
+    // A second container whose main process echoes its stdin.
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let mut cfg = container_config(
+        "echo",
+        &testenv().image("busybox:latest"),
+        &[
+            "/bin/sh",
+            "-c",
+            "echo started; while read l; do echo got $l; done",
+        ],
+    );
+    cfg.log_path = String::new();
+    cfg.stdin = true;
+    let id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pods[0].id.clone(),
+            config: Some(cfg),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    let url = rt
+        .attach(AttachRequest {
+            container_id: id.clone(),
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        })
+        .await;
+    assert_eq!(
+        url.unwrap_err().code(),
+        Code::FailedPrecondition,
+        "not running yet"
+    );
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let mut attachers = Vec::new();
+    for _ in 0..2 {
+        let url = rt
+            .attach(AttachRequest {
+                container_id: id.clone(),
+                stdin: true,
+                stdout: true,
+                stderr: true,
+                tty: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url;
+        attachers.push(connect(&url, "v5.channel.k8s.io").await.unwrap().0);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    attachers[0]
+        .send(Message::Binary([&[0u8][..], b"hello\n"].concat().into()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The container ends: every attach session ends with success.
+    rt.stop_container(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    for mut ws in attachers {
+        let (out, _, status) = collect(&mut ws, false).await;
+        assert!(
+            out.contains("got hello"),
+            "both attachers see the output: {out:?}"
+        );
+        assert!(status.contains("Success"), "{status}");
+    }
+}

@@ -254,3 +254,54 @@ impl Client {
         ))
     }
 }
+
+impl Client {
+    /// Attaches `(stdout, stderr)` write ends to a running container's
+    /// output; returns the container's stdin, if it has one.
+    pub fn attach(
+        &self,
+        id: &str,
+        outputs: [std::os::fd::OwnedFd; 2],
+    ) -> Result<Option<std::os::fd::OwnedFd>, MonitorError> {
+        use std::io::Read as _;
+        use std::os::fd::AsRawFd;
+        let path = self.socket();
+        let io = |source| MonitorError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(io)?;
+        let req = Request {
+            version: VERSION,
+            op: Some(Op::Attach(super::proto::ContainerRef {
+                id: id.to_string(),
+            })),
+        };
+        let body = req.encode_to_vec();
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let raw: Vec<i32> = outputs.iter().map(|f| f.as_raw_fd()).collect();
+        crate::executor::sys::send_with_fds(stream.as_raw_fd(), &frame, &raw).map_err(io)?;
+        drop(outputs);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut len = [0u8; 4];
+        let (got, mut fds) =
+            crate::executor::sys::recv_with_fds(stream.as_raw_fd(), &mut len).map_err(io)?;
+        if got == 0 {
+            return Err(MonitorError::Decode("monitor hung up".into()));
+        }
+        stream.read_exact(&mut len[got..]).map_err(io)?;
+        let n = u32::from_be_bytes(len) as usize;
+        if n > MAX_FRAME {
+            return Err(MonitorError::Decode(format!("frame of {n} bytes")));
+        }
+        let mut buf = vec![0u8; n];
+        stream.read_exact(&mut buf).map_err(io)?;
+        let resp =
+            Response::decode(buf.as_slice()).map_err(|e| MonitorError::Decode(e.to_string()))?;
+        if !resp.error.is_empty() {
+            return Err(MonitorError::Remote(resp.error));
+        }
+        Ok(fds.pop())
+    }
+}

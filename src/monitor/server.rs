@@ -67,9 +67,25 @@ struct Container {
     created: Option<Created>,
     outputs: Vec<Output>,
     /// Kept for attach; closing it would give the process EOF.
-    _stdin: Option<OwnedFd>,
+    /// The process's stdin (pipe write end or pty master), for attach.
+    stdin: Option<OwnedFd>,
     log_path: String,
     exit: Option<ExitRecord>,
+    /// Attached clients: (stdout, stderr) write ends; closed at exit.
+    attachers: Vec<[OwnedFd; 2]>,
+}
+
+/// Copies output to every attached client without blocking the monitor:
+/// a client that cannot keep up loses data, a gone one is dropped.
+fn fan_out(attachers: &mut Vec<[OwnedFd; 2]>, index: usize, bytes: &[u8]) {
+    attachers.retain(|a| {
+        let Some(fd) = a.get(index) else { return true };
+        let r = fd
+            .try_clone()
+            .map(File::from)
+            .and_then(|mut f| f.write(bytes));
+        !matches!(r, Err(e) if e.kind() != std::io::ErrorKind::WouldBlock)
+    });
 }
 
 struct ExecJob {
@@ -247,6 +263,22 @@ impl Monitor {
                 }
                 return;
             }
+            Some(Op::Attach(a)) => {
+                let resp = self.attach(&a.id, fds).unwrap_or_else(error);
+                let body = resp.encode_to_vec();
+                let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+                frame.extend_from_slice(&body);
+                // The container's stdin goes along, when it has one.
+                let stdin = self
+                    .containers
+                    .get(&a.id)
+                    .filter(|_| resp.error.is_empty())
+                    .and_then(|c| c.stdin.as_ref())
+                    .map(|f| f.as_raw_fd());
+                let fds: Vec<i32> = stdin.into_iter().collect();
+                let _ = sys::send_with_fds(conn.as_raw_fd(), &frame, &fds);
+                return;
+            }
             Some(Op::ExecStream(e)) => {
                 // Answered when the process exits (see finish_execs).
                 let dup = conn.try_clone().map_err(|e| e.to_string());
@@ -349,9 +381,10 @@ impl Monitor {
                 pid,
                 created: Some(created),
                 outputs,
-                _stdin: stdin_w,
+                stdin: stdin_w,
                 log_path: c.log_path,
                 exit: None,
+                attachers: Vec::new(),
             },
         );
         Ok(Response {
@@ -464,6 +497,26 @@ impl Monitor {
         Ok(())
     }
 
+    /// Adds a client's (stdout, stderr) pipes to a running container's
+    /// output.
+    fn attach(&mut self, id: &str, fds: Vec<OwnedFd>) -> Result<Response, String> {
+        let c = self
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| format!("no container {id}"))?;
+        if c.exit.is_some() || c.created.is_some() {
+            return Err(format!("container {id} is not running"));
+        }
+        let mut fds = fds.into_iter();
+        let (Some(out), Some(err)) = (fds.next(), fds.next()) else {
+            return Err("attach needs two descriptors".into());
+        };
+        sys::set_nonblocking(out.as_raw_fd());
+        sys::set_nonblocking(err.as_raw_fd());
+        c.attachers.push([out, err]);
+        Ok(Response::default())
+    }
+
     /// An interactive exec on the daemon's descriptors.
     fn exec_stream(
         &mut self,
@@ -548,16 +601,20 @@ impl Monitor {
         {
             if let Some((id, c)) = self.containers.iter_mut().find(|(_, c)| c.pid == pid) {
                 let now = SystemTime::now();
-                for o in &mut c.outputs {
+                for (i, o) in c.outputs.iter_mut().enumerate() {
                     let log = &mut o.log;
+                    let attachers = &mut c.attachers;
                     if let Some(fd) = &o.fd {
                         drain(fd.as_raw_fd(), |b| {
                             let _ = log.write(b, now);
+                            fan_out(attachers, i, b);
                         });
                     }
                     let _ = o.log.close(now);
                 }
                 c.outputs.clear();
+                // Attached clients see EOF: the container is gone.
+                c.attachers.clear();
                 let code = exit_code(status);
                 // Any OOM kill in its cgroup counts, as with containerd and
                 // cri-o: a shell init reports its killed child as exit 137.
@@ -757,9 +814,11 @@ pub fn run(dir: &Path) -> Result<(), String> {
                     && let Some(o) = c.outputs.get_mut(*a)
                 {
                     let log = &mut o.log;
+                    let attachers = &mut c.attachers;
                     let eof = o.fd.as_ref().is_some_and(|fd| {
                         drain(fd.as_raw_fd(), |bytes| {
                             let _ = log.write(bytes, now);
+                            fan_out(attachers, *a, bytes);
                         })
                     });
                     if eof {

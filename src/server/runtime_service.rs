@@ -485,8 +485,35 @@ impl RuntimeService for RuntimeServiceHandler {
             .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         Ok(Response::new(ExecResponse { url }))
     }
-    async fn attach(&self, _: Request<AttachRequest>) -> Reply<AttachResponse> {
-        unimplemented("Attach")
+    #[tracing::instrument(skip_all, fields(container_id = %req.get_ref().container_id))]
+    async fn attach(&self, req: Request<AttachRequest>) -> Reply<AttachResponse> {
+        let req = req.into_inner();
+        if req.container_id.is_empty() {
+            return Err(Status::invalid_argument("missing required container_id"));
+        }
+        if req.tty && req.stderr {
+            return Err(Status::invalid_argument(
+                "tty and stderr cannot both be true",
+            ));
+        }
+        if !req.stdin && !req.stdout && !req.stderr {
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout, and stderr must be set",
+            ));
+        }
+        let (_, id) = self
+            .rt
+            .containers
+            .monitor_for(&self.rt.pods, &req.container_id)?;
+        let url = self
+            .rt
+            .streaming
+            .issue(crate::streaming::Pending::Attach(AttachRequest {
+                container_id: id,
+                ..req
+            }))
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        Ok(Response::new(AttachResponse { url }))
     }
     async fn port_forward(&self, _: Request<PortForwardRequest>) -> Reply<PortForwardResponse> {
         unimplemented("PortForward")

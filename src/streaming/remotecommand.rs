@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use k8s_cri::v1::ExecRequest;
+use k8s_cri::v1::{AttachRequest, ExecRequest};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::runtime::Runtime;
@@ -157,6 +157,47 @@ pub async fn start_exec(rt: &Runtime, req: &ExecRequest) -> Result<Process, Stri
         output,
         stdin: stdin_tx,
         master,
+        exit,
+        _cancel: cancel_tx,
+    })
+}
+
+/// Joins a running container's output (and stdin, if it was created
+/// with one); ends when the container exits or the client leaves.
+pub async fn start_attach(rt: &Runtime, req: &AttachRequest) -> Result<Process, String> {
+    let (out_tx, output) = mpsc::channel(64);
+    let (monitor, id) = rt
+        .containers
+        .monitor_for(&rt.pods, &req.container_id)
+        .map_err(|e| e.to_string())?;
+    let mut outs = Vec::new();
+    for (wanted, channel) in [(req.stdout, STDOUT), (req.stderr || req.tty, STDERR)] {
+        let (r, w) = pipe()?;
+        if wanted {
+            // TTY containers have one output: it arrives on the first pipe.
+            pump_out(r, if req.tty { STDOUT } else { channel }, out_tx.clone());
+        }
+        outs.push(w);
+    }
+    drop(out_tx);
+    let err = outs.pop().ok_or("no stderr")?;
+    let out = outs.pop().ok_or("no stdout")?;
+    let stdin = tokio::task::spawn_blocking(move || monitor.attach(&id, [out, err]))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let stdin_tx = match (req.stdin, stdin) {
+        (true, Some(fd)) => Some(pump_in(fd)),
+        _ => None,
+    };
+    let (cancel_tx, _cancel_rx) = oneshot::channel();
+    let (exit_tx, exit) = oneshot::channel();
+    // Attach has no exit code of its own: it succeeds when the output ends.
+    let _ = exit_tx.send(Ok(0));
+    Ok(Process {
+        output,
+        stdin: stdin_tx,
+        master: None,
         exit,
         _cancel: cancel_tx,
     })

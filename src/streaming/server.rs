@@ -87,15 +87,19 @@ fn websocket_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending)
     let Some(proto) = websocket::negotiate(header_str(&req, "sec-websocket-protocol")) else {
         return status(StatusCode::FORBIDDEN, "");
     };
-    let Pending::Exec(exec) = pending else {
-        return status(
-            StatusCode::NOT_IMPLEMENTED,
-            "attach and port-forward are not served yet",
-        );
+    let (stdout, stderr) = match &pending {
+        Pending::Exec(e) => (e.stdout, e.stderr),
+        Pending::Attach(a) => (a.stdout, a.stderr),
+        Pending::PortForward(_) => {
+            return status(
+                StatusCode::NOT_IMPLEMENTED,
+                "port-forward is not served yet",
+            );
+        }
     };
-    let first = if exec.stdout {
+    let first = if stdout {
         1
-    } else if exec.stderr {
+    } else if stderr {
         2
     } else {
         3
@@ -109,8 +113,18 @@ fn websocket_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending)
             }
         };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        tracing::info!(container_id = %exec.container_id, cmd = ?exec.cmd, tty = exec.tty, "exec session (websocket)");
-        match super::remotecommand::start_exec(&rt, &exec).await {
+        let started = match &pending {
+            Pending::Exec(exec) => {
+                tracing::info!(container_id = %exec.container_id, cmd = ?exec.cmd, tty = exec.tty, "exec session (websocket)");
+                super::remotecommand::start_exec(&rt, exec).await
+            }
+            Pending::Attach(a) => {
+                tracing::info!(container_id = %a.container_id, "attach session (websocket)");
+                super::remotecommand::start_attach(&rt, a).await
+            }
+            Pending::PortForward(_) => Err("port-forward is not served yet".into()),
+        };
+        match started {
             Ok(process) => websocket::serve_exec(ws, proto, process, first).await,
             Err(e) => websocket::fail(ws, proto, &e).await,
         }
