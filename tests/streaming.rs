@@ -374,3 +374,120 @@ async fn websocket_attach_joins_the_main_process() {
         assert!(status.contains("Success"), "{status}");
     }
 }
+
+#[tokio::test]
+async fn websocket_port_forward_reaches_localhost_in_the_pod() {
+    let d = Daemon::builder()
+        .registries(&testenv().registries_conf())
+        .start();
+    // Its own network namespace with only loopback: localhost is the pod's.
+    d.install_cni_config(
+        "10-lo.conflist",
+        r#"{"cniVersion":"1.0.0","name":"lo-only","plugins":[{"type":"loopback"}]}"#,
+    );
+    let image = testenv().image("busybox:latest");
+    d.images()
+        .await
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut rt = d.runtime().await;
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config("pf", "streaming")),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let mut cfg = container_config(
+        "web",
+        &image,
+        &[
+            "/bin/sh",
+            "-c",
+            "mkdir -p /tmp/www; echo hello-pf > /tmp/www/index.html; exec httpd -f -p 7777 -h /tmp/www",
+        ],
+    );
+    cfg.log_path = String::new();
+    let id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest { container_id: id })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not on the host: the port is only inside the pod.
+    assert!(std::net::TcpStream::connect("127.0.0.1:7777").is_err());
+    let url = rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![7777],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    assert!(url.contains("/portforward/"), "{url}");
+    let (mut ws, proto) = connect(&url, "v4.channel.k8s.io").await.unwrap();
+    assert_eq!(proto, "v4.channel.k8s.io");
+    // First on each channel: the port, little-endian.
+    for ch in [0u8, 1] {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Binary(b) => assert_eq!(&b[..], &[ch, 0x61, 0x1e]),
+            m => panic!("{m:?}"),
+        }
+    }
+    ws.send(Message::Binary(
+        [&[0u8][..], b"GET / HTTP/1.0\r\n\r\n"].concat().into(),
+    ))
+    .await
+    .unwrap();
+    let mut body = Vec::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        match m {
+            Message::Binary(b) if !b.is_empty() && b[0] == 0 => body.extend_from_slice(&b[1..]),
+            Message::Binary(b) if !b.is_empty() && b[0] == 1 => {
+                panic!("error: {}", String::from_utf8_lossy(&b[1..]))
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&body).contains("hello-pf"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // Validation.
+    let e = rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: String::new(),
+            port: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: "nope".into(),
+            port: vec![80],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}

@@ -222,3 +222,27 @@ pub fn set_winsize(fd: RawFd, cols: u16, rows: u16) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Connects to `127.0.0.1:port` (then `[::1]:port`) inside the network
+/// namespace pinned at `netns` (the host's when `None`). A short-lived
+/// thread enters the namespace, so the daemon's threads never change theirs;
+/// the socket stays in the namespace it was made in.
+pub fn connect_in_netns(
+    netns: Option<&std::path::Path>,
+    port: u16,
+) -> std::io::Result<std::net::TcpStream> {
+    let ns = netns.map(std::fs::File::open).transpose()?;
+    std::thread::spawn(move || {
+        if let Some(f) = &ns {
+            // SAFETY: setns on this (new, private) thread only: CLONE_NEWNET
+            // applies per thread.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+                return Err(last());
+            }
+        }
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .or_else(|_| std::net::TcpStream::connect(("::1", port)))
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("connect thread panicked"))?
+}

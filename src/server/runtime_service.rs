@@ -515,8 +515,31 @@ impl RuntimeService for RuntimeServiceHandler {
             .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         Ok(Response::new(AttachResponse { url }))
     }
-    async fn port_forward(&self, _: Request<PortForwardRequest>) -> Reply<PortForwardResponse> {
-        unimplemented("PortForward")
+    #[tracing::instrument(skip_all, fields(pod_id = %req.get_ref().pod_sandbox_id))]
+    async fn port_forward(&self, req: Request<PortForwardRequest>) -> Reply<PortForwardResponse> {
+        let req = req.into_inner();
+        if req.pod_sandbox_id.is_empty() {
+            return Err(Status::invalid_argument("missing required pod_sandbox_id"));
+        }
+        if req.port.iter().any(|p| !(1..=65535).contains(p)) {
+            return Err(Status::invalid_argument("port out of range"));
+        }
+        let pod = self.rt.pods.get(&req.pod_sandbox_id)?;
+        if pod.state != PodState::Ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {} is not ready",
+                pod.id
+            )));
+        }
+        let url = self
+            .rt
+            .streaming
+            .issue(crate::streaming::Pending::PortForward(PortForwardRequest {
+                pod_sandbox_id: pod.id,
+                ..req
+            }))
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        Ok(Response::new(PortForwardResponse { url }))
     }
     async fn container_stats(
         &self,

@@ -84,18 +84,20 @@ fn websocket_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending)
     let Some(key) = header_str(&req, "sec-websocket-key").map(str::to_string) else {
         return status(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
-    let Some(proto) = websocket::negotiate(header_str(&req, "sec-websocket-protocol")) else {
+    let offered = header_str(&req, "sec-websocket-protocol");
+    let negotiated = match &pending {
+        // Port-forward speaks only the channel forms here (no v5, which
+        // is an exec/attach protocol).
+        Pending::PortForward(_) => websocket::negotiate(offered).filter(|p| !p.close_signal),
+        _ => websocket::negotiate(offered),
+    };
+    let Some(proto) = negotiated else {
         return status(StatusCode::FORBIDDEN, "");
     };
     let (stdout, stderr) = match &pending {
         Pending::Exec(e) => (e.stdout, e.stderr),
         Pending::Attach(a) => (a.stdout, a.stderr),
-        Pending::PortForward(_) => {
-            return status(
-                StatusCode::NOT_IMPLEMENTED,
-                "port-forward is not served yet",
-            );
-        }
+        Pending::PortForward(_) => (false, false),
     };
     let first = if stdout {
         1
@@ -122,7 +124,23 @@ fn websocket_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending)
                 tracing::info!(container_id = %a.container_id, "attach session (websocket)");
                 super::remotecommand::start_attach(&rt, a).await
             }
-            Pending::PortForward(_) => Err("port-forward is not served yet".into()),
+            Pending::PortForward(pf) => {
+                tracing::info!(pod_id = %pf.pod_sandbox_id, ports = ?pf.port, "port-forward session (websocket)");
+                let ports = pf
+                    .port
+                    .iter()
+                    .filter_map(|p| u16::try_from(*p).ok())
+                    .collect();
+                super::portforward::serve_websocket(
+                    ws,
+                    proto,
+                    rt.clone(),
+                    pf.pod_sandbox_id.clone(),
+                    ports,
+                )
+                .await;
+                return;
+            }
         };
         match started {
             Ok(process) => websocket::serve_exec(ws, proto, process, first).await,

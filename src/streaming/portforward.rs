@@ -1,0 +1,131 @@
+//! Port-forward: connections to `localhost:<port>` inside a pod's network
+//! namespace. Served over WebSocket channels here (form D of the spec:
+//! `v4.channel.k8s.io`, base64, or no subprotocol), ports from the request.
+
+use base64::Engine as _;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::websocket::Protocol;
+use crate::runtime::Runtime;
+
+/// Opens a connection to `port` in the pod's network namespace.
+pub async fn dial(rt: &Runtime, pod_id: &str, port: u16) -> Result<tokio::net::TcpStream, String> {
+    let pod = rt.pods.get(pod_id).map_err(|e| e.to_string())?;
+    let netns =
+        (!pod.host_network).then(|| rt.pods.ns_path(&pod.id, crate::sandbox::pinns::NsKind::Net));
+    let std_stream = tokio::task::spawn_blocking(move || {
+        crate::executor::sys::connect_in_netns(netns.as_deref(), port)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("connecting to localhost:{port} in the pod: {e}"))?;
+    std_stream
+        .set_nonblocking(true)
+        .map_err(|e| e.to_string())?;
+    tokio::net::TcpStream::from_std(std_stream).map_err(|e| e.to_string())
+}
+
+fn frame(p: Protocol, channel: u8, data: &[u8]) -> Message {
+    if p.base64 {
+        let mut s = String::new();
+        s.push((b'0' + channel) as char);
+        s.push_str(&base64::engine::general_purpose::STANDARD.encode(data));
+        Message::Text(s.into())
+    } else {
+        Message::Binary([&[channel][..], data].concat().into())
+    }
+}
+
+/// Serves the request's ports on one WebSocket: channel 2i carries data
+/// of port i both ways, 2i+1 its errors; each starts with the port number
+/// (2 bytes, little-endian).
+pub async fn serve_websocket<S>(
+    mut ws: WebSocketStream<S>,
+    p: Protocol,
+    rt: std::sync::Arc<Runtime>,
+    pod_id: String,
+    ports: Vec<u16>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    for (i, port) in ports.iter().enumerate() {
+        for ch in [2 * i as u8, 2 * i as u8 + 1] {
+            if ws.send(frame(p, ch, &port.to_le_bytes())).await.is_err() {
+                return;
+            }
+        }
+    }
+    let (to_ws, mut from_conns) = mpsc::channel::<(u8, Vec<u8>)>(64);
+    let mut writers = Vec::new();
+    for (i, port) in ports.iter().copied().enumerate() {
+        let (data_ch, err_ch) = (2 * i as u8, 2 * i as u8 + 1);
+        match dial(&rt, &pod_id, port).await {
+            Ok(conn) => {
+                let (mut r, w) = conn.into_split();
+                writers.push(Some(w));
+                let tx = to_ws.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 32 * 1024];
+                    while let Ok(n) = r.read(&mut buf).await {
+                        if n == 0 || tx.send((data_ch, buf[..n].to_vec())).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = tx.send((255, vec![data_ch])).await;
+                });
+            }
+            Err(e) => {
+                writers.push(None);
+                let _ = to_ws.send((err_ch, e.into_bytes())).await;
+                let _ = to_ws.send((255, vec![data_ch])).await;
+            }
+        }
+    }
+    drop(to_ws);
+    let mut open = ports.len();
+    while open > 0 {
+        tokio::select! {
+            out = from_conns.recv() => match out {
+                Some((255, _)) => open -= 1,
+                Some((ch, data)) => {
+                    if ws.send(frame(p, ch, &data)).await.is_err() {
+                        return;
+                    }
+                }
+                None => break,
+            },
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(m)) => {
+                    let (ch, data) = match &m {
+                        Message::Binary(b) if !b.is_empty() => (b[0], b[1..].to_vec()),
+                        Message::Text(t) if p.base64 && !t.is_empty() => {
+                            let Some(ch) = t.as_bytes()[0].checked_sub(b'0') else { continue };
+                            let Ok(d) = base64::engine::general_purpose::STANDARD.decode(&t.as_bytes()[1..]) else { continue };
+                            (ch, d)
+                        }
+                        _ => continue,
+                    };
+                    if ch % 2 == 0
+                        && let Some(Some(w)) = writers.get_mut(ch as usize / 2)
+                        && w.write_all(&data).await.is_err()
+                    {
+                        writers[ch as usize / 2] = None;
+                    }
+                }
+            },
+        }
+    }
+    let _ = ws
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        })))
+        .await;
+}
