@@ -491,3 +491,182 @@ async fn websocket_port_forward_reaches_localhost_in_the_pod() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 }
+
+/// A minimal SPDY client: the HTTP upgrade, then frames through crius's
+/// own codec (its encoder/decoder work for either direction).
+mod spdy_client {
+    use bytes::BytesMut;
+    use crius::streaming::spdy::{Decoder, Encoder, Frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub struct Client {
+        pub sock: TcpStream,
+        enc: Encoder,
+        dec: Decoder,
+        buf: BytesMut,
+    }
+
+    /// Upgrades `url` with the offered protocols; returns the client and
+    /// the protocol the server chose.
+    pub async fn connect(url: &str, protocols: &[&str]) -> (Client, String) {
+        let rest = url.trim_start_matches("http://");
+        let (host, path) = rest.split_once('/').unwrap();
+        let mut sock = TcpStream::connect(host).await.unwrap();
+        let mut req = format!(
+            "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+        );
+        for p in protocols {
+            req.push_str(&format!("X-Stream-Protocol-Version: {p}\r\n"));
+        }
+        req.push_str("\r\n");
+        sock.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            assert_eq!(
+                sock.read(&mut b).await.unwrap(),
+                1,
+                "{}",
+                String::from_utf8_lossy(&head)
+            );
+            head.push(b[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let chosen = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("x-stream-protocol-version:")
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_default();
+        (
+            Client {
+                sock,
+                enc: Encoder::new(),
+                dec: Decoder::new(),
+                buf: BytesMut::new(),
+            },
+            chosen,
+        )
+    }
+
+    impl Client {
+        pub async fn send(&mut self, f: Frame) {
+            let mut out = BytesMut::new();
+            self.enc.encode(&f, &mut out).unwrap();
+            self.sock.write_all(&out).await.unwrap();
+        }
+
+        pub async fn open(&mut self, id: u32, streamtype: &str) {
+            self.send(Frame::SynStream {
+                stream_id: id,
+                assoc: 0,
+                priority: 0,
+                flags: 0,
+                headers: vec![("streamtype".into(), streamtype.into())],
+            })
+            .await;
+        }
+
+        pub async fn next(&mut self) -> Option<Frame> {
+            loop {
+                if let Some(f) = self.dec.decode(&mut self.buf).unwrap() {
+                    return Some(f);
+                }
+                let mut b = [0u8; 65536];
+                let n = self.sock.read(&mut b).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                self.buf.extend_from_slice(&b[..n]);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn spdy_exec_streams_and_status() {
+    use crius::streaming::spdy::Frame;
+    let d = Daemon::builder()
+        .registries(&testenv().registries_conf())
+        .start();
+    let (mut rt, id) = running_container(&d).await;
+    let url = exec_url(
+        &mut rt,
+        &id,
+        &["/bin/sh", "-c", "echo out; echo err >&2; exit 9"],
+        false,
+    )
+    .await;
+    let offered = [
+        "v5.channel.k8s.io",
+        "v4.channel.k8s.io",
+        "v3.channel.k8s.io",
+        "v2.channel.k8s.io",
+        "channel.k8s.io",
+    ];
+    let (mut c, proto) = spdy_client::connect(&url, &offered).await;
+    assert_eq!(proto, "v5.channel.k8s.io");
+    // client-go's order: error, stdout, stderr.
+    c.open(1, "error").await;
+    c.open(3, "stdout").await;
+    c.open(5, "stderr").await;
+    let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), Vec::new());
+    let mut replies = 0;
+    let mut error_done = false;
+    while !error_done {
+        let f = tokio::time::timeout(Duration::from_secs(20), c.next())
+            .await
+            .unwrap()
+            .expect("connection ended early");
+        match f {
+            Frame::SynReply { .. } => replies += 1,
+            Frame::Data {
+                stream_id,
+                flags,
+                data,
+            } => {
+                match stream_id {
+                    1 => status.extend_from_slice(&data),
+                    3 => out.extend_from_slice(&data),
+                    5 => err.extend_from_slice(&data),
+                    _ => {}
+                }
+                if stream_id == 1 && flags & 1 == 1 {
+                    error_done = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(replies, 3);
+    assert_eq!(out, b"out\n");
+    assert_eq!(err, b"err\n");
+    let v: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    assert_eq!(v["details"]["causes"][0]["message"], "9");
+    c.send(Frame::GoAway {
+        last_good: 0,
+        status: 0,
+    })
+    .await;
+
+    // A client offering only protocols crius does not speak: 403.
+    let url = exec_url(&mut rt, &id, &["true"], false).await;
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(format!("POST /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v9.nope\r\nContent-Length: 0\r\n\r\n").as_bytes()).await.unwrap();
+    let mut resp = vec![0u8; 1024];
+    let n = s.read(&mut resp).await.unwrap();
+    let resp = String::from_utf8_lossy(&resp[..n]);
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("x-accepted-stream-protocol-versions: v5.channel.k8s.io"),
+        "{resp}"
+    );
+}

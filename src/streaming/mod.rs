@@ -6,6 +6,8 @@
 pub mod portforward;
 pub mod remotecommand;
 pub mod server;
+pub mod spdy;
+pub mod spdy_serve;
 pub mod tokens;
 pub mod websocket;
 

@@ -74,10 +74,142 @@ async fn handle(req: Request<Incoming>, rt: Arc<Runtime>) -> Reply {
     if upgrade == "websocket" {
         return websocket_upgrade(req, rt, pending);
     }
+    if upgrade.contains("spdy/3.1") {
+        return spdy_upgrade(req, rt, pending);
+    }
     status(
         StatusCode::BAD_REQUEST,
-        "only WebSocket upgrades are served yet",
+        "unable to upgrade: missing upgrade headers in request",
     )
+}
+
+const SPDY_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+
+/// Port-forward's SPDY session carried in WebSocket binary messages: the
+/// payloads form the SPDY byte stream (message boundaries mean nothing).
+fn spdy_tunnel(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending, key: &str) -> Reply {
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "websocket upgrade");
+                return;
+            }
+        };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let (mut ws_tx, mut ws_rx) = ws.split();
+        let (session_io, tunnel) = tokio::io::duplex(256 * 1024);
+        let (mut t_rd, mut t_wr) = tokio::io::split(tunnel);
+        let inbound = async move {
+            while let Some(Ok(m)) = ws_rx.next().await {
+                match m {
+                    Message::Binary(b) if t_wr.write_all(&b).await.is_err() => break,
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+            let _ = t_wr.shutdown().await;
+        };
+        let outbound = async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            while let Ok(n) = t_rd.read(&mut buf).await {
+                if n == 0
+                    || ws_tx
+                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+            }
+            let _ = ws_tx.close().await;
+        };
+        let session = super::spdy::Session::new(session_io, Bytes::new());
+        tracing::info!("port-forward session (SPDY in WebSocket)");
+        tokio::join!(
+            super::spdy_serve::serve(session, rt, pending, "portforward.k8s.io"),
+            inbound,
+            outbound
+        );
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&websocket::accept_key(key)) {
+        h.insert("sec-websocket-accept", v);
+    }
+    h.insert(
+        "sec-websocket-protocol",
+        header::HeaderValue::from_static(SPDY_TUNNEL),
+    );
+    r
+}
+
+fn spdy_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending) -> Reply {
+    let protocol = match super::spdy_serve::negotiate(req.headers(), &pending) {
+        Ok(p) => p,
+        Err((code, headers, body)) => {
+            let mut r = status(code, &body);
+            for (k, v) in headers {
+                if let Ok(v) = header::HeaderValue::from_str(&v) {
+                    r.headers_mut().append(k, v);
+                }
+            }
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            return r;
+        }
+    };
+    let connection = header_str(&req, "connection")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !connection.contains("upgrade") {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "unable to upgrade: missing upgrade headers in request",
+        );
+    }
+    tracing::info!(protocol, route = pending.route(), "SPDY session");
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                // hyper hands back bytes it read past the request as part
+                // of the upgraded stream.
+                let session = super::spdy::Session::new(TokioIo::new(upgraded), Bytes::new());
+                super::spdy_serve::serve(session, rt, pending, protocol).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "SPDY upgrade"),
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("SPDY/3.1"),
+    );
+    h.insert(
+        "x-stream-protocol-version",
+        header::HeaderValue::from_static(protocol),
+    );
+    r
 }
 
 fn websocket_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending) -> Reply {
@@ -85,6 +217,12 @@ fn websocket_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending)
         return status(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
     let offered = header_str(&req, "sec-websocket-protocol");
+    // crictl's WebSocket port-forward: SPDY tunnelled in WebSocket (form C).
+    if matches!(pending, Pending::PortForward(_))
+        && offered.is_some_and(|o| o.split(',').any(|p| p.trim() == SPDY_TUNNEL))
+    {
+        return spdy_tunnel(req, rt, pending, &key);
+    }
     let negotiated = match &pending {
         // Port-forward speaks only the channel forms here (no v5, which
         // is an exec/attach protocol).

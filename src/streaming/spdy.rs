@@ -1,0 +1,1980 @@
+//! SPDY/3.1 as spoken by Go's `moby/spdystream`, the transport client-go
+//! (crictl, critest, kubelet's proxy) uses for exec, attach and port-forward.
+//!
+//! Two layers, following the streaming wire specification
+//! (`streaming-protocol.md`, §2 framing, §9 implementation notes):
+//!
+//! * a sans-I/O codec ([`Decoder`], [`Encoder`], [`Frame`]) that owns the two
+//!   zlib header-compression contexts of one connection, so the same code can
+//!   run over a TCP stream or over the WebSocket tunnel;
+//! * a small async [`Session`] that drives one upgraded connection: a reader
+//!   task that decodes frames, echoes pings and hands new streams to the
+//!   application, and a single writer task (one encoder, so the compressed
+//!   header blocks go out in the order they were compressed).
+//!
+//! There is deliberately no flow control (spdystream implements none, §2.5),
+//! and crius never opens streams itself (§2.3).
+
+#![warn(missing_docs)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Control frame type SYN_STREAM (client opens a stream).
+pub const TYPE_SYN_STREAM: u16 = 1;
+/// Control frame type SYN_REPLY (server accepts a stream).
+pub const TYPE_SYN_REPLY: u16 = 2;
+/// Control frame type RST_STREAM (abort a stream, both directions).
+pub const TYPE_RST_STREAM: u16 = 3;
+/// Control frame type SETTINGS (never sent by crius, ignored on receipt).
+pub const TYPE_SETTINGS: u16 = 4;
+/// Control frame type PING (echoed when the peer sends it).
+pub const TYPE_PING: u16 = 6;
+/// Control frame type GOAWAY (connection shutdown).
+pub const TYPE_GOAWAY: u16 = 7;
+/// Control frame type HEADERS (never sent: it would block spdystream's worker).
+pub const TYPE_HEADERS: u16 = 8;
+/// Control frame type WINDOW_UPDATE (no flow control: ignored).
+pub const TYPE_WINDOW_UPDATE: u16 = 9;
+
+/// FIN flag on DATA, SYN_STREAM, SYN_REPLY and HEADERS: the sender is done.
+pub const FLAG_FIN: u8 = 0x01;
+/// UNIDIRECTIONAL flag on SYN_STREAM: the receiver may not send on it.
+pub const FLAG_UNIDIRECTIONAL: u8 = 0x02;
+
+/// RST_STREAM status PROTOCOL_ERROR, used for bad or backwards stream ids.
+pub const RST_PROTOCOL_ERROR: u32 = 1;
+/// RST_STREAM status CANCEL, what spdystream and kubelet use in every normal case.
+pub const RST_CANCEL: u32 = 5;
+/// GOAWAY status OK.
+pub const GOAWAY_OK: u32 = 0;
+/// GOAWAY status PROTOCOL_ERROR (sent before dropping a connection we cannot parse).
+pub const GOAWAY_PROTOCOL_ERROR: u32 = 1;
+
+/// The only SPDY version spoken (the first two bytes of a control frame are `80 03`).
+const VERSION: u16 = 3;
+/// Frame header length, control and data alike.
+const HEADER_LEN: usize = 8;
+/// Largest payload a 24-bit length can describe (spdystream's read limit too).
+pub const MAX_PAYLOAD: usize = (1 << 24) - 1;
+/// At most this many name/value pairs per header block (spdystream's limit).
+pub const MAX_HEADER_PAIRS: usize = 1000;
+/// Each header name and value at most this long (spdystream's limit).
+pub const MAX_HEADER_FIELD: usize = 1 << 20;
+/// Upper bound on one inflated header block, so a zlib bomb cannot eat memory:
+/// the pair count and field limits are only checked after inflating.
+pub const MAX_INFLATED_BLOCK: usize = 16 << 20;
+/// Output is chunked into DATA frames of at most this size, like client-go does (§2.5).
+pub const MAX_DATA_CHUNK: usize = 32 << 10;
+/// Adler-32 of [`HEADER_DICTIONARY`]; the peer's zlib header names it.
+pub const DICTIONARY_ADLER: u32 = 0xE3C6_A7C2;
+
+/// The SPDY/3 header-compression dictionary (SPDY draft 3 §2.6.10.1): both
+/// zlib contexts of a connection are primed with it, and Go's reader rejects
+/// any other dictionary id.
+#[rustfmt::skip]
+pub const HEADER_DICTIONARY: &[u8; 1423] = b"\
+    \x00\x00\x00\x07options\x00\x00\x00\x04head\x00\x00\x00\x04post\
+    \x00\x00\x00\x03put\x00\x00\x00\x06delete\x00\x00\x00\x05trace\
+    \x00\x00\x00\x06accept\x00\x00\x00\x0eaccept-charset\
+    \x00\x00\x00\x0faccept-encoding\x00\x00\x00\x0faccept-language\
+    \x00\x00\x00\x0daccept-ranges\x00\x00\x00\x03age\x00\x00\x00\x05allow\
+    \x00\x00\x00\x0dauthorization\x00\x00\x00\x0dcache-control\
+    \x00\x00\x00\x0aconnection\x00\x00\x00\x0ccontent-base\
+    \x00\x00\x00\x10content-encoding\x00\x00\x00\x10content-language\
+    \x00\x00\x00\x0econtent-length\x00\x00\x00\x10content-location\
+    \x00\x00\x00\x0bcontent-md5\x00\x00\x00\x0dcontent-range\
+    \x00\x00\x00\x0ccontent-type\x00\x00\x00\x04date\x00\x00\x00\x04etag\
+    \x00\x00\x00\x06expect\x00\x00\x00\x07expires\x00\x00\x00\x04from\
+    \x00\x00\x00\x04host\x00\x00\x00\x08if-match\
+    \x00\x00\x00\x11if-modified-since\x00\x00\x00\x0dif-none-match\
+    \x00\x00\x00\x08if-range\x00\x00\x00\x13if-unmodified-since\
+    \x00\x00\x00\x0dlast-modified\x00\x00\x00\x08location\
+    \x00\x00\x00\x0cmax-forwards\x00\x00\x00\x06pragma\
+    \x00\x00\x00\x12proxy-authenticate\x00\x00\x00\x13proxy-authorization\
+    \x00\x00\x00\x05range\x00\x00\x00\x07referer\x00\x00\x00\x0bretry-after\
+    \x00\x00\x00\x06server\x00\x00\x00\x02te\x00\x00\x00\x07trailer\
+    \x00\x00\x00\x11transfer-encoding\x00\x00\x00\x07upgrade\
+    \x00\x00\x00\x0auser-agent\x00\x00\x00\x04vary\x00\x00\x00\x03via\
+    \x00\x00\x00\x07warning\x00\x00\x00\x10www-authenticate\
+    \x00\x00\x00\x06method\x00\x00\x00\x03get\x00\x00\x00\x06status\
+    \x00\x00\x00\x06200 OK\x00\x00\x00\x07version\x00\x00\x00\x08HTTP/1.1\
+    \x00\x00\x00\x03url\x00\x00\x00\x06public\x00\x00\x00\x0aset-cookie\
+    \x00\x00\x00\x0akeep-alive\x00\x00\x00\x06origin\
+    1001012012022052063003023033043053063074024054064074084094104114\
+    12413414415416417502504505203 Non-Authoritative Information204 N\
+    o Content301 Moved Permanently400 Bad Request401 Unauthorized403\
+    \x20Forbidden404 Not Found500 Internal Server Error501 Not Implemen\
+    ted503 Service UnavailableJan Feb Mar Apr May Jun Jul Aug Sept O\
+    ct Nov Dec 00:00:00 Mon, Tue, Wed, Thu, Fri, Sat, Sun, GMTchunke\
+    d,text/html,image/png,image/jpg,image/gif,application/xml,applic\
+    ation/xhtml+xml,text/plain,text/javascript,publicprivatemax-age=\
+    gzip,deflate,sdchcharset=utf-8charset=iso-8859-1,utf-,*,enq=0.\
+";
+
+/// Everything that can go wrong on a SPDY connection. Codec errors are
+/// connection-fatal (§2.2): the zlib contexts cannot be resynchronised.
+#[derive(Debug, thiserror::Error)]
+pub enum SpdyError {
+    /// A control frame announced a version other than 3.
+    #[error("unsupported SPDY version {0} (only SPDY/3 is spoken)")]
+    UnsupportedVersion(u16),
+    /// A frame whose fixed fields are inconsistent (wrong length, id 0, …).
+    #[error("malformed {frame} frame: {reason}")]
+    Malformed {
+        /// Frame type name.
+        frame: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A frame payload does not fit the 24-bit length field.
+    #[error("frame payload of {0} bytes exceeds the SPDY limit of 16 MiB - 1")]
+    FrameTooLarge(usize),
+    /// A header block violates the rules of §2.4 (names, counts, lengths).
+    #[error("invalid header block: {0}")]
+    HeaderBlock(String),
+    /// The zlib stream of header blocks is corrupt or uses another dictionary.
+    #[error("header compression: {0}")]
+    Compression(String),
+    /// The frame cannot or must not be encoded.
+    #[error("cannot encode frame: {0}")]
+    Unencodable(&'static str),
+    /// Reading or writing the connection failed.
+    #[error("SPDY connection I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The session's writer has stopped (connection closed or failed).
+    #[error("SPDY connection closed")]
+    ConnectionClosed,
+}
+
+fn malformed(frame: &'static str, reason: impl Into<String>) -> SpdyError {
+    SpdyError::Malformed {
+        frame,
+        reason: reason.into(),
+    }
+}
+
+/// One SPDY/3.1 frame (§2.2). Stream ids are 31-bit; header names are
+/// lower-case and unique, several values of one name joined by a `0` byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Peer opens a stream; `headers` carry e.g. `streamtype`, `port`, `requestid`.
+    SynStream {
+        /// New stream id (odd from a client).
+        stream_id: u32,
+        /// Associated-to stream id (0 from client-go).
+        assoc: u32,
+        /// Priority byte as on the wire (`pri << 5`).
+        priority: u8,
+        /// [`FLAG_FIN`] / [`FLAG_UNIDIRECTIONAL`].
+        flags: u8,
+        /// Decompressed header block.
+        headers: Vec<(String, String)>,
+    },
+    /// Accepts a stream; crius always sends an empty header block.
+    SynReply {
+        /// The accepted stream.
+        stream_id: u32,
+        /// [`FLAG_FIN`] or 0.
+        flags: u8,
+        /// Header block (empty from crius).
+        headers: Vec<(String, String)>,
+    },
+    /// Aborts a stream in both directions.
+    RstStream {
+        /// The stream.
+        stream_id: u32,
+        /// Non-zero status ([`RST_CANCEL`] normally).
+        status: u32,
+    },
+    /// SPDY settings; ignored by both ends here, kept for completeness.
+    Settings {
+        /// Frame flags (0x01 = clear settings).
+        flags: u8,
+        /// `(flags, id, value)` entries.
+        entries: Vec<(u8, u32, u32)>,
+    },
+    /// Liveness probe; a peer's (odd) id is echoed verbatim.
+    Ping {
+        /// Non-zero ping id.
+        id: u32,
+    },
+    /// Connection shutdown.
+    GoAway {
+        /// Highest peer stream id accepted.
+        last_good: u32,
+        /// 0 OK, 1 PROTOCOL_ERROR, 2 INTERNAL_ERROR.
+        status: u32,
+    },
+    /// Extra headers on a stream; inflated (to keep zlib in step) and ignored.
+    Headers {
+        /// The stream.
+        stream_id: u32,
+        /// [`FLAG_FIN`] or 0.
+        flags: u8,
+        /// Decompressed header block.
+        headers: Vec<(String, String)>,
+    },
+    /// Flow-control credit; ignored (spdystream has no flow control).
+    WindowUpdate {
+        /// The stream (0 = session).
+        stream_id: u32,
+        /// Credit in bytes.
+        delta: u32,
+    },
+    /// Stream payload.
+    Data {
+        /// The stream.
+        stream_id: u32,
+        /// [`FLAG_FIN`] or 0.
+        flags: u8,
+        /// Payload (may be empty, typically with FIN).
+        data: Bytes,
+    },
+    /// A control frame of a type not in §2.2; its payload was skipped.
+    Unknown {
+        /// The control frame type.
+        kind: u16,
+    },
+}
+
+/// Parses a big-endian u32 from 4 bytes the caller has length-checked.
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Incoming half of the codec: frame parsing plus the connection's single
+/// inflate context (client→server header blocks), kept for the whole
+/// connection because every block depends on the history of the previous ones.
+pub struct Decoder {
+    inflate: Decompress,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decoder {
+    /// A decoder for a fresh connection (the zlib context starts empty).
+    pub fn new() -> Self {
+        Self {
+            inflate: Decompress::new(true),
+        }
+    }
+
+    /// Takes one whole frame off the front of `buf`, or returns `Ok(None)`
+    /// (leaving `buf` untouched) until enough bytes are buffered. Errors are
+    /// connection-fatal.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, SpdyError> {
+        if buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let word = be32(&buf[0..4]);
+        let flags = buf[4];
+        let len = (be32(&buf[4..8]) & 0x00ff_ffff) as usize;
+        if buf.len() < HEADER_LEN + len {
+            buf.reserve(HEADER_LEN + len - buf.len());
+            return Ok(None);
+        }
+        buf.advance(HEADER_LEN);
+        let payload = buf.split_to(len).freeze();
+        if word & 0x8000_0000 == 0 {
+            let stream_id = word & 0x7fff_ffff;
+            if stream_id == 0 {
+                return Err(malformed("DATA", "stream id 0"));
+            }
+            return Ok(Some(Frame::Data {
+                stream_id,
+                flags,
+                data: payload,
+            }));
+        }
+        let version = ((word >> 16) & 0x7fff) as u16;
+        if version != VERSION {
+            return Err(SpdyError::UnsupportedVersion(version));
+        }
+        let kind = (word & 0xffff) as u16;
+        self.control(kind, flags, &payload).map(Some)
+    }
+
+    fn control(&mut self, kind: u16, flags: u8, p: &[u8]) -> Result<Frame, SpdyError> {
+        let stream_of = |frame: &'static str, p: &[u8]| -> Result<u32, SpdyError> {
+            let id = be32(p) & 0x7fff_ffff;
+            if id == 0 {
+                return Err(malformed(frame, "stream id 0"));
+            }
+            Ok(id)
+        };
+        match kind {
+            TYPE_SYN_STREAM => {
+                if p.len() < 10 {
+                    return Err(malformed("SYN_STREAM", format!("length {} < 10", p.len())));
+                }
+                let stream_id = stream_of("SYN_STREAM", p)?;
+                let headers = self.header_block(&p[10..])?;
+                Ok(Frame::SynStream {
+                    stream_id,
+                    assoc: be32(&p[4..8]) & 0x7fff_ffff,
+                    priority: p[8],
+                    flags,
+                    headers,
+                })
+            }
+            TYPE_SYN_REPLY | TYPE_HEADERS => {
+                let name = if kind == TYPE_SYN_REPLY {
+                    "SYN_REPLY"
+                } else {
+                    "HEADERS"
+                };
+                if p.len() < 4 {
+                    return Err(malformed(name, format!("length {} < 4", p.len())));
+                }
+                let stream_id = stream_of(name, p)?;
+                let headers = self.header_block(&p[4..])?;
+                Ok(if kind == TYPE_SYN_REPLY {
+                    Frame::SynReply {
+                        stream_id,
+                        flags,
+                        headers,
+                    }
+                } else {
+                    Frame::Headers {
+                        stream_id,
+                        flags,
+                        headers,
+                    }
+                })
+            }
+            TYPE_RST_STREAM => {
+                if p.len() != 8 {
+                    return Err(malformed("RST_STREAM", format!("length {} != 8", p.len())));
+                }
+                let stream_id = stream_of("RST_STREAM", p)?;
+                let status = be32(&p[4..8]);
+                if status == 0 {
+                    return Err(malformed("RST_STREAM", "status 0"));
+                }
+                Ok(Frame::RstStream { stream_id, status })
+            }
+            TYPE_SETTINGS => {
+                if p.len() < 4 {
+                    return Err(malformed("SETTINGS", format!("length {} < 4", p.len())));
+                }
+                let n = be32(p) as usize;
+                if p.len() - 4 != n.saturating_mul(8) {
+                    return Err(malformed(
+                        "SETTINGS",
+                        format!("{n} entries do not fill {} bytes", p.len()),
+                    ));
+                }
+                let entries = p[4..]
+                    .chunks_exact(8)
+                    .map(|e| (e[0], be32(e) & 0x00ff_ffff, be32(&e[4..8])))
+                    .collect();
+                Ok(Frame::Settings { flags, entries })
+            }
+            TYPE_PING => {
+                if p.len() != 4 {
+                    return Err(malformed("PING", format!("length {} != 4", p.len())));
+                }
+                let id = be32(p);
+                if id == 0 {
+                    return Err(malformed("PING", "id 0"));
+                }
+                Ok(Frame::Ping { id })
+            }
+            TYPE_GOAWAY => {
+                if p.len() != 8 {
+                    return Err(malformed("GOAWAY", format!("length {} != 8", p.len())));
+                }
+                Ok(Frame::GoAway {
+                    last_good: be32(p) & 0x7fff_ffff,
+                    status: be32(&p[4..8]),
+                })
+            }
+            TYPE_WINDOW_UPDATE => {
+                if p.len() != 8 {
+                    return Err(malformed(
+                        "WINDOW_UPDATE",
+                        format!("length {} != 8", p.len()),
+                    ));
+                }
+                Ok(Frame::WindowUpdate {
+                    stream_id: be32(p) & 0x7fff_ffff,
+                    delta: be32(&p[4..8]) & 0x7fff_ffff,
+                })
+            }
+            kind => Ok(Frame::Unknown { kind }),
+        }
+    }
+
+    /// Inflates one header block (all of `compressed` must be used) and parses it.
+    fn header_block(&mut self, compressed: &[u8]) -> Result<Vec<(String, String)>, SpdyError> {
+        let raw = self.inflate_block(compressed)?;
+        parse_header_block(&raw)
+    }
+
+    fn inflate_block(&mut self, input: &[u8]) -> Result<Vec<u8>, SpdyError> {
+        let mut out =
+            Vec::with_capacity(input.len().saturating_mul(4).clamp(256, MAX_INFLATED_BLOCK));
+        let mut pos = 0;
+        loop {
+            if out.len() == out.capacity() {
+                if out.len() >= MAX_INFLATED_BLOCK {
+                    return Err(SpdyError::HeaderBlock(format!(
+                        "inflates to more than {MAX_INFLATED_BLOCK} bytes"
+                    )));
+                }
+                out.reserve(out.len().min(MAX_INFLATED_BLOCK - out.len()));
+            }
+            let (in_before, out_before) = (self.inflate.total_in(), out.len());
+            let res = self
+                .inflate
+                .decompress_vec(&input[pos..], &mut out, FlushDecompress::Sync);
+            let consumed = (self.inflate.total_in() - in_before) as usize;
+            pos += consumed;
+            match res {
+                Ok(Status::StreamEnd) => {
+                    return Err(SpdyError::Compression(
+                        "peer ended the header zlib stream".into(),
+                    ));
+                }
+                Ok(_) => {
+                    // Done once all input is used and zlib had room to spare,
+                    // i.e. it holds no pending output.
+                    if pos == input.len() && out.len() < out.capacity() {
+                        return Ok(out);
+                    }
+                    if consumed == 0 && out.len() == out_before && out.len() < out.capacity() {
+                        return Err(SpdyError::Compression("stalled header block".into()));
+                    }
+                }
+                Err(e) => match e.needs_dictionary() {
+                    Some(DICTIONARY_ADLER) => {
+                        self.inflate
+                            .set_dictionary(HEADER_DICTIONARY)
+                            .map_err(|e| SpdyError::Compression(e.to_string()))?;
+                    }
+                    Some(other) => {
+                        return Err(SpdyError::Compression(format!(
+                            "peer wants dictionary {other:#010x}, not the SPDY/3 one"
+                        )));
+                    }
+                    None => return Err(SpdyError::Compression(e.to_string())),
+                },
+            }
+        }
+    }
+}
+
+/// Parses an uncompressed header block (§2.4): `u32 N`, then N × (`u32 len`,
+/// name, `u32 len`, value). Enforces spdystream's limits and its fatal cases
+/// (upper-case or duplicate names) and requires the block to be used exactly.
+pub fn parse_header_block(mut b: &[u8]) -> Result<Vec<(String, String)>, SpdyError> {
+    fn take<'a>(b: &mut &'a [u8], n: usize, what: &str) -> Result<&'a [u8], SpdyError> {
+        if b.len() < n {
+            return Err(SpdyError::HeaderBlock(format!("truncated {what}")));
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Ok(head)
+    }
+    fn field(b: &mut &[u8], what: &str) -> Result<String, SpdyError> {
+        let len = be32(take(b, 4, what)?) as usize;
+        if len > MAX_HEADER_FIELD {
+            return Err(SpdyError::HeaderBlock(format!(
+                "{what} of {len} bytes exceeds {MAX_HEADER_FIELD}"
+            )));
+        }
+        let bytes = take(b, len, what)?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| SpdyError::HeaderBlock(format!("{what} is not UTF-8")))
+    }
+    let n = be32(take(&mut b, 4, "pair count")?) as usize;
+    if n > MAX_HEADER_PAIRS {
+        return Err(SpdyError::HeaderBlock(format!(
+            "{n} pairs exceed {MAX_HEADER_PAIRS}"
+        )));
+    }
+    let mut seen = HashSet::with_capacity(n);
+    let mut pairs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = field(&mut b, "name")?;
+        check_name(&name)?;
+        if !seen.insert(name.clone()) {
+            return Err(SpdyError::HeaderBlock(format!("duplicate name {name:?}")));
+        }
+        let value = field(&mut b, "value")?;
+        pairs.push((name, value));
+    }
+    if !b.is_empty() {
+        return Err(SpdyError::HeaderBlock(format!(
+            "{} bytes after the last pair",
+            b.len()
+        )));
+    }
+    Ok(pairs)
+}
+
+/// Header names must be non-empty and free of upper case (spdystream rejects
+/// upper-case names as fatal).
+fn check_name(name: &str) -> Result<(), SpdyError> {
+    if name.is_empty() {
+        return Err(SpdyError::HeaderBlock("empty name".into()));
+    }
+    if name.bytes().any(|c| c.is_ascii_uppercase()) {
+        return Err(SpdyError::HeaderBlock(format!("upper-case name {name:?}")));
+    }
+    Ok(())
+}
+
+/// Serialises an uncompressed header block (§2.4), checking the same rules
+/// the Go client enforces on receipt.
+pub fn write_header_block(pairs: &[(String, String)]) -> Result<Vec<u8>, SpdyError> {
+    if pairs.len() > MAX_HEADER_PAIRS {
+        return Err(SpdyError::HeaderBlock(format!(
+            "{} pairs exceed {MAX_HEADER_PAIRS}",
+            pairs.len()
+        )));
+    }
+    let mut seen = HashSet::with_capacity(pairs.len());
+    let mut out = Vec::with_capacity(
+        4 + pairs
+            .iter()
+            .map(|(n, v)| 8 + n.len() + v.len())
+            .sum::<usize>(),
+    );
+    out.put_u32(pairs.len() as u32);
+    for (name, value) in pairs {
+        check_name(name)?;
+        if !seen.insert(name.as_str()) {
+            return Err(SpdyError::HeaderBlock(format!("duplicate name {name:?}")));
+        }
+        for f in [name, value] {
+            if f.len() > MAX_HEADER_FIELD {
+                return Err(SpdyError::HeaderBlock(format!(
+                    "field of {} bytes exceeds {MAX_HEADER_FIELD}",
+                    f.len()
+                )));
+            }
+            out.put_u32(f.len() as u32);
+            out.put_slice(f.as_bytes());
+        }
+    }
+    Ok(out)
+}
+
+/// Outgoing half of the codec: frame serialisation plus the connection's
+/// single deflate context (server→client header blocks). Each block ends
+/// with a zlib SYNC flush so the peer can inflate it from this frame alone
+/// plus history; the stream is never finished or reset.
+pub struct Encoder {
+    deflate: Compress,
+    primed: bool,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Encoder {
+    /// An encoder for a fresh connection; the dictionary is set lazily on the
+    /// first header block (zlib emits `78 f9 e3 c6 a7 c2` there).
+    pub fn new() -> Self {
+        Self {
+            deflate: Compress::new(Compression::best(), true),
+            primed: false,
+        }
+    }
+
+    /// Appends the wire form of `frame` to `out`. On error nothing is appended.
+    pub fn encode(&mut self, frame: &Frame, out: &mut BytesMut) -> Result<(), SpdyError> {
+        let control = |out: &mut BytesMut, kind: u16, flags: u8, payload: &[u8]| {
+            out.reserve(HEADER_LEN + payload.len());
+            out.put_u16(0x8000 | VERSION);
+            out.put_u16(kind);
+            out.put_u32(((flags as u32) << 24) | payload.len() as u32);
+            out.put_slice(payload);
+        };
+        let mut p = Vec::with_capacity(16);
+        match frame {
+            Frame::Data {
+                stream_id,
+                flags,
+                data,
+            } => {
+                check_stream_id(*stream_id)?;
+                if data.len() > MAX_PAYLOAD {
+                    return Err(SpdyError::FrameTooLarge(data.len()));
+                }
+                out.reserve(HEADER_LEN + data.len());
+                out.put_u32(*stream_id);
+                out.put_u32(((*flags as u32) << 24) | data.len() as u32);
+                out.put_slice(data);
+                return Ok(());
+            }
+            Frame::SynStream {
+                stream_id,
+                assoc,
+                priority,
+                flags,
+                headers,
+            } => {
+                check_stream_id(*stream_id)?;
+                p.put_u32(*stream_id);
+                p.put_u32(*assoc & 0x7fff_ffff);
+                p.put_u8(*priority);
+                p.put_u8(0);
+                self.deflate_block(&write_header_block(headers)?, &mut p)?;
+                check_len(p.len())?;
+                control(out, TYPE_SYN_STREAM, *flags, &p);
+            }
+            Frame::SynReply {
+                stream_id,
+                flags,
+                headers,
+            }
+            | Frame::Headers {
+                stream_id,
+                flags,
+                headers,
+            } => {
+                check_stream_id(*stream_id)?;
+                p.put_u32(*stream_id);
+                self.deflate_block(&write_header_block(headers)?, &mut p)?;
+                check_len(p.len())?;
+                let kind = if matches!(frame, Frame::SynReply { .. }) {
+                    TYPE_SYN_REPLY
+                } else {
+                    TYPE_HEADERS
+                };
+                control(out, kind, *flags, &p);
+            }
+            Frame::RstStream { stream_id, status } => {
+                check_stream_id(*stream_id)?;
+                if *status == 0 {
+                    return Err(SpdyError::Unencodable("RST_STREAM status 0"));
+                }
+                p.put_u32(*stream_id);
+                p.put_u32(*status);
+                control(out, TYPE_RST_STREAM, 0, &p);
+            }
+            Frame::Settings { flags, entries } => {
+                check_len(4 + entries.len().saturating_mul(8))?;
+                p.put_u32(entries.len() as u32);
+                for (f, id, value) in entries {
+                    p.put_u32(((*f as u32) << 24) | (id & 0x00ff_ffff));
+                    p.put_u32(*value);
+                }
+                control(out, TYPE_SETTINGS, *flags, &p);
+            }
+            Frame::Ping { id } => {
+                if *id == 0 {
+                    return Err(SpdyError::Unencodable("PING id 0"));
+                }
+                p.put_u32(*id);
+                control(out, TYPE_PING, 0, &p);
+            }
+            Frame::GoAway { last_good, status } => {
+                p.put_u32(*last_good & 0x7fff_ffff);
+                p.put_u32(*status);
+                control(out, TYPE_GOAWAY, 0, &p);
+            }
+            Frame::WindowUpdate { stream_id, delta } => {
+                p.put_u32(*stream_id & 0x7fff_ffff);
+                p.put_u32(*delta & 0x7fff_ffff);
+                control(out, TYPE_WINDOW_UPDATE, 0, &p);
+            }
+            Frame::Unknown { .. } => {
+                return Err(SpdyError::Unencodable(
+                    "unknown control types are fatal to the Go client",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Compresses `block` into `out` with a SYNC flush. Oversized blocks
+    /// are refused before touching the zlib context, so a refused frame does
+    /// not desynchronise the peer's inflater.
+    fn deflate_block(&mut self, block: &[u8], out: &mut Vec<u8>) -> Result<(), SpdyError> {
+        // Worst-case deflate growth (stored blocks) plus frame fields and flush.
+        let worst = block.len() + block.len() / 1000 + 64;
+        if worst > MAX_PAYLOAD {
+            return Err(SpdyError::FrameTooLarge(worst));
+        }
+        if !self.primed {
+            let adler = self
+                .deflate
+                .set_dictionary(HEADER_DICTIONARY)
+                .map_err(|e| SpdyError::Compression(e.to_string()))?;
+            if adler != DICTIONARY_ADLER {
+                return Err(SpdyError::Compression(format!(
+                    "dictionary Adler-32 {adler:#010x}, expected {DICTIONARY_ADLER:#010x}"
+                )));
+            }
+            self.primed = true;
+        }
+        let mut pos = 0;
+        loop {
+            out.reserve(block.len() - pos + 64);
+            let before = self.deflate.total_in();
+            self.deflate
+                .compress_vec(&block[pos..], out, FlushCompress::Sync)
+                .map_err(|e| SpdyError::Compression(e.to_string()))?;
+            pos += (self.deflate.total_in() - before) as usize;
+            if pos == block.len() && out.len() < out.capacity() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn check_stream_id(id: u32) -> Result<(), SpdyError> {
+    if id == 0 || id > 0x7fff_ffff {
+        return Err(SpdyError::Unencodable("stream id must be in 1..=2^31-1"));
+    }
+    Ok(())
+}
+
+fn check_len(len: usize) -> Result<(), SpdyError> {
+    if len > MAX_PAYLOAD {
+        return Err(SpdyError::FrameTooLarge(len));
+    }
+    Ok(())
+}
+
+/// Per-stream incoming buffer, in DATA frames. When full, the reader task
+/// waits, which pauses the socket (TCP back-pressure, §2.5).
+const STREAM_QUEUE: usize = 64;
+/// Frames queued for the writer task before senders wait.
+const WRITER_QUEUE: usize = 128;
+/// New streams not yet taken by [`Session::accept`].
+const ACCEPT_QUEUE: usize = 16;
+
+/// What the writer task is asked to do.
+enum WriterMsg {
+    Frame(Frame),
+    /// Flush, shut the write side down, then acknowledge.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A stream the peer opened with SYN_STREAM. The application inspects its
+/// headers, then calls [`Stream::reply`] (or [`StreamWriter::reset`] to
+/// refuse it) and uses `data` / `writer`.
+pub struct Stream {
+    /// Stream id (odd: client-initiated).
+    pub id: u32,
+    /// SYN_STREAM flags ([`FLAG_FIN`]: the peer will send nothing;
+    /// [`FLAG_UNIDIRECTIONAL`]: we may not send).
+    pub flags: u8,
+    /// Headers from the SYN_STREAM, e.g. `streamtype`, `port`, `requestid`.
+    pub headers: Vec<(String, String)>,
+    /// Incoming DATA payloads; ends when the peer FINs or resets the stream,
+    /// or when the connection ends.
+    pub data: mpsc::Receiver<Bytes>,
+    /// Handle for sending on this stream; cloneable.
+    pub writer: StreamWriter,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("id", &self.id)
+            .field("flags", &self.flags)
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream {
+    /// The value of header `name`, matched case-insensitively, because
+    /// client-go's names pass through Go's canonicalisation and lower-casing.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Accepts the stream with SYN_REPLY (empty header block). Must be done
+    /// at once: the client waits for it before creating its next stream.
+    pub async fn reply(&self) -> Result<(), SpdyError> {
+        self.writer.reply().await
+    }
+}
+
+/// Sending side of one stream. Frames go through the session's single writer
+/// task, so everything sent on one handle arrives in order (SYN_REPLY before
+/// DATA before FIN).
+#[derive(Clone)]
+pub struct StreamWriter {
+    id: u32,
+    tx: mpsc::Sender<WriterMsg>,
+    state: Arc<StreamState>,
+}
+
+/// Shared per-stream flags (FIN at most once, no RST after our FIN, notice a peer reset).
+#[derive(Default)]
+struct StreamState {
+    unidirectional: bool,
+    fin_sent: AtomicBool,
+    reset: AtomicBool,
+    peer_reset: AtomicBool,
+}
+
+impl StreamWriter {
+    /// The stream id this handle writes to.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    async fn send(&self, frame: Frame) -> Result<(), SpdyError> {
+        self.tx
+            .send(WriterMsg::Frame(frame))
+            .await
+            .map_err(|_| SpdyError::ConnectionClosed)
+    }
+
+    /// Sends SYN_REPLY with an empty header block (what kubelet sends).
+    pub async fn reply(&self) -> Result<(), SpdyError> {
+        self.send(Frame::SynReply {
+            stream_id: self.id,
+            flags: 0,
+            headers: Vec::new(),
+        })
+        .await
+    }
+
+    /// Sends `data` as DATA frames of at most 32 KiB. No flow control: the
+    /// peer never grants window, back-pressure comes from TCP.
+    pub async fn write(&self, mut data: Bytes) -> Result<(), SpdyError> {
+        if self.state.unidirectional && !data.is_empty() {
+            return Err(SpdyError::Unencodable("DATA on a unidirectional stream"));
+        }
+        while !data.is_empty() {
+            let chunk = data.split_to(data.len().min(MAX_DATA_CHUNK));
+            self.send(Frame::Data {
+                stream_id: self.id,
+                flags: 0,
+                data: chunk,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Half-closes our direction (empty DATA with FIN). Sent at most once,
+    /// and not after a reset or on a unidirectional stream.
+    pub async fn fin(&self) -> Result<(), SpdyError> {
+        if self.state.unidirectional
+            || self.state.reset.load(Ordering::Acquire)
+            || self.state.fin_sent.swap(true, Ordering::AcqRel)
+        {
+            return Ok(());
+        }
+        self.send(Frame::Data {
+            stream_id: self.id,
+            flags: FLAG_FIN,
+            data: Bytes::new(),
+        })
+        .await
+    }
+
+    /// Aborts the stream both ways with RST_STREAM (`status` normally
+    /// [`RST_CANCEL`]); also how a stream is refused instead of replied to.
+    /// Sent at most once.
+    pub async fn reset(&self, status: u32) -> Result<(), SpdyError> {
+        if self.state.reset.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.send(Frame::RstStream {
+            stream_id: self.id,
+            status,
+        })
+        .await
+    }
+
+    /// Whether the peer reset this stream: stop producing output for it.
+    pub fn is_reset_by_peer(&self) -> bool {
+        self.state.peer_reset.load(Ordering::Acquire)
+    }
+}
+
+/// One SPDY connection after the HTTP upgrade. Owns a reader task (decodes
+/// frames, echoes pings, routes DATA, announces new streams) and a writer
+/// task (the only encoder). Dropping the session stops the reader; call
+/// [`Session::close`] for an orderly GOAWAY and shutdown.
+pub struct Session {
+    incoming: mpsc::Receiver<Stream>,
+    tx: mpsc::Sender<WriterMsg>,
+    last_accepted: Arc<AtomicU32>,
+    goaway_sent: Arc<AtomicBool>,
+    reader: JoinHandle<()>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Session {
+    /// Starts driving `io`. Bytes the HTTP layer already read past the
+    /// upgrade request belong to the SPDY stream: pass them as `initial`.
+    /// Nothing is written until the application replies to a stream or the
+    /// peer pings (§1.3: send nothing before the client's first frame).
+    pub fn new<T>(io: T, initial: Bytes) -> Self
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (rd, wr) = tokio::io::split(io);
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let (accept_tx, incoming) = mpsc::channel(ACCEPT_QUEUE);
+        let last_accepted = Arc::new(AtomicU32::new(0));
+        let goaway_sent = Arc::new(AtomicBool::new(false));
+        let writer = tokio::spawn(write_loop(wr, rx));
+        let reader = tokio::spawn(read_loop(
+            rd,
+            BytesMut::from(&initial[..]),
+            tx.clone(),
+            accept_tx,
+            last_accepted.clone(),
+            goaway_sent.clone(),
+        ));
+        Self {
+            incoming,
+            tx,
+            last_accepted,
+            goaway_sent,
+            reader,
+            writer: Some(writer),
+        }
+    }
+
+    /// The next stream the peer opened, or `None` once the connection has
+    /// ended (EOF, GOAWAY, protocol error).
+    pub async fn accept(&mut self) -> Option<Stream> {
+        self.incoming.recv().await
+    }
+
+    /// Ends the connection: GOAWAY (status 0, last accepted stream id) as the
+    /// very last frame, then shuts down the write side and stops reading.
+    /// Frames already queued by stream writers are sent first, so this waits
+    /// for a slow peer to read them; wrap it in a timeout if that matters.
+    /// No second GOAWAY if one already went out after a protocol error.
+    pub async fn close(mut self) -> Result<(), SpdyError> {
+        let last_good = self.last_accepted.load(Ordering::Acquire);
+        let goaway = if self.goaway_sent.swap(true, Ordering::AcqRel) {
+            Ok(())
+        } else {
+            self.tx
+                .send(WriterMsg::Frame(Frame::GoAway {
+                    last_good,
+                    status: GOAWAY_OK,
+                }))
+                .await
+        };
+        let (ack_tx, ack_rx) = oneshot::channel();
+        let shutdown = self.tx.send(WriterMsg::Shutdown(ack_tx)).await;
+        let acked = ack_rx.await;
+        self.reader.abort();
+        if let Some(w) = self.writer.take() {
+            let _ = w.await;
+        }
+        match (goaway, shutdown, acked) {
+            (Ok(()), Ok(()), Ok(())) => Ok(()),
+            _ => Err(SpdyError::ConnectionClosed),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// The writer task: encodes frames in arrival order with the connection's
+/// one deflate context, batching whatever is queued into one write.
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<WriterMsg>) {
+    let mut enc = Encoder::new();
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    while let Some(mut msg) = rx.recv().await {
+        let mut ack = None;
+        loop {
+            match msg {
+                WriterMsg::Frame(frame) => {
+                    if let Err(e) = enc.encode(&frame, &mut buf) {
+                        tracing::warn!(error = %e, "spdy: dropping unencodable frame");
+                    }
+                }
+                WriterMsg::Shutdown(a) => {
+                    ack = Some(a);
+                    break;
+                }
+            }
+            if buf.len() >= 256 << 10 {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(m) => msg = m,
+                Err(_) => break,
+            }
+        }
+        if !buf.is_empty() {
+            let res = async {
+                wr.write_all(&buf).await?;
+                wr.flush().await
+            }
+            .await;
+            buf.clear();
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "spdy: write failed, stopping writer");
+                return;
+            }
+        }
+        if let Some(a) = ack {
+            let _ = wr.shutdown().await;
+            let _ = a.send(());
+            return;
+        }
+    }
+}
+
+/// The reader task: decodes frames and dispatches them. Ends on EOF, read
+/// error, GOAWAY or a protocol error (after sending GOAWAY status 1); the
+/// dropped senders then end every stream's `data` and [`Session::accept`].
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut rd: R,
+    mut buf: BytesMut,
+    tx: mpsc::Sender<WriterMsg>,
+    accept_tx: mpsc::Sender<Stream>,
+    last_accepted: Arc<AtomicU32>,
+    goaway_sent: Arc<AtomicBool>,
+) {
+    let mut dec = Decoder::new();
+    let mut streams: HashMap<u32, (Option<mpsc::Sender<Bytes>>, Arc<StreamState>)> = HashMap::new();
+    loop {
+        let frame = match dec.decode(&mut buf) {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                buf.reserve(16 << 10);
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "spdy: protocol error, closing connection");
+                if goaway_sent.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+                let _ = tx
+                    .send(WriterMsg::Frame(Frame::GoAway {
+                        last_good: last_accepted.load(Ordering::Acquire),
+                        status: GOAWAY_PROTOCOL_ERROR,
+                    }))
+                    .await;
+                return;
+            }
+        };
+        match frame {
+            Frame::SynStream {
+                stream_id,
+                flags,
+                headers,
+                ..
+            } => {
+                let last = last_accepted.load(Ordering::Acquire);
+                if stream_id <= last || stream_id % 2 == 0 {
+                    // Backwards or server-parity id: refuse, like spdystream's validateStreamId.
+                    let _ = tx
+                        .send(WriterMsg::Frame(Frame::RstStream {
+                            stream_id,
+                            status: RST_PROTOCOL_ERROR,
+                        }))
+                        .await;
+                    continue;
+                }
+                last_accepted.store(stream_id, Ordering::Release);
+                if streams.len() >= 64 {
+                    // Forget streams finished in both directions (or reset by us).
+                    streams.retain(|_, (sender, st)| {
+                        sender.is_some()
+                            || !(st.fin_sent.load(Ordering::Acquire)
+                                || st.reset.load(Ordering::Acquire))
+                    });
+                }
+                let (data_tx, data) = mpsc::channel(STREAM_QUEUE);
+                let state = Arc::new(StreamState {
+                    unidirectional: flags & FLAG_UNIDIRECTIONAL != 0,
+                    ..StreamState::default()
+                });
+                let sender = (flags & FLAG_FIN == 0).then_some(data_tx);
+                streams.insert(stream_id, (sender, state.clone()));
+                let stream = Stream {
+                    id: stream_id,
+                    flags,
+                    headers,
+                    data,
+                    writer: StreamWriter {
+                        id: stream_id,
+                        tx: tx.clone(),
+                        state,
+                    },
+                };
+                if accept_tx.send(stream).await.is_err() {
+                    // Nobody accepts streams any more (session dropped).
+                    return;
+                }
+            }
+            Frame::Data {
+                stream_id,
+                flags,
+                data,
+            } => {
+                let Some((sender, state)) = streams.get_mut(&stream_id) else {
+                    continue; // unknown or finished stream: drop quietly
+                };
+                if state.reset.load(Ordering::Acquire) {
+                    // We reset it (e.g. stdin at the end of an exec); the
+                    // client may still send: drop, and never block on it.
+                    *sender = None;
+                    continue;
+                }
+                if !data.is_empty()
+                    && let Some(s) = sender
+                    && s.send(data).await.is_err()
+                {
+                    // The application dropped the receiver: discard further data.
+                    *sender = None;
+                }
+                if flags & FLAG_FIN != 0 {
+                    *sender = None;
+                }
+            }
+            Frame::RstStream { stream_id, .. } => {
+                if let Some((_, state)) = streams.remove(&stream_id) {
+                    state.peer_reset.store(true, Ordering::Release);
+                }
+            }
+            Frame::Ping { id } => {
+                // Odd ids are the client's: echo. Even ids would answer ours (we send none).
+                if id % 2 == 1 {
+                    let _ = tx.send(WriterMsg::Frame(Frame::Ping { id })).await;
+                }
+            }
+            Frame::GoAway { .. } => return,
+            Frame::SynReply { .. }
+            | Frame::Headers { .. }
+            | Frame::Settings { .. }
+            | Frame::WindowUpdate { .. }
+            | Frame::Unknown { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    /// "80 03 00 01" → bytes.
+    fn hex(s: &str) -> Vec<u8> {
+        s.split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    }
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn adler32(data: &[u8]) -> u32 {
+        let (mut a, mut b) = (1u32, 0u32);
+        for &c in data {
+            a = (a + c as u32) % 65521;
+            b = (b + a) % 65521;
+        }
+        (b << 16) | a
+    }
+
+    fn decode_all(dec: &mut Decoder, bytes: &[u8]) -> Vec<Frame> {
+        let mut buf = BytesMut::from(bytes);
+        let mut frames = Vec::new();
+        while let Some(f) = dec.decode(&mut buf).unwrap() {
+            frames.push(f);
+        }
+        assert!(buf.is_empty(), "{} bytes left over", buf.len());
+        frames
+    }
+
+    fn decode_err(bytes: &[u8]) -> SpdyError {
+        let mut buf = BytesMut::from(bytes);
+        Decoder::new().decode(&mut buf).unwrap_err()
+    }
+
+    fn encode(enc: &mut Encoder, f: &Frame) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        enc.encode(f, &mut out).unwrap();
+        out.to_vec()
+    }
+
+    // §2.4 client header blocks (client-go, Go compress/flate level 9).
+    const BLOCK_ERROR: &str = "78 f9 e3 c6 a7 c2 62 60 60 60 04 a7 b3 92 a2 d4 c4 5c 68 51 c2 9a 5a 54 94 5f 04 00 00 00 ff ff";
+    const BLOCK_STDOUT_AFTER_ERROR: &str = "c2 2a c5 56 5c 92 92 5f 5a 02 00 00 00 ff ff";
+    const BLOCK_STDIN_AFTER_ERROR: &str = "c2 2e 55 5c 92 92 99 07 00 00 00 ff ff";
+    const BLOCK_STDERR_AFTER_ERROR_STDOUT: &str = "c2 29 97 5a 54 04 00 00 00 ff ff";
+
+    #[test]
+    fn dictionary_length_and_adler() {
+        assert_eq!(HEADER_DICTIONARY.len(), 1423);
+        assert_eq!(adler32(HEADER_DICTIONARY), DICTIONARY_ADLER);
+        assert!(HEADER_DICTIONARY.starts_with(b"\x00\x00\x00\x07options\x00\x00\x00\x04head"));
+        assert!(HEADER_DICTIONARY.ends_with(b"charset=iso-8859-1,utf-,*,enq=0."));
+    }
+
+    #[test]
+    fn inflates_client_blocks_with_one_context() {
+        let mut dec = Decoder::new();
+        let raw = dec.inflate_block(&hex(BLOCK_ERROR)).unwrap();
+        assert_eq!(
+            raw,
+            hex("00 00 00 01 00 00 00 0a 73 74 72 65 61 6d 74 79 70 65 00 00 00 05 65 72 72 6f 72")
+        );
+        let b2 = dec.header_block(&hex(BLOCK_STDOUT_AFTER_ERROR)).unwrap();
+        assert_eq!(b2, h(&[("streamtype", "stdout")]));
+        let b3 = dec
+            .header_block(&hex(BLOCK_STDERR_AFTER_ERROR_STDOUT))
+            .unwrap();
+        assert_eq!(b3, h(&[("streamtype", "stderr")]));
+
+        let mut dec = Decoder::new();
+        assert_eq!(
+            dec.header_block(&hex(BLOCK_ERROR)).unwrap(),
+            h(&[("streamtype", "error")])
+        );
+        assert_eq!(
+            dec.header_block(&hex(BLOCK_STDIN_AFTER_ERROR)).unwrap(),
+            h(&[("streamtype", "stdin")])
+        );
+    }
+
+    #[test]
+    fn decodes_exec_syn_streams_sequence_a() {
+        // §7.2 A rows 3, 5, 7, fed as one byte stream, plus PING and GOAWAY.
+        let mut wire = hex("80 03 00 01 00 00 00 2a 00 00 00 01 00 00 00 00 00 00");
+        wire.extend(hex(BLOCK_ERROR));
+        wire.extend(hex("80 03 00 01 00 00 00 19 00 00 00 03 00 00 00 00 00 00 c2 2a c5 56 5c 92 92 5f 5a 02 00 00 00 ff ff"));
+        wire.extend(hex("80 03 00 06 00 00 00 04 00 00 00 01"));
+        wire.extend(hex("80 03 00 01 00 00 00 15 00 00 00 05 00 00 00 00 00 00 c2 29 97 5a 54 04 00 00 00 ff ff"));
+        wire.extend(hex("80 03 00 03 00 00 00 08 00 00 00 01 00 00 00 05"));
+        wire.extend(hex("80 03 00 07 00 00 00 08 00 00 00 00 00 00 00 00"));
+        let frames = decode_all(&mut Decoder::new(), &wire);
+        let syn = |id, t| Frame::SynStream {
+            stream_id: id,
+            assoc: 0,
+            priority: 0,
+            flags: 0,
+            headers: h(&[("streamtype", t)]),
+        };
+        assert_eq!(
+            frames,
+            vec![
+                syn(1, "error"),
+                syn(3, "stdout"),
+                Frame::Ping { id: 1 },
+                syn(5, "stderr"),
+                Frame::RstStream {
+                    stream_id: 1,
+                    status: RST_CANCEL
+                },
+                Frame::GoAway {
+                    last_good: 0,
+                    status: 0
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn decodes_stdin_syn_stream_sequence_b() {
+        let mut wire = hex("80 03 00 01 00 00 00 2a 00 00 00 01 00 00 00 00 00 00");
+        wire.extend(hex(BLOCK_ERROR));
+        wire.extend(hex("80 03 00 01 00 00 00 17 00 00 00 03 00 00 00 00 00 00 c2 2e 55 5c 92 92 99 07 00 00 00 ff ff"));
+        wire.extend(hex("00 00 00 07 00 00 00 19"));
+        wire.extend(b"{\"Width\":80,\"Height\":24}\n");
+        wire.extend(hex("00 00 00 03 01 00 00 00"));
+        let frames = decode_all(&mut Decoder::new(), &wire);
+        assert_eq!(frames.len(), 4);
+        assert!(
+            matches!(&frames[1], Frame::SynStream { stream_id: 3, headers, .. } if headers == &h(&[("streamtype", "stdin")]))
+        );
+        assert_eq!(
+            frames[2],
+            Frame::Data {
+                stream_id: 7,
+                flags: 0,
+                data: Bytes::from_static(b"{\"Width\":80,\"Height\":24}\n")
+            }
+        );
+        assert_eq!(
+            frames[3],
+            Frame::Data {
+                stream_id: 3,
+                flags: FLAG_FIN,
+                data: Bytes::new()
+            }
+        );
+    }
+
+    #[test]
+    fn decode_is_incremental() {
+        let mut wire = hex("80 03 00 01 00 00 00 2a 00 00 00 01 00 00 00 00 00 00");
+        wire.extend(hex(BLOCK_ERROR));
+        wire.extend(hex("00 00 00 03 00 00 00 03 68 69 0a"));
+        let mut dec = Decoder::new();
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for b in wire {
+            buf.put_u8(b);
+            if let Some(f) = dec.decode(&mut buf).unwrap() {
+                frames.push(f);
+            }
+        }
+        assert_eq!(frames.len(), 2);
+        assert!(buf.is_empty());
+        assert_eq!(
+            frames[1],
+            Frame::Data {
+                stream_id: 3,
+                flags: 0,
+                data: Bytes::from_static(b"hi\n")
+            }
+        );
+    }
+
+    #[test]
+    fn encodes_server_frames_byte_exact() {
+        let mut enc = Encoder::new();
+        let reply = |id| Frame::SynReply {
+            stream_id: id,
+            flags: 0,
+            headers: vec![],
+        };
+        assert_eq!(
+            encode(&mut enc, &reply(1)),
+            hex(
+                "80 03 00 02 00 00 00 14 00 00 00 01 78 f9 e3 c6 a7 c2 02 a6 23 06 00 00 00 00 ff ff"
+            )
+        );
+        for id in [3u32, 5, 7] {
+            let mut want = hex("80 03 00 02 00 00 00 0c 00 00 00");
+            want.push(id as u8);
+            want.extend(hex("02 01 00 00 00 00 ff ff"));
+            assert_eq!(encode(&mut enc, &reply(id)), want);
+        }
+        let data = |id, flags, d: &'static [u8]| Frame::Data {
+            stream_id: id,
+            flags,
+            data: Bytes::from_static(d),
+        };
+        assert_eq!(
+            encode(&mut enc, &data(3, 0, b"hi\n")),
+            hex("00 00 00 03 00 00 00 03 68 69 0a")
+        );
+        let status = br#"{"metadata":{},"status":"Success"}"#;
+        let mut want = hex("00 00 00 01 00 00 00 22");
+        want.extend(status);
+        assert_eq!(encode(&mut enc, &data(1, 0, status)), want);
+        assert_eq!(
+            encode(&mut enc, &data(3, FLAG_FIN, b"")),
+            hex("00 00 00 03 01 00 00 00")
+        );
+        assert_eq!(
+            encode(
+                &mut enc,
+                &Frame::RstStream {
+                    stream_id: 3,
+                    status: RST_CANCEL
+                }
+            ),
+            hex("80 03 00 03 00 00 00 08 00 00 00 03 00 00 00 05")
+        );
+        assert_eq!(
+            encode(&mut enc, &Frame::Ping { id: 1 }),
+            hex("80 03 00 06 00 00 00 04 00 00 00 01")
+        );
+        assert_eq!(
+            encode(
+                &mut enc,
+                &Frame::GoAway {
+                    last_good: 0,
+                    status: 0
+                }
+            ),
+            hex("80 03 00 07 00 00 00 08 00 00 00 00 00 00 00 00")
+        );
+    }
+
+    #[test]
+    fn empty_blocks_deflate_as_spec() {
+        // §7.3: deflate `00 00 00 00` twice.
+        let mut enc = Encoder::new();
+        let mut first = Vec::new();
+        enc.deflate_block(&[0, 0, 0, 0], &mut first).unwrap();
+        assert_eq!(
+            first,
+            hex("78 f9 e3 c6 a7 c2 02 a6 23 06 00 00 00 00 ff ff")
+        );
+        let mut second = Vec::new();
+        enc.deflate_block(&[0, 0, 0, 0], &mut second).unwrap();
+        assert_eq!(second, hex("02 01 00 00 00 00 ff ff"));
+    }
+
+    #[test]
+    fn every_frame_type_round_trips_with_shared_contexts() {
+        let big = "v".repeat(100_000);
+        let frames = vec![
+            Frame::SynStream {
+                stream_id: 1,
+                assoc: 0,
+                priority: 0,
+                flags: 0,
+                headers: h(&[("streamtype", "error"), ("port", "80"), ("requestid", "0")]),
+            },
+            Frame::SynReply {
+                stream_id: 1,
+                flags: 0,
+                headers: vec![],
+            },
+            Frame::SynStream {
+                stream_id: 3,
+                assoc: 0,
+                priority: 3 << 5,
+                flags: FLAG_FIN | FLAG_UNIDIRECTIONAL,
+                headers: h(&[("streamtype", "data"), ("port", "80"), ("requestid", "0")]),
+            },
+            Frame::Headers {
+                stream_id: 3,
+                flags: FLAG_FIN,
+                headers: vec![("x-big".into(), big), ("multi".into(), "a\0b".into())],
+            },
+            Frame::SynReply {
+                stream_id: 3,
+                flags: FLAG_FIN,
+                headers: h(&[("status", "200")]),
+            },
+            Frame::RstStream {
+                stream_id: 3,
+                status: RST_CANCEL,
+            },
+            Frame::Settings {
+                flags: 1,
+                entries: vec![(1, 7, 65536), (0, 4, 100)],
+            },
+            Frame::Settings {
+                flags: 0,
+                entries: vec![],
+            },
+            Frame::Ping { id: 2 },
+            Frame::GoAway {
+                last_good: 3,
+                status: 2,
+            },
+            Frame::WindowUpdate {
+                stream_id: 1,
+                delta: 65536,
+            },
+            Frame::Data {
+                stream_id: 5,
+                flags: 0,
+                data: Bytes::from(vec![7u8; 70_000]),
+            },
+            Frame::SynStream {
+                stream_id: 5,
+                assoc: 0,
+                priority: 0,
+                flags: 0,
+                headers: h(&[("streamtype", "stdout")]),
+            },
+        ];
+        let mut enc = Encoder::new();
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            enc.encode(f, &mut wire).unwrap();
+        }
+        assert_eq!(decode_all(&mut Decoder::new(), &wire), frames);
+    }
+
+    #[test]
+    fn rejects_malformed_control_frames() {
+        let cases = [
+            // GOAWAY with length 4 and 12
+            "80 03 00 07 00 00 00 04 00 00 00 00",
+            "80 03 00 07 00 00 00 0c 00 00 00 00 00 00 00 00 00 00 00 00",
+            // RST_STREAM status 0, stream 0, length 4
+            "80 03 00 03 00 00 00 08 00 00 00 01 00 00 00 00",
+            "80 03 00 03 00 00 00 08 00 00 00 00 00 00 00 05",
+            "80 03 00 03 00 00 00 04 00 00 00 01",
+            // PING id 0, length 8
+            "80 03 00 06 00 00 00 04 00 00 00 00",
+            "80 03 00 06 00 00 00 08 00 00 00 01 00 00 00 00",
+            // WINDOW_UPDATE length 4
+            "80 03 00 09 00 00 00 04 00 00 00 01",
+            // SETTINGS count does not match length
+            "80 03 00 04 00 00 00 0c 00 00 00 02 00 00 00 07 00 01 00 00",
+            // SYN_STREAM too short, SYN_STREAM stream 0, SYN_REPLY too short
+            "80 03 00 01 00 00 00 04 00 00 00 01",
+            "80 03 00 02 00 00 00 02 00 00",
+            // DATA on stream 0
+            "00 00 00 00 00 00 00 01 41",
+        ];
+        for c in cases {
+            let e = decode_err(&hex(c));
+            assert!(matches!(e, SpdyError::Malformed { .. }), "{c}: {e}");
+        }
+        let mut syn0 = hex("80 03 00 01 00 00 00 2a 00 00 00 00 00 00 00 00 00 00");
+        syn0.extend(hex(BLOCK_ERROR));
+        assert!(matches!(decode_err(&syn0), SpdyError::Malformed { .. }));
+        assert!(matches!(
+            decode_err(&hex("80 02 00 06 00 00 00 04 00 00 00 01")),
+            SpdyError::UnsupportedVersion(2)
+        ));
+    }
+
+    #[test]
+    fn skips_unknown_control_types() {
+        // NOOP (5) and CREDENTIAL (10) with payloads, then a PING.
+        let wire = hex(
+            "80 03 00 05 00 00 00 03 01 02 03 80 03 00 0a 00 00 00 00 80 03 00 06 00 00 00 04 00 00 00 03",
+        );
+        assert_eq!(
+            decode_all(&mut Decoder::new(), &wire),
+            vec![
+                Frame::Unknown { kind: 5 },
+                Frame::Unknown { kind: 10 },
+                Frame::Ping { id: 3 }
+            ]
+        );
+        let mut out = BytesMut::new();
+        assert!(
+            Encoder::new()
+                .encode(&Frame::Unknown { kind: 5 }, &mut out)
+                .is_err()
+        );
+        assert!(out.is_empty());
+    }
+
+    /// A raw (uncompressed) header block from (name, value) byte pairs and a claimed count.
+    fn raw_block(count: u32, pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut b = count.to_be_bytes().to_vec();
+        for (n, v) in pairs {
+            b.extend((n.len() as u32).to_be_bytes());
+            b.extend(*n);
+            b.extend((v.len() as u32).to_be_bytes());
+            b.extend(*v);
+        }
+        b
+    }
+
+    #[test]
+    fn header_block_rules() {
+        assert_eq!(
+            parse_header_block(&raw_block(2, &[(b"port", b"80"), (b"requestid", b"1")])).unwrap(),
+            h(&[("port", "80"), ("requestid", "1")])
+        );
+        let bad = [
+            raw_block(1, &[(b"StreamType", b"error")]),
+            raw_block(2, &[(b"port", b"80"), (b"port", b"81")]),
+            raw_block(1, &[(b"", b"x")]),
+            raw_block(2, &[(b"port", b"80")]),
+            raw_block(1, &[(b"port", b"\xff")]),
+            raw_block(1001, &[]),
+            {
+                let mut b = raw_block(0, &[]);
+                b.push(0);
+                b
+            },
+            // name length claims more than 1 MiB
+            hex("00 00 00 01 00 10 00 01 61"),
+            vec![0, 0],
+        ];
+        for b in bad {
+            assert!(
+                matches!(parse_header_block(&b), Err(SpdyError::HeaderBlock(_))),
+                "{b:?}"
+            );
+        }
+        let mut too_many = Vec::new();
+        for i in 0..1001 {
+            too_many.push((format!("n{i}"), String::new()));
+        }
+        assert!(write_header_block(&too_many).is_err());
+        assert!(write_header_block(&h(&[("Upper", "x")])).is_err());
+        assert!(write_header_block(&h(&[("a", "x"), ("a", "y")])).is_err());
+    }
+
+    #[test]
+    fn upper_case_name_in_compressed_block_is_fatal() {
+        let mut enc = Compress::new(Compression::best(), true);
+        enc.set_dictionary(HEADER_DICTIONARY).unwrap();
+        let mut block = Vec::with_capacity(256);
+        enc.compress_vec(
+            &raw_block(1, &[(b"Streamtype", b"error")]),
+            &mut block,
+            FlushCompress::Sync,
+        )
+        .unwrap();
+        let mut frame = hex("80 03 00 01 00 00 00");
+        frame.push(10 + block.len() as u8);
+        frame.extend(hex("00 00 00 01 00 00 00 00 00 00"));
+        frame.extend(block);
+        assert!(matches!(decode_err(&frame), SpdyError::HeaderBlock(_)));
+    }
+
+    #[test]
+    fn rejects_bad_compression() {
+        // Another preset dictionary.
+        let mut enc = Compress::new(Compression::best(), true);
+        enc.set_dictionary(b"not the spdy dictionary").unwrap();
+        let mut block = Vec::with_capacity(256);
+        enc.compress_vec(&raw_block(0, &[]), &mut block, FlushCompress::Sync)
+            .unwrap();
+        let mut dec = Decoder::new();
+        assert!(matches!(
+            dec.header_block(&block),
+            Err(SpdyError::Compression(_))
+        ));
+        // Garbage, and a block cut short (needs the next frame's bytes).
+        assert!(matches!(
+            Decoder::new().header_block(&hex("12 34 56 78")),
+            Err(SpdyError::Compression(_))
+        ));
+        let full = hex(BLOCK_ERROR);
+        assert!(
+            Decoder::new()
+                .header_block(&full[..full.len() - 6])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn refuses_oversized_frames() {
+        let mut out = BytesMut::new();
+        let e = Encoder::new()
+            .encode(
+                &Frame::Data {
+                    stream_id: 1,
+                    flags: 0,
+                    data: Bytes::from(vec![0u8; MAX_PAYLOAD + 1]),
+                },
+                &mut out,
+            )
+            .unwrap_err();
+        assert!(matches!(e, SpdyError::FrameTooLarge(_)));
+        // A maximal DATA frame is just buffered until complete.
+        let mut buf = BytesMut::from(&hex("00 00 00 01 00 ff ff ff 00")[..]);
+        assert!(Decoder::new().decode(&mut buf).unwrap().is_none());
+        assert_eq!(buf.len(), 9);
+    }
+
+    /// Fake client: its own encoder (C→S) and decoder (S→C) over a duplex pipe.
+    struct Client {
+        io: DuplexStream,
+        enc: Encoder,
+        dec: Decoder,
+        buf: BytesMut,
+    }
+
+    impl Client {
+        fn new(io: DuplexStream) -> Self {
+            Self {
+                io,
+                enc: Encoder::new(),
+                dec: Decoder::new(),
+                buf: BytesMut::new(),
+            }
+        }
+        async fn send(&mut self, f: Frame) {
+            let mut out = BytesMut::new();
+            self.enc.encode(&f, &mut out).unwrap();
+            self.io.write_all(&out).await.unwrap();
+        }
+        async fn send_raw(&mut self, b: &[u8]) {
+            self.io.write_all(b).await.unwrap();
+        }
+        /// Next frame with its raw bytes, or None at EOF.
+        async fn recv(&mut self) -> Option<(Frame, Vec<u8>)> {
+            loop {
+                let before = self.buf.clone();
+                if let Some(f) = self.dec.decode(&mut self.buf).unwrap() {
+                    let raw = before[..before.len() - self.buf.len()].to_vec();
+                    return Some((f, raw));
+                }
+                let n = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    self.io.read_buf(&mut self.buf),
+                )
+                .await
+                .expect("timed out waiting for a frame")
+                .unwrap();
+                if n == 0 {
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn syn(id: u32, pairs: &[(&str, &str)]) -> Frame {
+        Frame::SynStream {
+            stream_id: id,
+            assoc: 0,
+            priority: 0,
+            flags: 0,
+            headers: h(pairs),
+        }
+    }
+
+    #[tokio::test]
+    async fn session_replies_streams_data_fin_and_pings() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mut session = Session::new(a, Bytes::new());
+        let mut client = Client::new(b);
+
+        client.send(syn(1, &[("streamtype", "stdout")])).await;
+        let stream = session.accept().await.unwrap();
+        assert_eq!(stream.id, 1);
+        assert_eq!(stream.header("StreamType"), Some("stdout"));
+        stream.reply().await.unwrap();
+        let (f, _) = client.recv().await.unwrap();
+        assert_eq!(
+            f,
+            Frame::SynReply {
+                stream_id: 1,
+                flags: 0,
+                headers: vec![]
+            }
+        );
+
+        client
+            .send_raw(&hex("80 03 00 06 00 00 00 04 00 00 00 01"))
+            .await;
+        let (f, raw) = client.recv().await.unwrap();
+        assert_eq!(f, Frame::Ping { id: 1 });
+        assert_eq!(raw, hex("80 03 00 06 00 00 00 04 00 00 00 01"));
+
+        stream
+            .writer
+            .write(Bytes::from_static(b"hi\n"))
+            .await
+            .unwrap();
+        stream.writer.fin().await.unwrap();
+        stream.writer.fin().await.unwrap(); // at most once
+        let (_, raw) = client.recv().await.unwrap();
+        assert_eq!(raw, hex("00 00 00 01 00 00 00 03 68 69 0a"));
+        let (_, raw) = client.recv().await.unwrap();
+        assert_eq!(raw, hex("00 00 00 01 01 00 00 00"));
+
+        // Second stream: client data then FIN reaches the application, then EOF.
+        client.send(syn(3, &[("streamtype", "stdin")])).await;
+        let mut stdin = session.accept().await.unwrap();
+        assert_eq!(stdin.header("streamtype"), Some("stdin"));
+        stdin.reply().await.unwrap();
+        let (f, raw) = client.recv().await.unwrap();
+        assert!(matches!(f, Frame::SynReply { stream_id: 3, .. }));
+        assert_eq!(
+            raw,
+            hex("80 03 00 02 00 00 00 0c 00 00 00 03 02 01 00 00 00 00 ff ff")
+        );
+        client
+            .send_raw(&hex(
+                "00 00 00 03 00 00 00 02 6c 73 00 00 00 03 01 00 00 00",
+            ))
+            .await;
+        assert_eq!(stdin.data.recv().await.unwrap(), Bytes::from_static(b"ls"));
+        assert!(stdin.data.recv().await.is_none());
+
+        session.close().await.unwrap();
+        let (f, _) = client.recv().await.unwrap();
+        assert_eq!(
+            f,
+            Frame::GoAway {
+                last_good: 3,
+                status: 0
+            }
+        );
+        assert!(client.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn session_ignores_flow_control_and_refuses_bad_ids() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let initial = {
+            // The first frame arrives with the upgrade request's buffered bytes.
+            let mut enc = Encoder::new();
+            let mut out = BytesMut::new();
+            enc.encode(&syn(1, &[("streamtype", "stdout")]), &mut out)
+                .unwrap();
+            let mut client = Client::new(b);
+            client.enc = enc;
+            (out.freeze(), client)
+        };
+        let (bytes, mut client) = initial;
+        let mut session = Session::new(a, bytes);
+        let stream = session.accept().await.unwrap();
+        stream.reply().await.unwrap();
+        assert!(matches!(
+            client.recv().await.unwrap().0,
+            Frame::SynReply { stream_id: 1, .. }
+        ));
+
+        client
+            .send(Frame::Settings {
+                flags: 0,
+                entries: vec![(0, 7, 1024)],
+            })
+            .await;
+        client
+            .send(Frame::WindowUpdate {
+                stream_id: 1,
+                delta: 1,
+            })
+            .await;
+        client
+            .send(Frame::Headers {
+                stream_id: 1,
+                flags: 0,
+                headers: h(&[("x", "y")]),
+            })
+            .await;
+        // Backwards and even ids are refused with RST_STREAM 1.
+        client.send(syn(1, &[("streamtype", "stdin")])).await;
+        let (f, _) = client.recv().await.unwrap();
+        assert_eq!(
+            f,
+            Frame::RstStream {
+                stream_id: 1,
+                status: RST_PROTOCOL_ERROR
+            }
+        );
+        client.send(syn(4, &[("streamtype", "stdin")])).await;
+        assert_eq!(
+            client.recv().await.unwrap().0,
+            Frame::RstStream {
+                stream_id: 4,
+                status: RST_PROTOCOL_ERROR
+            }
+        );
+        // The header context is still in step: a later stream decodes.
+        client.send(syn(5, &[("streamtype", "stderr")])).await;
+        let s5 = session.accept().await.unwrap();
+        assert_eq!(s5.header("streamtype"), Some("stderr"));
+
+        // 1 MiB of output with no WINDOW_UPDATE, read concurrently.
+        let payload = Bytes::from(vec![0x5a; 1 << 20]);
+        let writer = stream.writer.clone();
+        let p2 = payload.clone();
+        let send = tokio::spawn(async move {
+            writer.write(p2).await.unwrap();
+            writer.fin().await.unwrap();
+        });
+        let mut got = 0;
+        loop {
+            match client.recv().await.unwrap().0 {
+                Frame::Data { data, flags, .. } => {
+                    assert!(data.len() <= MAX_DATA_CHUNK);
+                    got += data.len();
+                    if flags & FLAG_FIN != 0 {
+                        break;
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        send.await.unwrap();
+        assert_eq!(got, payload.len());
+
+        // Client RST on a stream we already FINed: quietly accepted.
+        client
+            .send(Frame::RstStream {
+                stream_id: 1,
+                status: RST_CANCEL,
+            })
+            .await;
+        // Client GOAWAY ends the session: accept yields None.
+        client
+            .send(Frame::GoAway {
+                last_good: 0,
+                status: 0,
+            })
+            .await;
+        assert!(session.accept().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn session_sends_goaway_on_protocol_error() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let mut session = Session::new(a, Bytes::new());
+        let mut client = Client::new(b);
+        client
+            .send_raw(&hex("80 03 00 07 00 00 00 04 00 00 00 00"))
+            .await;
+        assert!(session.accept().await.is_none());
+        assert_eq!(
+            client.recv().await.unwrap().0,
+            Frame::GoAway {
+                last_good: 0,
+                status: GOAWAY_PROTOCOL_ERROR
+            }
+        );
+        session.close().await.unwrap();
+        assert!(client.recv().await.is_none(), "only one GOAWAY");
+    }
+
+    #[tokio::test]
+    async fn unidirectional_and_fin_flags_on_syn_stream() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let mut session = Session::new(a, Bytes::new());
+        let mut client = Client::new(b);
+        client
+            .send(Frame::SynStream {
+                stream_id: 1,
+                assoc: 0,
+                priority: 0,
+                flags: FLAG_FIN | FLAG_UNIDIRECTIONAL,
+                headers: h(&[("streamtype", "error")]),
+            })
+            .await;
+        let mut s = session.accept().await.unwrap();
+        assert_eq!(s.flags, FLAG_FIN | FLAG_UNIDIRECTIONAL);
+        assert!(s.data.recv().await.is_none(), "FIN: peer sends nothing");
+        assert!(s.writer.write(Bytes::from_static(b"x")).await.is_err());
+        s.reply().await.unwrap();
+        s.writer.fin().await.unwrap(); // no-op
+        client
+            .send(Frame::RstStream {
+                stream_id: 1,
+                status: RST_CANCEL,
+            })
+            .await;
+        client.send(Frame::Ping { id: 3 }).await;
+        assert!(matches!(
+            client.recv().await.unwrap().0,
+            Frame::SynReply { stream_id: 1, .. }
+        ));
+        assert_eq!(client.recv().await.unwrap().0, Frame::Ping { id: 3 });
+        assert!(s.writer.is_reset_by_peer());
+        session.close().await.unwrap();
+    }
+}
