@@ -98,6 +98,10 @@ pub struct StreamingConfig {
     pub address: IpAddr,
     /// 0 picks a free port at start.
     pub port: u16,
+    /// PEM certificate chain and key: both set serves https (ALPN
+    /// http/1.1 only: upgrades need HTTP/1.1).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Container runtime settings.
@@ -157,6 +161,8 @@ impl Default for StreamingConfig {
         StreamingConfig {
             address: IpAddr::from([127, 0, 0, 1]),
             port: 0,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -247,6 +253,18 @@ impl Config {
         }
         if let Some(auth) = &self.image.auth_file {
             paths.push(("image.auth_file", auth));
+        }
+        match (&self.streaming.tls_cert, &self.streaming.tls_key) {
+            (Some(c), Some(k)) => {
+                paths.push(("streaming.tls_cert", c));
+                paths.push(("streaming.tls_key", k));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "streaming.tls_cert and streaming.tls_key go together".into(),
+                ));
+            }
         }
         for (key, path) in paths {
             if !path.is_absolute() {
@@ -365,6 +383,12 @@ impl Config {
             "port",
             Some(toml::Value::Integer(i64::from(self.streaming.port))),
         );
+        line(
+            "TLS for the streaming server: PEM certificate chain and key (both or neither).",
+            "tls_cert",
+            self.streaming.tls_cert.as_deref().and_then(s),
+        );
+        line("", "tls_key", self.streaming.tls_key.as_deref().and_then(s));
         line("", "[runtime]", None);
         line(
             "cgroupfs or systemd; must match kubelet's --cgroup-driver.",
@@ -557,6 +581,8 @@ mod tests {
             streaming: StreamingConfig {
                 address: "::1".parse().unwrap(),
                 port: 10010,
+                tls_cert: Some("/etc/crius/stream.crt".into()),
+                tls_key: Some("/etc/crius/stream.key".into()),
             },
             runtime: RuntimeConfig {
                 cgroup_driver: CgroupDriver::Systemd,

@@ -36,13 +36,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     config.streaming.address, config.streaming.port
                 )
             })?;
-    let streaming_url = format!("http://{}", streaming.local_addr()?);
+    let tls = match (&config.streaming.tls_cert, &config.streaming.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            crate::streaming::server::tls_acceptor(cert, key)
+                .map_err(|e| anyhow::anyhow!("streaming TLS: {e}"))?,
+        ),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let streaming_url = format!("{scheme}://{}", streaming.local_addr()?);
     let runtime = Arc::new(Runtime::new(
         config.clone(),
         Arc::new(store),
         streaming_url.clone(),
     )?);
-    tokio::spawn(crate::streaming::server::serve(streaming, runtime.clone()));
+    tokio::spawn(crate::streaming::server::serve(
+        streaming,
+        runtime.clone(),
+        tls,
+    ));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %config.listen.display(),

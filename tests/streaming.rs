@@ -670,3 +670,62 @@ async fn spdy_exec_streams_and_status() {
         "{resp}"
     );
 }
+
+#[tokio::test]
+async fn streaming_over_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.path().join("s.crt"), dir.path().join("s.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let d = Daemon::builder()
+        .registries(&testenv().registries_conf())
+        .config(&format!(
+            "[streaming]\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+            cert.display(),
+            key.display()
+        ))
+        .start();
+    let (mut rt, id) = running_container(&d).await;
+    let url = exec_url(&mut rt, &id, &["/bin/sh", "-c", "echo tls"], false).await;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let rest = url.trim_start_matches("https://");
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+    let mut tls = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS handshake with the configured certificate");
+    tls.write_all(format!("POST /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = tls.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // Plain HTTP to the TLS port gets no upgrade.
+    let url = exec_url(&mut rt, &id, &["true"], false).await;
+    let host = url
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut plain = tokio::net::TcpStream::connect(&host).await.unwrap();
+    plain
+        .write_all(b"GET /exec/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = plain.read(&mut buf).await.unwrap_or(0);
+    assert!(!String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+}
