@@ -729,3 +729,54 @@ async fn streaming_over_tls() {
     let n = plain.read(&mut buf).await.unwrap_or(0);
     assert!(!String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
 }
+
+#[tokio::test]
+async fn a_tty_exec_dies_when_its_client_goes_away() {
+    let d = Daemon::builder()
+        .registries(&testenv().registries_conf())
+        .start();
+    let (mut rt, id) = running_container(&d).await;
+    let url = rt
+        .exec(ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), "sleep 4321".into()],
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            tty: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let (ws, _) = connect(&url, "v5.channel.k8s.io").await.unwrap();
+    let running = |out: &str| out.contains("sleep 4321");
+    let ps = |rt: &mut Runtime| {
+        let id = id.clone();
+        let mut rt = rt.clone();
+        async move {
+            let r = rt
+                .exec_sync(ExecSyncRequest {
+                    container_id: id,
+                    cmd: vec!["/bin/sh".into(), "-c".into(), "ps -o args".into()],
+                    timeout: 10,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            String::from_utf8_lossy(&r.stdout).into_owned()
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(running(&ps(&mut rt).await), "exec started");
+    drop(ws);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = ps(&mut rt).await;
+        if !running(&out) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

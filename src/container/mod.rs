@@ -548,6 +548,7 @@ impl Containers {
                 log_path: record.log_path.clone(),
                 cgroup_dirs,
                 stdin: config.stdin,
+                stdin_once: config.stdin_once,
             }))
             .await
             .map_err(|e| match e {

@@ -69,10 +69,24 @@ struct Container {
     /// Kept for attach; closing it would give the process EOF.
     /// The process's stdin (pipe write end or pty master), for attach.
     stdin: Option<OwnedFd>,
+    /// The first attacher takes `stdin` over (CRI stdin_once).
+    stdin_once: bool,
     log_path: String,
     exit: Option<ExitRecord>,
     /// Attached clients: (stdout, stderr) write ends; closed at exit.
     attachers: Vec<[OwnedFd; 2]>,
+}
+
+impl Container {
+    /// A TTY container's stdin is its pty master, which also carries its
+    /// output: never hand that one away.
+    fn tty_stdin(&self) -> bool {
+        self.spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false)
+    }
 }
 
 /// Copies output to every attached client without blocking the monitor:
@@ -268,15 +282,21 @@ impl Monitor {
                 let body = resp.encode_to_vec();
                 let mut frame = (body.len() as u32).to_be_bytes().to_vec();
                 frame.extend_from_slice(&body);
-                // The container's stdin goes along, when it has one.
-                let stdin = self
-                    .containers
-                    .get(&a.id)
-                    .filter(|_| resp.error.is_empty())
-                    .and_then(|c| c.stdin.as_ref())
-                    .map(|f| f.as_raw_fd());
+                // The container's stdin goes along, when it has one; with
+                // stdin_once the client gets the only copy, so its close
+                // is the process's EOF.
+                let mut moved = None;
+                let stdin = match self.containers.get_mut(&a.id) {
+                    Some(c) if resp.error.is_empty() && c.stdin_once && !c.tty_stdin() => {
+                        moved = c.stdin.take();
+                        moved.as_ref().map(|f| f.as_raw_fd())
+                    }
+                    Some(c) if resp.error.is_empty() => c.stdin.as_ref().map(|f| f.as_raw_fd()),
+                    _ => None,
+                };
                 let fds: Vec<i32> = stdin.into_iter().collect();
                 let _ = sys::send_with_fds(conn.as_raw_fd(), &frame, &fds);
+                drop(moved);
                 return;
             }
             Some(Op::ExecStream(e)) => {
@@ -382,6 +402,7 @@ impl Monitor {
                 created: Some(created),
                 outputs,
                 stdin: stdin_w,
+                stdin_once: c.stdin_once,
                 log_path: c.log_path,
                 exit: None,
                 attachers: Vec::new(),
