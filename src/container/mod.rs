@@ -213,11 +213,9 @@ impl Containers {
         self.dir.join(id)
     }
 
-    /// A pod's monitor lives in `runroot/m/<id prefix>`: short, because
-    /// its socket path must fit in sun_path (108 bytes).
+    /// The pod's monitor (see [`crate::monitor::dir`]).
     fn monitor(pods: &Pods, pod_id: &str) -> Client {
-        let runroot = pods.runroot();
-        Client::new(&runroot.join("m").join(&pod_id[..pod_id.len().min(32)]))
+        Client::new(&crate::monitor::dir(pods.runroot(), pod_id))
     }
 
     /// All containers.

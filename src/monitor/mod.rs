@@ -45,6 +45,12 @@ pub struct ExitRecord {
     pub oom_killed: bool,
 }
 
+/// A pod's monitor directory: `runroot/m/<id prefix>`, short because its
+/// socket path must fit in sun_path (108 bytes).
+pub fn dir(runroot: &std::path::Path, pod_id: &str) -> std::path::PathBuf {
+    runroot.join("m").join(&pod_id[..pod_id.len().min(32)])
+}
+
 /// Nanoseconds since the epoch, now.
 pub fn now_nanos() -> i64 {
     std::time::SystemTime::now()

@@ -225,6 +225,12 @@ impl Pods {
                 if let Err(c) = self.tear_down(&mut pod, network, true, true).await {
                     tracing::error!(pod_id = %id, error = %c, "cleanup of a failed pod");
                 }
+                let _ =
+                    crate::monitor::client::Client::new(&crate::monitor::dir(self.runroot(), &id))
+                        .call(crate::monitor::proto::request::Op::Shutdown(
+                            crate::monitor::proto::Empty {},
+                        ))
+                        .await;
                 let _ = self.store.delete(Table::Pods, &id);
                 Err(e)
             }
@@ -232,6 +238,21 @@ impl Pods {
     }
 
     async fn set_up(&self, pod: &mut PodRecord, network: &Network) -> Result<()> {
+        // The pod's container monitor starts while the namespaces and the
+        // network are set up, so the first CreateContainer finds it ready.
+        let monitor =
+            crate::monitor::client::Client::new(&crate::monitor::dir(self.runroot(), &pod.id));
+        let starting = tokio::spawn(async move {
+            if let Err(e) = monitor.ensure_running(&crate::helper_exe()).await {
+                tracing::warn!(error = %e, "starting the pod's monitor early");
+            }
+        });
+        let r = self.set_up_node(pod, network).await;
+        let _ = starting.await;
+        r
+    }
+
+    async fn set_up_node(&self, pod: &mut PodRecord, network: &Network) -> Result<()> {
         let dir = self.pod_dir(&pod.id);
         std::fs::create_dir_all(dir.join("ns")).map_err(internal)?;
         let mut kinds = Vec::new();
