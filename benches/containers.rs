@@ -21,7 +21,7 @@ use common::{Daemon, Runtime, bridge_conflist, channel, container_config, pod_co
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
-use support::{Containerd, pids_matching, rss_kib, summary};
+use support::{Containerd, pids_matching, remove_pods, rss_kib, summary};
 
 /// What one runtime measured.
 struct Report {
@@ -66,19 +66,6 @@ async fn pod_with_container(
         .await
         .map_err(|e| format!("StartContainer: {}", e.message()))?;
     Ok((pod, t.elapsed().as_secs_f64() * 1000.0))
-}
-
-async fn remove_pods(rt: &mut Runtime, pods: Vec<String>) {
-    for id in pods {
-        let _ = rt
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: id.clone(),
-            })
-            .await;
-        let _ = rt
-            .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
-            .await;
-    }
 }
 
 /// Runs the load against a CRI socket. `memory` finds (daemon pid, per-pod

@@ -15,7 +15,7 @@ use common::{Daemon, Runtime, bridge_conflist, channel, pod_config};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
-use support::{Containerd, summary};
+use support::{Containerd, remove_pods, summary};
 
 /// Runs `n` pods one after another, timing each RunPodSandbox; then
 /// removes them (untimed).
@@ -35,27 +35,14 @@ async fn run_pods(rt: &mut Runtime, n: usize, tag: &str) -> Result<Vec<f64>, Str
         match id {
             Ok(r) => ids.push(r.into_inner().pod_sandbox_id),
             Err(e) => {
-                cleanup(rt, ids).await;
+                remove_pods(rt, ids).await;
                 return Err(format!("RunPodSandbox: {}", e.message()));
             }
         }
         ms.push(elapsed);
     }
-    cleanup(rt, ids).await;
+    remove_pods(rt, ids).await;
     Ok(ms)
-}
-
-async fn cleanup(rt: &mut Runtime, ids: Vec<String>) {
-    for id in ids {
-        let _ = rt
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: id.clone(),
-            })
-            .await;
-        let _ = rt
-            .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
-            .await;
-    }
 }
 
 async fn containerd(dir: &Path, n: usize) -> Result<Vec<f64>, String> {

@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::testenv::testenv;
-use crate::common::{bridge_conflist, wait_timeout};
+use crate::common::{Runtime, bridge_conflist, wait_timeout};
+use k8s_cri::v1::{RemovePodSandboxRequest, StopPodSandboxRequest};
 
 /// (min, median, p90) of milliseconds.
 pub fn summary(mut ms: Vec<f64>) -> (f64, f64, f64) {
@@ -130,4 +131,18 @@ pub fn pids_matching(pred: impl Fn(&str) -> bool) -> Vec<i32> {
         }
     }
     out
+}
+
+/// Stops and removes pods (untimed cleanup between rounds).
+pub async fn remove_pods(rt: &mut Runtime, ids: Vec<String>) {
+    for id in ids {
+        let _ = rt
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await;
+        let _ = rt
+            .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await;
+    }
 }

@@ -819,13 +819,7 @@ impl Containers {
 
     /// Makes the monitor reopen the log file (after kubelet rotated it).
     pub async fn reopen_log(&self, pods: &Pods, id: &str) -> Result<()> {
-        let c = self.get(id)?;
-        if self.run_state(&c).state != ContainerState::ContainerRunning {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is not running",
-                c.id
-            )));
-        }
+        let c = self.running(id)?;
         Self::monitor(pods, &c.pod_id)
             .call(Op::ReopenLog(proto::ContainerRef { id: c.id.clone() }))
             .await
@@ -845,13 +839,7 @@ impl Containers {
         if cmd.is_empty() || cmd[0].is_empty() {
             return Err(Error::InvalidArgument("exec command is empty".into()));
         }
-        let c = self.get(id)?;
-        if self.run_state(&c).state != ContainerState::ContainerRunning {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is not running",
-                c.id
-            )));
-        }
+        let c = self.running(id)?;
         let r = Self::monitor(pods, &c.pod_id)
             .call(Op::ExecSync(proto::Exec {
                 id: c.id.clone(),
@@ -876,9 +864,8 @@ impl Containers {
         Ok((r.stdout, stderr, code))
     }
 
-    /// The monitor of a running container and the container's full id, for
-    /// streaming sessions.
-    pub fn monitor_for(&self, pods: &Pods, id: &str) -> Result<(Client, String)> {
+    /// A running container, or FailedPrecondition.
+    fn running(&self, id: &str) -> Result<ContainerRecord> {
         let c = self.get(id)?;
         if self.run_state(&c).state != ContainerState::ContainerRunning {
             return Err(Error::FailedPrecondition(format!(
@@ -886,6 +873,13 @@ impl Containers {
                 c.id
             )));
         }
+        Ok(c)
+    }
+
+    /// The monitor of a running container and the container's full id, for
+    /// streaming sessions.
+    pub fn monitor_for(&self, pods: &Pods, id: &str) -> Result<(Client, String)> {
+        let c = self.running(id)?;
         Ok((Self::monitor(pods, &c.pod_id), c.id))
     }
 

@@ -1,5 +1,6 @@
 //! The daemon's side of the monitor protocol, and starting a monitor.
 
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -104,35 +105,138 @@ impl Client {
     /// Sends one request and waits for its answer.
     pub async fn call(&self, op: Op) -> Result<Response, MonitorError> {
         let path = self.socket();
-        let io = |source| MonitorError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut s = UnixStream::connect(&path).await.map_err(io)?;
-        let req = Request {
-            version: VERSION,
-            op: Some(op),
-        };
-        let body = req.encode_to_vec();
-        let mut frame = Vec::with_capacity(4 + body.len());
-        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&body);
-        s.write_all(&frame).await.map_err(io)?;
+        let io = io_error(&path);
+        let mut s = UnixStream::connect(&path).await.map_err(&io)?;
+        s.write_all(&super::frame(&request(op)))
+            .await
+            .map_err(&io)?;
         let mut len = [0u8; 4];
-        s.read_exact(&mut len).await.map_err(io)?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len > MAX_FRAME {
-            return Err(MonitorError::Decode(format!("frame of {len} bytes")));
+        s.read_exact(&mut len).await.map_err(&io)?;
+        answer(read_body(&mut s, len, &io).await?)
+    }
+
+    /// One request with descriptors attached, on a blocking socket; the
+    /// answer and any descriptors sent with it. The socket stays open for
+    /// a second answer (an interactive exec's exit).
+    fn call_with_fds(
+        &self,
+        op: Op,
+        fds: &[RawFd],
+    ) -> Result<(Response, Vec<OwnedFd>, std::os::unix::net::UnixStream), MonitorError> {
+        use std::io::Read as _;
+        let path = self.socket();
+        let io = io_error(&path);
+        let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(&io)?;
+        crate::executor::sys::send_with_fds(stream.as_raw_fd(), &super::frame(&request(op)), fds)
+            .map_err(&io)?;
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut len = [0u8; 4];
+        let (got, fds) =
+            crate::executor::sys::recv_with_fds(stream.as_raw_fd(), &mut len).map_err(&io)?;
+        if got == 0 {
+            return Err(MonitorError::Decode("monitor hung up".into()));
         }
-        let mut buf = vec![0u8; len];
-        s.read_exact(&mut buf).await.map_err(io)?;
+        stream.read_exact(&mut len[got..]).map_err(&io)?;
+        let mut buf = vec![0u8; frame_len(len)?];
+        stream.read_exact(&mut buf).map_err(&io)?;
         let resp =
             Response::decode(buf.as_slice()).map_err(|e| MonitorError::Decode(e.to_string()))?;
-        if !resp.error.is_empty() {
-            return Err(MonitorError::Remote(resp.error));
-        }
-        Ok(resp)
+        let _ = stream.set_read_timeout(None);
+        Ok((answer(resp)?, fds, stream))
     }
+
+    /// Starts an interactive process. Without tty it runs on `stdio`
+    /// (stdin, stdout, stderr); with tty the monitor makes a terminal inside
+    /// the container and its master is returned.
+    pub fn start_stream(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        tty: bool,
+        stdio: Option<[OwnedFd; 3]>,
+    ) -> Result<(Option<OwnedFd>, StreamWait), MonitorError> {
+        let op = Op::ExecStream(super::proto::ExecStream {
+            id: id.to_string(),
+            cmd,
+            tty,
+        });
+        let raw: Vec<RawFd> = stdio.iter().flatten().map(|f| f.as_raw_fd()).collect();
+        let (stream, master) = if tty {
+            // First answer: the pid, with the terminal's master attached.
+            let (_, mut fds, stream) = self.call_with_fds(op, &raw)?;
+            let master = fds
+                .pop()
+                .ok_or_else(|| MonitorError::Decode("no terminal from the monitor".into()))?;
+            (stream, Some(master))
+        } else {
+            let path = self.socket();
+            let io = io_error(&path);
+            let stream = std::os::unix::net::UnixStream::connect(&path).map_err(&io)?;
+            crate::executor::sys::send_with_fds(
+                stream.as_raw_fd(),
+                &super::frame(&request(op)),
+                &raw,
+            )
+            .map_err(&io)?;
+            (stream, None)
+        };
+        // The monitor has its own copies now.
+        drop(stdio);
+        let path = self.socket();
+        stream.set_nonblocking(true).map_err(io_error(&path))?;
+        let stream = UnixStream::from_std(stream).map_err(io_error(&path))?;
+        Ok((master, StreamWait { stream, path }))
+    }
+
+    /// Attaches `(stdout, stderr)` write ends to a running container's
+    /// output; returns the container's stdin, if it has one.
+    pub fn attach(&self, id: &str, outputs: [OwnedFd; 2]) -> Result<Option<OwnedFd>, MonitorError> {
+        let op = Op::Attach(super::proto::ContainerRef { id: id.to_string() });
+        let raw: Vec<RawFd> = outputs.iter().map(|f| f.as_raw_fd()).collect();
+        let (_, mut fds, _) = self.call_with_fds(op, &raw)?;
+        Ok(fds.pop())
+    }
+}
+
+fn request(op: Op) -> Request {
+    Request {
+        version: VERSION,
+        op: Some(op),
+    }
+}
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> MonitorError + '_ {
+    move |source| MonitorError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn frame_len(len: [u8; 4]) -> Result<usize, MonitorError> {
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(MonitorError::Decode(format!("frame of {n} bytes")));
+    }
+    Ok(n)
+}
+
+/// A monitor's answer, its error field turned into an error.
+fn answer(resp: Response) -> Result<Response, MonitorError> {
+    if resp.error.is_empty() {
+        Ok(resp)
+    } else {
+        Err(MonitorError::Remote(resp.error))
+    }
+}
+
+async fn read_body(
+    s: &mut UnixStream,
+    len: [u8; 4],
+    io: &impl Fn(std::io::Error) -> MonitorError,
+) -> Result<Response, MonitorError> {
+    let mut buf = vec![0u8; frame_len(len)?];
+    s.read_exact(&mut buf).await.map_err(io)?;
+    Response::decode(buf.as_slice()).map_err(|e| MonitorError::Decode(e.to_string()))
 }
 
 /// An interactive process started by [`Client::start_stream`].
@@ -148,160 +252,13 @@ impl StreamWait {
         mut self,
         cancel: tokio::sync::oneshot::Receiver<()>,
     ) -> Result<i32, MonitorError> {
-        let path = self.path.clone();
-        let io = |source| MonitorError::Io {
-            path: path.clone(),
-            source,
-        };
+        let io = io_error(&self.path);
         let mut len = [0u8; 4];
         tokio::select! {
-            r = self.stream.read_exact(&mut len) => { r.map_err(io)?; }
+            r = self.stream.read_exact(&mut len) => { r.map_err(&io)?; }
             _ = cancel => return Err(MonitorError::Remote("exec cancelled".into())),
         }
-        let resp = read_body(&mut self.stream, len, &io).await?;
-        if !resp.error.is_empty() {
-            return Err(MonitorError::Remote(resp.error));
-        }
+        let resp = answer(read_body(&mut self.stream, len, &io).await?)?;
         Ok(resp.exit_code)
-    }
-}
-
-async fn read_body(
-    s: &mut UnixStream,
-    len: [u8; 4],
-    io: &impl Fn(std::io::Error) -> MonitorError,
-) -> Result<Response, MonitorError> {
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(MonitorError::Decode(format!("frame of {len} bytes")));
-    }
-    let mut buf = vec![0u8; len];
-    s.read_exact(&mut buf).await.map_err(io)?;
-    Response::decode(buf.as_slice()).map_err(|e| MonitorError::Decode(e.to_string()))
-}
-
-impl Client {
-    /// Starts an interactive process. Without tty it runs on `stdio`
-    /// (stdin, stdout, stderr); with tty the monitor makes a terminal inside
-    /// the container and its master is returned.
-    pub fn start_stream(
-        &self,
-        id: &str,
-        cmd: Vec<String>,
-        tty: bool,
-        stdio: Option<[std::os::fd::OwnedFd; 3]>,
-    ) -> Result<(Option<std::os::fd::OwnedFd>, StreamWait), MonitorError> {
-        use std::io::Read as _;
-        use std::os::fd::AsRawFd;
-        let path = self.socket();
-        let io = |source| MonitorError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(io)?;
-        let req = Request {
-            version: VERSION,
-            op: Some(Op::ExecStream(super::proto::ExecStream {
-                id: id.to_string(),
-                cmd,
-                tty,
-            })),
-        };
-        let body = req.encode_to_vec();
-        let mut frame = Vec::with_capacity(4 + body.len());
-        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&body);
-        let raw: Vec<i32> = stdio.iter().flatten().map(|f| f.as_raw_fd()).collect();
-        crate::executor::sys::send_with_fds(stream.as_raw_fd(), &frame, &raw).map_err(io)?;
-        // The monitor has its own copies now.
-        drop(stdio);
-        let mut master = None;
-        if tty {
-            // First answer: the pid, with the terminal's master attached.
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-            let mut len = [0u8; 4];
-            let (got, mut fds) =
-                crate::executor::sys::recv_with_fds(stream.as_raw_fd(), &mut len).map_err(io)?;
-            if got == 0 {
-                return Err(MonitorError::Decode("monitor hung up".into()));
-            }
-            stream.read_exact(&mut len[got..]).map_err(io)?;
-            let n = u32::from_be_bytes(len) as usize;
-            if n > MAX_FRAME {
-                return Err(MonitorError::Decode(format!("frame of {n} bytes")));
-            }
-            let mut buf = vec![0u8; n];
-            stream.read_exact(&mut buf).map_err(io)?;
-            let resp = Response::decode(buf.as_slice())
-                .map_err(|e| MonitorError::Decode(e.to_string()))?;
-            if !resp.error.is_empty() {
-                return Err(MonitorError::Remote(resp.error));
-            }
-            master = Some(
-                fds.pop()
-                    .ok_or_else(|| MonitorError::Decode("no terminal from the monitor".into()))?,
-            );
-            let _ = stream.set_read_timeout(None);
-        }
-        stream.set_nonblocking(true).map_err(io)?;
-        let stream = UnixStream::from_std(stream).map_err(io)?;
-        Ok((
-            master,
-            StreamWait {
-                stream,
-                path: path.clone(),
-            },
-        ))
-    }
-}
-
-impl Client {
-    /// Attaches `(stdout, stderr)` write ends to a running container's
-    /// output; returns the container's stdin, if it has one.
-    pub fn attach(
-        &self,
-        id: &str,
-        outputs: [std::os::fd::OwnedFd; 2],
-    ) -> Result<Option<std::os::fd::OwnedFd>, MonitorError> {
-        use std::io::Read as _;
-        use std::os::fd::AsRawFd;
-        let path = self.socket();
-        let io = |source| MonitorError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(io)?;
-        let req = Request {
-            version: VERSION,
-            op: Some(Op::Attach(super::proto::ContainerRef {
-                id: id.to_string(),
-            })),
-        };
-        let body = req.encode_to_vec();
-        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
-        let raw: Vec<i32> = outputs.iter().map(|f| f.as_raw_fd()).collect();
-        crate::executor::sys::send_with_fds(stream.as_raw_fd(), &frame, &raw).map_err(io)?;
-        drop(outputs);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-        let mut len = [0u8; 4];
-        let (got, mut fds) =
-            crate::executor::sys::recv_with_fds(stream.as_raw_fd(), &mut len).map_err(io)?;
-        if got == 0 {
-            return Err(MonitorError::Decode("monitor hung up".into()));
-        }
-        stream.read_exact(&mut len[got..]).map_err(io)?;
-        let n = u32::from_be_bytes(len) as usize;
-        if n > MAX_FRAME {
-            return Err(MonitorError::Decode(format!("frame of {n} bytes")));
-        }
-        let mut buf = vec![0u8; n];
-        stream.read_exact(&mut buf).map_err(io)?;
-        let resp =
-            Response::decode(buf.as_slice()).map_err(|e| MonitorError::Decode(e.to_string()))?;
-        if !resp.error.is_empty() {
-            return Err(MonitorError::Remote(resp.error));
-        }
-        Ok(fds.pop())
     }
 }

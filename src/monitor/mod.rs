@@ -26,6 +26,15 @@ pub const MAX_FRAME: usize = 40 << 20;
 /// Exec output kept per stream; the rest is dropped.
 pub const EXEC_OUTPUT_CAP: usize = 16 << 20;
 
+/// A protocol frame: 4-byte big-endian length, then the message.
+pub fn frame(msg: &impl prost::Message) -> Vec<u8> {
+    let body = msg.encode_to_vec();
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
 /// Files a monitor writes in a container's directory.
 pub mod files {
     /// The init's pid, written at create.

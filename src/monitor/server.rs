@@ -78,6 +78,26 @@ struct Container {
 }
 
 impl Container {
+    /// The process spec of an exec: the container's (user, env, caps,
+    /// cwd, rlimits) with other args.
+    fn exec_process(
+        &self,
+        cmd: &[String],
+        tty: bool,
+    ) -> Result<oci_spec::runtime::Process, String> {
+        if cmd.is_empty() {
+            return Err("empty command".into());
+        }
+        let mut process = self
+            .spec
+            .process()
+            .clone()
+            .ok_or("container has no process")?;
+        process.set_args(Some(cmd.to_vec()));
+        process.set_terminal(Some(tty));
+        Ok(process)
+    }
+
     /// A TTY container's stdin is its pty master, which also carries its
     /// output: never hand that one away.
     fn tty_stdin(&self) -> bool {
@@ -94,11 +114,8 @@ impl Container {
 fn fan_out(attachers: &mut Vec<[OwnedFd; 2]>, index: usize, bytes: &[u8]) {
     attachers.retain(|a| {
         let Some(fd) = a.get(index) else { return true };
-        let r = fd
-            .try_clone()
-            .map(File::from)
-            .and_then(|mut f| f.write(bytes));
-        !matches!(r, Err(e) if e.kind() != std::io::ErrorKind::WouldBlock)
+        // One write on the non-blocking descriptor: no dup per chunk.
+        !matches!(rustix::io::write(fd, bytes), Err(e) if e != rustix::io::Errno::AGAIN)
     });
 }
 
@@ -152,10 +169,7 @@ fn drain(fd: RawFd, mut sink: impl FnMut(&[u8])) -> bool {
 }
 
 fn respond(conn: &mut UnixStream, resp: &Response) {
-    let body = resp.encode_to_vec();
-    let mut frame = Vec::with_capacity(body.len() + 4);
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
+    let frame = super::frame(resp);
     let _ = conn.set_write_timeout(Some(Duration::from_secs(30)));
     let _ = conn.write_all(&frame);
 }
@@ -279,9 +293,7 @@ impl Monitor {
             }
             Some(Op::Attach(a)) => {
                 let resp = self.attach(&a.id, fds).unwrap_or_else(error);
-                let body = resp.encode_to_vec();
-                let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-                frame.extend_from_slice(&body);
+                let frame = super::frame(&resp);
                 // The container's stdin goes along, when it has one; with
                 // stdin_once the client gets the only copy, so its close
                 // is the process's EOF.
@@ -476,19 +488,8 @@ impl Monitor {
 
     fn exec(&mut self, e: proto::Exec, conn: Result<UnixStream, String>) -> Result<(), String> {
         let conn = conn?;
-        let c = self
-            .containers
-            .get(&e.id)
-            .ok_or_else(|| format!("no container {}", e.id))?;
-        if c.exit.is_some() || c.created.is_some() {
-            return Err(format!("container {} is not running", e.id));
-        }
-        if e.cmd.is_empty() {
-            return Err("empty command".into());
-        }
-        let mut process = c.spec.process().clone().ok_or("container has no process")?;
-        process.set_args(Some(e.cmd.clone()));
-        process.set_terminal(Some(false));
+        let c = self.running(&e.id)?;
+        let process = c.exec_process(&e.cmd, false)?;
         let (out_r, out_w) = pipe().map_err(|e| e.to_string())?;
         let (err_r, err_w) = pipe().map_err(|e| e.to_string())?;
         let stdio = Stdio {
@@ -521,13 +522,11 @@ impl Monitor {
     /// Adds a client's (stdout, stderr) pipes to a running container's
     /// output.
     fn attach(&mut self, id: &str, fds: Vec<OwnedFd>) -> Result<Response, String> {
+        self.running(id)?;
         let c = self
             .containers
             .get_mut(id)
             .ok_or_else(|| format!("no container {id}"))?;
-        if c.exit.is_some() || c.created.is_some() {
-            return Err(format!("container {id} is not running"));
-        }
         let mut fds = fds.into_iter();
         let (Some(out), Some(err)) = (fds.next(), fds.next()) else {
             return Err("attach needs two descriptors".into());
@@ -538,6 +537,18 @@ impl Monitor {
         Ok(Response::default())
     }
 
+    /// A started container that has not exited.
+    fn running(&self, id: &str) -> Result<&Container, String> {
+        let c = self
+            .containers
+            .get(id)
+            .ok_or_else(|| format!("no container {id}"))?;
+        if c.exit.is_some() || c.created.is_some() {
+            return Err(format!("container {id} is not running"));
+        }
+        Ok(c)
+    }
+
     /// An interactive exec on the daemon's descriptors.
     fn exec_stream(
         &mut self,
@@ -545,19 +556,8 @@ impl Monitor {
         fds: Vec<OwnedFd>,
         conn: UnixStream,
     ) -> Result<(), String> {
-        let c = self
-            .containers
-            .get(&e.id)
-            .ok_or_else(|| format!("no container {}", e.id))?;
-        if c.exit.is_some() || c.created.is_some() {
-            return Err(format!("container {} is not running", e.id));
-        }
-        if e.cmd.is_empty() {
-            return Err("empty command".into());
-        }
-        let mut process = c.spec.process().clone().ok_or("container has no process")?;
-        process.set_args(Some(e.cmd.clone()));
-        process.set_terminal(Some(e.tty));
+        let c = self.running(&e.id)?;
+        let process = c.exec_process(&e.cmd, e.tty)?;
         let pid = if e.tty {
             // The terminal is made inside the container; its master goes
             // to the daemon with a first answer (the pid).
@@ -569,9 +569,7 @@ impl Monitor {
                 pid,
                 ..Default::default()
             };
-            let body = first.encode_to_vec();
-            let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-            frame.extend_from_slice(&body);
+            let frame = super::frame(&first);
             if let Err(err) = sys::send_with_fds(conn.as_raw_fd(), &frame, &[master.as_raw_fd()]) {
                 sys::kill(pid, libc::SIGKILL);
                 return Err(format!("sending the terminal: {err}"));

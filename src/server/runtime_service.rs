@@ -44,6 +44,39 @@ impl RuntimeServiceHandler {
     pub fn new(rt: Arc<Runtime>) -> Self {
         RuntimeServiceHandler { rt }
     }
+
+    /// Exec and Attach: the CRI checks (texts as upstream's streaming
+    /// server), the container running, then a URL for `pending(full id)`.
+    fn stream_url(
+        &self,
+        container_id: &str,
+        (stdin, stdout, stderr, tty): (bool, bool, bool, bool),
+        conjunction: &str,
+        pending: impl FnOnce(String) -> crate::streaming::Pending,
+    ) -> Result<String, Status> {
+        if container_id.is_empty() {
+            return Err(Status::invalid_argument("missing required container_id"));
+        }
+        if tty && stderr {
+            return Err(Status::invalid_argument(
+                "tty and stderr cannot both be true",
+            ));
+        }
+        if !stdin && !stdout && !stderr {
+            return Err(Status::invalid_argument(format!(
+                "one of stdin, stdout, {conjunction} stderr must be set"
+            )));
+        }
+        // NotFound / FailedPrecondition before a URL exists.
+        let (_, id) = self
+            .rt
+            .containers
+            .monitor_for(&self.rt.pods, container_id)?;
+        self.rt
+            .streaming
+            .issue(pending(id))
+            .map_err(|e| Status::resource_exhausted(e.to_string()))
+    }
 }
 
 #[tonic::async_trait]
@@ -454,67 +487,32 @@ impl RuntimeService for RuntimeServiceHandler {
     #[tracing::instrument(skip_all, fields(container_id = %req.get_ref().container_id))]
     async fn exec(&self, req: Request<ExecRequest>) -> Reply<ExecResponse> {
         let req = req.into_inner();
-        if req.container_id.is_empty() {
-            return Err(Status::invalid_argument("missing required container_id"));
-        }
-        if req.tty && req.stderr {
-            return Err(Status::invalid_argument(
-                "tty and stderr cannot both be true",
-            ));
-        }
-        if !req.stdin && !req.stdout && !req.stderr {
-            return Err(Status::invalid_argument(
-                "one of stdin, stdout, or stderr must be set",
-            ));
-        }
-        if req.cmd.first().is_none_or(|c| c.is_empty()) {
+        if req.cmd.first().is_none_or(|c| c.is_empty()) && !req.container_id.is_empty() {
             return Err(Status::invalid_argument("exec command is empty"));
         }
-        // Fails with NotFound / FailedPrecondition before a URL exists.
-        let (_, id) = self
-            .rt
-            .containers
-            .monitor_for(&self.rt.pods, &req.container_id)?;
-        let url = self
-            .rt
-            .streaming
-            .issue(crate::streaming::Pending::Exec(ExecRequest {
+        let stdio = (req.stdin, req.stdout, req.stderr, req.tty);
+        let url = self.stream_url(&req.container_id.clone(), stdio, "or", |id| {
+            crate::streaming::Pending::Exec(ExecRequest {
                 container_id: id,
                 ..req
-            }))
-            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            })
+        })?;
         Ok(Response::new(ExecResponse { url }))
     }
+
     #[tracing::instrument(skip_all, fields(container_id = %req.get_ref().container_id))]
     async fn attach(&self, req: Request<AttachRequest>) -> Reply<AttachResponse> {
         let req = req.into_inner();
-        if req.container_id.is_empty() {
-            return Err(Status::invalid_argument("missing required container_id"));
-        }
-        if req.tty && req.stderr {
-            return Err(Status::invalid_argument(
-                "tty and stderr cannot both be true",
-            ));
-        }
-        if !req.stdin && !req.stdout && !req.stderr {
-            return Err(Status::invalid_argument(
-                "one of stdin, stdout, and stderr must be set",
-            ));
-        }
-        let (_, id) = self
-            .rt
-            .containers
-            .monitor_for(&self.rt.pods, &req.container_id)?;
-        let url = self
-            .rt
-            .streaming
-            .issue(crate::streaming::Pending::Attach(AttachRequest {
+        let stdio = (req.stdin, req.stdout, req.stderr, req.tty);
+        let url = self.stream_url(&req.container_id.clone(), stdio, "and", |id| {
+            crate::streaming::Pending::Attach(AttachRequest {
                 container_id: id,
                 ..req
-            }))
-            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            })
+        })?;
         Ok(Response::new(AttachResponse { url }))
     }
+
     #[tracing::instrument(skip_all, fields(pod_id = %req.get_ref().pod_sandbox_id))]
     async fn port_forward(&self, req: Request<PortForwardRequest>) -> Reply<PortForwardResponse> {
         let req = req.into_inner();

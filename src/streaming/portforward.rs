@@ -2,7 +2,6 @@
 //! namespace. Served over WebSocket channels here (form D of the spec:
 //! `v4.channel.k8s.io`, base64, or no subprotocol), ports from the request.
 
-use base64::Engine as _;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -11,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::websocket::Protocol;
+use super::websocket::{Protocol, frame};
 use crate::runtime::Runtime;
 
 /// Opens a connection to `port` in the pod's network namespace.
@@ -29,17 +28,6 @@ pub async fn dial(rt: &Runtime, pod_id: &str, port: u16) -> Result<tokio::net::T
         .set_nonblocking(true)
         .map_err(|e| e.to_string())?;
     tokio::net::TcpStream::from_std(std_stream).map_err(|e| e.to_string())
-}
-
-fn frame(p: Protocol, channel: u8, data: &[u8]) -> Message {
-    if p.base64 {
-        let mut s = String::new();
-        s.push((b'0' + channel) as char);
-        s.push_str(&base64::engine::general_purpose::STANDARD.encode(data));
-        Message::Text(s.into())
-    } else {
-        Message::Binary([&[channel][..], data].concat().into())
-    }
 }
 
 /// Serves the request's ports on one WebSocket: channel 2i carries data
@@ -103,14 +91,8 @@ pub async fn serve_websocket<S>(
             msg = ws.next() => match msg {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(m)) => {
-                    let (ch, data) = match &m {
-                        Message::Binary(b) if !b.is_empty() => (b[0], b[1..].to_vec()),
-                        Message::Text(t) if p.base64 && !t.is_empty() => {
-                            let Some(ch) = t.as_bytes()[0].checked_sub(b'0') else { continue };
-                            let Ok(d) = base64::engine::general_purpose::STANDARD.decode(&t.as_bytes()[1..]) else { continue };
-                            (ch, d)
-                        }
-                        _ => continue,
+                    let Some((ch, data)) = super::websocket::unframe(p, &m) else {
+                        continue;
                     };
                     if ch % 2 == 0
                         && let Some(Some(w)) = writers.get_mut(ch as usize / 2)

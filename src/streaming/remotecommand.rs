@@ -203,6 +203,21 @@ pub async fn start_attach(rt: &Runtime, req: &AttachRequest) -> Result<Process, 
     })
 }
 
+/// The error-channel message: a JSON Status, always, for protocol v4 and
+/// later (`json`); before that plain text and only on failure.
+pub fn status_message(exit: &Result<i32, String>, json: bool) -> Option<String> {
+    if json {
+        return Some(status_json(exit));
+    }
+    match exit {
+        Ok(0) => None,
+        Ok(c) => Some(format!(
+            "command terminated with non-zero exit code: exit status {c}"
+        )),
+        Err(e) => Some(e.clone()),
+    }
+}
+
 /// The error-channel message for protocol v4 and later.
 pub fn status_json(exit: &Result<i32, String>) -> String {
     match exit {

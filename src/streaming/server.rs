@@ -97,6 +97,46 @@ pub async fn serve(
     }
 }
 
+/// `101 Switching Protocols` to `upgrade`, with `headers`.
+fn switching(upgrade: &'static str, headers: Vec<(&'static str, String)>) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, header::HeaderValue::from_static(upgrade));
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    for (k, v) in headers {
+        if let Ok(v) = header::HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    }
+    r
+}
+
+/// The WebSocket handshake answer; an empty `protocol` is not echoed.
+fn websocket_accepted(key: &str, protocol: &str) -> Reply {
+    let mut headers = vec![("sec-websocket-accept", websocket::accept_key(key))];
+    if !protocol.is_empty() {
+        headers.push(("sec-websocket-protocol", protocol.to_string()));
+    }
+    switching("websocket", headers)
+}
+
+/// The connection after the 101, as a WebSocket.
+async fn upgraded_websocket(
+    req: Request<Incoming>,
+) -> Option<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>> {
+    match hyper::upgrade::on(req).await {
+        Ok(u) => Some(WebSocketStream::from_raw_socket(TokioIo::new(u), Role::Server, None).await),
+        Err(e) => {
+            tracing::warn!(error = %e, "websocket upgrade");
+            None
+        }
+    }
+}
+
 fn header_str<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
@@ -137,14 +177,9 @@ fn spdy_tunnel(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending, key: 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_tungstenite::tungstenite::Message;
     tokio::spawn(async move {
-        let upgraded = match hyper::upgrade::on(req).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(error = %e, "websocket upgrade");
-                return;
-            }
+        let Some(ws) = upgraded_websocket(req).await else {
+            return;
         };
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         let (mut ws_tx, mut ws_rx) = ws.split();
         let (session_io, tunnel) = tokio::io::duplex(256 * 1024);
         let (mut t_rd, mut t_wr) = tokio::io::split(tunnel);
@@ -180,25 +215,7 @@ fn spdy_tunnel(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending, key: 
             outbound
         );
     });
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(
-        header::UPGRADE,
-        header::HeaderValue::from_static("websocket"),
-    );
-    h.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("Upgrade"),
-    );
-    if let Ok(v) = header::HeaderValue::from_str(&websocket::accept_key(key)) {
-        h.insert("sec-websocket-accept", v);
-    }
-    h.insert(
-        "sec-websocket-protocol",
-        header::HeaderValue::from_static(SPDY_TUNNEL),
-    );
-    r
+    websocket_accepted(key, SPDY_TUNNEL)
 }
 
 fn spdy_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending) -> Reply {
@@ -239,22 +256,10 @@ fn spdy_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending) -> R
             Err(e) => tracing::warn!(error = %e, "SPDY upgrade"),
         }
     });
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("Upgrade"),
-    );
-    h.insert(
-        header::UPGRADE,
-        header::HeaderValue::from_static("SPDY/3.1"),
-    );
-    h.insert(
-        "x-stream-protocol-version",
-        header::HeaderValue::from_static(protocol),
-    );
-    r
+    switching(
+        "SPDY/3.1",
+        vec![("x-stream-protocol-version", protocol.to_string())],
+    )
 }
 
 fn websocket_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending) -> Reply {
@@ -290,14 +295,9 @@ fn websocket_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending)
         3
     };
     tokio::spawn(async move {
-        let upgraded = match hyper::upgrade::on(req).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(error = %e, "websocket upgrade");
-                return;
-            }
+        let Some(ws) = upgraded_websocket(req).await else {
+            return;
         };
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         let started = match &pending {
             Pending::Exec(exec) => {
                 tracing::info!(container_id = %exec.container_id, cmd = ?exec.cmd, tty = exec.tty, "exec session (websocket)");
@@ -330,25 +330,5 @@ fn websocket_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending)
             Err(e) => websocket::fail(ws, proto, &e).await,
         }
     });
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(
-        header::UPGRADE,
-        header::HeaderValue::from_static("websocket"),
-    );
-    h.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("Upgrade"),
-    );
-    if let Ok(v) = header::HeaderValue::from_str(&websocket::accept_key(&key)) {
-        h.insert("sec-websocket-accept", v);
-    }
-    if !proto.name.is_empty() {
-        h.insert(
-            "sec-websocket-protocol",
-            header::HeaderValue::from_static(proto.name),
-        );
-    }
-    r
+    websocket_accepted(&key, proto.name)
 }

@@ -11,7 +11,7 @@ use http::{HeaderMap, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Pending;
-use super::remotecommand::{Process, STDERR, parse_resizes, status_json};
+use super::remotecommand::{Process, STDERR, parse_resizes, status_message};
 use super::spdy::{RST_CANCEL, Session, Stream, StreamWriter};
 use crate::runtime::Runtime;
 
@@ -223,18 +223,7 @@ async fn finish(mut session: Session, s: &Streams, exit: &Result<i32, String>, s
     for w in [&s.stdin, &s.resize].into_iter().flatten() {
         let _ = w.reset(RST_CANCEL).await;
     }
-    let status = if status_v4 {
-        status_json(exit)
-    } else {
-        match exit {
-            Ok(0) => String::new(),
-            Ok(c) => format!("command terminated with non-zero exit code: exit status {c}"),
-            Err(e) => e.clone(),
-        }
-    };
-    if let Some(e) = &s.error
-        && !status.is_empty()
-    {
+    if let (Some(e), Some(status)) = (&s.error, status_message(exit, status_v4)) {
         let _ = e.write(Bytes::from(status)).await;
     }
     for w in [&s.stdout, &s.stderr, &s.error].into_iter().flatten() {

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::remotecommand::{Process, status_json};
+use super::remotecommand::{Process, status_message};
 
 /// What a negotiated subprotocol means on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +83,7 @@ pub fn accept_key(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
-fn frame(p: Protocol, channel: u8, data: &[u8]) -> Message {
+pub(super) fn frame(p: Protocol, channel: u8, data: &[u8]) -> Message {
     if p.base64 {
         let mut s = String::with_capacity(1 + data.len() * 4 / 3 + 4);
         s.push((b'0' + channel) as char);
@@ -99,7 +99,7 @@ fn frame(p: Protocol, channel: u8, data: &[u8]) -> Message {
 
 /// `(channel, payload)` of a client message; None for control or
 /// malformed messages.
-fn unframe(p: Protocol, m: &Message) -> Option<(u8, Vec<u8>)> {
+pub(super) fn unframe(p: Protocol, m: &Message) -> Option<(u8, Vec<u8>)> {
     match m {
         Message::Binary(b) if !b.is_empty() => Some((b[0], b[1..].to_vec())),
         Message::Text(t) if p.base64 && !t.is_empty() => {
@@ -157,15 +157,7 @@ pub async fn serve_exec<S>(
             },
             exit = &mut process.exit, if !outputs_open => {
                 let exit = exit.unwrap_or_else(|_| Err("exec ended without a status".into()));
-                let status = if p.status_json {
-                    Some(status_json(&exit))
-                } else {
-                    match &exit {
-                        Ok(0) => None,
-                        Ok(c) => Some(format!("command terminated with non-zero exit code: exit status {c}")),
-                        Err(e) => Some(e.clone()),
-                    }
-                };
+                let status = status_message(&exit, p.status_json);
                 if let Some(s) = status {
                     let _ = ws.send(frame(p, 3, s.as_bytes())).await;
                 }
@@ -196,11 +188,7 @@ pub async fn fail<S>(mut ws: WebSocketStream<S>, p: Protocol, err: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let msg = if p.status_json {
-        status_json(&Err(err.to_string()))
-    } else {
-        err.to_string()
-    };
+    let msg = status_message(&Err(err.to_string()), p.status_json).unwrap_or_default();
     let _ = ws.send(frame(p, 3, msg.as_bytes())).await;
     let _ = ws
         .send(Message::Close(Some(CloseFrame {
