@@ -14,7 +14,15 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tonic::Code;
 
-async fn running_container(d: &Daemon) -> (Runtime, String) {
+/// A daemon that can pull from the test registries.
+fn daemon() -> Daemon {
+    Daemon::builder()
+        .registries(&testenv().registries_conf())
+        .start()
+}
+
+/// Pulls busybox into `d`.
+async fn pull_busybox(d: &Daemon) -> String {
     let image = testenv().image("busybox:latest");
     d.images()
         .await
@@ -27,6 +35,32 @@ async fn running_container(d: &Daemon) -> (Runtime, String) {
         })
         .await
         .unwrap();
+    image
+}
+
+/// Creates and starts `cfg` in `pod`.
+async fn start_container(rt: &mut Runtime, pod: &str, mut cfg: ContainerConfig) -> String {
+    cfg.log_path = String::new();
+    let id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.to_string(),
+            config: Some(cfg),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    id
+}
+
+async fn running_container(d: &Daemon) -> (Runtime, String) {
+    let image = pull_busybox(d).await;
     let mut rt = d.runtime().await;
     let mut pod = pod_config("stream", "streaming");
     pod.linux = Some(LinuxPodSandboxConfig {
@@ -48,23 +82,8 @@ async fn running_container(d: &Daemon) -> (Runtime, String) {
         .unwrap()
         .into_inner()
         .pod_sandbox_id;
-    let mut cfg = container_config("app", &image, &["/bin/sh", "-c", "sleep 1000"]);
-    cfg.log_path = String::new();
-    let id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_id,
-            config: Some(cfg),
-            sandbox_config: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    let cfg = container_config("app", &image, &["/bin/sh", "-c", "sleep 1000"]);
+    let id = start_container(&mut rt, &pod_id, cfg).await;
     (rt, id)
 }
 
@@ -136,9 +155,7 @@ async fn collect(ws: &mut Ws, base64: bool) -> (String, String, String) {
 
 #[tokio::test]
 async fn websocket_exec_output_exit_code_and_stdin() {
-    let d = Daemon::builder()
-        .registries(&testenv().registries_conf())
-        .start();
+    let d = daemon();
     let (mut rt, id) = running_container(&d).await;
 
     let url = exec_url(
@@ -192,9 +209,7 @@ async fn websocket_exec_output_exit_code_and_stdin() {
 
 #[tokio::test]
 async fn exec_requests_are_validated() {
-    let d = Daemon::builder()
-        .registries(&testenv().registries_conf())
-        .start();
+    let d = daemon();
     let (mut rt, id) = running_container(&d).await;
     let bad = |r: ExecRequest| r;
     for (req, code) in [
@@ -242,9 +257,7 @@ async fn exec_requests_are_validated() {
 
 #[tokio::test]
 async fn websocket_exec_with_a_terminal_inside_the_container() {
-    let d = Daemon::builder()
-        .registries(&testenv().registries_conf())
-        .start();
+    let d = daemon();
     let (mut rt, id) = running_container(&d).await;
     let url = rt
         .exec(ExecRequest {
@@ -285,9 +298,7 @@ async fn websocket_exec_with_a_terminal_inside_the_container() {
 
 #[tokio::test]
 async fn websocket_attach_joins_the_main_process() {
-    let d = Daemon::builder()
-        .registries(&testenv().registries_conf())
-        .start();
+    let d = daemon();
     let (mut rt, _) = running_container(&d).await;
     // A second container whose main process echoes its stdin.
     let pods = rt
@@ -377,26 +388,13 @@ async fn websocket_attach_joins_the_main_process() {
 
 #[tokio::test]
 async fn websocket_port_forward_reaches_localhost_in_the_pod() {
-    let d = Daemon::builder()
-        .registries(&testenv().registries_conf())
-        .start();
+    let d = daemon();
     // Its own network namespace with only loopback: localhost is the pod's.
     d.install_cni_config(
         "10-lo.conflist",
         r#"{"cniVersion":"1.0.0","name":"lo-only","plugins":[{"type":"loopback"}]}"#,
     );
-    let image = testenv().image("busybox:latest");
-    d.images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let image = pull_busybox(&d).await;
     let mut rt = d.runtime().await;
     let pod = rt
         .run_pod_sandbox(RunPodSandboxRequest {
@@ -407,7 +405,7 @@ async fn websocket_port_forward_reaches_localhost_in_the_pod() {
         .unwrap()
         .into_inner()
         .pod_sandbox_id;
-    let mut cfg = container_config(
+    let cfg = container_config(
         "web",
         &image,
         &[
@@ -416,20 +414,7 @@ async fn websocket_port_forward_reaches_localhost_in_the_pod() {
             "mkdir -p /tmp/www; echo hello-pf > /tmp/www/index.html; exec httpd -f -p 7777 -h /tmp/www",
         ],
     );
-    cfg.log_path = String::new();
-    let id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(cfg),
-            sandbox_config: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest { container_id: id })
-        .await
-        .unwrap();
+    start_container(&mut rt, &pod, cfg).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Not on the host: the port is only inside the pod.
     assert!(std::net::TcpStream::connect("127.0.0.1:7777").is_err());
@@ -590,9 +575,7 @@ mod spdy_client {
 #[tokio::test]
 async fn spdy_exec_streams_and_status() {
     use crius::streaming::spdy::Frame;
-    let d = Daemon::builder()
-        .registries(&testenv().registries_conf())
-        .start();
+    let d = daemon();
     let (mut rt, id) = running_container(&d).await;
     let url = exec_url(
         &mut rt,
@@ -732,9 +715,7 @@ async fn streaming_over_tls() {
 
 #[tokio::test]
 async fn a_tty_exec_dies_when_its_client_goes_away() {
-    let d = Daemon::builder()
-        .registries(&testenv().registries_conf())
-        .start();
+    let d = daemon();
     let (mut rt, id) = running_container(&d).await;
     let url = rt
         .exec(ExecRequest {
