@@ -112,9 +112,10 @@ pub struct RuntimeConfig {
     /// Where container logs go when a pod gives no log directory.
     pub log_dir: PathBuf,
     /// Keep the kernel's cgroup migration lock in its fast-writer mode
-    /// (`favordynmods`): container starts skip an RCU grace period (10–18
-    /// ms on cgroup v1 here) at a small cost to every fork and exit on the
-    /// node. Off by default: it changes a node-wide kernel setting.
+    /// (`favordynmods`): on cgroup v2, container starts skip an RCU grace
+    /// period (10–14 ms) at a small cost to every fork and exit on the node.
+    /// cgroup v1 joins go through `tasks`, which never takes that lock.
+    /// Off by default: it changes a node-wide kernel setting.
     pub cgroup_favor_dynmods: bool,
 }
 
@@ -401,7 +402,7 @@ impl Config {
             s(&self.runtime.log_dir),
         );
         line(
-            "Faster container starts for slower forks node-wide: keeps the kernel's\ncgroup migration lock in favordynmods mode (saves an RCU grace period per start).",
+            "Faster container starts for slower forks node-wide: keeps the kernel's\ncgroup migration lock in favordynmods mode (saves an RCU grace period per start on cgroup v2).",
             "cgroup_favor_dynmods",
             Some(toml::Value::Boolean(self.runtime.cgroup_favor_dynmods)),
         );

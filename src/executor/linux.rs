@@ -249,11 +249,23 @@ fn process_namespaces(pid: i32) -> Result<Namespaces, ExecutorError> {
     Ok(Namespaces { join, unshare: 0 })
 }
 
-/// Joins the cgroup in every hierarchy, by writing our own pid.
+/// Joins the cgroup in every hierarchy.
+///
+/// On v1 the calling thread is moved through `tasks`: the kernel moves a
+/// lone `current` thread without write-locking the global threadgroup
+/// rwsem, whose RCU grace period made a `cgroup.procs` write cost 10–14 ms
+/// here (0.6 ms through `tasks`). Callers are single-threaded (forked
+/// from the monitor), so the thread is the whole process. A v2 directory
+/// has no `tasks` file and gets `cgroup.procs`.
 fn join_cgroups(dirs: &[PathBuf]) -> Result<(), String> {
     for d in dirs {
-        std::fs::write(d.join("cgroup.procs"), "0")
-            .map_err(|e| format!("joining cgroup {}: {e}", d.display()))?;
+        let joined = match std::fs::write(d.join("tasks"), "0") {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::write(d.join("cgroup.procs"), "0")
+            }
+            other => other,
+        };
+        joined.map_err(|e| format!("joining cgroup {}: {e}", d.display()))?;
     }
     Ok(())
 }
