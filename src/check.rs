@@ -216,16 +216,6 @@ pub fn run(config: &Config) -> Vec<Finding> {
         ),
         Err(e) => add(Level::Warn, "cni config", e),
     }
-    for plugin in ["loopback"] {
-        if network::find_plugin(&config.network.plugin_dirs, plugin).is_none() {
-            add(
-                Level::Warn,
-                "cni plugin",
-                format!("{plugin}: not found in {:?}", config.network.plugin_dirs),
-            );
-        }
-    }
-
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let shared = root_is_shared(&mountinfo);
     add(

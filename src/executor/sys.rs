@@ -246,3 +246,32 @@ pub fn connect_in_netns(
     .join()
     .map_err(|_| std::io::Error::other("connect thread panicked"))?
 }
+
+/// Brings the loopback interface of the caller's network namespace up, as
+/// the CNI `loopback` plugin would, without starting a plugin process (3–4
+/// ms per pod here).
+pub fn set_loopback_up() -> std::io::Result<()> {
+    // SAFETY: a plain datagram socket; the descriptor is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(last());
+    }
+    // SAFETY: fd was just returned by socket(2) and nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: req is a valid ifreq naming "lo"; the ioctl fills its flags.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(last());
+    }
+    // SAFETY: the flags member was just filled by SIOCGIFFLAGS.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: req is a valid ifreq with the new flags.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(last());
+    }
+    Ok(())
+}

@@ -195,6 +195,6 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cni");
         let f = default_network(&dir).unwrap().unwrap();
         assert_eq!(f.name, "crius");
-        assert_eq!(f.plugins, ["bridge", "portmap", "loopback"]);
+        assert_eq!(f.plugins, ["bridge", "portmap"]);
     }
 }

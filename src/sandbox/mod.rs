@@ -212,12 +212,21 @@ impl Pods {
             cgroup: None,
             init_pid: None,
         };
+        let started = std::time::Instant::now();
         self.store.put(Table::Pods, &id, &pod)?;
-        match self.set_up(&mut pod, network).await {
+        let mut timing = SetUpTiming::default();
+        match self.set_up(&mut pod, network, &mut timing).await {
             Ok(()) => {
                 pod.state = PodState::Ready;
                 self.store.put(Table::Pods, &id, &pod)?;
-                tracing::info!(pod_id = %id, pod = %key, ips = ?pod.ips, "pod sandbox ready");
+                tracing::info!(
+                    pod_id = %id, pod = %key, ips = ?pod.ips,
+                    total_ms = ms(started.elapsed()),
+                    namespaces_ms = ms(timing.namespaces),
+                    network_ms = ms(timing.network),
+                    monitor_ms = ms(timing.monitor),
+                    "pod sandbox ready"
+                );
                 Ok(id)
             }
             Err(e) => {
@@ -237,22 +246,35 @@ impl Pods {
         }
     }
 
-    async fn set_up(&self, pod: &mut PodRecord, network: &Network) -> Result<()> {
+    async fn set_up(
+        &self,
+        pod: &mut PodRecord,
+        network: &Network,
+        timing: &mut SetUpTiming,
+    ) -> Result<()> {
         // The pod's container monitor starts while the namespaces and the
         // network are set up, so the first CreateContainer finds it ready.
         let monitor =
             crate::monitor::client::Client::new(&crate::monitor::dir(self.runroot(), &pod.id));
         let starting = tokio::spawn(async move {
+            let t = std::time::Instant::now();
             if let Err(e) = monitor.ensure_running(&crate::helper_exe()).await {
                 tracing::warn!(error = %e, "starting the pod's monitor early");
             }
+            t.elapsed()
         });
-        let r = self.set_up_node(pod, network).await;
-        let _ = starting.await;
+        let r = self.set_up_node(pod, network, timing).await;
+        timing.monitor = starting.await.unwrap_or_default();
         r
     }
 
-    async fn set_up_node(&self, pod: &mut PodRecord, network: &Network) -> Result<()> {
+    async fn set_up_node(
+        &self,
+        pod: &mut PodRecord,
+        network: &Network,
+        timing: &mut SetUpTiming,
+    ) -> Result<()> {
+        let t = std::time::Instant::now();
         let dir = self.pod_dir(&pod.id);
         std::fs::create_dir_all(dir.join("ns")).map_err(internal)?;
         let mut kinds = Vec::new();
@@ -274,15 +296,32 @@ impl Pods {
         // Not stored yet: a crash before the next write is cleaned up by
         // recomputing the path and finding the init through its pin.
         pod.cgroup = Some(cgroup.clone());
-        self.cgroups.create(&cgroup).map_err(internal)?;
-        if !kinds.is_empty() {
-            pod.init_pid = pin(&dir.join("ns"), &kinds, &hostname, &sysctls(&pod.config)).await?;
+        // The namespaces are made by a child process; the node-side pieces
+        // are made while it runs.
+        let pinning = if kinds.is_empty() {
+            None
+        } else {
+            Some(start_pin(
+                &dir.join("ns"),
+                &kinds,
+                &hostname,
+                &sysctls(&pod.config),
+            )?)
+        };
+        let node_side = (|| {
+            self.cgroups.create(&cgroup).map_err(internal)?;
+            if !pod.host_ipc {
+                pinns::mount_shm(&self.shm_path(&pod.id), SHM_SIZE_KIB).map_err(internal)?;
+            }
+            write_file(&dir.join("hostname"), &format!("{hostname}\n"))?;
+            write_file(&dir.join("resolv.conf"), &resolv_conf(&pod.config)?)
+        })();
+        if let Some(child) = pinning {
+            pod.init_pid = finish_pin(child).await?;
         }
-        if !pod.host_ipc {
-            pinns::mount_shm(&self.shm_path(&pod.id), SHM_SIZE_KIB).map_err(internal)?;
-        }
-        write_file(&dir.join("hostname"), &format!("{hostname}\n"))?;
-        write_file(&dir.join("resolv.conf"), &resolv_conf(&pod.config)?)?;
+        node_side?;
+        timing.namespaces = t.elapsed();
+        let t = std::time::Instant::now();
         if !pod.host_network {
             let file = match network.readiness() {
                 Readiness::Ready(f) => f,
@@ -304,6 +343,7 @@ impl Pods {
                 .add(&conf, &self.attachment(pod))
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))?;
+            timing.network = t.elapsed();
             pod.ips = result_ips(&result);
             pod.network = Some(NetworkAttachment {
                 conf: conf.to_json(),
@@ -604,6 +644,19 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
 }
 
 /// The cgroup parent kubelet asked for ("" when none).
+/// Where a pod's set-up time went, logged with "pod sandbox ready" so an
+/// operator can see a slow CNI plugin or namespace step.
+#[derive(Default)]
+struct SetUpTiming {
+    namespaces: std::time::Duration,
+    network: std::time::Duration,
+    monitor: std::time::Duration,
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
 fn cgroup_parent(c: &PodSandboxConfig) -> &str {
     c.linux
         .as_ref()
@@ -660,13 +713,13 @@ fn sysctls(c: &PodSandboxConfig) -> Vec<(String, String)> {
     v
 }
 
-/// Runs `crius pinns` to create and pin the namespaces.
-async fn pin(
+/// Starts `crius-helper pinns` to create and pin the namespaces.
+fn start_pin(
     dir: &Path,
     kinds: &[NsKind],
     hostname: &str,
     sysctls: &[(String, String)],
-) -> Result<Option<u32>> {
+) -> Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(crate::helper_exe());
     cmd.arg("pinns")
         .arg("--dir")
@@ -679,7 +732,17 @@ async fn pin(
     for (k, v) in sysctls {
         cmd.arg("--sysctl").arg(format!("{k}={v}"));
     }
-    let out = cmd.output().await.map_err(internal)?;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(internal)
+}
+
+/// Waits for `pinns`; the pod init's pid when it started one.
+async fn finish_pin(child: tokio::process::Child) -> Result<Option<u32>> {
+    let out = child.wait_with_output().await.map_err(internal)?;
     if !out.status.success() {
         return Err(Error::Internal(format!(
             "pinning namespaces: {}",

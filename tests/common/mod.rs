@@ -431,8 +431,7 @@ pub fn bridge_conflist(name: &str, bridge: &str, subnet: &str) -> String {
         "plugins": [
             {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
              "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]]}},
-            {"type": "portmap", "capabilities": {"portMappings": true}},
-            {"type": "loopback"}
+            {"type": "portmap", "capabilities": {"portMappings": true}}
         ]
     })
     .to_string()
