@@ -2,12 +2,15 @@
 //! Times RunPodSandbox → CreateContainer → StartContainer (container
 //! running) one pod after another, then N pods at once, and reports the
 //! runtime's daemon and per-pod monitor/shim memory. Without an endpoint it
-//! runs crius and Debian's containerd 1.6 side by side on the same bridge
-//! CNI config and prints the ratios. Run with `hack/bench.sh`.
+//! runs crius and Debian's containerd 1.6 on the same bridge CNI config in
+//! alternating rounds and prints the ratios per round and over all rounds.
+//! Run with `hack/bench.sh`.
 //!
 //!   CRIUS_BENCH_ENDPOINT=/run/containerd/containerd.sock  any CRI runtime
 //!   CRIUS_BENCH_PODS=20        sequential pods (default 20)
 //!   CRIUS_BENCH_PARALLEL=20    pods started at once (default 20)
+//!   CRIUS_BENCH_ROUNDS=3       rounds of crius then containerd (default 3)
+//!   CRIUS_BENCH_CONFIG='[runtime]\ncgroup_favor_dynmods = true'  extra crius config
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -187,30 +190,80 @@ fn print(name: &str, r: &Report, n: usize, parallel: usize) {
     );
 }
 
-/// crius on a private root with `extra` config, under the load.
-async fn crius_load(n: usize, parallel: usize, extra: &str) -> Result<Report, String> {
-    let d = Daemon::builder()
-        .registries(&testenv().registries_conf())
-        .config(extra)
-        .start();
-    d.install_cni_config(
-        "10-bench.conflist",
-        &bridge_conflist("crius-bench", "crtb0", "10.197.0.0/16"),
+/// Both runtimes, started once and measured in alternating rounds so a
+/// machine that slows down mid-run weighs on both alike.
+struct Runtimes {
+    crius: Daemon,
+    ctrd: Containerd,
+}
+
+impl Runtimes {
+    fn start(extra: &str) -> Result<Runtimes, String> {
+        let crius = Daemon::builder()
+            .registries(&testenv().registries_conf())
+            .config(extra)
+            .start();
+        crius.install_cni_config(
+            "10-bench.conflist",
+            &bridge_conflist("crius-bench", "crtb0", "10.197.0.0/16"),
+        );
+        let dir = std::env::temp_dir().join(format!("crius-bench-ctrd-{}", std::process::id()));
+        let ctrd = Containerd::start(&dir, "crtb1", "10.196.0.0/16")
+            .map_err(|e| format!("containerd 1.6: {e}"))?;
+        Ok(Runtimes { crius, ctrd })
+    }
+
+    async fn crius(&self, n: usize, parallel: usize) -> Result<Report, String> {
+        let daemon_pid = self.crius.pid() as i32;
+        let runroot = self.crius.paths.runroot.display().to_string();
+        load(&self.crius.paths.socket, n, parallel, "crius", || {
+            (
+                daemon_pid,
+                pids_matching(|c| c.contains(" monitor ") && c.contains(&runroot)),
+            )
+        })
+        .await
+        .map_err(|e| format!("crius: {e}"))
+    }
+
+    async fn containerd(&self, n: usize, parallel: usize) -> Result<Report, String> {
+        let pid = self.ctrd.child.id() as i32;
+        let dir = self.ctrd.dir.display().to_string();
+        load(&self.ctrd.sock, n, parallel, "ctrd", || {
+            (
+                pid,
+                pids_matching(|c| c.contains("containerd-shim") && c.contains(&dir)),
+            )
+        })
+        .await
+        .map_err(|e| {
+            format!(
+                "containerd 1.6: {e} (log in {})",
+                self.ctrd.dir.join("containerd.log").display()
+            )
+        })
+    }
+}
+
+impl Drop for Runtimes {
+    /// containerd removes its own bridge; crius leaves its bridge, as CNI does.
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", "crtb0"])
+            .status();
+    }
+}
+
+fn ratios(name: &str, r: &Report, c: &Report, parallel: usize) {
+    let (_, med, _) = summary(r.sequential_ms.clone());
+    let (_, cmed, _) = summary(c.sequential_ms.clone());
+    println!(
+        "ratio {name} / containerd: sequential median {:.2}, {parallel} at once {:.2}, daemon RSS {:.2}, per-pod RSS {:.2}",
+        med / cmed,
+        r.parallel_ms / c.parallel_ms,
+        r.daemon_kib as f64 / c.daemon_kib.max(1) as f64,
+        r.per_pod_kib / c.per_pod_kib.max(1.0)
     );
-    let daemon_pid = d.pid() as i32;
-    let runroot = d.paths.runroot.display().to_string();
-    let r = load(&d.paths.socket, n, parallel, "crius", || {
-        (
-            daemon_pid,
-            pids_matching(|c| c.contains(" monitor ") && c.contains(&runroot)),
-        )
-    })
-    .await;
-    drop(d);
-    let _ = std::process::Command::new("ip")
-        .args(["link", "del", "crtb0"])
-        .status();
-    r
 }
 
 #[tokio::main]
@@ -238,63 +291,57 @@ async fn main() {
         }
         return;
     }
-    let crius = match crius_load(n, parallel, "").await {
-        Ok(r) => r,
+    let rounds = var("CRIUS_BENCH_ROUNDS", 3).max(1);
+    // Extra crius config, e.g. `[runtime]\ncgroup_favor_dynmods = true`.
+    let extra = std::env::var("CRIUS_BENCH_CONFIG").unwrap_or_default();
+    let rt = match Runtimes::start(&extra) {
+        Ok(rt) => rt,
         Err(e) => {
-            println!("crius: {e}");
+            println!("{e}");
             return;
         }
     };
-    print("crius", &crius, n, parallel);
-    // The same with the kernel's favordynmods (an opt-in setting).
-    let favor = match crius_load(n, parallel, "[runtime]\ncgroup_favor_dynmods = true").await {
-        Ok(r) => {
-            print("crius+favordyn", &r, n, parallel);
-            Some(r)
-        }
-        Err(e) => {
-            println!("crius+favordyn: {e}");
-            None
-        }
-    };
-
-    let dir = std::env::temp_dir().join(format!("crius-bench-ctrd-{}", std::process::id()));
-    let ctrd = match Containerd::start(&dir, "crtb1", "10.196.0.0/16") {
-        Ok(c) => c,
-        Err(e) => {
-            println!("containerd 1.6: {e}");
-            return;
-        }
-    };
-    let ctrd_pid = ctrd.child.id() as i32;
-    let ctrd_dir = dir.display().to_string();
-    let result = load(&ctrd.sock, n, parallel, "ctrd", || {
-        (
-            ctrd_pid,
-            pids_matching(|c| c.contains("containerd-shim") && c.contains(&ctrd_dir)),
-        )
-    })
-    .await;
-    drop(ctrd);
-    match result {
-        Ok(c) => {
-            print("containerd 1.6", &c, n, parallel);
-            for (name, r) in [("crius", Some(&crius)), ("crius+favordyn", favor.as_ref())] {
-                let Some(r) = r else { continue };
-                let (_, med, _) = summary(r.sequential_ms.clone());
-                let (_, cmed, _) = summary(c.sequential_ms.clone());
-                println!(
-                    "ratio {name} / containerd: sequential median {:.2}, {parallel} at once {:.2}, daemon RSS {:.2}, per-pod RSS {:.2}",
-                    med / cmed,
-                    r.parallel_ms / c.parallel_ms,
-                    r.daemon_kib as f64 / c.daemon_kib.max(1) as f64,
-                    r.per_pod_kib / c.per_pod_kib.max(1.0)
-                );
+    println!(
+        "cgroup {}; {rounds} rounds, crius then containerd in each",
+        cgroup_version()
+    );
+    let mut all = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let (r, c) = match (
+            rt.crius(n, parallel).await,
+            rt.containerd(n, parallel).await,
+        ) {
+            (Ok(r), Ok(c)) => (r, c),
+            (Err(e), _) | (_, Err(e)) => {
+                println!("round {round}: {e}");
+                return;
             }
-        }
-        Err(e) => println!(
-            "containerd 1.6: {e} (log in {})",
-            dir.join("containerd.log").display()
-        ),
+        };
+        println!("-- round {round}");
+        print("crius", &r, n, parallel);
+        print("containerd 1.6", &c, n, parallel);
+        ratios("crius", &r, &c, parallel);
+        all.0.extend(r.sequential_ms);
+        all.1.extend(c.sequential_ms);
+        all.2.push(r.parallel_ms);
+        all.3.push(c.parallel_ms);
+    }
+    let (_, med, _) = summary(all.0);
+    let (_, cmed, _) = summary(all.1);
+    let (_, par, _) = summary(all.2);
+    let (_, cpar, _) = summary(all.3);
+    println!(
+        "-- all {rounds} rounds: pod+container median {med:.1} ms vs {cmed:.1} ms (ratio {:.2}); {parallel} at once, median round {par:.0} ms vs {cpar:.0} ms (ratio {:.2})",
+        med / cmed,
+        par / cpar
+    );
+}
+
+/// "v1" or "v2", as the runtime sees the node.
+fn cgroup_version() -> &'static str {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "v2"
+    } else {
+        "v1"
     }
 }
