@@ -383,13 +383,60 @@ impl Containers {
         let id = record.id.clone();
         let t = std::time::Instant::now();
         let step = |what: &str| tracing::debug!(container_id = %id, elapsed_us = t.elapsed().as_micros() as u64, "{what}");
-        let config = &record.config;
+        let config = record.config.clone();
         let layers = record
             .layers
             .iter()
             .map(|c| images.layer_dir(c))
             .collect::<Result<Vec<_>>>()?;
-        let rootfs = storage.create_rootfs(&id, &layers).map_err(internal)?;
+        let privileged = spec::privileged(&config);
+        let devices = host_devices(&config, privileged)?;
+        // The cgroup with its limits (before any process joins it) is made
+        // on a blocking thread while the rootfs is mounted and the spec
+        // written; it is always waited for, so a failure of either leaves
+        // tear_down nothing half-made.
+        let cgroup_job = {
+            let (cgroups, path) = (self.cgroups.clone(), record.cgroup.clone());
+            let resources = record.resources.clone().unwrap_or_default();
+            let devices = devices.clone();
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                cgroups.create(&path).map_err(internal)?;
+                cgroups
+                    .apply(&path, &resources)
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                cgroups
+                    .restrict_devices(&path, privileged, &devices)
+                    .map_err(internal)
+            })
+        };
+        let prepared = self
+            .write_spec(pods, storage, pod, image, record, &layers, devices, &step)
+            .await;
+        let cgroup = cgroup_job.await.map_err(internal).and_then(|r| r);
+        let dir = prepared?;
+        cgroup?;
+        step("cgroup ready");
+        self.create_in_monitor(pods, pod, record, &config, &dir, &step)
+            .await
+    }
+
+    /// Mounts the rootfs, resolves the user and writes `config.json` (and
+    /// the seccomp program) into the container's state directory, returned.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_spec(
+        &self,
+        pods: &Pods,
+        storage: &Storage,
+        pod: &PodRecord,
+        image: &crate::image::record::ImageRecord,
+        record: &mut ContainerRecord,
+        layers: &[PathBuf],
+        devices: Vec<spec::HostDevice>,
+        step: &impl Fn(&str),
+    ) -> Result<PathBuf> {
+        let id = record.id.clone();
+        let config = &record.config.clone();
+        let rootfs = storage.create_rootfs(&id, layers).map_err(internal)?;
         step("rootfs mounted");
         let sec = config
             .linux
@@ -476,7 +523,6 @@ impl Containers {
             }
             host_mounts_ok.push(p);
         }
-        let devices = host_devices(config, spec::privileged(config))?;
         let v2 = self.cgroups.version() == "v2";
         let input = spec::SpecInput {
             config,
@@ -510,22 +556,27 @@ impl Containers {
         }
         let json = serde_json::to_vec_pretty(&oci).map_err(internal)?;
         std::fs::write(dir.join("config.json"), json).map_err(internal)?;
-        step("spec written");
-        // cgroup with its limits before any process joins it.
-        self.cgroups.create(&record.cgroup).map_err(internal)?;
-        let resources = record.resources.clone().unwrap_or_default();
-        self.cgroups
-            .apply(&record.cgroup, &resources)
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        self.cgroups
-            .restrict_devices(&record.cgroup, spec::privileged(config), &input.devices)
-            .map_err(internal)?;
         if !record.log_path.is_empty()
             && let Some(parent) = Path::new(&record.log_path).parent()
         {
             std::fs::create_dir_all(parent).map_err(internal)?;
         }
-        step("cgroup ready");
+        step("spec written");
+        Ok(dir)
+    }
+
+    /// Has the pod's monitor create the container's process from the spec
+    /// in `dir`.
+    async fn create_in_monitor(
+        &self,
+        pods: &Pods,
+        pod: &PodRecord,
+        record: &ContainerRecord,
+        config: &ContainerConfig,
+        dir: &Path,
+        step: &impl Fn(&str),
+    ) -> Result<()> {
+        let id = &record.id;
         let monitor = Self::monitor(pods, &pod.id);
         monitor
             .ensure_running(&self.exe)
