@@ -199,9 +199,14 @@ struct Runtimes {
 
 impl Runtimes {
     fn start(extra: &str) -> Result<Runtimes, String> {
+        // Volatile state of both on a tmpfs, persistent state on disk, as on
+        // a node where /run is a tmpfs.
         let crius = Daemon::builder()
             .registries(&testenv().registries_conf())
             .config(extra)
+            .runroot_on_tmpfs()
+            // Both at their default log level (the harness's is debug).
+            .env("CRIUS_LOG_LEVEL", "info")
             .start();
         crius.install_cni_config(
             "10-bench.conflist",

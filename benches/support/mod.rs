@@ -35,6 +35,8 @@ impl Containerd {
             bridge_conflist("crius-bench-ctrd", bridge, subnet),
         )
         .map_err(|e| e.to_string())?;
+        // Its volatile state on a tmpfs, as crius's runroot in the bench.
+        crate::common::mount_tmpfs(&dir.join("state"));
         let sock = dir.join("containerd.sock");
         let config = dir.join("config.toml");
         std::fs::write(
@@ -103,6 +105,7 @@ impl Drop for Containerd {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .status();
+        let _ = nix::mount::umount2(&self.dir.join("state"), nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

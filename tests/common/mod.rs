@@ -31,9 +31,17 @@ pub struct DaemonBuilder {
     registries: Option<String>,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    runroot_tmpfs: bool,
 }
 
 impl DaemonBuilder {
+    /// Mounts a tmpfs on the runroot, as `/run` is on a real node (here the
+    /// temporary directory is on the root filesystem). Unmounted on drop.
+    pub fn runroot_on_tmpfs(mut self) -> Self {
+        self.runroot_tmpfs = true;
+        self
+    }
+
     /// Extra TOML appended to the generated config, which ends inside its
     /// `[image]` table: bare keys set image options, a `[table]` starts another.
     pub fn config(mut self, toml: &str) -> Self {
@@ -73,6 +81,9 @@ impl DaemonBuilder {
             .expect("tempdir");
         let paths = Paths::new(dir.path());
         std::fs::create_dir_all(&paths.cni_dir).expect("cni dir");
+        if self.runroot_tmpfs {
+            mount_tmpfs(&paths.runroot);
+        }
         let registries = paths.base.join("registries.conf");
         std::fs::write(&registries, self.registries.unwrap_or_default()).expect("registries.conf");
         let config = format!(
@@ -259,6 +270,7 @@ impl Drop for Daemon {
         // inits running, nor namespace pins or tmpfs mounted on the host.
         kill_containers(&self.paths.runroot);
         kill_pod_inits(&self.paths.runroot.join("pods"));
+        remove_pod_cgroups(&self.paths.runroot.join("pods"));
         let base = self.paths.base.display().to_string();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
@@ -267,6 +279,19 @@ impl Drop for Daemon {
             }
         }
     }
+}
+
+/// Mounts a fresh tmpfs on `dir` (created if missing).
+pub fn mount_tmpfs(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("tmpfs mount point");
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .expect("mount tmpfs");
 }
 
 /// Kills container inits (their pid files) and the pod monitors of a
@@ -307,6 +332,52 @@ fn kill_containers(runroot: &Path) {
 }
 
 /// Kills the `crius pod-init` of every pod PID namespace pinned under `pods`.
+/// Removes the cgroups (default parent, either driver) of the pods a
+/// test left: a killed daemon never removed them.
+fn remove_pod_cgroups(pods: &Path) {
+    let ids: Vec<String> = std::fs::read_dir(pods)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|id| id.len() >= 12)
+                .collect()
+        })
+        .unwrap_or_default();
+    if ids.is_empty() {
+        return;
+    }
+    let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
+    roots.extend(
+        std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path()),
+    );
+    for id in ids {
+        for root in &roots {
+            for pod in [
+                root.join(format!("crius/crius-pod-{}", &id[..12])),
+                root.join(format!("crius.slice/crius-pod-{}.scope", &id[..12])),
+            ] {
+                if !pod.is_dir() {
+                    continue;
+                }
+                // Killed processes may take a moment to leave.
+                for _ in 0..50 {
+                    for child in std::fs::read_dir(&pod).into_iter().flatten().flatten() {
+                        let _ = std::fs::remove_dir(child.path());
+                    }
+                    if std::fs::remove_dir(&pod).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
+
 fn kill_pod_inits(pods: &Path) {
     use std::os::unix::fs::MetadataExt;
     let pinned: Vec<u64> = std::fs::read_dir(pods)
