@@ -383,14 +383,13 @@ impl Containers {
         let id = record.id.clone();
         let t = std::time::Instant::now();
         let step = |what: &str| tracing::debug!(container_id = %id, elapsed_us = t.elapsed().as_micros() as u64, "{what}");
-        let config = record.config.clone();
         let layers = record
             .layers
             .iter()
             .map(|c| images.layer_dir(c))
             .collect::<Result<Vec<_>>>()?;
-        let privileged = spec::privileged(&config);
-        let devices = host_devices(&config, privileged)?;
+        let privileged = spec::privileged(&record.config);
+        let devices = host_devices(&record.config, privileged)?;
         // The cgroup with its limits (before any process joins it) is made
         // on a blocking thread while the rootfs is mounted and the spec
         // written; it is always waited for, so a failure of either leaves
@@ -416,8 +415,7 @@ impl Containers {
         let dir = prepared?;
         cgroup?;
         step("cgroup ready");
-        self.create_in_monitor(pods, pod, record, &config, &dir, &step)
-            .await
+        self.create_in_monitor(pods, pod, record, &dir, &step).await
     }
 
     /// Mounts the rootfs, resolves the user and writes `config.json` (and
@@ -435,7 +433,7 @@ impl Containers {
         step: &impl Fn(&str),
     ) -> Result<PathBuf> {
         let id = record.id.clone();
-        let config = &record.config.clone();
+        let config = &record.config;
         let rootfs = storage.create_rootfs(&id, layers).map_err(internal)?;
         step("rootfs mounted");
         let sec = config
@@ -572,11 +570,10 @@ impl Containers {
         pods: &Pods,
         pod: &PodRecord,
         record: &ContainerRecord,
-        config: &ContainerConfig,
         dir: &Path,
         step: &impl Fn(&str),
     ) -> Result<()> {
-        let id = &record.id;
+        let (id, config) = (&record.id, &record.config);
         let monitor = Self::monitor(pods, &pod.id);
         monitor
             .ensure_running(&self.exe)

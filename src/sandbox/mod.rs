@@ -643,7 +643,6 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
         .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
 }
 
-/// The cgroup parent kubelet asked for ("" when none).
 /// Where a pod's set-up time went, logged with "pod sandbox ready" so an
 /// operator can see a slow CNI plugin or namespace step.
 #[derive(Default)]
@@ -657,6 +656,7 @@ fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
+/// The cgroup parent kubelet asked for ("" when none).
 fn cgroup_parent(c: &PodSandboxConfig) -> &str {
     c.linux
         .as_ref()

@@ -331,40 +331,28 @@ fn kill_containers(runroot: &Path) {
     }
 }
 
-/// Kills the `crius pod-init` of every pod PID namespace pinned under `pods`.
-/// Removes the cgroups (default parent, either driver) of the pods a
-/// test left: a killed daemon never removed them.
+/// Removes the cgroups of the pods a test left (a killed daemon never
+/// removed them), named and placed as crius does for either driver.
 fn remove_pod_cgroups(pods: &Path) {
-    let ids: Vec<String> = std::fs::read_dir(pods)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|id| id.len() >= 12)
-                .collect()
-        })
-        .unwrap_or_default();
-    if ids.is_empty() {
-        return;
-    }
-    let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
-    roots.extend(
-        std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path()),
-    );
+    use crius::cgroups::Cgroups;
+    use crius::config::CgroupDriver;
+    let ids = std::fs::read_dir(pods)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned());
     for id in ids {
-        for root in &roots {
-            for pod in [
-                root.join(format!("crius/crius-pod-{}", &id[..12])),
-                root.join(format!("crius.slice/crius-pod-{}.scope", &id[..12])),
-            ] {
-                if !pod.is_dir() {
-                    continue;
-                }
+        for driver in [CgroupDriver::Cgroupfs, CgroupDriver::Systemd] {
+            let cgroups = Cgroups::detect(driver);
+            let Ok(rel) = cgroups.pod_path("", &id) else {
+                continue;
+            };
+            for pod in cgroups.dirs(&rel).unwrap_or_default() {
                 // Killed processes may take a moment to leave.
                 for _ in 0..50 {
+                    if !pod.is_dir() {
+                        break;
+                    }
                     for child in std::fs::read_dir(&pod).into_iter().flatten().flatten() {
                         let _ = std::fs::remove_dir(child.path());
                     }
@@ -378,6 +366,7 @@ fn remove_pod_cgroups(pods: &Path) {
     }
 }
 
+/// Kills the `crius pod-init` of every pod PID namespace pinned under `pods`.
 fn kill_pod_inits(pods: &Path) {
     use std::os::unix::fs::MetadataExt;
     let pinned: Vec<u64> = std::fs::read_dir(pods)
