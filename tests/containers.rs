@@ -4,216 +4,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::testenv::testenv;
+use common::pod::*;
 use common::*;
 use k8s_cri::v1::*;
 use tonic::Code;
-
-struct Env {
-    d: Daemon,
-    rt: Runtime,
-    pod: String,
-    logs: PathBuf,
-    image: String,
-}
-
-/// A daemon with busybox pulled and one host-network pod (no CNI needed).
-async fn env(name: &str) -> Env {
-    let d = Daemon::builder()
-        .registries(&testenv().registries_conf())
-        .start();
-    let image = testenv().image("busybox:latest");
-    let mut images = d.images().await;
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull busybox");
-    let mut rt = d.runtime().await;
-    let logs = d.paths.base.join("logs");
-    let pod = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(host_pod(name, &logs)),
-            ..Default::default()
-        })
-        .await
-        .expect("run pod")
-        .into_inner()
-        .pod_sandbox_id;
-    println!("cgroup version: {}", cgroup_version());
-    Env {
-        d,
-        rt,
-        pod,
-        logs,
-        image,
-    }
-}
-
-fn cgroup_version() -> &'static str {
-    let v2 = nix::sys::statfs::statfs("/sys/fs/cgroup")
-        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
-    if v2 { "v2" } else { "v1" }
-}
-
-fn host_pod(name: &str, logs: &Path) -> PodSandboxConfig {
-    let mut p = pod_config(name, "containers");
-    p.log_directory = logs.display().to_string();
-    p.linux = Some(LinuxPodSandboxConfig {
-        security_context: Some(LinuxSandboxSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                network: NamespaceMode::Node as i32,
-                pid: NamespaceMode::Container as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    p
-}
-
-impl Env {
-    fn config(&self, name: &str, script: &str) -> ContainerConfig {
-        container_config(name, &self.image, &["/bin/sh", "-c", script])
-    }
-
-    async fn create(&mut self, config: ContainerConfig) -> Result<String, tonic::Status> {
-        self.rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: self.pod.clone(),
-                config: Some(config),
-                sandbox_config: None,
-            })
-            .await
-            .map(|r| r.into_inner().container_id)
-    }
-
-    async fn run(&mut self, name: &str, script: &str) -> String {
-        let cfg = self.config(name, script);
-        self.run_config(cfg).await
-    }
-
-    async fn run_config(&mut self, cfg: ContainerConfig) -> String {
-        let id = self.create(cfg).await.expect("create");
-        self.rt
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .expect("start");
-        id
-    }
-
-    async fn status(&mut self, id: &str) -> ContainerStatus {
-        self.rt
-            .container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .expect("status")
-            .into_inner()
-            .status
-            .expect("status body")
-    }
-
-    async fn wait_exit(&mut self, id: &str) -> ContainerStatus {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let s = self.status(id).await;
-            if s.state == ContainerState::ContainerExited as i32 {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "container did not exit: {s:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn exec(&mut self, id: &str, cmd: &[&str], timeout: i64) -> ExecSyncResponse {
-        self.rt
-            .exec_sync(ExecSyncRequest {
-                container_id: id.into(),
-                cmd: cmd.iter().map(|s| s.to_string()).collect(),
-                timeout,
-            })
-            .await
-            .expect("exec_sync")
-            .into_inner()
-    }
-
-    async fn sh(&mut self, id: &str, script: &str) -> (String, i32) {
-        let r = self.exec(id, &["/bin/sh", "-c", script], 10).await;
-        (String::from_utf8_lossy(&r.stdout).into_owned(), r.exit_code)
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default()
-    }
-
-    async fn stop(&mut self, id: &str, timeout: i64) {
-        self.rt
-            .stop_container(StopContainerRequest {
-                container_id: id.into(),
-                timeout,
-            })
-            .await
-            .expect("stop");
-    }
-
-    async fn remove(&mut self, id: &str) {
-        self.rt
-            .remove_container(RemoveContainerRequest {
-                container_id: id.into(),
-            })
-            .await
-            .expect("remove");
-    }
-
-    async fn list(&mut self, filter: ContainerFilter) -> Vec<Container> {
-        self.rt
-            .list_containers(ListContainersRequest {
-                filter: Some(filter),
-            })
-            .await
-            .expect("list")
-            .into_inner()
-            .containers
-    }
-
-    fn container_cgroup(&self, id: &str, controller: &str) -> PathBuf {
-        let base = if cgroup_version() == "v2" {
-            PathBuf::from("/sys/fs/cgroup")
-        } else {
-            PathBuf::from("/sys/fs/cgroup").join(controller)
-        };
-        let pattern = format!("crius-{}", &id[..12]);
-        find_dir(&base.join("crius"), &pattern).expect("container cgroup")
-    }
-}
-
-fn find_dir(dir: &Path, name: &str) -> Option<PathBuf> {
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        if !e.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        if e.file_name().to_string_lossy() == name {
-            return Some(e.path());
-        }
-        if let Some(p) = find_dir(&e.path(), name) {
-            return Some(p);
-        }
-    }
-    None
-}
 
 /// The `F`-terminated lines of a CRI log for one stream, reassembled.
 fn log_lines(log: &str, stream: &str) -> Vec<String> {
@@ -680,16 +477,7 @@ async fn daemon_crash_keeps_containers_and_logs() {
     .unwrap();
     assert!(e.list(ContainerFilter::default()).await.is_empty());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let monitors = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|p| {
-            let c = std::fs::read(p.path().join("cmdline")).ok()?;
-            let c = String::from_utf8_lossy(&c).replace('\0', " ");
-            (c.contains("monitor") && c.contains(&e.d.paths.runroot.display().to_string()))
-                .then_some(c)
-        })
-        .collect::<Vec<_>>();
+    let monitors = monitor_pids(&e.d.paths.runroot);
     assert!(monitors.is_empty(), "left running: {monitors:?}");
 }
 
@@ -853,18 +641,14 @@ async fn a_dead_monitor_does_not_block_stop_or_remove() {
             .trim()
             .parse()
             .unwrap();
-    let runroot = e.d.paths.runroot.display().to_string();
-    for p in std::fs::read_dir("/proc").unwrap().flatten() {
-        let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains("monitor") && cmd.contains(&runroot) {
-            let mon: i32 = p.file_name().to_string_lossy().parse().unwrap();
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(mon),
-                nix::sys::signal::Signal::SIGKILL,
-            )
-            .unwrap();
-        }
+    let monitors = monitor_pids(&e.d.paths.runroot);
+    assert_eq!(monitors.len(), 1, "one monitor for the pod");
+    for mon in monitors {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(mon),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     e.stop(&id, 5).await;

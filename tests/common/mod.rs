@@ -2,6 +2,7 @@
 //! socket, and talks CRI to it over the unix socket like kubelet does.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod pod;
 pub mod testenv;
 
 use std::collections::HashMap;
@@ -303,16 +304,8 @@ fn kill_containers(runroot: &Path) {
             nix::sys::signal::Signal::SIGKILL,
         );
     };
-    let needle = runroot.display().to_string();
-    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains("monitor") && cmd.contains(&needle) {
-            kill(pid);
-        }
+    for pid in monitor_pids(runroot) {
+        kill(pid);
     }
     for c in std::fs::read_dir(runroot.join("containers"))
         .into_iter()
@@ -329,6 +322,23 @@ fn kill_containers(runroot: &Path) {
             kill(pid);
         }
     }
+}
+
+/// The pod monitors of a runroot: `crius-helper monitor` processes whose
+/// working directory (their monitor directory) is under it.
+pub fn monitor_pids(runroot: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cwd = std::fs::read_link(p.path().join("cwd")).unwrap_or_default();
+        if cmd.split(|b| *b == 0).any(|a| a == b"monitor") && cwd.starts_with(runroot) {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 /// Removes the cgroups of the pods a test left (a killed daemon never

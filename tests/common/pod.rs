@@ -1,0 +1,221 @@
+//! A daemon with busybox pulled and one pod, and the container calls the
+//! container tests make on it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::testenv::testenv;
+use super::*;
+
+pub struct Env {
+    pub d: Daemon,
+    pub rt: Runtime,
+    pub pod: String,
+    pub logs: PathBuf,
+    pub image: String,
+}
+
+/// A daemon with busybox pulled and one host-network pod (no CNI needed).
+pub async fn env(name: &str) -> Env {
+    env_with(name, NamespaceMode::Container, &[]).await
+}
+
+/// [`env`] with the pod's PID namespace mode (`POD` shares one among its
+/// containers) and extra environment for the daemon.
+pub async fn env_with(name: &str, pid: NamespaceMode, daemon_env: &[(&str, &str)]) -> Env {
+    let mut b = Daemon::builder().registries(&testenv().registries_conf());
+    for (k, v) in daemon_env {
+        b = b.env(k, v);
+    }
+    let d = b.start();
+    let image = testenv().image("busybox:latest");
+    let mut images = d.images().await;
+    images
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull busybox");
+    let mut rt = d.runtime().await;
+    let logs = d.paths.base.join("logs");
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(host_pod(name, &logs, pid)),
+            ..Default::default()
+        })
+        .await
+        .expect("run pod")
+        .into_inner()
+        .pod_sandbox_id;
+    println!("cgroup version: {}", cgroup_version());
+    Env {
+        d,
+        rt,
+        pod,
+        logs,
+        image,
+    }
+}
+
+pub fn cgroup_version() -> &'static str {
+    let v2 = nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+    if v2 { "v2" } else { "v1" }
+}
+
+/// A host-network pod whose containers log under `logs`.
+pub fn host_pod(name: &str, logs: &Path, pid: NamespaceMode) -> PodSandboxConfig {
+    let mut p = pod_config(name, "containers");
+    p.log_directory = logs.display().to_string();
+    p.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                network: NamespaceMode::Node as i32,
+                pid: pid as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    p
+}
+
+impl Env {
+    pub fn config(&self, name: &str, script: &str) -> ContainerConfig {
+        container_config(name, &self.image, &["/bin/sh", "-c", script])
+    }
+
+    pub async fn create(&mut self, config: ContainerConfig) -> Result<String, tonic::Status> {
+        self.rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: self.pod.clone(),
+                config: Some(config),
+                sandbox_config: None,
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    pub async fn run(&mut self, name: &str, script: &str) -> String {
+        let cfg = self.config(name, script);
+        self.run_config(cfg).await
+    }
+
+    pub async fn run_config(&mut self, cfg: ContainerConfig) -> String {
+        let id = self.create(cfg).await.expect("create");
+        self.rt
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .expect("start");
+        id
+    }
+
+    pub async fn status(&mut self, id: &str) -> ContainerStatus {
+        self.rt
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .expect("status")
+            .into_inner()
+            .status
+            .expect("status body")
+    }
+
+    pub async fn wait_exit(&mut self, id: &str) -> ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.status(id).await;
+            if s.state == ContainerState::ContainerExited as i32 {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "container did not exit: {s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn exec(&mut self, id: &str, cmd: &[&str], timeout: i64) -> ExecSyncResponse {
+        self.rt
+            .exec_sync(ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout,
+            })
+            .await
+            .expect("exec_sync")
+            .into_inner()
+    }
+
+    pub async fn sh(&mut self, id: &str, script: &str) -> (String, i32) {
+        let r = self.exec(id, &["/bin/sh", "-c", script], 10).await;
+        (String::from_utf8_lossy(&r.stdout).into_owned(), r.exit_code)
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    pub async fn stop(&mut self, id: &str, timeout: i64) {
+        self.rt
+            .stop_container(StopContainerRequest {
+                container_id: id.into(),
+                timeout,
+            })
+            .await
+            .expect("stop");
+    }
+
+    pub async fn remove(&mut self, id: &str) {
+        self.rt
+            .remove_container(RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .expect("remove");
+    }
+
+    pub async fn list(&mut self, filter: ContainerFilter) -> Vec<Container> {
+        self.rt
+            .list_containers(ListContainersRequest {
+                filter: Some(filter),
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .containers
+    }
+
+    pub fn container_cgroup(&self, id: &str, controller: &str) -> PathBuf {
+        let base = if cgroup_version() == "v2" {
+            PathBuf::from("/sys/fs/cgroup")
+        } else {
+            PathBuf::from("/sys/fs/cgroup").join(controller)
+        };
+        let pattern = format!("crius-{}", &id[..12]);
+        find_dir(&base.join("crius"), &pattern).expect("container cgroup")
+    }
+}
+
+/// The first directory named `name` under `dir`, depth first.
+pub fn find_dir(dir: &Path, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if e.file_name().to_string_lossy() == name {
+            return Some(e.path());
+        }
+        if let Some(p) = find_dir(&e.path(), name) {
+            return Some(p);
+        }
+    }
+    None
+}
