@@ -220,12 +220,9 @@ impl Runtimes {
 
     async fn crius(&self, n: usize, parallel: usize) -> Result<Report, String> {
         let daemon_pid = self.crius.pid() as i32;
-        let runroot = self.crius.paths.runroot.display().to_string();
+        let runroot = self.crius.paths.runroot.clone();
         load(&self.crius.paths.socket, n, parallel, "crius", || {
-            (
-                daemon_pid,
-                pids_matching(|c| c.contains(" monitor ") && c.contains(&runroot)),
-            )
+            (daemon_pid, crate::common::monitor_pids(&runroot))
         })
         .await
         .map_err(|e| format!("crius: {e}"))

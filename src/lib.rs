@@ -11,6 +11,7 @@ pub mod container;
 pub mod daemon;
 pub mod error;
 pub mod executor;
+pub mod helper;
 pub mod image;
 pub mod logging;
 pub mod monitor;
@@ -21,12 +22,3 @@ pub mod server;
 pub mod storage;
 pub mod store;
 pub mod streaming;
-
-/// The program crius runs per pod (monitor, namespace pinner, pod init):
-/// the small `crius-helper` next to the daemon's binary, else the daemon
-/// binary itself (same subcommands, slower to start).
-pub fn helper_exe() -> std::path::PathBuf {
-    let me = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-    let small = me.with_file_name("crius-helper");
-    if small.is_file() { small } else { me }
-}

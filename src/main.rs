@@ -56,6 +56,9 @@ enum Command {
         /// `key=value`, written inside the new namespaces.
         #[arg(long = "sysctl")]
         sysctls: Vec<String>,
+        /// Where the pod init mounts the pod PID namespace's /proc.
+        #[arg(long = "proc")]
+        proc_pin: Option<PathBuf>,
     },
     /// Internal: PID 1 of a pod's PID namespace.
     #[command(hide = true)]
@@ -63,16 +66,24 @@ enum Command {
     /// Internal: a pod's container monitor (started by the daemon).
     #[command(hide = true)]
     Monitor {
+        /// Default: the working directory.
         #[arg(long)]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
+    // Nothing inherited from whatever started us reaches our children.
+    crius::executor::sys::cloexec_from(3);
     let cli = Cli::parse();
     if let Some(Command::Monitor { dir }) = &cli.command {
         // Before anything starts a thread: the monitor forks containers.
-        return match crius::monitor::run(dir) {
+        let dir = dir
+            .clone()
+            .map(Ok)
+            .unwrap_or_else(std::env::current_dir)
+            .map_err(|e| e.to_string());
+        return match dir.and_then(|d| crius::monitor::run(&d)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("crius monitor: {e}");
@@ -81,16 +92,23 @@ fn main() -> ExitCode {
         };
     }
     if let Some(Command::PodInit) = &cli.command {
-        crius::sandbox::pinns::pod_init();
+        crius::executor::pod_init::main();
     }
     if let Some(Command::Pinns {
         dir,
         hostname,
         namespaces,
         sysctls,
+        proc_pin,
     }) = &cli.command
     {
-        return crius::sandbox::pinns::main(dir, hostname.as_deref(), namespaces, sysctls);
+        return crius::sandbox::pinns::main(
+            dir,
+            hostname.as_deref(),
+            namespaces,
+            sysctls,
+            proc_pin.as_deref(),
+        );
     }
     let overrides = Overrides {
         root: cli.root,

@@ -5,8 +5,8 @@
 //! resident. Each is also available as a hidden `crius` subcommand, which
 //! the daemon uses when this binary is not installed beside it.
 //!
-//!   crius-helper monitor --dir <dir>
-//!   crius-helper pinns --dir <dir> [--hostname H] [--ns KIND]... [--sysctl K=V]...
+//!   crius-helper monitor [--dir <dir>]      (default: the working directory)
+//!   crius-helper pinns --dir <dir> [--hostname H] [--ns KIND]... [--sysctl K=V]... [--proc <dir>]
 //!   crius-helper pod-init
 
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: crius-helper monitor --dir <dir> | pinns --dir <dir> [--hostname H] [--ns KIND]... [--sysctl K=V]... | pod-init"
+        "usage: crius-helper monitor [--dir <dir>] | pinns --dir <dir> [--hostname H] [--ns KIND]... [--sysctl K=V]... [--proc <dir>] | pod-init"
     );
     ExitCode::from(2)
 }
@@ -28,6 +28,7 @@ fn main() -> ExitCode {
     let mut hostname = None;
     let mut namespaces = Vec::new();
     let mut sysctls = Vec::new();
+    let mut proc_pin = None;
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         let Some(value) = it.next() else {
@@ -38,21 +39,31 @@ fn main() -> ExitCode {
             "--hostname" => hostname = Some(value.clone()),
             "--ns" => namespaces.push(value.clone()),
             "--sysctl" => sysctls.push(value.clone()),
+            "--proc" => proc_pin = Some(PathBuf::from(value)),
             _ => return usage(),
         }
     }
     match (cmd.as_str(), dir) {
-        ("monitor", Some(dir)) => match crius::monitor::run(&dir) {
+        ("monitor", dir) => match dir
+            .map(Ok)
+            .unwrap_or_else(std::env::current_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|d| crius::monitor::run(&d))
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("crius-helper monitor: {e}");
                 ExitCode::FAILURE
             }
         },
-        ("pinns", Some(dir)) => {
-            crius::sandbox::pinns::main(&dir, hostname.as_deref(), &namespaces, &sysctls)
-        }
-        ("pod-init", None) => crius::sandbox::pinns::pod_init(),
+        ("pinns", Some(dir)) => crius::sandbox::pinns::main(
+            &dir,
+            hostname.as_deref(),
+            &namespaces,
+            &sysctls,
+            proc_pin.as_deref(),
+        ),
+        ("pod-init", None) => crius::executor::pod_init::main(),
         _ => usage(),
     }
 }

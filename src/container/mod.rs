@@ -75,7 +75,6 @@ pub struct RunState {
 pub struct Containers {
     store: Arc<Store>,
     dir: PathBuf,
-    exe: PathBuf,
     cgroups: Cgroups,
     locks: KeyedLocks,
     log_dir: PathBuf,
@@ -203,7 +202,6 @@ impl Containers {
             log_dir: log_dir.to_path_buf(),
             store,
             dir: runroot.join("containers"),
-            exe: crate::helper_exe(),
             cgroups,
             locks: KeyedLocks::default(),
         }
@@ -575,10 +573,7 @@ impl Containers {
     ) -> Result<()> {
         let (id, config) = (&record.id, &record.config);
         let monitor = Self::monitor(pods, &pod.id);
-        monitor
-            .ensure_running(&self.exe)
-            .await
-            .map_err(monitor_err)?;
+        monitor.ensure_running().await.map_err(monitor_err)?;
         step("monitor ready");
         let cgroup_dirs = self
             .cgroups

@@ -7,6 +7,7 @@
 //! map onto an external OCI runtime.
 
 pub mod linux;
+pub mod pod_init;
 mod rootfs;
 pub mod seccomp;
 pub mod sys;

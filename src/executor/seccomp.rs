@@ -113,6 +113,11 @@ impl Program {
         out
     }
 
+    /// A program from instructions built in code (the pod init's filter).
+    pub(crate) fn from_filters(filters: Vec<libc::sock_filter>) -> Program {
+        Program { filters }
+    }
+
     /// Decode what [`Program::to_bytes`] (or libseccomp's BPF export)
     /// produced; rejects sizes the kernel would refuse, so [`install`] only
     /// fails for kernel-side reasons.

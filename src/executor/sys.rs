@@ -275,3 +275,162 @@ pub fn set_loopback_up() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Marks every descriptor from `first` up close-on-exec, so nothing this
+/// process inherited (from whatever started the daemon, say) reaches the
+/// programs it starts.
+pub fn cloexec_from(first: RawFd) {
+    // SAFETY: only sets the close-on-exec flag; no descriptor is closed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first.max(0) as u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+}
+
+/// Closes every descriptor except `keep` (`close_range` over the gaps).
+/// For a freshly forked child that must hold nothing of its parent's.
+pub fn close_fds_except(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut from = 0u32;
+    for k in keep.into_iter().chain(std::iter::once(u32::MAX)) {
+        if k > from {
+            // SAFETY: closes descriptors only; the callers own every
+            // descriptor they did not list (forked children).
+            unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0u32) };
+        }
+        from = k.saturating_add(1);
+    }
+}
+
+/// Puts `slots[i]` at descriptor `i` (inheritable across exec), copies each
+/// of `keep` above them (close-on-exec) and closes every other descriptor.
+/// Answers the new numbers of `keep`. Sources are first copied above the
+/// slots, so filling a slot never clobbers a source not yet placed.
+pub fn arrange_fds(slots: &[RawFd], keep: &[RawFd]) -> std::io::Result<Vec<RawFd>> {
+    let floor = slots.len() as RawFd;
+    let lift = |fd: RawFd| {
+        // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor; nothing is touched.
+        let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor) };
+        if n < 0 { Err(last()) } else { Ok(n) }
+    };
+    let lifted: Vec<RawFd> = slots.iter().map(|&fd| lift(fd)).collect::<Result<_, _>>()?;
+    let kept: Vec<RawFd> = keep.iter().map(|&fd| lift(fd)).collect::<Result<_, _>>()?;
+    for (i, &fd) in lifted.iter().enumerate() {
+        // SAFETY: dup2 onto a slot below every lifted copy.
+        if unsafe { libc::dup2(fd, i as RawFd) } < 0 {
+            return Err(last());
+        }
+    }
+    let mut all: Vec<RawFd> = (0..floor).collect();
+    all.extend(&kept);
+    close_fds_except(&all);
+    Ok(kept)
+}
+
+/// Writes all of `data` to `fd`, ignoring errors (a report channel whose
+/// reader may be gone).
+pub fn write_all(fd: RawFd, mut data: &[u8]) {
+    while !data.is_empty() {
+        // SAFETY: writing from a valid slice.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n <= 0 {
+            if n < 0 && last().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        data = &data[n as usize..];
+    }
+}
+
+/// Closes a raw descriptor this process owns outside Rust's types.
+pub fn close(fd: RawFd) {
+    // SAFETY: closing a descriptor the caller owns and no object holds.
+    unsafe { libc::close(fd) };
+}
+
+/// Ends the process at once (`_exit`): no destructors, no atexit, as a
+/// forked child or a sealed process must.
+pub fn exit(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no memory.
+    unsafe { libc::_exit(code) }
+}
+
+/// Writes `E<why>` to a report channel and ends the process with 127.
+pub fn report_and_exit(fd: RawFd, why: &str) -> ! {
+    let mut msg = Vec::with_capacity(1 + why.len());
+    msg.push(b'E');
+    msg.extend_from_slice(why.as_bytes());
+    write_all(fd, &msg);
+    exit(127)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(inode, close-on-exec)` of an open descriptor, `None` if closed.
+    fn probe(fd: RawFd) -> Option<(u64, bool)> {
+        // SAFETY: fcntl/fstat on a raw number, into a local stat buffer.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 {
+                return None;
+            }
+            let mut st: libc::stat = std::mem::zeroed();
+            libc::fstat(fd, &mut st);
+            Some((st.st_ino, flags & libc::FD_CLOEXEC != 0))
+        }
+    }
+
+    #[test]
+    fn arrange_places_slots_keeps_and_closes_the_rest() {
+        // In a forked child: it closes descriptors the test harness owns.
+        let (a, b) = std::io::pipe().unwrap();
+        let extra = std::fs::File::open("/dev/null").unwrap();
+        let (a, b, extra) = (a.as_raw_fd(), b.as_raw_fd(), extra.as_raw_fd());
+        let (ino_a, ino_b) = (probe(a).unwrap().0, probe(b).unwrap().0);
+        // SAFETY: the child only makes syscalls, then _exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let code = match arrange_fds(&[b, a, a], &[extra]) {
+                    Err(_) => 2,
+                    Ok(kept) if kept.len() != 1 => 3,
+                    Ok(kept) => {
+                        let slots = [probe(0), probe(1), probe(2)];
+                        let placed = slots
+                            == [
+                                Some((ino_b, false)),
+                                Some((ino_a, false)),
+                                Some((ino_a, false)),
+                            ];
+                        let keep_ok = probe(kept[0]).is_some_and(|(_, cloexec)| cloexec);
+                        let others = (3..1024)
+                            .filter(|&f| f != kept[0])
+                            .any(|f| probe(f).is_some());
+                        match (placed, keep_ok, others) {
+                            (true, true, false) => 0,
+                            (false, _, _) => 4,
+                            (_, false, _) => 5,
+                            _ => 6,
+                        }
+                    }
+                };
+                exit(code);
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
+}

@@ -53,7 +53,7 @@ impl Client {
 
     /// Starts the monitor unless one already answers. It runs detached from
     /// the daemon (own session), so it outlives a daemon crash.
-    pub async fn ensure_running(&self, exe: &Path) -> Result<(), MonitorError> {
+    pub async fn ensure_running(&self) -> Result<(), MonitorError> {
         if self.alive().await {
             return Ok(());
         }
@@ -66,10 +66,11 @@ impl Client {
             .append(true)
             .open(self.dir.join("monitor.log"))
             .map_err(|e| MonitorError::Spawn(e.to_string()))?;
-        let mut cmd = tokio::process::Command::new(exe);
-        cmd.arg("monitor")
-            .arg("--dir")
-            .arg(&self.dir)
+        // No host path on its command line: a container that sees a
+        // process forked from it reads that. The directory is its cwd.
+        let mut cmd =
+            crate::helper::command(&["monitor"]).map_err(|e| MonitorError::Spawn(e.to_string()))?;
+        cmd.current_dir(&self.dir)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(log)

@@ -738,6 +738,7 @@ fn exited(e: ExitRecord) -> Response {
 /// Runs the monitor for the pod directory `dir` until told to shut down.
 /// Prints `ready` on stdout once the socket accepts connections.
 pub fn run(dir: &Path) -> Result<(), String> {
+    sys::cloexec_from(3);
     become_subreaper().map_err(|e| e.to_string())?;
     let sigchld = sys::sigchld_fd()?;
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;

@@ -134,6 +134,12 @@ impl Pods {
         self.dir.join(id)
     }
 
+    /// Where the pod init mounts the /proc of a pod's PID namespace;
+    /// containers sharing that namespace bind it as their /proc.
+    pub fn proc_pin(&self, id: &str) -> PathBuf {
+        self.pod_dir(id).join("proc")
+    }
+
     /// Path of a pinned namespace of a pod.
     pub fn ns_path(&self, id: &str, kind: NsKind) -> PathBuf {
         self.pod_dir(id).join("ns").join(kind.name())
@@ -258,7 +264,7 @@ impl Pods {
             crate::monitor::client::Client::new(&crate::monitor::dir(self.runroot(), &pod.id));
         let starting = tokio::spawn(async move {
             let t = std::time::Instant::now();
-            if let Err(e) = monitor.ensure_running(&crate::helper_exe()).await {
+            if let Err(e) = monitor.ensure_running().await {
                 tracing::warn!(error = %e, "starting the pod's monitor early");
             }
             t.elapsed()
@@ -306,6 +312,7 @@ impl Pods {
                 &kinds,
                 &hostname,
                 &sysctls(&pod.config),
+                &self.proc_pin(&pod.id),
             )?)
         };
         let node_side = (|| {
@@ -452,6 +459,7 @@ impl Pods {
             for k in [NsKind::Ipc, NsKind::Uts, NsKind::Pid] {
                 step(pinns::unpin(&self.ns_path(&pod.id, k)).map_err(internal));
             }
+            step(pinns::unmount(&self.proc_pin(&pod.id)).map_err(internal));
             step(pinns::unmount(&self.shm_path(&pod.id)).map_err(internal));
             let cgroup = pod.cgroup.clone().or_else(|| {
                 self.cgroups
@@ -719,9 +727,11 @@ fn start_pin(
     kinds: &[NsKind],
     hostname: &str,
     sysctls: &[(String, String)],
+    proc_pin: &Path,
 ) -> Result<tokio::process::Child> {
-    let mut cmd = tokio::process::Command::new(crate::helper_exe());
-    cmd.arg("pinns")
+    let mut cmd = crate::helper::command(&["pinns"]).map_err(internal)?;
+    cmd.arg("--proc")
+        .arg(proc_pin)
         .arg("--dir")
         .arg(dir)
         .arg("--hostname")

@@ -5,8 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use std::os::unix::process::CommandExt;
-
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 
@@ -16,7 +14,7 @@ pub enum NsKind {
     Net,
     Ipc,
     Uts,
-    /// Needs a process: the pod init (`crius pod-init`) is its PID 1.
+    /// Needs a process: the pod init (`crius-helper pod-init`) is its PID 1.
     Pid,
 }
 
@@ -72,12 +70,15 @@ pub enum PinError {
 /// land in the new namespaces, as /proc/sys follows the writer's), each
 /// namespace bind-mounted to `dir/<name>`. The child exits afterwards; the
 /// mounts keep the namespaces alive. With a PID namespace it also starts
-/// the pod init (its PID 1, in all the new namespaces) and returns its pid.
+/// the pod init (its PID 1, which first mounts the namespace's /proc at
+/// `proc_pin`, then seals itself off, see `executor::pod_init`) and returns
+/// its pid once it is sealed.
 pub fn pin_in_child(
     dir: &Path,
     kinds: &[NsKind],
     hostname: Option<&str>,
     sysctls: &[(String, String)],
+    proc_pin: Option<&Path>,
 ) -> Result<Option<u32>, PinError> {
     let flags = kinds.iter().fold(CloneFlags::empty(), |f, k| f | k.flag());
     nix::sched::unshare(flags).map_err(|source| PinError::Sys {
@@ -109,28 +110,31 @@ pub fn pin_in_child(
     // The first child after unshare(CLONE_NEWPID) is PID 1 of the new
     // namespace; it keeps the namespace usable for the pod's containers.
     let init = if kinds.contains(&NsKind::Pid) {
-        let child = std::process::Command::new("/proc/self/exe")
-            .arg("pod-init")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0)
-            .spawn()
-            .map_err(|source| PinError::Io {
-                path: PathBuf::from("/proc/self/exe"),
-                source,
-            })?;
-        Some(child.id())
+        let pin = proc_pin.ok_or_else(|| PinError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other("a PID namespace needs --proc"),
+        })?;
+        std::fs::create_dir_all(pin).map_err(|source| PinError::Io {
+            path: pin.to_path_buf(),
+            source,
+        })?;
+        Some(
+            crate::executor::pod_init::spawn(pin, dir).map_err(|e| PinError::Io {
+                path: PathBuf::from("pod init"),
+                source: std::io::Error::other(e.to_string()),
+            })?,
+        )
     } else {
         None
     };
+    let init_pid = init.as_ref().map(|i| i.pid);
     for k in kinds {
         let target = dir.join(k.name());
         std::fs::File::create(&target).map_err(|source| PinError::Io {
             path: target.clone(),
             source,
         })?;
-        let src = match (k, init) {
+        let src = match (k, init_pid) {
             (NsKind::Pid, Some(pid)) => format!("/proc/{pid}/ns/pid"),
             _ => format!("/proc/self/ns/{}", k.name()),
         };
@@ -146,39 +150,20 @@ pub fn pin_in_child(
             source,
         })?;
     }
-    Ok(init)
+    match init {
+        Some(i) => i
+            .wait_sealed(POD_INIT_TIMEOUT)
+            .map(|pid| Some(pid as u32))
+            .map_err(|e| PinError::Io {
+                path: PathBuf::from("pod init"),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        None => Ok(None),
+    }
 }
 
-/// The pod init: PID 1 of a pod's PID namespace. It reaps every orphan the
-/// kernel hands it and exits on SIGTERM or SIGINT (its death ends the
-/// namespace and every process left in it).
-pub fn pod_init() -> ! {
-    use nix::sys::signal::{SigSet, Signal};
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-    ] {
-        set.add(s);
-    }
-    if set.thread_block().is_err() {
-        std::process::exit(1);
-    }
-    loop {
-        match set.wait() {
-            Ok(Signal::SIGTERM | Signal::SIGINT) => std::process::exit(0),
-            Ok(_) | Err(_) => loop {
-                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            },
-        }
-    }
-}
+/// How long the pod init may take to seal itself.
+const POD_INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `net.ipv4.ip_forward` → `net/ipv4/ip_forward`; names already using `/`
 /// (needed when a component holds a dot, like an interface name) stay.
@@ -240,6 +225,7 @@ pub fn main(
     hostname: Option<&str>,
     namespaces: &[String],
     sysctls: &[String],
+    proc_pin: Option<&Path>,
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
     let mut kinds = Vec::new();
@@ -262,7 +248,7 @@ pub fn main(
             }
         }
     }
-    match pin_in_child(dir, &kinds, hostname, &pairs) {
+    match pin_in_child(dir, &kinds, hostname, &pairs, proc_pin) {
         Ok(init) => {
             if let Some(pid) = init {
                 println!("init_pid={pid}");
