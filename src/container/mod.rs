@@ -484,7 +484,19 @@ impl Containers {
         let ns_opts = sec.namespace_options.clone().unwrap_or_default();
         let pid = match NamespaceMode::try_from(ns_opts.pid) {
             Ok(NamespaceMode::Pod) if pods.ns_path(&pod.id, NsKind::Pid).exists() => {
-                spec::PidNamespace::Pod(pods.ns_path(&pod.id, NsKind::Pid))
+                let proc = pods.proc_pin(&pod.id);
+                // PID 1 of the pod shows in its /proc while the pod runs;
+                // a pod made before crius pinned /proc has none.
+                if !proc.join("1").exists() {
+                    return Err(Error::FailedPrecondition(format!(
+                        "pod {} has no /proc of its PID namespace (made by an older crius, or its init is gone); recreate the pod",
+                        pod.id
+                    )));
+                }
+                spec::PidNamespace::Pod {
+                    ns: pods.ns_path(&pod.id, NsKind::Pid),
+                    proc,
+                }
             }
             Ok(NamespaceMode::Node) => spec::PidNamespace::Node,
             Ok(NamespaceMode::Target) => {

@@ -83,8 +83,10 @@ fn invalid(what: &'static str, value: impl Into<String>) -> SpecError {
 pub enum PidNamespace {
     /// Its own (Kubernetes' default).
     Container,
-    /// The pod's pinned one.
-    Pod(PathBuf),
+    /// The pod's pinned one (`ns`), whose /proc the pod init mounted at
+    /// `proc`: the container's /proc is a bind of it, so nothing in the
+    /// namespace has to mount one (see `executor::pod_init`).
+    Pod { ns: PathBuf, proc: PathBuf },
     /// The host's.
     Node,
     /// Another container's (`TARGET`, ephemeral debug containers).
@@ -259,8 +261,17 @@ fn clean_container_path(p: &str) -> Result<String, SpecError> {
 /// before children.
 fn mounts(input: &SpecInput, privileged: bool) -> Result<(Vec<Mount>, Option<String>), SpecError> {
     let ro_sys = if privileged { "rw" } else { "ro" };
+    let proc = match &input.pid {
+        PidNamespace::Pod { proc, .. } => mount(
+            "/proc",
+            "bind",
+            &proc.to_string_lossy(),
+            &["bind", "nosuid", "noexec", "nodev"],
+        )?,
+        _ => mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+    };
     let mut out = vec![
-        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        proc,
         mount(
             "/dev",
             "tmpfs",
@@ -499,7 +510,7 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
                 .typ(LinuxNamespaceType::Pid)
                 .build()?,
         ),
-        PidNamespace::Pod(p) | PidNamespace::Target(p) => namespaces.push(
+        PidNamespace::Pod { ns: p, .. } | PidNamespace::Target(p) => namespaces.push(
             LinuxNamespaceBuilder::default()
                 .typ(LinuxNamespaceType::Pid)
                 .path(p.clone())

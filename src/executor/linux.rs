@@ -1,29 +1,37 @@
 //! Linux implementation of the embedded executor.
 //!
-//! The caller (single-threaded) forks an intermediate child that joins the
-//! container's cgroup and namespaces and unshares new ones; it forks the
-//! container init (so a new PID namespace applies) and exits. The caller is
-//! a child subreaper, so the init becomes its child. The init sets up the
-//! rootfs, user, capabilities and seccomp, reports over a sync pipe and
-//! waits on a start pipe before `execve`.
+//! The caller (the monitor, single-threaded) forks an intermediate child,
+//! which never becomes visible inside a container: it is not dumpable,
+//! closes every descriptor it does not need, sets limits, joins the
+//! container's cgroups and namespaces (a PID namespace only applies to its
+//! children) and unshares new ones. It then forks the process the
+//! container will see, reports its pid and exits; the caller is a child
+//! subreaper, so that process becomes its child.
 //!
-//! Sync pipe messages (each one `write`, below PIPE_BUF, so atomic):
-//! `P<pid i32 le>` from the intermediate, `R` ready, `W<u16 len><text>`
-//! warning, `E<u16 len><text>` fatal error.
+//! What a container can see of the new process is settled before it
+//! exists in the container's PID namespace: when the container joins an
+//! existing PID namespace (a pod's, a target container's, the host's) the
+//! intermediate also builds the rootfs, pivots into it and takes on the
+//! container's user, capabilities and no_new_privs, so the new process is
+//! born in the container's root with the container's credentials. Only a
+//! container with a PID namespace of its own sets up in the new process,
+//! which is PID 1 there and alone until it execs (its /proc must be mounted
+//! from inside the namespace). Execs always take the first path. The new
+//! process then holds its stdio and one channel to the monitor
+//! (`report.rs`), nothing else, until execve replaces the sealed helper
+//! program (see `crate::helper`).
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use oci_spec::runtime::{LinuxNamespaceType, PosixRlimit, Process, Spec};
+use oci_spec::runtime::{Process, Spec};
 
-use super::{CreateOptions, Created, Embedded, Executor, ExecutorError, Stdio};
-
-/// How long a child may take to report back before it is killed.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+use super::namespaces;
+use super::process::{self, Prepared};
+use super::report::{self, Report, fail};
+use super::{CreateOptions, Created, Embedded, Executor, ExecutorError, Stdio, sys};
 
 fn errno() -> std::io::Error {
     std::io::Error::last_os_error()
@@ -61,231 +69,6 @@ pub fn become_subreaper() -> Result<(), ExecutorError> {
     Ok(())
 }
 
-/// Writes one framed message to the sync pipe; errors are ignored (the
-/// reader is gone, nothing left to tell).
-fn send(fd: RawFd, kind: u8, text: &str) {
-    let bytes = text.as_bytes();
-    let len = bytes.len().min(2000);
-    let mut msg = Vec::with_capacity(3 + len);
-    msg.push(kind);
-    msg.extend_from_slice(&(len as u16).to_le_bytes());
-    msg.extend_from_slice(&bytes[..len]);
-    // SAFETY: msg is a valid buffer of msg.len() bytes.
-    unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
-}
-
-fn fail(sync: RawFd, what: &str, e: impl std::fmt::Display) -> ! {
-    send(sync, b'E', &format!("{what}: {e}"));
-    // SAFETY: _exit never returns and runs no destructors, right for a forked child.
-    unsafe { libc::_exit(127) }
-}
-
-/// What the parent learnt from the children.
-#[derive(Default)]
-struct Report {
-    pid: Option<i32>,
-    ready: bool,
-    error: Option<String>,
-    warnings: Vec<String>,
-    eof: bool,
-}
-
-/// Reads sync messages until `done(report)` or EOF or the deadline.
-fn read_reports(
-    sync: &OwnedFd,
-    report: &mut Report,
-    done: impl Fn(&Report) -> bool,
-) -> Result<(), ExecutorError> {
-    let deadline = Instant::now() + SETUP_TIMEOUT;
-    let mut buf: Vec<u8> = Vec::new();
-    let mut file = File::from(sync.try_clone().map_err(ExecutorError::sys("dup"))?);
-    while !done(report) && !report.eof {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ExecutorError::Child("container setup timed out".into()));
-        }
-        let mut pfd = libc::pollfd {
-            fd: sync.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(60_000) as i32) };
-        if n < 0 {
-            let e = errno();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(ExecutorError::Sys {
-                op: "poll",
-                source: e,
-            });
-        }
-        if n == 0 {
-            continue;
-        }
-        let mut chunk = [0u8; 4096];
-        let got = match file.read(&mut chunk) {
-            Ok(0) => {
-                report.eof = true;
-                0
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
-            Err(e) => {
-                return Err(ExecutorError::Sys {
-                    op: "read",
-                    source: e,
-                });
-            }
-        };
-        buf.extend_from_slice(&chunk[..got]);
-        while let Some(used) = parse_one(&buf, report) {
-            buf.drain(..used);
-        }
-    }
-    Ok(())
-}
-
-fn parse_one(buf: &[u8], report: &mut Report) -> Option<usize> {
-    match *buf.first()? {
-        b'P' if buf.len() >= 5 => {
-            report.pid = Some(i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]));
-            Some(5)
-        }
-        b'R' => {
-            report.ready = true;
-            Some(1)
-        }
-        k @ (b'W' | b'E') if buf.len() >= 3 => {
-            let len = u16::from_le_bytes([buf[1], buf[2]]) as usize;
-            if buf.len() < 3 + len {
-                return None;
-            }
-            let text = String::from_utf8_lossy(&buf[3..3 + len]).into_owned();
-            if k == b'E' {
-                report.error = Some(text);
-            } else {
-                report.warnings.push(text);
-            }
-            Some(3 + len)
-        }
-        b'P' | b'W' | b'E' => None,
-        _ => Some(buf.len()),
-    }
-}
-
-fn ns_flag(t: LinuxNamespaceType) -> libc::c_int {
-    match t {
-        LinuxNamespaceType::Mount => libc::CLONE_NEWNS,
-        LinuxNamespaceType::Cgroup => libc::CLONE_NEWCGROUP,
-        LinuxNamespaceType::Uts => libc::CLONE_NEWUTS,
-        LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
-        LinuxNamespaceType::User => libc::CLONE_NEWUSER,
-        LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
-        LinuxNamespaceType::Network => libc::CLONE_NEWNET,
-        LinuxNamespaceType::Time => libc::CLONE_NEWTIME,
-    }
-}
-
-/// Which namespaces to enter (opened files) and which to create.
-struct Namespaces {
-    join: Vec<(libc::c_int, File)>,
-    unshare: libc::c_int,
-}
-
-fn plan_namespaces(spec: &Spec) -> Result<Namespaces, ExecutorError> {
-    let mut join = Vec::new();
-    let mut unshare = 0;
-    let list = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().clone())
-        .unwrap_or_default();
-    for ns in list {
-        let flag = ns_flag(ns.typ());
-        match ns.path() {
-            Some(p) => {
-                let f = File::open(p)
-                    .map_err(|e| ExecutorError::Spec(format!("namespace {}: {e}", p.display())))?;
-                join.push((flag, f));
-            }
-            None => unshare |= flag,
-        }
-    }
-    // A user namespace is entered first, the others with its privileges.
-    join.sort_by_key(|(flag, _)| *flag != libc::CLONE_NEWUSER);
-    Ok(Namespaces { join, unshare })
-}
-
-/// The namespaces of a running process, for exec: every kind it does not
-/// share with us.
-fn process_namespaces(pid: i32) -> Result<Namespaces, ExecutorError> {
-    let mut join = Vec::new();
-    for (name, flag) in [
-        ("user", libc::CLONE_NEWUSER),
-        ("ipc", libc::CLONE_NEWIPC),
-        ("uts", libc::CLONE_NEWUTS),
-        ("net", libc::CLONE_NEWNET),
-        ("pid", libc::CLONE_NEWPID),
-        ("cgroup", libc::CLONE_NEWCGROUP),
-        ("mnt", libc::CLONE_NEWNS),
-    ] {
-        let theirs = format!("/proc/{pid}/ns/{name}");
-        let ours = format!("/proc/self/ns/{name}");
-        let (Ok(t), Ok(o)) = (std::fs::metadata(&theirs), std::fs::metadata(&ours)) else {
-            continue;
-        };
-        use std::os::unix::fs::MetadataExt;
-        if t.ino() == o.ino() && t.dev() == o.dev() {
-            continue;
-        }
-        let f = File::open(&theirs).map_err(|e| ExecutorError::Sys {
-            op: "open namespace",
-            source: e,
-        })?;
-        join.push((flag, f));
-    }
-    Ok(Namespaces { join, unshare: 0 })
-}
-
-/// Joins the cgroup in every hierarchy.
-///
-/// On v1 the calling thread is moved through `tasks`: the kernel moves a
-/// lone `current` thread without write-locking the global threadgroup
-/// rwsem, whose RCU grace period made a `cgroup.procs` write cost 10–14 ms
-/// here (0.6 ms through `tasks`). Callers are single-threaded (forked
-/// from the monitor), so the thread is the whole process. A v2 directory
-/// has no `tasks` file and gets `cgroup.procs`.
-fn join_cgroups(dirs: &[PathBuf]) -> Result<(), String> {
-    for d in dirs {
-        let joined = match std::fs::write(d.join("tasks"), "0") {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::write(d.join("cgroup.procs"), "0")
-            }
-            other => other,
-        };
-        joined.map_err(|e| format!("joining cgroup {}: {e}", d.display()))?;
-    }
-    Ok(())
-}
-
-fn enter(ns: &Namespaces) -> Result<(), String> {
-    for (flag, f) in &ns.join {
-        // SAFETY: f is an open namespace file; setns has no memory effects.
-        if unsafe { libc::setns(f.as_raw_fd(), *flag) } < 0 {
-            return Err(format!("setns({flag:#x}): {}", errno()));
-        }
-    }
-    if ns.unshare != 0 {
-        // SAFETY: unshare with flags only.
-        if unsafe { libc::unshare(ns.unshare) } < 0 {
-            return Err(format!("unshare({:#x}): {}", ns.unshare, errno()));
-        }
-    }
-    Ok(())
-}
-
 fn fork() -> Result<i32, ExecutorError> {
     // SAFETY: callers are single-threaded (the monitor, or a child of it),
     // so the child's copy of the heap and locks is consistent.
@@ -311,363 +94,133 @@ fn reap(pid: i32) {
     {}
 }
 
-/// Everything the container's process needs after the fork, prepared in
-/// the parent so errors about the spec surface before any fork.
-struct Prepared {
-    argv: Vec<CString>,
-    envp: Vec<CString>,
-    path_env: String,
-    cwd: PathBuf,
-    uid: u32,
-    gid: u32,
-    groups: Vec<libc::gid_t>,
-    caps: Caps,
-    no_new_privs: bool,
-    rlimits: Vec<PosixRlimit>,
-    oom_score_adj: Option<i32>,
-    seccomp: Option<super::seccomp::Program>,
-    terminal: bool,
-}
-
-#[derive(Default)]
-struct Caps {
-    bounding: caps::CapsHashSet,
-    effective: caps::CapsHashSet,
-    permitted: caps::CapsHashSet,
-    inheritable: caps::CapsHashSet,
-    ambient: caps::CapsHashSet,
-}
-
-fn cstring(s: &str) -> Result<CString, ExecutorError> {
-    CString::new(s).map_err(|_| ExecutorError::Spec(format!("NUL byte in {s:?}")))
-}
-
-fn cap_set(
-    set: &Option<oci_spec::runtime::Capabilities>,
-) -> Result<caps::CapsHashSet, ExecutorError> {
-    let mut out = caps::CapsHashSet::new();
-    for c in set.iter().flatten() {
-        let name = format!("CAP_{c}");
-        let cap: caps::Capability = name
-            .parse()
-            .map_err(|_| ExecutorError::Spec(format!("unknown capability {name}")))?;
-        out.insert(cap);
-    }
-    Ok(out)
-}
-
-fn prepare(process: &Process, opts: &CreateOptions) -> Result<Prepared, ExecutorError> {
-    let args = process.args().clone().unwrap_or_default();
-    if args.is_empty() {
-        return Err(ExecutorError::Spec("process has no args".into()));
-    }
-    let env = process.env().clone().unwrap_or_default();
-    let path_env = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .to_string();
-    let user = process.user();
-    let c = process.capabilities().clone().unwrap_or_default();
-    let caps = Caps {
-        bounding: cap_set(c.bounding())?,
-        effective: cap_set(c.effective())?,
-        permitted: cap_set(c.permitted())?,
-        inheritable: cap_set(c.inheritable())?,
-        ambient: cap_set(c.ambient())?,
-    };
-    Ok(Prepared {
-        argv: args.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
-        envp: env.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
-        path_env,
-        cwd: process.cwd().clone(),
-        uid: user.uid(),
-        gid: user.gid(),
-        groups: user.additional_gids().clone().unwrap_or_default(),
-        caps,
-        no_new_privs: process.no_new_privileges().unwrap_or(false),
-        rlimits: process.rlimits().clone().unwrap_or_default(),
-        oom_score_adj: process.oom_score_adj(),
-        seccomp: opts
-            .seccomp
-            .as_deref()
-            .map(super::seccomp::Program::from_bytes)
-            .transpose()
-            .map_err(|e| ExecutorError::Spec(e.to_string()))?,
-        terminal: process.terminal().unwrap_or(false),
-    })
-}
-
-/// Gives the new process default signal handling: the monitor blocks
-/// SIGCHLD and Rust ignores SIGPIPE, and both would survive execve.
-fn reset_signals() {
-    // SAFETY: resetting dispositions and the mask of this (only) thread.
-    unsafe {
-        for sig in 1..libc::SIGRTMAX() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    }
-}
-
-/// Puts the stdio descriptors in place (0, 1, 2) and makes every other
-/// descriptor close on exec.
-fn setup_stdio(stdio: &Stdio, terminal: bool) -> Result<(), String> {
-    reset_signals();
+/// Puts the stdio descriptors in place (0, 1, 2), makes a terminal the
+/// controlling one, and closes everything else but the monitor channel.
+/// Answers the channel's new descriptor.
+fn setup_stdio(stdio: &Stdio, terminal: bool, chan: RawFd) -> Result<RawFd, String> {
     // SAFETY: setsid has no arguments.
     unsafe { libc::setsid() };
-    let fds = [
+    let slots = [
         stdio.stdin.as_raw_fd(),
         stdio.stdout.as_raw_fd(),
         stdio.stderr.as_raw_fd(),
     ];
-    // Move the sources above 2 first, so a dup2 never clobbers a source.
-    let mut high = [0; 3];
-    for (i, fd) in fds.iter().enumerate() {
-        // SAFETY: duplicating a descriptor we own.
-        high[i] = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 3) };
-        if high[i] < 0 {
-            return Err(format!("dup stdio: {}", errno()));
-        }
-    }
-    for (i, fd) in high.iter().enumerate() {
-        // SAFETY: dup2 onto the standard descriptors.
-        if unsafe { libc::dup2(*fd, i as i32) } < 0 {
-            return Err(format!("dup2 stdio: {}", errno()));
-        }
-    }
+    let kept = sys::arrange_fds(&slots, &[chan]).map_err(|e| format!("stdio: {e}"))?;
     if terminal {
         // SAFETY: stdin is the pty slave; make it our controlling terminal.
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
             return Err(format!("TIOCSCTTY: {}", errno()));
         }
     }
-    // SAFETY: marks descriptors >= 3 close-on-exec; no memory is touched.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
-    Ok(())
+    Ok(kept[0])
 }
 
-fn rlimit_resource(t: oci_spec::runtime::PosixRlimitType) -> Option<libc::__rlimit_resource_t> {
-    use oci_spec::runtime::PosixRlimitType as T;
-    Some(match t {
-        T::RlimitCpu => libc::RLIMIT_CPU,
-        T::RlimitFsize => libc::RLIMIT_FSIZE,
-        T::RlimitData => libc::RLIMIT_DATA,
-        T::RlimitStack => libc::RLIMIT_STACK,
-        T::RlimitCore => libc::RLIMIT_CORE,
-        T::RlimitRss => libc::RLIMIT_RSS,
-        T::RlimitNproc => libc::RLIMIT_NPROC,
-        T::RlimitNofile => libc::RLIMIT_NOFILE,
-        T::RlimitMemlock => libc::RLIMIT_MEMLOCK,
-        T::RlimitAs => libc::RLIMIT_AS,
-        T::RlimitLocks => libc::RLIMIT_LOCKS,
-        T::RlimitSigpending => libc::RLIMIT_SIGPENDING,
-        T::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
-        T::RlimitNice => libc::RLIMIT_NICE,
-        T::RlimitRtprio => libc::RLIMIT_RTPRIO,
-        T::RlimitRttime => libc::RLIMIT_RTTIME,
-    })
-}
-
-/// oom_score_adj, rlimits, user, capabilities, no_new_privs, seccomp, cwd:
-/// the process attributes, in the order that keeps the privileges each
-/// step needs. Returns warnings.
-fn become_process(p: &Prepared, sync: RawFd) -> Result<(), String> {
-    if let Some(adj) = p.oom_score_adj
-        && let Err(e) = std::fs::write("/proc/self/oom_score_adj", adj.to_string())
-    {
-        {
-            // Lowering needs CAP_SYS_RESOURCE, which some nodes withhold:
-            // keep the inherited value rather than fail the container.
-            let cur = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_default();
-            send(
-                sync,
-                b'W',
-                &format!("oom_score_adj {adj} refused ({e}); kept {}", cur.trim()),
-            );
-        }
-    }
-    for r in &p.rlimits {
-        let Some(res) = rlimit_resource(r.typ()) else {
-            continue;
-        };
-        let lim = libc::rlimit {
-            rlim_cur: r.soft(),
-            rlim_max: r.hard(),
-        };
-        // SAFETY: lim is a valid rlimit.
-        if unsafe { libc::setrlimit(res, &lim) } < 0 {
-            return Err(format!("setrlimit {:?}: {}", r.typ(), errno()));
-        }
-    }
-    // Drop from the bounding set while we still hold CAP_SETPCAP.
-    for cap in caps::all() {
-        if !p.caps.bounding.contains(&cap)
-            && caps::has_cap(None, caps::CapSet::Bounding, cap).unwrap_or(false)
-        {
-            caps::drop(None, caps::CapSet::Bounding, cap)
-                .map_err(|e| format!("dropping {cap} from the bounding set: {e}"))?;
-        }
-    }
-    if !p.no_new_privs {
-        // Without no_new_privs loading a filter needs CAP_SYS_ADMIN, which
-        // the process may be about to lose.
-        if let Some(program) = &p.seccomp {
-            super::seccomp::install(program).map_err(|e| format!("loading seccomp filter: {e}"))?;
-        }
-    }
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
-    // SAFETY: groups points at p.groups.len() gids.
-    if unsafe { libc::setgroups(p.groups.len(), p.groups.as_ptr()) } < 0 {
-        return Err(format!("setgroups: {}", errno()));
-    }
-    // SAFETY: plain id syscalls.
-    if unsafe { libc::setresgid(p.gid, p.gid, p.gid) } < 0 {
-        return Err(format!("setgid {}: {}", p.gid, errno()));
-    }
-    // SAFETY: plain id syscalls.
-    if unsafe { libc::setresuid(p.uid, p.uid, p.uid) } < 0 {
-        return Err(format!("setuid {}: {}", p.uid, errno()));
-    }
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
-    // Shrink effective first: capset refuses an effective set that is not
-    // within the permitted one.
-    caps::set(None, caps::CapSet::Effective, &p.caps.effective)
-        .map_err(|e| format!("effective capabilities: {e}"))?;
-    caps::set(None, caps::CapSet::Permitted, &p.caps.permitted)
-        .map_err(|e| format!("permitted capabilities: {e}"))?;
-    caps::set(None, caps::CapSet::Inheritable, &p.caps.inheritable)
-        .map_err(|e| format!("inheritable capabilities: {e}"))?;
-    if !p.caps.ambient.is_empty() {
-        caps::set(None, caps::CapSet::Ambient, &p.caps.ambient)
-            .map_err(|e| format!("ambient capabilities: {e}"))?;
-    }
-    if p.no_new_privs {
-        // SAFETY: prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
-            return Err(format!("no_new_privs: {}", errno()));
-        }
-        if let Some(program) = &p.seccomp {
-            super::seccomp::install(program).map_err(|e| format!("loading seccomp filter: {e}"))?;
-        }
-    }
-    std::env::set_current_dir(&p.cwd)
-        .map_err(|e| format!("working directory {}: {e}", p.cwd.display()))?;
-    Ok(())
-}
-
-/// Finds argv[0] on the container's PATH, as the container sees it.
-fn resolve(argv0: &str, path_env: &str) -> Result<CString, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let exists = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    let found = if argv0.contains('/') {
-        Some(PathBuf::from(argv0))
-    } else {
-        path_env
-            .split(':')
-            .filter(|d| !d.is_empty())
-            .map(|d| Path::new(d).join(argv0))
-            .find(|p| exists(p))
-    };
-    let Some(path) = found else {
-        return Err(format!("executable file {argv0:?} not found in $PATH"));
-    };
-    CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())
-}
-
-fn exec(p: &Prepared, path: &CString) -> std::io::Error {
-    let mut argv: Vec<*const libc::c_char> = p.argv.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = p.envp.iter().map(|a| a.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    // SAFETY: argv/envp are NULL-terminated arrays of valid C strings.
-    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    errno()
-}
-
-/// Blocks until the parent writes the start byte; exits if it hung up.
-fn wait_for_start(start: RawFd) {
+/// Blocks until the monitor writes the start byte; exits if it hung up.
+fn wait_for_start(chan: RawFd) {
     let mut b = [0u8; 1];
     loop {
         // SAFETY: reading one byte into b.
-        let n = unsafe { libc::read(start, b.as_mut_ptr().cast(), 1) };
+        let n = unsafe { libc::read(chan, b.as_mut_ptr().cast(), 1) };
         if n == 1 {
             return;
         }
         if n < 0 && errno().kind() == std::io::ErrorKind::Interrupted {
             continue;
         }
-        // SAFETY: _exit in a forked child.
-        unsafe { libc::_exit(0) };
+        sys::exit(0);
     }
 }
 
-/// The intermediate child: cgroups and namespaces, then fork the real
-/// process, report its pid, exit.
-fn intermediate(sync: RawFd, cgroups: &[PathBuf], ns: &Namespaces, child: impl FnOnce()) -> ! {
-    if let Err(e) = join_cgroups(cgroups).and_then(|_| enter(ns)) {
-        fail(sync, "entering the container", e);
+/// Resolves argv[0] on the container's PATH and execs; reports why not.
+fn exec_or_report(p: &Prepared, chan: RawFd) -> ! {
+    let path = match process::resolve(p.argv[0].to_str().unwrap_or(""), &p.path_env) {
+        Ok(path) => path,
+        Err(e) => fail(chan, "exec", e),
+    };
+    let e = process::exec(p, &path);
+    fail(chan, &format!("exec {:?}", p.argv[0]), e)
+}
+
+/// What the intermediate keeps of the monitor's descriptors: `setup`
+/// needs all of them (namespace files too), the visible process only
+/// `child` (its stdio, a console socket, the channel).
+struct Keep {
+    setup: Vec<RawFd>,
+    child: Vec<RawFd>,
+}
+
+/// The intermediate child: hide, let go of the monitor's descriptors,
+/// run `setup` (limits, cgroups, namespaces, and where the container joins
+/// a PID namespace its rootfs and credentials), drop what only `setup`
+/// needed, then fork the visible process, report its pid, exit.
+fn intermediate(
+    chan: RawFd,
+    keep: &Keep,
+    setup: impl FnOnce() -> Result<(), String>,
+    child: impl FnOnce(),
+) -> ! {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        fail(chan, "not dumpable", e);
     }
+    process::reset_signals();
+    sys::close_fds_except(&keep.setup);
+    if let Err(e) = setup() {
+        fail(chan, "entering the container", e);
+    }
+    // The namespace files are closed under their `File`s, which this
+    // process never drops: it leaves through _exit.
+    sys::close_fds_except(&keep.child);
     match fork() {
         Ok(0) => {
             child();
-            // SAFETY: _exit in a forked child.
-            unsafe { libc::_exit(127) }
+            sys::exit(127)
         }
         Ok(pid) => {
             let mut msg = [b'P', 0, 0, 0, 0];
             msg[1..].copy_from_slice(&pid.to_le_bytes());
-            // SAFETY: writing 5 bytes from msg.
-            unsafe { libc::write(sync, msg.as_ptr().cast(), msg.len()) };
-            // SAFETY: _exit in a forked child.
-            unsafe { libc::_exit(0) }
+            sys::write_all(chan, &msg);
+            sys::exit(0)
         }
-        Err(e) => fail(sync, "fork", e),
+        Err(e) => fail(chan, "fork", e),
     }
 }
 
 impl Embedded {
     fn spawn(
         &self,
-        sync_w: &OwnedFd,
-        sync_r: OwnedFd,
-        cgroups: &[PathBuf],
-        ns: &Namespaces,
+        theirs: &OwnedFd,
+        ours: OwnedFd,
+        mut keep: Keep,
+        setup: impl FnOnce() -> Result<(), String>,
         child: impl FnOnce(),
     ) -> Result<(i32, OwnedFd, Report), ExecutorError> {
+        keep.child.push(theirs.as_raw_fd());
+        keep.setup.extend_from_slice(&keep.child);
         let mid = fork()?;
         if mid == 0 {
-            intermediate(sync_w.as_raw_fd(), cgroups, ns, child);
+            intermediate(theirs.as_raw_fd(), &keep, setup, child);
         }
         let mut report = Report::default();
-        let got = read_reports(&sync_r, &mut report, |r| {
-            r.pid.is_some() || r.error.is_some()
-        });
+        let got =
+            report::read_reports(&ours, &mut report, |r| r.pid.is_some() || r.error.is_some());
         reap(mid);
         got?;
         match (report.pid, report.error.take()) {
-            (Some(pid), _) => Ok((pid, sync_r, report)),
+            (Some(pid), _) => Ok((pid, ours, report)),
             (None, Some(e)) => Err(ExecutorError::Child(e)),
             (None, None) => Err(ExecutorError::Child(
                 "container setup exited without a word".into(),
             )),
         }
     }
+}
+
+fn stdio_fds(stdio: &Stdio) -> [RawFd; 3] {
+    [
+        stdio.stdin.as_raw_fd(),
+        stdio.stdout.as_raw_fd(),
+        stdio.stderr.as_raw_fd(),
+    ]
 }
 
 impl Executor for Embedded {
@@ -681,38 +234,65 @@ impl Executor for Embedded {
             .process()
             .as_ref()
             .ok_or_else(|| ExecutorError::Spec("no process".into()))?;
-        let prepared = prepare(process, opts)?;
-        let ns = plan_namespaces(spec)?;
+        let prepared = process::prepare(process, opts)?;
+        let ns = namespaces::plan_namespaces(spec)?;
         let mounts = super::rootfs::plan(spec, &opts.cgroup_dirs)?;
-        let (sync_r, sync_w) = pipe()?;
-        let (start_r, start_w) = pipe()?;
-        let sync_fd = sync_w.as_raw_fd();
-        let start_fd = start_r.as_raw_fd();
-        let child = || {
-            if let Err(e) = setup_stdio(&stdio, prepared.terminal) {
-                fail(sync_fd, "stdio", e);
+        // A joined PID namespace's /proc comes from a process already in
+        // it: the set-up below runs outside that namespace.
+        let peer = match (ns.joined_pid(), mounts.wants_fresh_proc()) {
+            (Some(_), true) => {
+                let p = opts.pid_peer.as_ref().ok_or_else(|| {
+                    ExecutorError::Spec(
+                        "a proc mount in a joined PID namespace needs a process of it".into(),
+                    )
+                })?;
+                Some(File::open(p).map_err(|e| {
+                    ExecutorError::Spec(format!("PID namespace peer {}: {e}", p.display()))
+                })?)
             }
-            if let Err(e) = super::rootfs::apply(&mounts) {
-                fail(sync_fd, "rootfs", e);
-            }
-            if let Err(e) = become_process(&prepared, sync_fd) {
-                fail(sync_fd, "process", e);
-            }
-            let path = match resolve(prepared.argv[0].to_str().unwrap_or(""), &prepared.path_env) {
-                Ok(p) => p,
-                Err(e) => fail(sync_fd, "exec", e),
-            };
-            // SAFETY: writing the one-byte ready message.
-            unsafe { libc::write(sync_fd, b"R".as_ptr().cast(), 1) };
-            wait_for_start(start_fd);
-            let e = exec(&prepared, &path);
-            fail(sync_fd, &format!("exec {:?}", prepared.argv[0]), e);
+            _ => None,
         };
-        let (pid, sync_r, mut report) =
-            self.spawn(&sync_w, sync_r, &opts.cgroup_dirs, &ns, child)?;
-        drop(sync_w);
-        drop(start_r);
-        let got = read_reports(&sync_r, &mut report, |r| r.ready || r.error.is_some());
+        let (ours, theirs) = report::channel()?;
+        let chan = theirs.as_raw_fd();
+        let inside = ns.new_pid();
+        let setup = || {
+            process::limits(&prepared, chan)?;
+            namespaces::join_cgroups(&opts.cgroup_dirs)?;
+            let proc = match (&peer, ns.joined_pid()) {
+                (Some(peer), Some(pid_ns)) => Some(namespaces::clone_peer_proc(peer, pid_ns)?),
+                _ => None,
+            };
+            namespaces::enter(&ns)?;
+            if !inside {
+                super::rootfs::apply(&mounts, proc)?;
+                process::become_process(&prepared)?;
+            }
+            Ok(())
+        };
+        let child = || {
+            let chan = match setup_stdio(&stdio, prepared.terminal, chan) {
+                Ok(c) => c,
+                Err(e) => fail(chan, "stdio", e),
+            };
+            if inside {
+                if let Err(e) = super::rootfs::apply(&mounts, None) {
+                    fail(chan, "rootfs", e);
+                }
+                if let Err(e) = process::become_process(&prepared) {
+                    fail(chan, "process", e);
+                }
+            }
+            sys::write_all(chan, b"R");
+            wait_for_start(chan);
+            exec_or_report(&prepared, chan);
+        };
+        let keep = Keep {
+            setup: ns.fds().chain(peer.iter().map(|p| p.as_raw_fd())).collect(),
+            child: stdio_fds(&stdio).to_vec(),
+        };
+        let (pid, ours, mut report) = self.spawn(&theirs, ours, keep, setup, child)?;
+        drop(theirs);
+        let got = report::read_reports(&ours, &mut report, |r| r.ready || r.error.is_some());
         if let Err(e) = got {
             abandon(pid);
             return Err(e);
@@ -729,20 +309,24 @@ impl Executor for Embedded {
         }
         Ok(Created {
             pid,
-            start: start_w,
-            sync: sync_r,
+            chan: ours,
             warnings: report.warnings,
         })
     }
 
     fn start(&self, created: Created) -> Result<(), ExecutorError> {
-        let mut w = File::from(created.start);
+        let mut w = File::from(
+            created
+                .chan
+                .try_clone()
+                .map_err(ExecutorError::sys("dup"))?,
+        );
         w.write_all(b"s")
             .map_err(ExecutorError::sys("signalling start"))?;
         drop(w);
-        // EOF means execve succeeded (the sync pipe is close-on-exec).
+        // EOF means execve succeeded (the child's end is close-on-exec).
         let mut report = Report::default();
-        read_reports(&created.sync, &mut report, |r| r.error.is_some())?;
+        report::read_reports(&created.chan, &mut report, |r| r.error.is_some())?;
         match report.error {
             Some(e) => Err(ExecutorError::Child(e)),
             None => Ok(()),
@@ -780,7 +364,7 @@ impl Executor for Embedded {
         })?;
         let pid = self.exec_with(pid, process, opts, None, Some(theirs))?;
         let mut byte = [0u8; 1];
-        let (_, mut fds) = super::sys::recv_with_fds(ours.as_raw_fd(), &mut byte)
+        let (_, mut fds) = sys::recv_with_fds(ours.as_raw_fd(), &mut byte)
             .map_err(ExecutorError::sys("receiving the terminal"))?;
         match fds.pop() {
             Some(master) => Ok((pid, master)),
@@ -791,7 +375,10 @@ impl Executor for Embedded {
 
 impl Embedded {
     /// Exec with the given stdio, or (`console`) a terminal opened inside
-    /// the container, whose master goes back over the socket.
+    /// the container, whose master goes back over the socket. The
+    /// intermediate enters every namespace of the container (the mount
+    /// namespace last: its root becomes ours) and takes on the process's
+    /// credentials, so the exec is born as the container will see it.
     fn exec_with(
         &self,
         pid: i32,
@@ -800,36 +387,42 @@ impl Embedded {
         stdio: Option<Stdio>,
         console: Option<OwnedFd>,
     ) -> Result<i32, ExecutorError> {
-        let prepared = prepare(process, opts)?;
-        let ns = process_namespaces(pid)?;
-        let (sync_r, sync_w) = pipe()?;
-        let sync_fd = sync_w.as_raw_fd();
+        let prepared = process::prepare(process, opts)?;
+        let ns = namespaces::process_namespaces(pid)?;
+        let (ours, theirs) = report::channel()?;
+        let chan = theirs.as_raw_fd();
+        let keep = Keep {
+            setup: ns.fds().collect(),
+            child: stdio
+                .iter()
+                .flat_map(stdio_fds)
+                .chain(console.iter().map(|c| c.as_raw_fd()))
+                .collect(),
+        };
+        let setup = || {
+            process::limits(&prepared, chan)?;
+            namespaces::join_cgroups(&opts.cgroup_dirs)?;
+            namespaces::enter(&ns)?;
+            process::become_process(&prepared)
+        };
         let child = || {
             let stdio = match (stdio, &console) {
                 (Some(s), _) => s,
                 (None, Some(sock)) => match container_pty(sock.as_raw_fd()) {
                     Ok(s) => s,
-                    Err(e) => fail(sync_fd, "terminal", e),
+                    Err(e) => fail(chan, "terminal", e),
                 },
-                (None, None) => fail(sync_fd, "stdio", "none given"),
+                (None, None) => fail(chan, "stdio", "none given"),
             };
-            if let Err(e) = setup_stdio(&stdio, stdio.terminal) {
-                fail(sync_fd, "stdio", e);
-            }
-            if let Err(e) = become_process(&prepared, sync_fd) {
-                fail(sync_fd, "process", e);
-            }
-            let path = match resolve(prepared.argv[0].to_str().unwrap_or(""), &prepared.path_env) {
-                Ok(p) => p,
-                Err(e) => fail(sync_fd, "exec", e),
+            let chan = match setup_stdio(&stdio, stdio.terminal, chan) {
+                Ok(c) => c,
+                Err(e) => fail(chan, "stdio", e),
             };
-            let e = exec(&prepared, &path);
-            fail(sync_fd, &format!("exec {:?}", prepared.argv[0]), e);
+            exec_or_report(&prepared, chan);
         };
-        let (child_pid, sync_r, mut report) =
-            self.spawn(&sync_w, sync_r, &opts.cgroup_dirs, &ns, child)?;
-        drop(sync_w);
-        read_reports(&sync_r, &mut report, |r| r.error.is_some())?;
+        let (child_pid, ours, mut report) = self.spawn(&theirs, ours, keep, setup, child)?;
+        drop(theirs);
+        report::read_reports(&ours, &mut report, |r| r.error.is_some())?;
         if let Some(e) = report.error {
             // The child already exited (127); the caller reaps it.
             return Err(ExecutorError::Child(e));
@@ -869,7 +462,7 @@ fn container_pty(sock: RawFd) -> Result<Stdio, String> {
             return Err(format!("opening the pty slave: {}", errno()));
         }
         let slave = OwnedFd::from_raw_fd(s);
-        super::sys::send_with_fds(sock, b"m", &[master.as_raw_fd()])
+        sys::send_with_fds(sock, b"m", &[master.as_raw_fd()])
             .map_err(|e| format!("sending the terminal: {e}"))?;
         drop(master);
         let dup = |f: &OwnedFd| f.try_clone().map_err(|e| e.to_string());

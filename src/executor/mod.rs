@@ -7,7 +7,10 @@
 //! map onto an external OCI runtime.
 
 pub mod linux;
+mod namespaces;
 pub mod pod_init;
+mod process;
+mod report;
 mod rootfs;
 pub mod seccomp;
 pub mod sys;
@@ -55,13 +58,17 @@ pub struct CreateOptions {
     pub cgroup_dirs: Vec<PathBuf>,
     /// Compiled seccomp filter (classic BPF), if the spec asks for one.
     pub seccomp: Option<Vec<u8>>,
+    /// The mount namespace (`/proc/<pid>/ns/mnt`) of a process in the PID
+    /// namespace the container joins, when the spec asks for a fresh proc
+    /// mount there (a target container's): its /proc is cloned from it.
+    pub pid_peer: Option<PathBuf>,
 }
 
 /// A container whose init is set up and waits for [`Executor::start`].
 pub struct Created {
     pub pid: i32,
-    start: OwnedFd,
-    sync: OwnedFd,
+    /// The monitor's end of the channel to the waiting init.
+    chan: OwnedFd,
     /// Non-fatal notes from the child (e.g. a clamped oom_score_adj).
     pub warnings: Vec<String>,
 }

@@ -3,8 +3,9 @@
 //! with `openat2(RESOLVE_IN_ROOT)`, so a hostile image's symlinks cannot
 //! point a mount at the host), /dev, pivot_root, masked and read-only paths.
 //!
-//! [`plan`] runs in the parent and turns the spec into plain data;
-//! [`apply`] runs in the container's init after the fork.
+//! [`plan`] runs in the monitor and turns the spec into plain data;
+//! [`apply`] runs in the forked process that sets the container up (see
+//! `linux.rs` for which one).
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -64,6 +65,15 @@ pub struct Plan {
     cgroup_v1: Vec<(String, PathBuf)>,
     /// Host symlinks in /sys/fs/cgroup like `cpu -> cpu,cpuacct`.
     cgroup_links: Vec<(String, String)>,
+}
+
+impl Plan {
+    /// Whether the spec asks for a proc mount of its own (not a bind).
+    pub fn wants_fresh_proc(&self) -> bool {
+        self.mounts
+            .iter()
+            .any(|m| matches!(&m.kind, Kind::Fs { fstype, .. } if fstype == "proc"))
+    }
 }
 
 fn spec_err(m: impl Into<String>) -> ExecutorError {
@@ -364,9 +374,10 @@ fn fd_path(fd: &OwnedFd) -> CString {
     c(&format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-/// Applies the plan. Runs in the container init, in its own mount
-/// namespace, before pivot_root.
-pub fn apply(plan: &Plan) -> Result<(), String> {
+/// Applies the plan, in the container's new mount namespace; ends in it,
+/// pivoted. `proc` (a detached clone of a proc mount, see
+/// `namespaces::clone_peer_proc`) stands in for the spec's proc mount.
+pub fn apply(plan: &Plan, mut proc: Option<OwnedFd>) -> Result<(), String> {
     let slash = c("/");
     mount_raw(None, &slash, None, plan.root_propagation, None)
         .map_err(|e| format!("root propagation: {e}"))?;
@@ -388,7 +399,7 @@ pub fn apply(plan: &Plan) -> Result<(), String> {
         .map_err(|e| format!("opening rootfs: {e}"))?;
     let rootfd = root.as_raw_fd();
     for m in &plan.mounts {
-        mount_one(rootfd, m, plan).map_err(|e| format!("{}: {e}", m.dest.display()))?;
+        mount_one(rootfd, m, plan, &mut proc).map_err(|e| format!("{}: {e}", m.dest.display()))?;
     }
     for d in &plan.devices {
         make_device(rootfd, d).map_err(|e| format!("device {}: {e}", d.dest.display()))?;
@@ -427,7 +438,12 @@ pub fn apply(plan: &Plan) -> Result<(), String> {
     Ok(())
 }
 
-fn mount_one(rootfd: RawFd, m: &PlannedMount, plan: &Plan) -> Result<(), String> {
+fn mount_one(
+    rootfd: RawFd,
+    m: &PlannedMount,
+    plan: &Plan,
+    proc: &mut Option<OwnedFd>,
+) -> Result<(), String> {
     let is_file = match &m.kind {
         Kind::Bind { source } => std::fs::metadata(source)
             .map(|md| !md.is_dir())
@@ -455,6 +471,27 @@ fn mount_one(rootfd: RawFd, m: &PlannedMount, plan: &Plan) -> Result<(), String>
                     &fd_path(&top),
                     None,
                     libc::MS_BIND | libc::MS_REMOUNT | flags,
+                    None,
+                )?;
+            }
+        }
+        Kind::Fs { fstype, .. } if fstype == "proc" && proc.is_some() => {
+            if let Some(clone) = proc.take() {
+                rustix::mount::move_mount(
+                    &clone,
+                    "",
+                    &target,
+                    "",
+                    rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
+                        | rustix::mount::MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+                )
+                .map_err(|e| format!("attaching the joined namespace's /proc: {e}"))?;
+                let top = reopen(rootfd, &m.dest)?;
+                mount_raw(
+                    None,
+                    &fd_path(&top),
+                    None,
+                    libc::MS_BIND | libc::MS_REMOUNT | m.flags,
                     None,
                 )?;
             }

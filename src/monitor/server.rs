@@ -330,6 +330,28 @@ impl Monitor {
         respond(&mut conn, &resp);
     }
 
+    /// The mount namespace of a live container of this pod in the PID
+    /// namespace `spec` joins (a target container's): the /proc of a new
+    /// container there is cloned from it (`CreateOptions::pid_peer`).
+    fn pid_peer(&self, spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let ns = spec.linux().as_ref()?.namespaces().as_ref()?;
+        let joined = ns
+            .iter()
+            .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid)?
+            .path()
+            .as_ref()?;
+        let want = std::fs::metadata(joined).ok()?;
+        self.containers
+            .values()
+            .filter(|c| c.exit.is_none() && c.pid > 0)
+            .find(|c| {
+                std::fs::metadata(format!("/proc/{}/ns/pid", c.pid))
+                    .is_ok_and(|m| m.ino() == want.ino() && m.dev() == want.dev())
+            })
+            .map(|c| PathBuf::from(format!("/proc/{}/ns/mnt", c.pid)))
+    }
+
     fn create(&mut self, c: proto::Create) -> Result<Response, String> {
         if self.containers.contains_key(&c.id) {
             return Err(format!("container {} already created", c.id));
@@ -343,6 +365,7 @@ impl Monitor {
         let opts = CreateOptions {
             cgroup_dirs: c.cgroup_dirs.iter().map(PathBuf::from).collect(),
             seccomp,
+            pid_peer: self.pid_peer(&spec),
         };
         let terminal = spec
             .process()

@@ -1,0 +1,181 @@
+//! The channel between the monitor and a process it is setting up: one
+//! unix socket pair, so the waiting process holds a single descriptor that
+//! a sibling container cannot reopen through `/proc/<pid>/fd` (sockets do
+//! not reopen; pipes do).
+//!
+//! Messages from the children, each one `write` below the socket buffer so
+//! they never interleave: `P<pid i32 le>` from the intermediate, `R` ready,
+//! `W<u16 len><text>` warning, `E<u16 len><text>` fatal error. The monitor
+//! writes one byte to let a created container exec. The child's end is
+//! close-on-exec: EOF after the start byte means execve succeeded.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use super::ExecutorError;
+use super::sys;
+
+/// How long a child may take to report back before it is killed.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A close-on-exec socket pair `(monitor's end, child's end)`.
+pub fn channel() -> Result<(OwnedFd, OwnedFd), ExecutorError> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| ExecutorError::Sys {
+        op: "socketpair",
+        source: e.into(),
+    })
+}
+
+/// Writes one framed message; errors are ignored (the reader is gone,
+/// nothing left to tell).
+pub fn send(fd: RawFd, kind: u8, text: &str) {
+    let bytes = text.as_bytes();
+    let len = bytes.len().min(2000);
+    let mut msg = Vec::with_capacity(3 + len);
+    msg.push(kind);
+    msg.extend_from_slice(&(len as u16).to_le_bytes());
+    msg.extend_from_slice(&bytes[..len]);
+    sys::write_all(fd, &msg);
+}
+
+/// Reports a fatal error and ends the (forked) process.
+pub fn fail(fd: RawFd, what: &str, e: impl std::fmt::Display) -> ! {
+    send(fd, b'E', &format!("{what}: {e}"));
+    sys::exit(127)
+}
+
+/// What the monitor learnt from the children.
+#[derive(Default)]
+pub struct Report {
+    pub pid: Option<i32>,
+    pub ready: bool,
+    pub error: Option<String>,
+    pub warnings: Vec<String>,
+    pub eof: bool,
+}
+
+/// Reads messages until `done(report)`, EOF or the deadline.
+pub fn read_reports(
+    chan: &OwnedFd,
+    report: &mut Report,
+    done: impl Fn(&Report) -> bool,
+) -> Result<(), ExecutorError> {
+    let deadline = Instant::now() + SETUP_TIMEOUT;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut file = File::from(chan.try_clone().map_err(ExecutorError::sys("dup"))?);
+    while !done(report) && !report.eof {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ExecutorError::Child("container setup timed out".into()));
+        }
+        let mut pfd = [libc::pollfd {
+            fd: chan.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let n = sys::poll(&mut pfd, left.as_millis().min(60_000) as i32);
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(ExecutorError::Sys {
+                op: "poll",
+                source: e,
+            });
+        }
+        if n == 0 {
+            continue;
+        }
+        let mut chunk = [0u8; 4096];
+        let got = match file.read(&mut chunk) {
+            Ok(0) => {
+                report.eof = true;
+                0
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+            Err(e) => {
+                return Err(ExecutorError::Sys {
+                    op: "read",
+                    source: e,
+                });
+            }
+        };
+        buf.extend_from_slice(&chunk[..got]);
+        while let Some(used) = parse_one(&buf, report) {
+            buf.drain(..used);
+        }
+    }
+    Ok(())
+}
+
+fn parse_one(buf: &[u8], report: &mut Report) -> Option<usize> {
+    match *buf.first()? {
+        b'P' if buf.len() >= 5 => {
+            report.pid = Some(i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]));
+            Some(5)
+        }
+        b'R' => {
+            report.ready = true;
+            Some(1)
+        }
+        k @ (b'W' | b'E') if buf.len() >= 3 => {
+            let len = u16::from_le_bytes([buf[1], buf[2]]) as usize;
+            if buf.len() < 3 + len {
+                return None;
+            }
+            let text = String::from_utf8_lossy(&buf[3..3 + len]).into_owned();
+            if k == b'E' {
+                report.error = Some(text);
+            } else {
+                report.warnings.push(text);
+            }
+            Some(3 + len)
+        }
+        b'P' | b'W' | b'E' => None,
+        _ => Some(buf.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_split_across_reads_are_reassembled() {
+        let mut r = Report::default();
+        let mut buf = vec![b'P', 7, 0, 0, 0, b'W', 2, 0, b'h'];
+        while let Some(n) = parse_one(&buf, &mut r) {
+            buf.drain(..n);
+        }
+        assert_eq!(r.pid, Some(7));
+        assert!(r.warnings.is_empty(), "incomplete warning kept for later");
+        buf.extend_from_slice(b"iR");
+        while let Some(n) = parse_one(&buf, &mut r) {
+            buf.drain(..n);
+        }
+        assert_eq!(r.warnings, vec!["hi".to_string()]);
+        assert!(r.ready);
+    }
+
+    #[test]
+    fn eof_ends_the_wait() {
+        let (ours, theirs) = channel().unwrap();
+        send(theirs.as_raw_fd(), b'E', "boom");
+        drop(theirs);
+        let mut r = Report::default();
+        read_reports(&ours, &mut r, |r| r.ready).unwrap();
+        assert!(r.eof);
+        assert_eq!(r.error.as_deref(), Some("boom"));
+    }
+}
