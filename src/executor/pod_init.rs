@@ -5,18 +5,19 @@
 //!
 //! - its own mount namespace whose root is an empty read-only tmpfs
 //!   (entered with pivot_root; the host's tree is detached), cwd `/`;
-//! - no capabilities (bounding, inheritable and ambient sets emptied before
-//!   it execs, so root's exec grants none), no_new_privs, not dumpable;
+//! - no capabilities (every set emptied), no_new_privs, not dumpable;
 //! - an empty environment and no descriptors;
 //! - its program is the daemon's sealed helper (see `crate::helper`);
 //! - a seccomp filter allowing only what its loop uses (signals, wait,
 //!   exit).
 //!
-//! Before it locks itself in, and while it is still alone in the new PID
-//! namespace, it mounts that namespace's /proc at a directory the caller
-//! names (the pod's "proc pin"): containers joining the namespace get their
-//! /proc as a bind of it, so their set-up never needs a privileged process
-//! inside the namespace (see `linux.rs`).
+//! It gets there while it is still alone in the new PID namespace: the
+//! pinner ([`spawn`], [`Started::wait_sealed`]) returns only once it
+//! reported sealed, and no container can join before that. On the way, it
+//! mounts the namespace's /proc at a directory the caller names (the pod's
+//! "proc pin"): containers joining the namespace get their /proc as a bind
+//! of it, so their set-up never needs a privileged process inside the
+//! namespace (see `linux.rs`).
 
 use std::ffi::CString;
 use std::io::Read;
@@ -35,11 +36,21 @@ const REPORT_FD: RawFd = 3;
 /// The empty root the pod init pivots into, passed across its exec.
 const NEW_ROOT_FD: RawFd = 4;
 
-/// A pod init forked into a new PID namespace, not yet known to be sealed.
+/// A pod init forked into a new PID namespace, not yet known to be
+/// sealed; killed if dropped before [`Started::wait_sealed`] succeeds.
 pub struct Started {
     /// Its pid in the caller's PID namespace.
     pub pid: i32,
     report: OwnedFd,
+    sealed: bool,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if !self.sealed {
+            sys::kill(self.pid, libc::SIGKILL);
+        }
+    }
 }
 
 /// Forks the pod init. The caller must be single-threaded and have
@@ -77,6 +88,7 @@ pub fn spawn(proc_pin: &Path, scratch: &Path) -> Result<Started, ExecutorError> 
         Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Started {
             pid: child.as_raw(),
             report: report_r,
+            sealed: false,
         }),
         Err(e) => Err(ExecutorError::Sys {
             op: "fork",
@@ -88,19 +100,19 @@ pub fn spawn(proc_pin: &Path, scratch: &Path) -> Result<Started, ExecutorError> 
 impl Started {
     /// Waits until the init has installed its filter (it then closes its
     /// report descriptor); kills it on error or after `timeout`.
-    pub fn wait_sealed(self, timeout: Duration) -> Result<i32, ExecutorError> {
+    pub fn wait_sealed(mut self, timeout: Duration) -> Result<i32, ExecutorError> {
         let mut got = Vec::new();
         let r = read_until_eof(&self.report, &mut got, timeout);
         if r.is_ok() && got == b"S" {
+            self.sealed = true;
             return Ok(self.pid);
         }
-        sys::kill(self.pid, libc::SIGKILL);
         let why = match r {
             Err(e) => e,
             Ok(()) if got.first() == Some(&b'E') => String::from_utf8_lossy(&got[1..]).into(),
             Ok(()) => "exited before it was sealed".into(),
         };
-        Err(ExecutorError::Child(format!("pod init: {why}")))
+        Err(ExecutorError::Child(why))
     }
 }
 
@@ -146,6 +158,9 @@ fn lock_down(
     let step = |what: &str, r: nix::Result<()>| r.map_err(|e| format!("{what}: {e}"));
     let run = || -> Result<(), String> {
         step("not dumpable", nix::sys::prctl::set_dumpable(false))?;
+        // Out of the daemon's process group: a signal to it must not
+        // reach the pod.
+        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
         let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         step(
             "mounting the pod's /proc",

@@ -335,6 +335,14 @@ impl Monitor {
     /// container there is cloned from it (`CreateOptions::pid_peer`).
     fn pid_peer(&self, spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
         use std::os::unix::fs::MetadataExt;
+        let fresh_proc = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .any(|m| m.typ().as_deref() == Some("proc"));
+        if !fresh_proc {
+            return None;
+        }
         let ns = spec.linux().as_ref()?.namespaces().as_ref()?;
         let joined = ns
             .iter()

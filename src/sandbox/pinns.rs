@@ -63,6 +63,8 @@ pub enum PinError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("pod init: {0}")]
+    PodInit(#[source] crate::executor::ExecutorError),
 }
 
 /// Runs in the `crius pinns` child: new namespaces for this process, the
@@ -118,12 +120,7 @@ pub fn pin_in_child(
             path: pin.to_path_buf(),
             source,
         })?;
-        Some(
-            crate::executor::pod_init::spawn(pin, dir).map_err(|e| PinError::Io {
-                path: PathBuf::from("pod init"),
-                source: std::io::Error::other(e.to_string()),
-            })?,
-        )
+        Some(crate::executor::pod_init::spawn(pin, dir).map_err(PinError::PodInit)?)
     } else {
         None
     };
@@ -154,10 +151,7 @@ pub fn pin_in_child(
         Some(i) => i
             .wait_sealed(POD_INIT_TIMEOUT)
             .map(|pid| Some(pid as u32))
-            .map_err(|e| PinError::Io {
-                path: PathBuf::from("pod init"),
-                source: std::io::Error::other(e.to_string()),
-            }),
+            .map_err(PinError::PodInit),
         None => Ok(None),
     }
 }
