@@ -521,27 +521,11 @@ impl Pods {
     }
 }
 
+/// What the request's shape cannot tell: the hostname the pod will get
+/// (from its name when none is given) and whether each sysctl belongs to a
+/// namespace the pod owns. Sizes and characters are checked at the edge
+/// (`server::validate`).
 fn validate(c: &PodSandboxConfig) -> Result<()> {
-    let m = c
-        .metadata
-        .as_ref()
-        .ok_or_else(|| Error::InvalidArgument("pod sandbox config needs metadata".into()))?;
-    for (what, v) in [
-        ("name", &m.name),
-        ("namespace", &m.namespace),
-        ("uid", &m.uid),
-    ] {
-        if v.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "pod metadata.{what} is empty"
-            )));
-        }
-    }
-    if m.attempt > u32::MAX / 2 {
-        return Err(Error::InvalidArgument(
-            "pod metadata.attempt is out of range".into(),
-        ));
-    }
     let h = hostname(c);
     if h.len() > 64
         || !h
@@ -556,18 +540,8 @@ fn validate(c: &PodSandboxConfig) -> Result<()> {
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.clone())
         .unwrap_or_default();
-    for (key, value) in sysctls(c) {
+    for (key, _) in sysctls(c) {
         let name = key.replace('/', ".");
-        let valid_name = !key.is_empty()
-            && !key.contains("..")
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
-        if !valid_name || value.contains(['\n', '\r']) {
-            return Err(Error::InvalidArgument(format!(
-                "invalid sysctl {key:?}={value:?}"
-            )));
-        }
         let (namespaced, host) = if name.starts_with("net.") {
             (true, ns.network == NamespaceMode::Node as i32)
         } else if name.starts_with("kernel.shm")
@@ -588,15 +562,6 @@ fn validate(c: &PodSandboxConfig) -> Result<()> {
             return Err(Error::InvalidArgument(format!(
                 "sysctl {key:?} cannot be set for a pod sharing the host's namespace"
             )));
-        }
-    }
-    if let Some(dns) = &c.dns_config {
-        for s in dns.servers.iter().chain(&dns.searches).chain(&dns.options) {
-            if s.contains(['\n', '\r']) {
-                return Err(Error::InvalidArgument(format!(
-                    "DNS config entry {s:?} has a newline"
-                )));
-            }
         }
     }
     Ok(())
@@ -870,11 +835,13 @@ mod tests {
     fn validation() {
         assert!(validate(&cfg()).is_ok());
         let mut c = cfg();
-        c.metadata.as_mut().unwrap().uid.clear();
-        assert!(matches!(validate(&c), Err(Error::InvalidArgument(_))));
-        let mut c = cfg();
         c.hostname = "bad host\n".into();
         assert!(validate(&c).is_err());
-        assert!(validate(&PodSandboxConfig::default()).is_err());
+        let mut c = cfg();
+        c.linux = Some(k8s_cri::v1::LinuxPodSandboxConfig {
+            sysctls: HashMap::from([("kernel.hostname".to_string(), "x".to_string())]),
+            ..Default::default()
+        });
+        assert!(matches!(validate(&c), Err(Error::InvalidArgument(_))));
     }
 }

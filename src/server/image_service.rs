@@ -45,10 +45,14 @@ impl ImageServiceHandler {
     }
 }
 
-/// The image name of a request's `ImageSpec`, required non-empty.
+/// The image name of a request's `ImageSpec`, required non-empty and
+/// within the reference limits.
 fn image_name(spec: Option<&ImageSpec>) -> Result<&str, Status> {
     match spec.map(|s| s.image.trim()) {
-        Some(name) if !name.is_empty() => Ok(name),
+        Some(name) if !name.is_empty() => {
+            super::validate::image_ref(name)?;
+            Ok(name)
+        }
         _ => Err(
             Error::InvalidArgument("image spec with a non-empty image is required".into()).into(),
         ),
@@ -97,6 +101,9 @@ impl ImageService for ImageServiceHandler {
     async fn pull_image(&self, req: Request<PullImageRequest>) -> Reply<PullImageResponse> {
         let req = req.into_inner();
         let name = image_name(req.image.as_ref())?;
+        if let Some(a) = &req.auth {
+            super::validate::auth(a)?;
+        }
         let auth = req
             .auth
             .map(|a| PullAuth {

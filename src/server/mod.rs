@@ -5,6 +5,7 @@
 mod image_service;
 pub mod layer;
 mod runtime_service;
+pub mod validate;
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};

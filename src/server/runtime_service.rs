@@ -8,6 +8,7 @@ use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 
 use super::unimplemented;
+use super::validate;
 use crate::config::CgroupDriver as Driver;
 use crate::runtime::{CRI_API_VERSION, RUNTIME_NAME, Runtime};
 use crate::sandbox::pinns::NsKind;
@@ -57,6 +58,7 @@ impl RuntimeServiceHandler {
         if container_id.is_empty() {
             return Err(Status::invalid_argument("missing required container_id"));
         }
+        validate::id("container id", container_id)?;
         if tty && stderr {
             return Err(Status::invalid_argument(
                 "tty and stderr cannot both be true",
@@ -164,6 +166,10 @@ impl RuntimeService for RuntimeServiceHandler {
         let config = req
             .config
             .ok_or_else(|| Status::invalid_argument("pod sandbox config is required"))?;
+        validate::pod_config(&config)?;
+        if !req.runtime_handler.is_empty() {
+            validate::name("runtime handler", &req.runtime_handler)?;
+        }
         let rt = self.rt.clone();
         let handler = req.runtime_handler;
         let id = detached(async move { rt.pods.run(config, &handler, &rt.network).await }).await?;
@@ -176,6 +182,7 @@ impl RuntimeService for RuntimeServiceHandler {
         req: Request<StopPodSandboxRequest>,
     ) -> Reply<StopPodSandboxResponse> {
         let (rt, id) = (self.rt.clone(), req.into_inner().pod_sandbox_id);
+        validate::id("pod sandbox id", &id)?;
         detached(async move { rt.stop_pod(&id).await }).await?;
         Ok(Response::new(StopPodSandboxResponse {}))
     }
@@ -189,6 +196,7 @@ impl RuntimeService for RuntimeServiceHandler {
         if id.is_empty() {
             return Err(Status::invalid_argument("pod sandbox id is empty"));
         }
+        validate::id("pod sandbox id", &id)?;
         let rt = self.rt.clone();
         detached(async move { rt.remove_pod(&id).await }).await?;
         Ok(Response::new(RemovePodSandboxResponse {}))
@@ -200,6 +208,7 @@ impl RuntimeService for RuntimeServiceHandler {
         req: Request<PodSandboxStatusRequest>,
     ) -> Reply<PodSandboxStatusResponse> {
         let req = req.into_inner();
+        validate::id("pod sandbox id", &req.pod_sandbox_id)?;
         let pod = self.rt.pods.get(&req.pod_sandbox_id)?;
         let mut info = std::collections::HashMap::new();
         if req.verbose {
@@ -253,6 +262,7 @@ impl RuntimeService for RuntimeServiceHandler {
         req: Request<ListPodSandboxRequest>,
     ) -> Reply<ListPodSandboxResponse> {
         let filter = req.into_inner().filter.unwrap_or_default();
+        validate::id("pod sandbox id filter", &filter.id)?;
         let items = self
             .rt
             .pods
@@ -295,6 +305,11 @@ impl RuntimeService for RuntimeServiceHandler {
         let config = req
             .config
             .ok_or_else(|| Status::invalid_argument("container config is required"))?;
+        validate::id("pod sandbox id", &req.pod_sandbox_id)?;
+        validate::container_config(&config)?;
+        if let Some(p) = &req.sandbox_config {
+            validate::pod_config(p)?;
+        }
         let rt = self.rt.clone();
         let id = detached(async move {
             rt.containers
@@ -318,6 +333,7 @@ impl RuntimeService for RuntimeServiceHandler {
         req: Request<StartContainerRequest>,
     ) -> Reply<StartContainerResponse> {
         let (rt, id) = (self.rt.clone(), req.into_inner().container_id);
+        validate::id("container id", &id)?;
         detached(async move { rt.containers.start(&rt.pods, &id).await }).await?;
         Ok(Response::new(StartContainerResponse {}))
     }
@@ -328,7 +344,8 @@ impl RuntimeService for RuntimeServiceHandler {
         req: Request<StopContainerRequest>,
     ) -> Reply<StopContainerResponse> {
         let req = req.into_inner();
-        let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
+        validate::id("container id", &req.container_id)?;
+        let timeout = validate::timeout("stop timeout", req.timeout)?;
         let rt = self.rt.clone();
         detached(async move {
             rt.containers
@@ -348,6 +365,7 @@ impl RuntimeService for RuntimeServiceHandler {
         if id.is_empty() {
             return Err(Status::invalid_argument("container id is empty"));
         }
+        validate::id("container id", &id)?;
         detached(async move { rt.containers.remove(&rt.pods, &rt.storage, &id).await }).await?;
         Ok(Response::new(RemoveContainerResponse {}))
     }
@@ -357,6 +375,8 @@ impl RuntimeService for RuntimeServiceHandler {
         req: Request<ListContainersRequest>,
     ) -> Reply<ListContainersResponse> {
         let filter = req.into_inner().filter.unwrap_or_default();
+        validate::id("container id filter", &filter.id)?;
+        validate::id("pod sandbox id filter", &filter.pod_sandbox_id)?;
         let mut containers = Vec::new();
         for c in self.rt.containers.list()? {
             let st = self.rt.containers.run_state(&c);
@@ -385,6 +405,7 @@ impl RuntimeService for RuntimeServiceHandler {
         req: Request<ContainerStatusRequest>,
     ) -> Reply<ContainerStatusResponse> {
         let req = req.into_inner();
+        validate::id("container id", &req.container_id)?;
         let c = self.rt.containers.get(&req.container_id)?;
         let st = self.rt.containers.run_state(&c);
         let (reason, exit_code, finished_at) = match st.exit {
@@ -454,7 +475,9 @@ impl RuntimeService for RuntimeServiceHandler {
         req: Request<UpdateContainerResourcesRequest>,
     ) -> Reply<UpdateContainerResourcesResponse> {
         let req = req.into_inner();
+        validate::id("container id", &req.container_id)?;
         let linux = req.linux.unwrap_or_default();
+        validate::resources(&linux)?;
         self.rt.containers.update(&req.container_id, linux).await?;
         Ok(Response::new(UpdateContainerResourcesResponse {}))
     }
@@ -465,6 +488,7 @@ impl RuntimeService for RuntimeServiceHandler {
         req: Request<ReopenContainerLogRequest>,
     ) -> Reply<ReopenContainerLogResponse> {
         let id = req.into_inner().container_id;
+        validate::id("container id", &id)?;
         self.rt.containers.reopen_log(&self.rt.pods, &id).await?;
         Ok(Response::new(ReopenContainerLogResponse {}))
     }
@@ -472,7 +496,9 @@ impl RuntimeService for RuntimeServiceHandler {
     #[tracing::instrument(skip_all, fields(container_id = %req.get_ref().container_id))]
     async fn exec_sync(&self, req: Request<ExecSyncRequest>) -> Reply<ExecSyncResponse> {
         let req = req.into_inner();
-        let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
+        validate::id("container id", &req.container_id)?;
+        validate::command(&req.cmd)?;
+        let timeout = validate::timeout("exec timeout", req.timeout)?;
         let (stdout, stderr, exit_code) = self
             .rt
             .containers
@@ -487,8 +513,8 @@ impl RuntimeService for RuntimeServiceHandler {
     #[tracing::instrument(skip_all, fields(container_id = %req.get_ref().container_id))]
     async fn exec(&self, req: Request<ExecRequest>) -> Reply<ExecResponse> {
         let req = req.into_inner();
-        if req.cmd.first().is_none_or(|c| c.is_empty()) && !req.container_id.is_empty() {
-            return Err(Status::invalid_argument("exec command is empty"));
+        if !req.container_id.is_empty() {
+            validate::command(&req.cmd)?;
         }
         let stdio = (req.stdin, req.stdout, req.stderr, req.tty);
         let url = self.stream_url(&req.container_id.clone(), stdio, "or", |id| {
@@ -519,6 +545,7 @@ impl RuntimeService for RuntimeServiceHandler {
         if req.pod_sandbox_id.is_empty() {
             return Err(Status::invalid_argument("missing required pod_sandbox_id"));
         }
+        validate::id("pod sandbox id", &req.pod_sandbox_id)?;
         if req.port.iter().any(|p| !(1..=65535).contains(p)) {
             return Err(Status::invalid_argument("port out of range"));
         }
