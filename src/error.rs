@@ -21,6 +21,15 @@ pub enum Error {
     /// A remote service (a registry) cannot be reached; retrying later may help.
     #[error("{0}")]
     Unavailable(String),
+    /// A node-wide limit would be exceeded.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The node refuses what was asked (a privilege crius does not hold).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The client's deadline passed before the operation finished.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The caller's credentials were refused.
     #[error("{0}")]
     Unauthenticated(String),

@@ -13,6 +13,7 @@ pub mod error;
 pub mod executor;
 pub mod helper;
 pub mod image;
+pub mod listing;
 pub mod logging;
 pub mod monitor;
 pub mod network;

@@ -78,6 +78,8 @@ pub struct Containers {
     cgroups: Cgroups,
     locks: KeyedLocks,
     log_dir: PathBuf,
+    /// ListContainers' answer, kept under a client's message limit.
+    listed: crate::listing::Budget,
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
@@ -182,6 +184,22 @@ fn log_path(
     Ok(Path::new(&dir).join(rel).display().to_string())
 }
 
+/// A container's share of a ListContainers answer.
+fn list_bytes(c: &ContainerRecord) -> usize {
+    crate::listing::entry_bytes(&k8s_cri::v1::Container {
+        id: c.id.clone(),
+        pod_sandbox_id: c.pod_id.clone(),
+        metadata: c.config.metadata.clone(),
+        image: c.config.image.clone(),
+        image_ref: c.image_ref.clone(),
+        state: 0,
+        created_at: c.created_at,
+        labels: c.config.labels.clone(),
+        annotations: c.config.annotations.clone(),
+        image_id: c.image_id.clone(),
+    })
+}
+
 fn container_name(c: &ContainerConfig) -> Result<(String, u32)> {
     let m = c
         .metadata
@@ -198,13 +216,18 @@ fn container_name(c: &ContainerConfig) -> Result<(String, u32)> {
 impl Containers {
     /// Records in the store; state files under `runroot/containers`.
     pub fn new(store: Arc<Store>, runroot: &Path, cgroups: Cgroups, log_dir: &Path) -> Containers {
-        Containers {
+        let containers = Containers {
             log_dir: log_dir.to_path_buf(),
             store,
             dir: runroot.join("containers"),
             cgroups,
             locks: KeyedLocks::default(),
+            listed: crate::listing::Budget::new("containers", crate::listing::ANSWER_LIMIT),
+        };
+        for c in containers.list().unwrap_or_default() {
+            containers.listed.count_existing(list_bytes(&c));
         }
+        containers
     }
 
     fn state_dir(&self, id: &str) -> PathBuf {
@@ -350,7 +373,12 @@ impl Containers {
             start_error: None,
         };
         // Recorded first: a crash mid-create leaves something to remove.
-        self.store.put(Table::Containers, &id, &record)?;
+        let share = list_bytes(&record);
+        self.listed.reserve(share)?;
+        if let Err(e) = self.store.put(Table::Containers, &id, &record) {
+            self.listed.release(share);
+            return Err(e.into());
+        }
         match self
             .set_up(pods, images, storage, &pod, &image, &mut record)
             .await
@@ -364,6 +392,7 @@ impl Containers {
                 tracing::warn!(container_id = %id, error = %e, "container create failed; cleaning up");
                 self.tear_down(pods, storage, &record).await;
                 let _ = self.store.delete(Table::Containers, &id);
+                self.listed.release(share);
                 Err(e)
             }
         }
@@ -830,6 +859,7 @@ impl Containers {
         }
         self.tear_down(pods, storage, &c).await;
         self.store.delete(Table::Containers, &c.id)?;
+        self.listed.release(list_bytes(&c));
         tracing::info!(container_id = %c.id, "container removed");
         Ok(())
     }
@@ -848,9 +878,7 @@ impl Containers {
         for c in self.list()?.into_iter().filter(|c| c.pod_id == pod_id) {
             self.remove(pods, storage, &c.id).await?;
         }
-        let _ = Self::monitor(pods, pod_id)
-            .call(Op::Shutdown(proto::Empty {}))
-            .await;
+        Self::monitor(pods, pod_id).retire().await;
         Ok(())
     }
 

@@ -103,6 +103,21 @@ impl Client {
         }
     }
 
+    /// Shuts the monitor down (if it runs) and removes its directory: the
+    /// pod is gone, nothing of it stays under the runroot.
+    pub async fn retire(&self) {
+        let _ = self.call(Op::Shutdown(Default::default())).await;
+        let dir = self.dir.clone();
+        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await;
+        if let Ok(Err(e)) = removed {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "removing the monitor's directory");
+        }
+    }
+
     /// Sends one request and waits for its answer.
     pub async fn call(&self, op: Op) -> Result<Response, MonitorError> {
         let path = self.socket();

@@ -75,6 +75,21 @@ pub struct Pods {
     dir: PathBuf,
     cgroups: Cgroups,
     locks: KeyedLocks,
+    /// ListPodSandbox's answer, kept under a client's message limit.
+    listed: crate::listing::Budget,
+}
+
+/// A pod's share of a ListPodSandbox answer.
+fn list_bytes(p: &PodRecord) -> usize {
+    crate::listing::entry_bytes(&k8s_cri::v1::PodSandbox {
+        id: p.id.clone(),
+        metadata: p.config.metadata.clone(),
+        state: 0,
+        created_at: p.created_at,
+        labels: p.config.labels.clone(),
+        annotations: p.config.annotations.clone(),
+        runtime_handler: p.runtime_handler.clone(),
+    })
 }
 
 fn identity(c: &PodSandboxConfig) -> String {
@@ -111,12 +126,17 @@ fn internal(e: impl std::fmt::Display) -> Error {
 impl Pods {
     /// Pod state lives in the store; pod files under `runroot/pods`.
     pub fn new(store: Arc<Store>, runroot: &Path, cgroups: Cgroups) -> Pods {
-        Pods {
+        let pods = Pods {
             store,
             dir: runroot.join("pods"),
             cgroups,
             locks: KeyedLocks::default(),
+            listed: crate::listing::Budget::new("pod sandboxes", crate::listing::ANSWER_LIMIT),
+        };
+        for p in pods.list().unwrap_or_default() {
+            pods.listed.count_existing(list_bytes(&p));
         }
+        pods
     }
 
     /// Where a pod's /dev/shm is mounted (none for host IPC pods).
@@ -219,7 +239,12 @@ impl Pods {
             init_pid: None,
         };
         let started = std::time::Instant::now();
-        self.store.put(Table::Pods, &id, &pod)?;
+        let share = list_bytes(&pod);
+        self.listed.reserve(share)?;
+        if let Err(e) = self.store.put(Table::Pods, &id, &pod) {
+            self.listed.release(share);
+            return Err(e.into());
+        }
         let mut timing = SetUpTiming::default();
         match self.set_up(&mut pod, network, &mut timing).await {
             Ok(()) => {
@@ -240,13 +265,11 @@ impl Pods {
                 if let Err(c) = self.tear_down(&mut pod, network, true, true).await {
                     tracing::error!(pod_id = %id, error = %c, "cleanup of a failed pod");
                 }
-                let _ =
-                    crate::monitor::client::Client::new(&crate::monitor::dir(self.runroot(), &id))
-                        .call(crate::monitor::proto::request::Op::Shutdown(
-                            crate::monitor::proto::Empty {},
-                        ))
-                        .await;
+                crate::monitor::client::Client::new(&crate::monitor::dir(self.runroot(), &id))
+                    .retire()
+                    .await;
                 let _ = self.store.delete(Table::Pods, &id);
+                self.listed.release(share);
                 Err(e)
             }
         }
@@ -516,6 +539,7 @@ impl Pods {
         let _one = self.locks.lock(&pod.key()).await;
         self.tear_down(&mut pod, network, true, false).await?;
         self.store.delete(Table::Pods, &pod.id)?;
+        self.listed.release(list_bytes(&pod));
         tracing::info!(pod_id = %pod.id, "pod sandbox removed");
         Ok(())
     }
@@ -718,6 +742,11 @@ fn start_pin(
 /// Waits for `pinns`; the pod init's pid when it started one.
 async fn finish_pin(child: tokio::process::Child) -> Result<Option<u32>> {
     let out = child.wait_with_output().await.map_err(internal)?;
+    if out.status.code() == Some(pinns::EXIT_BAD_SYSCTL as i32) {
+        return Err(Error::InvalidArgument(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
     if !out.status.success() {
         return Err(Error::Internal(format!(
             "pinning namespaces: {}",

@@ -65,7 +65,14 @@ pub enum PinError {
     },
     #[error("pod init: {0}")]
     PodInit(#[source] crate::executor::ExecutorError),
+    /// A sysctl the kernel does not know, or a value it refuses: bad input.
+    #[error("sysctl {key}: {source}")]
+    Sysctl { key: String, source: std::io::Error },
 }
+
+/// `pinns`'s exit status when a sysctl was refused (the daemon answers
+/// InvalidArgument for it).
+pub const EXIT_BAD_SYSCTL: u8 = 3;
 
 /// Runs in the `crius pinns` child: new namespaces for this process, the
 /// hostname set in the new UTS namespace, the pod's sysctls written (they
@@ -104,8 +111,8 @@ pub fn pin_in_child(
     }
     for (key, value) in sysctls {
         let path = PathBuf::from("/proc/sys").join(sysctl_path(key));
-        std::fs::write(&path, value).map_err(|source| PinError::Io {
-            path: path.clone(),
+        std::fs::write(&path, value).map_err(|source| PinError::Sysctl {
+            key: key.clone(),
             source,
         })?;
     }
@@ -248,6 +255,10 @@ pub fn main(
                 println!("init_pid={pid}");
             }
             ExitCode::SUCCESS
+        }
+        Err(e @ PinError::Sysctl { .. }) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_BAD_SYSCTL)
         }
         Err(e) => {
             eprintln!("crius pinns: {e}");

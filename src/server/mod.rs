@@ -51,6 +51,9 @@ impl From<Error> for tonic::Status {
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::Unavailable(m) => Status::unavailable(m),
             Error::Unauthenticated(m) => Status::unauthenticated(m),
+            Error::ResourceExhausted(m) => Status::resource_exhausted(m),
+            Error::PermissionDenied(m) => Status::permission_denied(m),
+            Error::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             e @ Error::Unimplemented(_) => Status::unimplemented(e.to_string()),
             e @ (Error::Store(_) | Error::Internal(_)) => {
                 tracing::error!(error = %e, "internal error");

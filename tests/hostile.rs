@@ -1,0 +1,521 @@
+//! Hostile and faulty input against a real daemon, as a compromised
+//! kubelet plugin or a buggy client would send it: bad input answers a
+//! clear status (never Internal), limits hold, nothing hangs or leaks.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::pod::*;
+use common::*;
+use k8s_cri::v1::*;
+use tonic::Code;
+
+/// The code of a failed call (Ok for success).
+fn code<T>(r: Result<T, tonic::Status>) -> Code {
+    match r {
+        Ok(_) => Code::Ok,
+        Err(s) => {
+            assert!(
+                s.message().len() < 1024,
+                "the message echoes the input: {} bytes",
+                s.message().len()
+            );
+            s.code()
+        }
+    }
+}
+
+async fn run_pod(rt: &mut Runtime, config: PodSandboxConfig) -> Result<String, tonic::Status> {
+    rt.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(config),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+/// A host-network pod (no CNI) with `f` applied to its config.
+fn pod_with(name: &str, f: impl FnOnce(&mut PodSandboxConfig)) -> PodSandboxConfig {
+    let mut p = host_pod(
+        name,
+        std::path::Path::new("/tmp/crius-hostile-logs"),
+        NamespaceMode::Container,
+    );
+    f(&mut p);
+    p
+}
+
+#[tokio::test]
+async fn bad_pod_input_is_invalid_argument_never_internal() {
+    let d = Daemon::start();
+    let mut rt = d.runtime().await;
+    let mib = "a".repeat(1 << 20);
+    let cases: Vec<(&str, PodSandboxConfig)> = vec![
+        ("name with CNI_ARGS", pod_with("x;IP=10.88.250.250", |_| {})),
+        ("name with NUL", pod_with("a\0b", |_| {})),
+        ("1 MiB name", pod_with(&mib, |_| {})),
+        (
+            "namespace with =",
+            pod_with("ok", |p| {
+                p.metadata.as_mut().unwrap().namespace = "a=b".into()
+            }),
+        ),
+        (
+            "uid with newline",
+            pod_with("ok", |p| p.metadata.as_mut().unwrap().uid = "a\nb".into()),
+        ),
+        (
+            "log directory /proc/1",
+            pod_with("ok", |p| p.log_directory = "/proc/1".into()),
+        ),
+        (
+            "relative log directory",
+            pod_with("ok", |p| p.log_directory = "logs".into()),
+        ),
+        (
+            "label value of 1 MiB",
+            pod_with("ok", |p| {
+                p.labels = HashMap::from([("k".into(), mib.clone())]);
+            }),
+        ),
+        (
+            "10k labels",
+            pod_with("ok", |p| {
+                p.labels = (0..10_000)
+                    .map(|i| (format!("l{i}"), "v".repeat(60)))
+                    .collect();
+            }),
+        ),
+        (
+            "annotations over 256 KiB",
+            pod_with("ok", |p| {
+                p.annotations = (0..10)
+                    .map(|i| (format!("a{i}"), "v".repeat(30 << 10)))
+                    .collect();
+            }),
+        ),
+        (
+            "port 0",
+            pod_with("ok", |p| {
+                p.port_mappings = vec![PortMapping {
+                    container_port: 0,
+                    host_port: 8080,
+                    ..Default::default()
+                }];
+            }),
+        ),
+        (
+            "port -1",
+            pod_with("ok", |p| {
+                p.port_mappings = vec![PortMapping {
+                    container_port: -1,
+                    ..Default::default()
+                }];
+            }),
+        ),
+        (
+            "port 65536",
+            pod_with("ok", |p| {
+                p.port_mappings = vec![PortMapping {
+                    container_port: 80,
+                    host_port: 65536,
+                    ..Default::default()
+                }];
+            }),
+        ),
+        (
+            "unknown protocol",
+            pod_with("ok", |p| {
+                p.port_mappings = vec![PortMapping {
+                    container_port: 80,
+                    protocol: 7,
+                    ..Default::default()
+                }];
+            }),
+        ),
+        (
+            "host IP that is not an IP",
+            pod_with("ok", |p| {
+                p.port_mappings = vec![PortMapping {
+                    container_port: 80,
+                    host_ip: "localhost".into(),
+                    ..Default::default()
+                }];
+            }),
+        ),
+        (
+            "malformed sysctl",
+            pod_with("ok", |p| {
+                p.linux.as_mut().unwrap().sysctls =
+                    HashMap::from([("net/../../x".into(), "1".into())]);
+            }),
+        ),
+        (
+            "unknown sysctl",
+            pod_with("ok", |p| {
+                let l = p.linux.as_mut().unwrap();
+                l.security_context
+                    .as_mut()
+                    .unwrap()
+                    .namespace_options
+                    .as_mut()
+                    .unwrap()
+                    .network = NamespaceMode::Pod as i32;
+                l.sysctls = HashMap::from([("net.ipv4.no_such_knob".into(), "1".into())]);
+            }),
+        ),
+        (
+            "DNS server that is not an IP",
+            pod_with("ok", |p| {
+                p.dns_config = Some(DnsConfig {
+                    servers: vec!["1.1.1.1\nnameserver 6.6.6.6".into()],
+                    ..Default::default()
+                });
+            }),
+        ),
+    ];
+    for (what, config) in cases {
+        let got = code(run_pod(&mut rt, config).await);
+        assert_eq!(got, Code::InvalidArgument, "{what}");
+    }
+    // Nothing of the refused pods is listed or left behind.
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+}
+
+#[tokio::test]
+async fn bad_container_input_is_invalid_argument_never_internal() {
+    let mut e = env("badctr").await;
+    let mib = "a".repeat(1 << 20);
+    let base = e.config("c", "sleep 100");
+    let with = |f: &dyn Fn(&mut ContainerConfig)| {
+        let mut c = base.clone();
+        f(&mut c);
+        c
+    };
+    let cases: Vec<(&str, ContainerConfig, Code)> = vec![
+        (
+            "name with NUL",
+            with(&|c| c.metadata.as_mut().unwrap().name = "a\0b".into()),
+            Code::InvalidArgument,
+        ),
+        (
+            "1 MiB name",
+            with(&|c| c.metadata.as_mut().unwrap().name = mib.clone()),
+            Code::InvalidArgument,
+        ),
+        (
+            "arg with NUL",
+            with(&|c| c.args = vec!["a\0b".into()]),
+            Code::InvalidArgument,
+        ),
+        (
+            "2 MiB of args",
+            with(&|c| c.args = vec![mib.clone(), mib.clone()]),
+            Code::InvalidArgument,
+        ),
+        (
+            "env key with NUL",
+            with(&|c| {
+                c.envs = vec![KeyValue {
+                    key: "A\0".into(),
+                    value: "1".into(),
+                }]
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "env key with =",
+            with(&|c| {
+                c.envs = vec![KeyValue {
+                    key: "A=B".into(),
+                    value: "1".into(),
+                }]
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "10k env entries",
+            with(&|c| {
+                c.envs = (0..10_000)
+                    .map(|i| KeyValue {
+                        key: format!("E{i}"),
+                        value: "v".into(),
+                    })
+                    .collect()
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "mount at /",
+            with(&|c| {
+                c.mounts = vec![Mount {
+                    container_path: "/".into(),
+                    host_path: "/tmp".into(),
+                    ..Default::default()
+                }]
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "mount via /proc/self/root/..",
+            with(&|c| {
+                c.mounts = vec![Mount {
+                    container_path: "/proc/self/root/..".into(),
+                    host_path: "/tmp".into(),
+                    ..Default::default()
+                }]
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "mount in /proc/sys",
+            with(&|c| {
+                c.mounts = vec![Mount {
+                    container_path: "/proc/sys/kernel".into(),
+                    host_path: "/tmp".into(),
+                    ..Default::default()
+                }]
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "recursive read-only mount",
+            with(&|c| {
+                c.mounts = vec![Mount {
+                    container_path: "/data".into(),
+                    host_path: "/tmp".into(),
+                    readonly: true,
+                    recursive_read_only: true,
+                    ..Default::default()
+                }]
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "2000 mounts",
+            with(&|c| {
+                c.mounts = (0..2000)
+                    .map(|i| Mount {
+                        container_path: format!("/m{i}"),
+                        host_path: "/tmp".into(),
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "image reference of 1 MiB",
+            with(&|c| {
+                c.image = Some(ImageSpec {
+                    image: mib.clone(),
+                    ..Default::default()
+                })
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "working dir with NUL",
+            with(&|c| c.working_dir = "/a\0".into()),
+            Code::InvalidArgument,
+        ),
+        (
+            "unknown capability",
+            with(&|c| {
+                c.linux = Some(LinuxContainerConfig {
+                    security_context: Some(LinuxContainerSecurityContext {
+                        capabilities: Some(Capability {
+                            add_capabilities: vec!["FLY".into()],
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "negative cpu shares",
+            with(&|c| {
+                c.linux = Some(LinuxContainerConfig {
+                    resources: Some(LinuxContainerResources {
+                        cpu_shares: -2,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "negative cpu period",
+            with(&|c| {
+                c.linux = Some(LinuxContainerConfig {
+                    resources: Some(LinuxContainerResources {
+                        cpu_period: -100_000,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "negative memory",
+            with(&|c| {
+                c.linux = Some(LinuxContainerConfig {
+                    resources: Some(LinuxContainerResources {
+                        memory_limit_in_bytes: -1,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "1 byte of memory",
+            with(&|c| {
+                c.linux = Some(LinuxContainerConfig {
+                    resources: Some(LinuxContainerResources {
+                        memory_limit_in_bytes: 1,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            }),
+            Code::InvalidArgument,
+        ),
+    ];
+    for (what, config, want) in cases {
+        let t = Instant::now();
+        let got = code(e.create(config).await);
+        assert_eq!(got, want, "{what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{what} took {:?}",
+            t.elapsed()
+        );
+    }
+    let listed = e.list(ContainerFilter::default()).await;
+    assert!(listed.is_empty(), "{listed:?}");
+    // Ids: NUL, 1 MiB and path characters are bad input; unknown
+    // well-formed ids keep their CRI meaning.
+    for id in ["a\0b".to_string(), mib.clone(), "../../etc".into()] {
+        let r =
+            e.rt.container_status(ContainerStatusRequest {
+                container_id: id,
+                verbose: false,
+            })
+            .await;
+        assert_eq!(code(r), Code::InvalidArgument);
+    }
+    let r =
+        e.rt.stop_container(StopContainerRequest {
+            container_id: "5e8b33a4-8d1c-4b0e-9a43-0c2f6c4d7a51".into(),
+            timeout: 0,
+        })
+        .await;
+    assert_eq!(code(r), Code::Ok);
+    let r =
+        e.rt.stop_container(StopContainerRequest {
+            container_id: "abc".into(),
+            timeout: -1,
+        })
+        .await;
+    assert_eq!(code(r), Code::InvalidArgument, "a negative timeout");
+    let r =
+        e.rt.exec_sync(ExecSyncRequest {
+            container_id: "abc".into(),
+            cmd: vec!["a\0".into()],
+            timeout: 1,
+        })
+        .await;
+    assert_eq!(code(r), Code::InvalidArgument);
+    let mut images = e.d.images().await;
+    let r = images
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: mib.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(r), Code::InvalidArgument, "a 1 MiB image reference");
+}
+
+#[tokio::test]
+async fn list_answers_stay_within_a_clients_message_limit() {
+    let d = Daemon::start();
+    let mut rt = d.runtime().await;
+    // Each pod carries ~250 KiB of annotations (just under the limit per
+    // object): about 64 of them fill a 16 MiB answer.
+    let annotations: HashMap<String, String> = (0..5)
+        .map(|i| (format!("a{i}"), "v".repeat(50 << 10)))
+        .collect();
+    let mut made = Vec::new();
+    let mut refused = None;
+    for i in 0..80 {
+        let cfg = pod_with(&format!("big{i}"), |p| p.annotations = annotations.clone());
+        match run_pod(&mut rt, cfg).await {
+            Ok(id) => made.push(id),
+            Err(e) => {
+                refused = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (i, err) = refused.expect("the node refused a pod before its list passed 16 MiB");
+    println!("pod {i} refused: {err}");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    let resp = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .expect("the list answers");
+    let size = prost::Message::encoded_len(resp.get_ref());
+    assert!(size <= 16 << 20, "{size} bytes");
+    assert_eq!(resp.into_inner().items.len(), made.len());
+    // Removing one makes room again.
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: made.pop().unwrap(),
+    })
+    .await
+    .unwrap();
+    let cfg = pod_with("again", |p| p.annotations = annotations.clone());
+    run_pod(&mut rt, cfg).await.expect("room after a removal");
+}
+
+#[tokio::test]
+async fn removed_pods_leave_no_monitor_directory() {
+    let mut e = env("mondir").await;
+    let id = e.run("c", "sleep 100").await;
+    let mdir = e.d.paths.runroot.join("m");
+    assert_eq!(std::fs::read_dir(&mdir).unwrap().count(), 1);
+    let _ = id;
+    e.rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: e.pod.clone(),
+    })
+    .await
+    .unwrap();
+    e.rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: e.pod.clone(),
+    })
+    .await
+    .unwrap();
+    let left: Vec<_> = std::fs::read_dir(&mdir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
