@@ -117,6 +117,12 @@ pub struct RuntimeConfig {
     /// cgroup v1 joins go through `tasks`, which never takes that lock.
     /// Off by default: it changes a node-wide kernel setting.
     pub cgroup_favor_dynmods: bool,
+    /// When the kernel refuses a container's oom_score_adj (lowering it
+    /// needs CAP_SYS_RESOURCE, which some nodes withhold from the runtime),
+    /// keep the value crius runs with instead of failing CreateContainer.
+    /// Off by default, as in containerd (same name): a value is applied or
+    /// refused, never silently changed.
+    pub restrict_oom_score_adj: bool,
 }
 
 impl Default for Config {
@@ -174,6 +180,7 @@ impl Default for RuntimeConfig {
             cgroup_driver: CgroupDriver::Cgroupfs,
             log_dir: "/var/log/crius/pods".into(),
             cgroup_favor_dynmods: false,
+            restrict_oom_score_adj: false,
         }
     }
 }
@@ -406,6 +413,11 @@ impl Config {
             "cgroup_favor_dynmods",
             Some(toml::Value::Boolean(self.runtime.cgroup_favor_dynmods)),
         );
+        line(
+            "When the kernel refuses a container's oom_score_adj (lowering needs\nCAP_SYS_RESOURCE), run it with crius's own value instead of failing the create.",
+            "restrict_oom_score_adj",
+            Some(toml::Value::Boolean(self.runtime.restrict_oom_score_adj)),
+        );
         out
     }
 }
@@ -589,6 +601,7 @@ mod tests {
                 cgroup_driver: CgroupDriver::Systemd,
                 log_dir: "/logs".into(),
                 cgroup_favor_dynmods: true,
+                restrict_oom_score_adj: true,
             },
         };
         let text = c.render();

@@ -62,7 +62,7 @@ impl Runtime {
             store.clone(),
             &config.runroot,
             cgroups.clone(),
-            &config.runtime.log_dir,
+            &config.runtime,
         );
         let pods = Pods::new(store.clone(), &config.runroot, cgroups);
         let storage = crate::storage::Storage::open(&config.root)

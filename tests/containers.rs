@@ -758,8 +758,7 @@ async fn mount_propagation_host_to_container_and_bidirectional() {
 }
 
 #[tokio::test]
-async fn oom_score_adj_is_set_or_clamped_where_the_kernel_refuses() {
-    let mut e = env("oomadj").await;
+async fn oom_score_adj_is_applied_or_refused_or_clamped_when_asked() {
     let with_adj = |name: &str, adj: i64, image: &str| {
         let mut cfg = container_config(name, image, &["/bin/sh", "-c", "sleep 1000"]);
         cfg.linux = Some(LinuxContainerConfig {
@@ -771,30 +770,53 @@ async fn oom_score_adj_is_set_or_clamped_where_the_kernel_refuses() {
         });
         cfg
     };
+    let mut e = env("oomadj").await;
     let image = e.image.clone();
     let up = e.run_config(with_adj("up", 500, &image)).await;
     let (out, _) = e.sh(&up, "cat /proc/1/oom_score_adj").await;
     assert_eq!(out.trim(), "500", "raising always works");
     // Lowering needs CAP_SYS_RESOURCE, which this node withholds: the
-    // container still runs, with the value it inherited, and the daemon
-    // says so. Where the kernel allows it, the value is applied.
+    // create fails and says why (where the kernel allows it, the value is
+    // applied).
     let inherited = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
-    let down = e.run_config(with_adj("down", -900, &image)).await;
-    let (out, _) = e.sh(&down, "cat /proc/1/oom_score_adj").await;
-    let applied = out.trim() == "-900";
-    assert!(
-        applied || out.trim() == inherited.trim(),
-        "oom_score_adj {out:?}, inherited {inherited:?}"
-    );
-    if !applied {
-        assert!(
-            e.d.logs().contains("oom_score_adj -900 refused"),
-            "clamp not logged"
-        );
-    }
+    let lowered = e.create(with_adj("down", -900, &image)).await;
+    let refused = match lowered {
+        Ok(id) => {
+            e.rt.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+            let (out, _) = e.sh(&id, "cat /proc/1/oom_score_adj").await;
+            assert_eq!(out.trim(), "-900");
+            false
+        }
+        Err(err) => {
+            assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+            assert!(err.message().contains("restrict_oom_score_adj"), "{err}");
+            true
+        }
+    };
+    println!("lowering oom_score_adj refused by this node: {refused}");
     let bad = with_adj("bad", 5000, &image);
     assert_eq!(
         e.create(bad).await.unwrap_err().code(),
         Code::InvalidArgument
     );
+    // Asked to, crius keeps its own value instead, and says so.
+    let mut e = env_built("oomclamp", NamespaceMode::Container, |b| {
+        b.config("[runtime]\nrestrict_oom_score_adj = true\n")
+    })
+    .await;
+    let down = e.run_config(with_adj("down", -900, &image)).await;
+    let (out, _) = e.sh(&down, "cat /proc/1/oom_score_adj").await;
+    if refused {
+        assert_eq!(out.trim(), inherited.trim());
+        assert!(
+            e.d.logs().contains("oom_score_adj -900 refused"),
+            "clamp not logged"
+        );
+    } else {
+        assert_eq!(out.trim(), "-900");
+    }
 }

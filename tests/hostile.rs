@@ -519,3 +519,164 @@ async fn removed_pods_leave_no_monitor_directory() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A container that ignores SIGTERM (only SIGKILL ends it).
+async fn stubborn(e: &mut Env, name: &str) -> String {
+    e.run(name, "trap '' TERM; while true; do sleep 1; done")
+        .await
+}
+
+fn stop_req(
+    id: &str,
+    timeout: i64,
+    client_deadline: Duration,
+) -> tonic::Request<StopContainerRequest> {
+    let mut r = tonic::Request::new(StopContainerRequest {
+        container_id: id.into(),
+        timeout,
+    });
+    r.set_timeout(client_deadline);
+    r
+}
+
+#[tokio::test]
+async fn a_later_stop_takes_over_one_with_a_huge_timeout() {
+    let mut e = env("stoptake").await;
+    let id = stubborn(&mut e, "stubborn").await;
+    // The client gives up after a second; the stop goes on detached with
+    // a timeout of 2^63-1 seconds.
+    let mut bare = bare_runtime(&e.d.paths.socket).await;
+    let r = bare
+        .stop_container(stop_req(&id, i64::MAX, Duration::from_secs(1)))
+        .await;
+    assert_eq!(code(r), Code::DeadlineExceeded);
+    assert_eq!(
+        e.status(&id).await.state,
+        ContainerState::ContainerRunning as i32
+    );
+    // kubelet's force delete: a zero grace period takes over at once.
+    let t = Instant::now();
+    e.stop(&id, 0).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    let s = e.status(&id).await;
+    assert_eq!(s.state, ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 137);
+    // Teardown is not held up either.
+    let other = stubborn(&mut e, "other").await;
+    let r = bare
+        .stop_container(stop_req(&other, 1 << 62, Duration::from_secs(1)))
+        .await;
+    assert_eq!(code(r), Code::DeadlineExceeded);
+    // 2^62 s must not wrap to zero and kill at once.
+    assert_eq!(
+        e.status(&other).await.state,
+        ContainerState::ContainerRunning as i32
+    );
+    let t = Instant::now();
+    e.remove(&other).await;
+    e.rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: e.pod.clone(),
+    })
+    .await
+    .unwrap();
+    e.rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: e.pod.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "teardown took {:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn working_directory_and_exec_failures_are_the_requests_problem() {
+    let mut e = env("workdir").await;
+    let mut cfg = e.config("file-cwd", "sleep 100");
+    cfg.working_dir = "/bin/sh/below-a-file".into();
+    let r = e.create(cfg).await;
+    assert_eq!(code(r), Code::InvalidArgument);
+    // A working directory the image lacks is made (as Docker and runc do).
+    let mut cfg = e.config("new-cwd", "pwd; sleep 100");
+    cfg.working_dir = "/srv/made/for/it".into();
+    let id = e.run_config(cfg).await;
+    let (out, _) = e.sh(&id, "pwd").await;
+    assert_eq!(out.trim(), "/srv/made/for/it");
+    // A program missing from the image: the exec failed, the runtime is fine.
+    let r =
+        e.rt.exec_sync(ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["/no/such/tool".into()],
+            timeout: 5,
+        })
+        .await;
+    let err = r.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("/no/such/tool"), "{err}");
+}
+
+#[tokio::test]
+async fn an_exec_ends_when_its_client_goes_away_and_deadlines_say_so() {
+    let mut e = env("execgone").await;
+    let id = e.run("c", "sleep 1000").await;
+    // No timeout of its own: only the client's going away can end it.
+    let mut req = tonic::Request::new(ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: vec!["/bin/sh".into(), "-c".into(), "sleep 777".into()],
+        timeout: 0,
+    });
+    req.set_timeout(Duration::from_millis(500));
+    let r = bare_runtime(&e.d.paths.socket).await.exec_sync(req).await;
+    assert_eq!(
+        code(r),
+        Code::DeadlineExceeded,
+        "an expired deadline is DEADLINE_EXCEEDED"
+    );
+    let gone = async {
+        loop {
+            let (ps, _) = e
+                .sh(&id, "ps -o args | grep 'sleep 777' | grep -v grep")
+                .await;
+            if ps.trim().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), gone)
+        .await
+        .expect("the exec outlived its client");
+    // A client that just drops the call (no deadline) ends it too.
+    let mut rt = e.d.runtime().await;
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(500),
+        rt.exec_sync(ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), "sleep 778".into()],
+            timeout: 0,
+        }),
+    )
+    .await;
+    assert!(dropped.is_err());
+    drop(rt);
+    let gone = async {
+        loop {
+            let (ps, _) = e
+                .sh(&id, "ps -o args | grep 'sleep 778' | grep -v grep")
+                .await;
+            if ps.trim().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), gone)
+        .await
+        .expect("the exec outlived its dropped client");
+}

@@ -7,6 +7,7 @@
 pub mod logs;
 pub mod process;
 pub mod spec;
+mod stop;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,9 +30,6 @@ use crate::sandbox::pinns::NsKind;
 use crate::sandbox::{PodRecord, PodState, Pods};
 use crate::storage::Storage;
 use crate::store::{Store, Table};
-
-/// Stop timeout used when a container must go now (remove, pod stop).
-const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// One container, stored in the `containers` table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,15 +78,31 @@ pub struct Containers {
     log_dir: PathBuf,
     /// ListContainers' answer, kept under a client's message limit.
     listed: crate::listing::Budget,
+    /// `[runtime] restrict_oom_score_adj`.
+    restrict_oom_score_adj: bool,
+    /// Stops under way, by container id (see `stop.rs`).
+    stopping: std::sync::Mutex<HashMap<String, Arc<stop::Stopping>>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
     Error::Internal(e.to_string())
 }
 
+/// A monitor's answer as a core error: its code says who must act.
 fn monitor_err(e: MonitorError) -> Error {
+    use crate::monitor::proto::Code;
     match e {
-        MonitorError::Remote(m) => Error::Internal(m),
+        MonitorError::Remote { code, message } => match code {
+            Code::NotFound => Error::NotFound(message),
+            Code::FailedPrecondition => Error::FailedPrecondition(message),
+            Code::InvalidArgument => Error::InvalidArgument(message),
+            Code::PermissionDenied => Error::PermissionDenied(message),
+            // The program is missing or cannot run in the container: the
+            // request's command, not a runtime fault (cri-o says Unknown,
+            // containerd Unknown too); the container's content decides.
+            Code::ExecFailed => Error::FailedPrecondition(message),
+            Code::Internal => Error::Internal(message),
+        },
         other => Error::Internal(other.to_string()),
     }
 }
@@ -215,7 +229,13 @@ fn container_name(c: &ContainerConfig) -> Result<(String, u32)> {
 
 impl Containers {
     /// Records in the store; state files under `runroot/containers`.
-    pub fn new(store: Arc<Store>, runroot: &Path, cgroups: Cgroups, log_dir: &Path) -> Containers {
+    pub fn new(
+        store: Arc<Store>,
+        runroot: &Path,
+        cgroups: Cgroups,
+        config: &crate::config::RuntimeConfig,
+    ) -> Containers {
+        let log_dir = &config.log_dir;
         let containers = Containers {
             log_dir: log_dir.to_path_buf(),
             store,
@@ -223,6 +243,8 @@ impl Containers {
             cgroups,
             locks: KeyedLocks::default(),
             listed: crate::listing::Budget::new("containers", crate::listing::ANSWER_LIMIT),
+            restrict_oom_score_adj: config.restrict_oom_score_adj,
+            stopping: Default::default(),
         };
         for c in containers.list().unwrap_or_default() {
             containers.listed.count_existing(list_bytes(&c));
@@ -631,11 +653,12 @@ impl Containers {
                 cgroup_dirs,
                 stdin: config.stdin,
                 stdin_once: config.stdin_once,
+                clamp_oom_score_adj: self.restrict_oom_score_adj,
             }))
             .await
-            .map_err(|e| match e {
-                MonitorError::Remote(m) => Error::Internal(format!("creating container: {m}")),
-                other => monitor_err(other),
+            .map_err(|e| match monitor_err(e) {
+                Error::Internal(m) => Error::Internal(format!("creating container: {m}")),
+                other => other,
             })?;
         step("container set up");
         for w in resp.warnings {
@@ -703,149 +726,6 @@ impl Containers {
         }
     }
 
-    /// Stops a container: its stop signal, SIGKILL after `timeout`; returns
-    /// once it is gone. Stopping a stopped container is fine.
-    pub async fn stop(&self, pods: &Pods, id: &str, timeout: Duration) -> Result<()> {
-        // CRI: stopping an unknown container succeeds.
-        let c = match self.get(id) {
-            Ok(c) => c,
-            Err(Error::NotFound(_)) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let _one = self.locks.lock(&c.id).await;
-        self.stop_locked(pods, &c, timeout).await
-    }
-
-    async fn stop_locked(&self, pods: &Pods, c: &ContainerRecord, timeout: Duration) -> Result<()> {
-        let st = self.run_state(c);
-        let monitor = Self::monitor(pods, &c.pod_id);
-        match st.state {
-            ContainerState::ContainerExited => {
-                self.kill_cgroup(c);
-                return Ok(());
-            }
-            _ if !monitor.alive().await => {
-                // The monitor is gone (killed, crashed): nobody will reap or
-                // record; kill what is left and record the kill ourselves.
-                return self.stop_orphan(c).await;
-            }
-            ContainerState::ContainerCreated => {
-                // Never started: nothing to signal gracefully.
-                let _ = monitor
-                    .call(Op::Kill(proto::Kill {
-                        id: c.id.clone(),
-                        signal: libc::SIGKILL,
-                        all: true,
-                    }))
-                    .await;
-            }
-            _ => {}
-        }
-        if !timeout.is_zero() {
-            let _ = monitor
-                .call(Op::Kill(proto::Kill {
-                    id: c.id.clone(),
-                    signal: c.stop_signal,
-                    all: false,
-                }))
-                .await;
-            if self.wait(&monitor, c, timeout).await? {
-                self.kill_cgroup(c);
-                tracing::info!(container_id = %c.id, "container stopped");
-                return Ok(());
-            }
-        }
-        monitor
-            .call(Op::Kill(proto::Kill {
-                id: c.id.clone(),
-                signal: libc::SIGKILL,
-                all: true,
-            }))
-            .await
-            .map_err(monitor_err)?;
-        if !self.wait(&monitor, c, KILL_WAIT).await? {
-            return Err(Error::Internal(format!(
-                "container {} did not die after SIGKILL",
-                c.id
-            )));
-        }
-        self.kill_cgroup(c);
-        tracing::info!(container_id = %c.id, "container killed");
-        Ok(())
-    }
-
-    /// Stops a container whose monitor is gone: SIGKILL to its cgroup until
-    /// empty, then an exit record (137) so its status says Exited.
-    async fn stop_orphan(&self, c: &ContainerRecord) -> Result<()> {
-        tracing::warn!(container_id = %c.id, "monitor gone; killing the container's cgroup");
-        let deadline = tokio::time::Instant::now() + KILL_WAIT;
-        loop {
-            self.kill_cgroup(c);
-            let empty = self
-                .cgroups
-                .dirs(&c.cgroup)
-                .unwrap_or_default()
-                .iter()
-                .all(|d| {
-                    std::fs::read_to_string(d.join("cgroup.procs"))
-                        .map_or(true, |p| p.trim().is_empty())
-                });
-            if empty {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(Error::Internal(format!(
-                    "container {} did not die after SIGKILL",
-                    c.id
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let exit = self.state_dir(&c.id).join(files::EXIT);
-        if !exit.exists() {
-            let rec = ExitRecord {
-                exit_code: 137,
-                finished_at: now_nanos(),
-                oom_killed: false,
-            };
-            let json = serde_json::to_vec(&rec).map_err(internal)?;
-            let _ = std::fs::create_dir_all(self.state_dir(&c.id));
-            std::fs::write(&exit, json).map_err(internal)?;
-        }
-        Ok(())
-    }
-
-    /// Waits for the exit, through the monitor; without a monitor (it
-    /// died) by watching the process.
-    async fn wait(&self, monitor: &Client, c: &ContainerRecord, timeout: Duration) -> Result<bool> {
-        match monitor
-            .call(Op::Wait(proto::Wait {
-                id: c.id.clone(),
-                timeout_ms: timeout.as_millis() as u64,
-            }))
-            .await
-        {
-            Ok(r) => Ok(r.exited),
-            Err(MonitorError::Io { .. }) => {
-                let deadline = tokio::time::Instant::now() + timeout;
-                while tokio::time::Instant::now() < deadline {
-                    if self.run_state(c).state == ContainerState::ContainerExited {
-                        return Ok(true);
-                    }
-                    if let Some(pid) = self.run_state(c).pid {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Ok(false)
-            }
-            Err(e) => Err(monitor_err(e)),
-        }
-    }
-
     /// Removes a container (stopping it first); an unknown id is fine.
     pub async fn remove(&self, pods: &Pods, storage: &Storage, id: &str) -> Result<()> {
         let c = match self.get(id) {
@@ -855,7 +735,8 @@ impl Containers {
         };
         let _one = self.locks.lock(&c.id).await;
         if self.run_state(&c).state != ContainerState::ContainerExited {
-            self.stop_locked(pods, &c, Duration::ZERO).await?;
+            // Joins (and hurries) a stop under way rather than waiting it out.
+            self.stop_by(pods, &c, tokio::time::Instant::now()).await?;
         }
         self.tear_down(pods, storage, &c).await;
         self.store.delete(Table::Containers, &c.id)?;
@@ -868,7 +749,7 @@ impl Containers {
     pub async fn stop_pod(&self, pods: &Pods, pod_id: &str) -> Result<()> {
         for c in self.list()?.into_iter().filter(|c| c.pod_id == pod_id) {
             let _one = self.locks.lock(&c.id).await;
-            self.stop_locked(pods, &c, Duration::ZERO).await?;
+            self.stop_by(pods, &c, tokio::time::Instant::now()).await?;
         }
         Ok(())
     }
@@ -927,12 +808,12 @@ impl Containers {
             .call(Op::ExecSync(proto::Exec {
                 id: c.id.clone(),
                 cmd,
-                timeout_ms: timeout.as_millis() as u64,
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             }))
             .await
-            .map_err(|e| match e {
-                MonitorError::Remote(m) => Error::Internal(format!("exec: {m}")),
-                other => monitor_err(other),
+            .map_err(|e| match monitor_err(e) {
+                Error::Internal(m) => Error::Internal(format!("exec: {m}")),
+                other => other,
             })?;
         let mut stderr = r.stderr;
         let mut code = r.exit_code;

@@ -29,9 +29,9 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use oci_spec::runtime::{Process, Spec};
 
 use super::namespaces;
-use super::process::{self, Prepared};
-use super::report::{self, Report, fail};
-use super::{CreateOptions, Created, Embedded, Executor, ExecutorError, Stdio, sys};
+use super::process::{self, Failure, Prepared};
+use super::report::{self, Report, fail, fail_as};
+use super::{CreateOptions, Created, Embedded, Executor, ExecutorError, FailureKind, Stdio, sys};
 
 fn errno() -> std::io::Error {
     std::io::Error::last_os_error()
@@ -76,22 +76,37 @@ fn fork() -> Result<i32, ExecutorError> {
     check("fork", pid)
 }
 
-/// Kills and reaps a child that failed during setup.
-fn abandon(pid: i32) {
-    // SAFETY: signalling and reaping our own child.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-    }
+/// Kills and reaps a child that failed during setup; how it had ended
+/// (a child already dead reports its own status, not our SIGKILL).
+fn abandon(pid: i32) -> i32 {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    reap(pid)
 }
 
-/// Reaps the intermediate child (it exits right after forking the init).
-fn reap(pid: i32) {
+/// Reaps a child; its wait status.
+fn reap(pid: i32) -> i32 {
     let mut status = 0;
     // SAFETY: waiting for our own child; status is a valid out-pointer.
     while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
         && errno().kind() == std::io::ErrorKind::Interrupted
     {}
+    status
+}
+
+/// A wait status in words.
+fn describe(status: i32) -> String {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        let hint = if sig == libc::SIGKILL {
+            " (out of memory?)"
+        } else {
+            ""
+        };
+        format!("killed by signal {sig}{hint}")
+    } else {
+        format!("exit status {}", libc::WEXITSTATUS(status))
+    }
 }
 
 /// Puts the stdio descriptors in place (0, 1, 2), makes a terminal the
@@ -131,14 +146,33 @@ fn wait_for_start(chan: RawFd) {
     }
 }
 
-/// Resolves argv[0] on the container's PATH and execs; reports why not.
+/// Resolves argv[0] on the container's PATH and execs; reports why not
+/// (a missing or unrunnable program is the request's problem, not ours).
 fn exec_or_report(p: &Prepared, chan: RawFd) -> ! {
     let path = match process::resolve(p.argv[0].to_str().unwrap_or(""), &p.path_env) {
         Ok(path) => path,
-        Err(e) => fail(chan, "exec", e),
+        Err(e) => fail_as(chan, FailureKind::ExecFailed, "exec", e),
     };
     let e = process::exec(p, &path);
-    fail(chan, &format!("exec {:?}", p.argv[0]), e)
+    let kind = match e.raw_os_error() {
+        Some(
+            libc::ENOENT
+            | libc::EACCES
+            | libc::ENOEXEC
+            | libc::ENOTDIR
+            | libc::ELOOP
+            | libc::EISDIR
+            | libc::ETXTBSY
+            | libc::ENAMETOOLONG,
+        ) => FailureKind::ExecFailed,
+        _ => FailureKind::Internal,
+    };
+    fail_as(chan, kind, &format!("exec {:?}", p.argv[0]), e)
+}
+
+/// Reports a failed set-up step with its kind and ends the process.
+fn fail_step(chan: RawFd, what: &str, f: Failure) -> ! {
+    fail_as(chan, f.kind, what, f.message)
 }
 
 /// What the intermediate keeps of the monitor's descriptors: `setup`
@@ -156,7 +190,7 @@ struct Keep {
 fn intermediate(
     chan: RawFd,
     keep: &Keep,
-    setup: impl FnOnce() -> Result<(), String>,
+    setup: impl FnOnce() -> Result<(), Failure>,
     child: impl FnOnce(),
 ) -> ! {
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
@@ -164,8 +198,8 @@ fn intermediate(
     }
     process::reset_signals();
     sys::close_fds_except(&keep.setup);
-    if let Err(e) = setup() {
-        fail(chan, "entering the container", e);
+    if let Err(f) = setup() {
+        fail_step(chan, "entering the container", f);
     }
     // The namespace files are closed under their `File`s, which this
     // process never drops: it leaves through _exit.
@@ -186,12 +220,15 @@ fn intermediate(
 }
 
 impl Embedded {
+    /// Forks the intermediate with the child's end of the channel, and
+    /// closes this process's copy at once: a child that dies (say, killed
+    /// for memory during set-up) then shows as EOF, not as a silent wait.
     fn spawn(
         &self,
-        theirs: &OwnedFd,
+        theirs: OwnedFd,
         ours: OwnedFd,
         mut keep: Keep,
-        setup: impl FnOnce() -> Result<(), String>,
+        setup: impl FnOnce() -> Result<(), Failure>,
         child: impl FnOnce(),
     ) -> Result<(i32, OwnedFd, Report), ExecutorError> {
         keep.child.push(theirs.as_raw_fd());
@@ -200,17 +237,19 @@ impl Embedded {
         if mid == 0 {
             intermediate(theirs.as_raw_fd(), &keep, setup, child);
         }
+        drop(theirs);
         let mut report = Report::default();
         let got =
             report::read_reports(&ours, &mut report, |r| r.pid.is_some() || r.error.is_some());
-        reap(mid);
+        let status = reap(mid);
         got?;
         match (report.pid, report.error.take()) {
             (Some(pid), _) => Ok((pid, ours, report)),
-            (None, Some(e)) => Err(ExecutorError::Child(e)),
-            (None, None) => Err(ExecutorError::Child(
-                "container setup exited without a word".into(),
-            )),
+            (None, Some((kind, e))) => Err(ExecutorError::reported(kind, e)),
+            (None, None) => Err(ExecutorError::Child(format!(
+                "container set-up ended without a word ({})",
+                describe(status)
+            ))),
         }
     }
 }
@@ -255,7 +294,7 @@ impl Executor for Embedded {
         let (ours, theirs) = report::channel()?;
         let chan = theirs.as_raw_fd();
         let inside = ns.new_pid();
-        let setup = || {
+        let setup = || -> Result<(), Failure> {
             process::limits(&prepared, chan)?;
             namespaces::join_cgroups(&opts.cgroup_dirs)?;
             let proc = match (&peer, ns.joined_pid()) {
@@ -265,6 +304,7 @@ impl Executor for Embedded {
             namespaces::enter(&ns)?;
             if !inside {
                 super::rootfs::apply(&mounts, proc)?;
+                process::make_cwd(&prepared)?;
                 process::become_process(&prepared)?;
             }
             Ok(())
@@ -278,8 +318,10 @@ impl Executor for Embedded {
                 if let Err(e) = super::rootfs::apply(&mounts, None) {
                     fail(chan, "rootfs", e);
                 }
-                if let Err(e) = process::become_process(&prepared) {
-                    fail(chan, "process", e);
+                let ready =
+                    process::make_cwd(&prepared).and_then(|()| process::become_process(&prepared));
+                if let Err(f) = ready {
+                    fail_step(chan, "process", f);
                 }
             }
             sys::write_all(chan, b"R");
@@ -290,22 +332,22 @@ impl Executor for Embedded {
             setup: ns.fds().chain(peer.iter().map(|p| p.as_raw_fd())).collect(),
             child: stdio_fds(&stdio).to_vec(),
         };
-        let (pid, ours, mut report) = self.spawn(&theirs, ours, keep, setup, child)?;
-        drop(theirs);
+        let (pid, ours, mut report) = self.spawn(theirs, ours, keep, setup, child)?;
         let got = report::read_reports(&ours, &mut report, |r| r.ready || r.error.is_some());
         if let Err(e) = got {
             abandon(pid);
             return Err(e);
         }
-        if let Some(e) = report.error {
+        if let Some((kind, e)) = report.error {
             abandon(pid);
-            return Err(ExecutorError::Child(e));
+            return Err(ExecutorError::reported(kind, e));
         }
         if !report.ready {
-            abandon(pid);
-            return Err(ExecutorError::Child(
-                "container init exited during setup".into(),
-            ));
+            let status = abandon(pid);
+            return Err(ExecutorError::Child(format!(
+                "container init ended during set-up ({})",
+                describe(status)
+            )));
         }
         Ok(Created {
             pid,
@@ -328,7 +370,7 @@ impl Executor for Embedded {
         let mut report = Report::default();
         report::read_reports(&created.chan, &mut report, |r| r.error.is_some())?;
         match report.error {
-            Some(e) => Err(ExecutorError::Child(e)),
+            Some((kind, e)) => Err(ExecutorError::reported(kind, e)),
             None => Ok(()),
         }
     }
@@ -399,7 +441,7 @@ impl Embedded {
                 .chain(console.iter().map(|c| c.as_raw_fd()))
                 .collect(),
         };
-        let setup = || {
+        let setup = || -> Result<(), Failure> {
             process::limits(&prepared, chan)?;
             namespaces::join_cgroups(&opts.cgroup_dirs)?;
             namespaces::enter(&ns)?;
@@ -420,12 +462,11 @@ impl Embedded {
             };
             exec_or_report(&prepared, chan);
         };
-        let (child_pid, ours, mut report) = self.spawn(&theirs, ours, keep, setup, child)?;
-        drop(theirs);
+        let (child_pid, ours, mut report) = self.spawn(theirs, ours, keep, setup, child)?;
         report::read_reports(&ours, &mut report, |r| r.error.is_some())?;
-        if let Some(e) = report.error {
+        if let Some((kind, e)) = report.error {
             // The child already exited (127); the caller reaps it.
-            return Err(ExecutorError::Child(e));
+            return Err(ExecutorError::reported(kind, e));
         }
         Ok(child_pid)
     }

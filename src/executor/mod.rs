@@ -20,6 +20,42 @@ use std::path::PathBuf;
 
 use oci_spec::runtime::{Process, Spec};
 
+/// Who must act on a failure a set-up child reported: the request's
+/// author (bad input, a program missing from the image) or the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A fault of the node or of crius.
+    Internal,
+    /// Something the spec asks for cannot be (a working directory that is
+    /// a file, a limit the kernel calls invalid).
+    InvalidArgument,
+    /// The kernel refuses a privilege crius does not hold.
+    PermissionDenied,
+    /// The process could not be executed (missing, not executable).
+    ExecFailed,
+}
+
+impl FailureKind {
+    /// One byte on the report channel.
+    pub(crate) fn to_byte(self) -> u8 {
+        match self {
+            FailureKind::Internal => 0,
+            FailureKind::InvalidArgument => 1,
+            FailureKind::PermissionDenied => 2,
+            FailureKind::ExecFailed => 3,
+        }
+    }
+
+    pub(crate) fn from_byte(b: u8) -> FailureKind {
+        match b {
+            1 => FailureKind::InvalidArgument,
+            2 => FailureKind::PermissionDenied,
+            3 => FailureKind::ExecFailed,
+            _ => FailureKind::Internal,
+        }
+    }
+}
+
 /// Why the executor could not create or run a process.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
@@ -28,14 +64,34 @@ pub enum ExecutorError {
         op: &'static str,
         source: std::io::Error,
     },
-    /// The child reported a failure while setting up or exec'ing.
+    /// The child failed (or died) while setting up or exec'ing.
     #[error("{0}")]
     Child(String),
+    /// The child reported a failure of a kind the caller maps.
+    #[error("{message}")]
+    Refused { kind: FailureKind, message: String },
     #[error("invalid spec: {0}")]
     Spec(String),
 }
 
 impl ExecutorError {
+    /// Who must act on it.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            ExecutorError::Refused { kind, .. } => *kind,
+            ExecutorError::Spec(_) => FailureKind::InvalidArgument,
+            _ => FailureKind::Internal,
+        }
+    }
+
+    /// A reported failure: the kind it was reported with.
+    pub(crate) fn reported(kind: FailureKind, message: String) -> ExecutorError {
+        match kind {
+            FailureKind::Internal => ExecutorError::Child(message),
+            kind => ExecutorError::Refused { kind, message },
+        }
+    }
+
     pub(crate) fn sys(op: &'static str) -> impl FnOnce(std::io::Error) -> ExecutorError {
         move |source| ExecutorError::Sys { op, source }
     }
@@ -62,6 +118,9 @@ pub struct CreateOptions {
     /// namespace the container joins, when the spec asks for a fresh proc
     /// mount there (a target container's): its /proc is cloned from it.
     pub pid_peer: Option<PathBuf>,
+    /// Keep the inherited oom_score_adj where the kernel refuses the
+    /// spec's, instead of failing (`[runtime] restrict_oom_score_adj`).
+    pub clamp_oom_score_adj: bool,
 }
 
 /// A container whose init is set up and waits for [`Executor::start`].

@@ -10,7 +10,26 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{PosixRlimit, Process};
 
-use super::{CreateOptions, ExecutorError};
+use super::{CreateOptions, ExecutorError, FailureKind};
+
+/// A set-up step that failed, with who must act on it.
+pub(super) struct Failure {
+    pub(super) kind: FailureKind,
+    pub(super) message: String,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            kind: FailureKind::Internal,
+            message,
+        }
+    }
+}
+
+fn refused(kind: FailureKind, message: String) -> Failure {
+    Failure { kind, message }
+}
 
 fn errno() -> std::io::Error {
     std::io::Error::last_os_error()
@@ -30,6 +49,9 @@ pub(super) struct Prepared {
     no_new_privs: bool,
     rlimits: Vec<PosixRlimit>,
     oom_score_adj: Option<i32>,
+    /// Keep the inherited oom_score_adj where the kernel refuses the
+    /// spec's (`[runtime] restrict_oom_score_adj`) instead of failing.
+    clamp_oom_score_adj: bool,
     seccomp: Option<super::seccomp::Program>,
     pub(super) terminal: bool,
 }
@@ -93,6 +115,7 @@ pub(super) fn prepare(process: &Process, opts: &CreateOptions) -> Result<Prepare
         no_new_privs: process.no_new_privileges().unwrap_or(false),
         rlimits: process.rlimits().clone().unwrap_or_default(),
         oom_score_adj: process.oom_score_adj(),
+        clamp_oom_score_adj: opts.clamp_oom_score_adj,
         seccomp: opts
             .seccomp
             .as_deref()
@@ -143,21 +166,28 @@ fn rlimit_resource(t: oci_spec::runtime::PosixRlimitType) -> Option<libc::__rlim
 
 /// oom_score_adj and rlimits: inherited by the process forked after them,
 /// and set while this process still sees the host's /proc and holds the
-/// privileges a raise needs. A refused oom_score_adj is a warning.
-pub(super) fn limits(p: &Prepared, sync: RawFd) -> Result<(), String> {
+/// privileges a raise needs. A refused oom_score_adj fails the container,
+/// or with `clamp_oom_score_adj` is kept at the inherited value with a
+/// warning.
+pub(super) fn limits(p: &Prepared, sync: RawFd) -> Result<(), Failure> {
     if let Some(adj) = p.oom_score_adj
         && let Err(e) = std::fs::write("/proc/self/oom_score_adj", adj.to_string())
     {
-        {
-            // Lowering needs CAP_SYS_RESOURCE, which some nodes withhold:
-            // keep the inherited value rather than fail the container.
-            let cur = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_default();
-            super::report::send(
-                sync,
-                b'W',
-                &format!("oom_score_adj {adj} refused ({e}); kept {}", cur.trim()),
-            );
+        // Lowering needs CAP_SYS_RESOURCE, which some nodes withhold.
+        let cur = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_default();
+        if !p.clamp_oom_score_adj {
+            return Err(refused(
+                FailureKind::PermissionDenied,
+                format!(
+                    "oom_score_adj {adj} refused by the kernel ({e}); crius runs at {} (set [runtime] restrict_oom_score_adj = true to keep that instead)",
+                    cur.trim()
+                ),
+            ));
         }
+        super::report::warn(
+            sync,
+            &format!("oom_score_adj {adj} refused ({e}); kept {}", cur.trim()),
+        );
     }
     for r in &p.rlimits {
         let Some(res) = rlimit_resource(r.typ()) else {
@@ -169,7 +199,13 @@ pub(super) fn limits(p: &Prepared, sync: RawFd) -> Result<(), String> {
         };
         // SAFETY: lim is a valid rlimit.
         if unsafe { libc::setrlimit(res, &lim) } < 0 {
-            return Err(format!("setrlimit {:?}: {}", r.typ(), errno()));
+            let e = errno();
+            let kind = if e.raw_os_error() == Some(libc::EPERM) {
+                FailureKind::PermissionDenied
+            } else {
+                FailureKind::InvalidArgument
+            };
+            return Err(refused(kind, format!("setrlimit {:?}: {e}", r.typ())));
         }
     }
     Ok(())
@@ -180,7 +216,7 @@ pub(super) fn limits(p: &Prepared, sync: RawFd) -> Result<(), String> {
 /// step needs. Without no_new_privs the filter goes in while CAP_SYS_ADMIN
 /// is still held; the syscalls left after it (fork, stdio, the start
 /// handshake, execve) are ones any runtime-default profile allows.
-pub(super) fn become_process(p: &Prepared) -> Result<(), String> {
+pub(super) fn become_process(p: &Prepared) -> Result<(), Failure> {
     // Drop from the bounding set while we still hold CAP_SETPCAP.
     for cap in caps::all() {
         if !p.caps.bounding.contains(&cap)
@@ -201,15 +237,15 @@ pub(super) fn become_process(p: &Prepared) -> Result<(), String> {
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
     // SAFETY: groups points at p.groups.len() gids.
     if unsafe { libc::setgroups(p.groups.len(), p.groups.as_ptr()) } < 0 {
-        return Err(format!("setgroups: {}", errno()));
+        return Err(format!("setgroups: {}", errno()).into());
     }
     // SAFETY: plain id syscalls.
     if unsafe { libc::setresgid(p.gid, p.gid, p.gid) } < 0 {
-        return Err(format!("setgid {}: {}", p.gid, errno()));
+        return Err(format!("setgid {}: {}", p.gid, errno()).into());
     }
     // SAFETY: plain id syscalls.
     if unsafe { libc::setresuid(p.uid, p.uid, p.uid) } < 0 {
-        return Err(format!("setuid {}: {}", p.uid, errno()));
+        return Err(format!("setuid {}: {}", p.uid, errno()).into());
     }
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
@@ -228,15 +264,32 @@ pub(super) fn become_process(p: &Prepared) -> Result<(), String> {
     if p.no_new_privs {
         // SAFETY: prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
-            return Err(format!("no_new_privs: {}", errno()));
+            return Err(format!("no_new_privs: {}", errno()).into());
         }
         if let Some(program) = &p.seccomp {
             super::seccomp::install(program).map_err(|e| format!("loading seccomp filter: {e}"))?;
         }
     }
-    std::env::set_current_dir(&p.cwd)
-        .map_err(|e| format!("working directory {}: {e}", p.cwd.display()))?;
+    std::env::set_current_dir(&p.cwd).map_err(|e| {
+        refused(
+            FailureKind::InvalidArgument,
+            format!("working directory {}: {e}", p.cwd.display()),
+        )
+    })?;
     Ok(())
+}
+
+/// Makes the working directory exist, as root and inside the container's
+/// root (called after pivot_root, so paths cannot leave it), as Docker and
+/// runc do for a WORKDIR the image lacks. A path through a file is the
+/// request's error.
+pub(super) fn make_cwd(p: &Prepared) -> Result<(), Failure> {
+    std::fs::create_dir_all(&p.cwd).map_err(|e| {
+        refused(
+            FailureKind::InvalidArgument,
+            format!("working directory {}: {e}", p.cwd.display()),
+        )
+    })
 }
 
 /// Finds argv[0] on the container's PATH, as the container sees it.

@@ -5,7 +5,8 @@
 //!
 //! Messages from the children, each one `write` below the socket buffer so
 //! they never interleave: `P<pid i32 le>` from the intermediate, `R` ready,
-//! `W<u16 len><text>` warning, `E<u16 len><text>` fatal error. The monitor
+//! `W<u16 len><text>` warning, `E<kind u8><u16 len><text>` fatal error
+//! (kind: [`FailureKind`]). The monitor
 //! writes one byte to let a created container exec. The child's end is
 //! close-on-exec: EOF after the start byte means execve succeeded.
 
@@ -14,8 +15,8 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use super::ExecutorError;
 use super::sys;
+use super::{ExecutorError, FailureKind};
 
 /// How long a child may take to report back before it is killed.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,22 +36,31 @@ pub fn channel() -> Result<(OwnedFd, OwnedFd), ExecutorError> {
     })
 }
 
-/// Writes one framed message; errors are ignored (the reader is gone,
-/// nothing left to tell).
-pub fn send(fd: RawFd, kind: u8, text: &str) {
+fn frame(head: &[u8], text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let len = bytes.len().min(2000);
-    let mut msg = Vec::with_capacity(3 + len);
-    msg.push(kind);
+    let mut msg = Vec::with_capacity(head.len() + 2 + len);
+    msg.extend_from_slice(head);
     msg.extend_from_slice(&(len as u16).to_le_bytes());
     msg.extend_from_slice(&bytes[..len]);
-    sys::write_all(fd, &msg);
+    msg
 }
 
-/// Reports a fatal error and ends the (forked) process.
-pub fn fail(fd: RawFd, what: &str, e: impl std::fmt::Display) -> ! {
-    send(fd, b'E', &format!("{what}: {e}"));
+/// Writes a warning; errors are ignored (the reader is gone, nothing left
+/// to tell).
+pub fn warn(fd: RawFd, text: &str) {
+    sys::write_all(fd, &frame(b"W", text));
+}
+
+/// Reports a fatal error of `kind` and ends the (forked) process.
+pub fn fail_as(fd: RawFd, kind: FailureKind, what: &str, e: impl std::fmt::Display) -> ! {
+    sys::write_all(fd, &frame(&[b'E', kind.to_byte()], &format!("{what}: {e}")));
     sys::exit(127)
+}
+
+/// Reports a fatal fault and ends the (forked) process.
+pub fn fail(fd: RawFd, what: &str, e: impl std::fmt::Display) -> ! {
+    fail_as(fd, FailureKind::Internal, what, e)
 }
 
 /// What the monitor learnt from the children.
@@ -58,7 +68,7 @@ pub fn fail(fd: RawFd, what: &str, e: impl std::fmt::Display) -> ! {
 pub struct Report {
     pub pid: Option<i32>,
     pub ready: bool,
-    pub error: Option<String>,
+    pub error: Option<(FailureKind, String)>,
     pub warnings: Vec<String>,
     pub eof: bool,
 }
@@ -129,18 +139,20 @@ fn parse_one(buf: &[u8], report: &mut Report) -> Option<usize> {
             report.ready = true;
             Some(1)
         }
-        k @ (b'W' | b'E') if buf.len() >= 3 => {
+        b'W' if buf.len() >= 3 => {
             let len = u16::from_le_bytes([buf[1], buf[2]]) as usize;
-            if buf.len() < 3 + len {
-                return None;
-            }
-            let text = String::from_utf8_lossy(&buf[3..3 + len]).into_owned();
-            if k == b'E' {
-                report.error = Some(text);
-            } else {
-                report.warnings.push(text);
-            }
+            let text = buf.get(3..3 + len)?;
+            report
+                .warnings
+                .push(String::from_utf8_lossy(text).into_owned());
             Some(3 + len)
+        }
+        b'E' if buf.len() >= 4 => {
+            let kind = FailureKind::from_byte(buf[1]);
+            let len = u16::from_le_bytes([buf[2], buf[3]]) as usize;
+            let text = buf.get(4..4 + len)?;
+            report.error = Some((kind, String::from_utf8_lossy(text).into_owned()));
+            Some(4 + len)
         }
         b'P' | b'W' | b'E' => None,
         _ => Some(buf.len()),
@@ -171,11 +183,11 @@ mod tests {
     #[test]
     fn eof_ends_the_wait() {
         let (ours, theirs) = channel().unwrap();
-        send(theirs.as_raw_fd(), b'E', "boom");
+        sys::write_all(theirs.as_raw_fd(), &frame(&[b'E', 3], "boom"));
         drop(theirs);
         let mut r = Report::default();
         read_reports(&ours, &mut r, |r| r.ready).unwrap();
         assert!(r.eof);
-        assert_eq!(r.error.as_deref(), Some("boom"));
+        assert_eq!(r.error, Some((FailureKind::ExecFailed, "boom".to_string())));
     }
 }

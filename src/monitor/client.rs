@@ -22,8 +22,15 @@ pub enum MonitorError {
     #[error("monitor answer malformed: {0}")]
     Decode(String),
     /// The monitor carried out the request and reports a failure.
-    #[error("{0}")]
-    Remote(String),
+    #[error("{message}")]
+    Remote {
+        /// Who must act on it.
+        code: super::proto::Code,
+        message: String,
+    },
+    /// The caller gave up on the call (its client went away).
+    #[error("{0} cancelled")]
+    Cancelled(&'static str),
     #[error("starting the monitor: {0}")]
     Spawn(String),
 }
@@ -241,7 +248,10 @@ fn answer(resp: Response) -> Result<Response, MonitorError> {
     if resp.error.is_empty() {
         Ok(resp)
     } else {
-        Err(MonitorError::Remote(resp.error))
+        Err(MonitorError::Remote {
+            code: super::proto::Code::try_from(resp.code).unwrap_or(super::proto::Code::Internal),
+            message: resp.error,
+        })
     }
 }
 
@@ -272,7 +282,7 @@ impl StreamWait {
         let mut len = [0u8; 4];
         tokio::select! {
             r = self.stream.read_exact(&mut len) => { r.map_err(&io)?; }
-            _ = cancel => return Err(MonitorError::Remote("exec cancelled".into())),
+            _ = cancel => return Err(MonitorError::Cancelled("exec")),
         }
         let resp = answer(read_body(&mut self.stream, len, &io).await?)?;
         Ok(resp.exit_code)

@@ -128,9 +128,9 @@ struct ExecJob {
     status: Option<i32>,
     deadline: Option<Instant>,
     timed_out: bool,
+    /// The daemon's connection: the answer goes here, and its hang-up
+    /// kills the process.
     conn: UnixStream,
-    /// Interactive: the daemon hanging up means the client left; kill it.
-    stream: bool,
 }
 
 struct Waiter {
@@ -174,9 +174,64 @@ fn respond(conn: &mut UnixStream, resp: &Response) {
     let _ = conn.write_all(&frame);
 }
 
-fn error(msg: impl std::fmt::Display) -> Response {
+/// `now + ms`, saturating: the daemon passes client timeouts through,
+/// and `Instant` cannot hold 2^64 ms.
+fn after_ms(ms: u64) -> Instant {
+    let now = Instant::now();
+    now.checked_add(Duration::from_millis(ms))
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// A failed request: its message and who must act on it.
+struct Failure {
+    code: proto::Code,
+    message: String,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            code: proto::Code::Internal,
+            message,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        message.to_string().into()
+    }
+}
+
+impl From<crate::executor::ExecutorError> for Failure {
+    fn from(e: crate::executor::ExecutorError) -> Failure {
+        use crate::executor::FailureKind;
+        let code = match e.kind() {
+            FailureKind::Internal => proto::Code::Internal,
+            FailureKind::InvalidArgument => proto::Code::InvalidArgument,
+            FailureKind::PermissionDenied => proto::Code::PermissionDenied,
+            FailureKind::ExecFailed => proto::Code::ExecFailed,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn coded(code: proto::Code, message: String) -> Failure {
+    Failure { code, message }
+}
+
+fn no_container(id: &str) -> Failure {
+    coded(proto::Code::NotFound, format!("no container {id}"))
+}
+
+fn error(f: impl Into<Failure>) -> Response {
+    let f = f.into();
     Response {
-        error: msg.to_string(),
+        error: f.message,
+        code: f.code as i32,
         ..Default::default()
     }
 }
@@ -279,12 +334,12 @@ impl Monitor {
             }
             Some(Op::Wait(w)) => {
                 match self.containers.get(&w.id) {
-                    None => respond(&mut conn, &error(format!("no container {}", w.id))),
+                    None => respond(&mut conn, &error(no_container(&w.id))),
                     Some(c) => match c.exit {
                         Some(e) => respond(&mut conn, &exited(e)),
                         None => self.waiters.push(Waiter {
                             id: w.id,
-                            deadline: Instant::now() + Duration::from_millis(w.timeout_ms),
+                            deadline: after_ms(w.timeout_ms),
                             conn,
                         }),
                     },
@@ -313,9 +368,9 @@ impl Monitor {
             }
             Some(Op::ExecStream(e)) => {
                 // Answered when the process exits (see finish_execs).
-                let dup = conn.try_clone().map_err(|e| e.to_string());
-                if let Err(msg) = dup.and_then(|c| self.exec_stream(e, fds, c)) {
-                    respond(&mut conn, &error(msg));
+                let dup = conn.try_clone().map_err(|e| Failure::from(e.to_string()));
+                if let Err(f) = dup.and_then(|c| self.exec_stream(e, fds, c)) {
+                    respond(&mut conn, &error(f));
                 }
                 return;
             }
@@ -360,9 +415,12 @@ impl Monitor {
             .map(|c| PathBuf::from(format!("/proc/{}/ns/mnt", c.pid)))
     }
 
-    fn create(&mut self, c: proto::Create) -> Result<Response, String> {
+    fn create(&mut self, c: proto::Create) -> Result<Response, Failure> {
         if self.containers.contains_key(&c.id) {
-            return Err(format!("container {} already created", c.id));
+            return Err(coded(
+                proto::Code::FailedPrecondition,
+                format!("container {} already created", c.id),
+            ));
         }
         let dir = PathBuf::from(&c.dir);
         let spec: oci_spec::runtime::Spec = serde_json::from_slice(
@@ -374,6 +432,7 @@ impl Monitor {
             cgroup_dirs: c.cgroup_dirs.iter().map(PathBuf::from).collect(),
             seccomp,
             pid_peer: self.pid_peer(&spec),
+            clamp_oom_score_adj: c.clamp_oom_score_adj,
         };
         let terminal = spec
             .process()
@@ -425,10 +484,7 @@ impl Monitor {
                 log: LogWriter::new(sink, stream, MAX_LOG_LINE),
             });
         }
-        let created = self
-            .executor
-            .create(&spec, stdio, &opts)
-            .map_err(|e| e.to_string())?;
+        let created = self.executor.create(&spec, stdio, &opts)?;
         let pid = created.pid;
         let warnings = created.warnings.clone();
         for w in &warnings {
@@ -458,29 +514,31 @@ impl Monitor {
         })
     }
 
-    fn start(&mut self, id: &str) -> Result<Response, String> {
+    fn start(&mut self, id: &str) -> Result<Response, Failure> {
         let c = self
             .containers
             .get_mut(id)
-            .ok_or_else(|| format!("no container {id}"))?;
-        let created = c
-            .created
-            .take()
-            .ok_or_else(|| format!("container {id} already started"))?;
+            .ok_or_else(|| no_container(id))?;
+        let created = c.created.take().ok_or_else(|| {
+            coded(
+                proto::Code::FailedPrecondition,
+                format!("container {id} already started"),
+            )
+        })?;
         let started = now_nanos();
         let _ = write_atomic(&c.dir.join(files::STARTED), started.to_string().as_bytes());
-        self.executor.start(created).map_err(|e| e.to_string())?;
+        self.executor.start(created)?;
         Ok(Response {
             pid: c.pid,
             ..Default::default()
         })
     }
 
-    fn kill(&mut self, k: &proto::Kill) -> Result<Response, String> {
+    fn kill(&mut self, k: &proto::Kill) -> Result<Response, Failure> {
         let c = self
             .containers
             .get(&k.id)
-            .ok_or_else(|| format!("no container {}", k.id))?;
+            .ok_or_else(|| no_container(&k.id))?;
         if c.exit.is_none() {
             // Our unreaped child: its pid cannot have been reused.
             sys::kill(c.pid, k.signal);
@@ -496,11 +554,11 @@ impl Monitor {
         Ok(Response::default())
     }
 
-    fn reopen(&mut self, id: &str) -> Result<Response, String> {
+    fn reopen(&mut self, id: &str) -> Result<Response, Failure> {
         let c = self
             .containers
             .get_mut(id)
-            .ok_or_else(|| format!("no container {id}"))?;
+            .ok_or_else(|| no_container(id))?;
         for o in &mut c.outputs {
             let sink = open_log(&c.log_path).map_err(|e| format!("reopening log: {e}"))?;
             o.log.reopen(sink);
@@ -517,7 +575,7 @@ impl Monitor {
         }
     }
 
-    fn exec(&mut self, e: proto::Exec, conn: Result<UnixStream, String>) -> Result<(), String> {
+    fn exec(&mut self, e: proto::Exec, conn: Result<UnixStream, String>) -> Result<(), Failure> {
         let conn = conn?;
         let c = self.running(&e.id)?;
         let process = c.exec_process(&e.cmd, false)?;
@@ -531,8 +589,7 @@ impl Monitor {
         };
         let pid = self
             .executor
-            .exec(c.pid, &c.spec, &process, stdio, &c.opts)
-            .map_err(|e| e.to_string())?;
+            .exec(c.pid, &c.spec, &process, stdio, &c.opts)?;
         sys::set_nonblocking(out_r.as_raw_fd());
         sys::set_nonblocking(err_r.as_raw_fd());
         self.execs.push(ExecJob {
@@ -541,26 +598,27 @@ impl Monitor {
             stdout: Vec::new(),
             stderr: Vec::new(),
             status: None,
-            deadline: (e.timeout_ms > 0)
-                .then(|| Instant::now() + Duration::from_millis(e.timeout_ms)),
+            deadline: (e.timeout_ms > 0).then(|| after_ms(e.timeout_ms)),
             timed_out: false,
             conn,
-            stream: false,
         });
         Ok(())
     }
 
     /// Adds a client's (stdout, stderr) pipes to a running container's
     /// output.
-    fn attach(&mut self, id: &str, fds: Vec<OwnedFd>) -> Result<Response, String> {
+    fn attach(&mut self, id: &str, fds: Vec<OwnedFd>) -> Result<Response, Failure> {
         self.running(id)?;
         let c = self
             .containers
             .get_mut(id)
-            .ok_or_else(|| format!("no container {id}"))?;
+            .ok_or_else(|| no_container(id))?;
         let mut fds = fds.into_iter();
         let (Some(out), Some(err)) = (fds.next(), fds.next()) else {
-            return Err("attach needs two descriptors".into());
+            return Err(coded(
+                proto::Code::InvalidArgument,
+                "attach needs two descriptors".into(),
+            ));
         };
         sys::set_nonblocking(out.as_raw_fd());
         sys::set_nonblocking(err.as_raw_fd());
@@ -569,13 +627,13 @@ impl Monitor {
     }
 
     /// A started container that has not exited.
-    fn running(&self, id: &str) -> Result<&Container, String> {
-        let c = self
-            .containers
-            .get(id)
-            .ok_or_else(|| format!("no container {id}"))?;
+    fn running(&self, id: &str) -> Result<&Container, Failure> {
+        let c = self.containers.get(id).ok_or_else(|| no_container(id))?;
         if c.exit.is_some() || c.created.is_some() {
-            return Err(format!("container {id} is not running"));
+            return Err(coded(
+                proto::Code::FailedPrecondition,
+                format!("container {id} is not running"),
+            ));
         }
         Ok(c)
     }
@@ -586,16 +644,13 @@ impl Monitor {
         e: proto::ExecStream,
         fds: Vec<OwnedFd>,
         conn: UnixStream,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         let c = self.running(&e.id)?;
         let process = c.exec_process(&e.cmd, e.tty)?;
         let pid = if e.tty {
             // The terminal is made inside the container; its master goes
             // to the daemon with a first answer (the pid).
-            let (pid, master) = self
-                .executor
-                .exec_tty(c.pid, &c.spec, &process, &c.opts)
-                .map_err(|e| e.to_string())?;
+            let (pid, master) = self.executor.exec_tty(c.pid, &c.spec, &process, &c.opts)?;
             let first = Response {
                 pid,
                 ..Default::default()
@@ -603,7 +658,7 @@ impl Monitor {
             let frame = super::frame(&first);
             if let Err(err) = sys::send_with_fds(conn.as_raw_fd(), &frame, &[master.as_raw_fd()]) {
                 sys::kill(pid, libc::SIGKILL);
-                return Err(format!("sending the terminal: {err}"));
+                return Err(format!("sending the terminal: {err}").into());
             }
             pid
         } else {
@@ -619,8 +674,7 @@ impl Monitor {
                 terminal: false,
             };
             self.executor
-                .exec(c.pid, &c.spec, &process, stdio, &c.opts)
-                .map_err(|e| e.to_string())?
+                .exec(c.pid, &c.spec, &process, stdio, &c.opts)?
         };
         self.execs.push(ExecJob {
             pid,
@@ -631,7 +685,6 @@ impl Monitor {
             deadline: None,
             timed_out: false,
             conn,
-            stream: true,
         });
         Ok(())
     }
@@ -823,7 +876,9 @@ pub fn run(dir: &Path) -> Result<(), String> {
             }
         }
         for (j, job) in m.execs.iter().enumerate() {
-            if job.stream && job.status.is_none() {
+            // The daemon holds the connection while it waits; its hang-up
+            // means the client went away, and the exec ends with it.
+            if job.status.is_none() {
                 fds.push(libc::pollfd {
                     fd: job.conn.as_raw_fd(),
                     events: libc::POLLIN | libc::POLLRDHUP,

@@ -1,5 +1,10 @@
-//! A tower layer around every gRPC call: one tracing span per request, and a
-//! panic in a handler answered as `Internal` instead of a dropped connection.
+//! A tower layer around every gRPC call: one tracing span per request, a
+//! panic in a handler answered as `Internal` instead of a dropped
+//! connection, and the client's deadline (`grpc-timeout`) answered as
+//! DEADLINE_EXCEEDED. tonic's own timeout answers CANCELLED ("Timeout
+//! expired"), which clients such as critest read as the client cancelling;
+//! this layer's timer runs a little earlier and is polled first, so its
+//! answer always wins.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
@@ -70,6 +75,14 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let deadline = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        // Taken before tonic's timer for the same header starts (it calls
+        // this service first), so this deadline is always the earlier.
+        let started = tokio::time::Instant::now();
         let path = req.uri().path();
         let method = path.rsplit('/').next().unwrap_or(path).to_string();
         let span = tracing::info_span!("cri", method = %method);
@@ -81,7 +94,20 @@ where
             if inject_panic {
                 panic!("fault injected into {method} by {FAULT_PANIC_ENV}");
             }
-            inner.call(req).await
+            let call = inner.call(req);
+            match deadline {
+                // A millisecond early, and polled before tonic's timer.
+                Some(d) => {
+                    match tokio::time::timeout_at(started + d.saturating_sub(EARLY), call).await {
+                        Ok(r) => r,
+                        Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                            "deadline of {d:?} exceeded"
+                        ))
+                        .into_http()),
+                    }
+                }
+                None => call.await,
+            }
         };
         Box::pin(
             async move {
@@ -117,6 +143,29 @@ where
     }
 }
 
+/// How much earlier than the client's deadline this layer answers.
+const EARLY: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// A `grpc-timeout` header value: at most 8 digits and a unit (H, M, S,
+/// m, u, n).
+fn parse_grpc_timeout(v: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (num, unit) = v.split_at(v.len() - 1);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 fn panic_message(p: &(dyn Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_string()
@@ -124,5 +173,25 @@ fn panic_message(p: &(dyn Any + Send)) -> String {
         s.clone()
     } else {
         "unknown panic payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(
+            parse_grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        assert_eq!(parse_grpc_timeout("123456789S"), None, "more than 8 digits");
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("S"), None);
     }
 }

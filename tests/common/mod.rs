@@ -418,6 +418,49 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     None
 }
 
+/// A runtime client over one bare HTTP/2 connection: unlike a tonic
+/// `Channel`, it keeps no deadline of its own, so what an expired
+/// `grpc-timeout` answers is the server's answer alone.
+pub async fn bare_runtime(socket: &Path) -> RuntimeServiceClient<BareService> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .expect("connect");
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    RuntimeServiceClient::with_origin(
+        BareService(send),
+        "http://localhost".parse().expect("origin"),
+    )
+}
+
+/// See [`bare_runtime`].
+#[derive(Clone)]
+pub struct BareService(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tower::Service<http::Request<tonic::body::Body>> for BareService {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(req))
+    }
+}
+
 /// A gRPC channel over a unix socket.
 pub async fn channel(socket: &Path) -> Channel {
     let socket = socket.to_path_buf();

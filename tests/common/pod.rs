@@ -23,11 +23,23 @@ pub async fn env(name: &str) -> Env {
 /// [`env`] with the pod's PID namespace mode (`POD` shares one among its
 /// containers) and extra environment for the daemon.
 pub async fn env_with(name: &str, pid: NamespaceMode, daemon_env: &[(&str, &str)]) -> Env {
-    let mut b = Daemon::builder().registries(&testenv().registries_conf());
-    for (k, v) in daemon_env {
-        b = b.env(k, v);
-    }
-    let d = b.start();
+    env_built(name, pid, |mut b| {
+        for (k, v) in daemon_env {
+            b = b.env(k, v);
+        }
+        b
+    })
+    .await
+}
+
+/// [`env`] with the pod's PID namespace mode and the daemon built by
+/// `build` (extra config, environment).
+pub async fn env_built(
+    name: &str,
+    pid: NamespaceMode,
+    build: impl FnOnce(DaemonBuilder) -> DaemonBuilder,
+) -> Env {
+    let d = build(Daemon::builder().registries(&testenv().registries_conf())).start();
     let image = testenv().image("busybox:latest");
     let mut images = d.images().await;
     images
