@@ -27,7 +27,116 @@ pub enum CniError {
     },
     #[error("CNI config: {0}")]
     Config(String),
+    /// A `CNI_ARGS` pair that could add or change another pair; refused
+    /// before any plugin runs. Only a short, escaped prefix of the input is kept.
+    #[error("CNI_ARGS {part} of {key} {input} {reason}")]
+    InvalidArg {
+        key: String,
+        part: &'static str,
+        input: String,
+        reason: String,
+    },
 }
+
+/// How much of a hostile string an error message quotes.
+const SHOWN_CHARS: usize = 32;
+
+/// `s` escaped and quoted, cut to [`SHOWN_CHARS`] characters.
+fn shown(s: &str) -> String {
+    let short: String = s.chars().take(SHOWN_CHARS).collect();
+    if short.len() < s.len() {
+        format!("{short:?}…")
+    } else {
+        format!("{short:?}")
+    }
+}
+
+/// The `CNI_ARGS` of a call. Plugins split the variable on `;` and `=` with
+/// no quoting (host-local, for one, takes the pod's address from `IP=`), so
+/// a pair is only accepted when it cannot add or change another: the key is
+/// ASCII letters, digits and `_`, not `IgnoreUnknown` and not repeated, and
+/// the value has no `;`, `=` or control character (NUL, newline, …).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CniArgs(Vec<(String, String)>);
+
+impl CniArgs {
+    /// Checks every pair; the first that is unsafe is the error.
+    pub fn new<K, V>(pairs: impl IntoIterator<Item = (K, V)>) -> Result<CniArgs, CniError>
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut args = CniArgs::default();
+        for (k, v) in pairs {
+            args.push(k.into(), v.into())?;
+        }
+        Ok(args)
+    }
+
+    /// The safe pairs, and why each other one was left out. For DEL of a pod
+    /// recorded before these checks existed: plugins find what to release
+    /// by container id and interface, so DEL must still run, without the
+    /// pairs that are not safe.
+    pub fn lenient<K, V>(pairs: impl IntoIterator<Item = (K, V)>) -> (CniArgs, Vec<CniError>)
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut args = CniArgs::default();
+        let mut refused = Vec::new();
+        for (k, v) in pairs {
+            if let Err(e) = args.push(k.into(), v.into()) {
+                refused.push(e);
+            }
+        }
+        (args, refused)
+    }
+
+    fn push(&mut self, key: String, value: String) -> Result<(), CniError> {
+        let refuse = |part, input: &str, reason: String| CniError::InvalidArg {
+            key: shown(&key),
+            part,
+            input: shown(input),
+            reason,
+        };
+        if key.is_empty() {
+            return Err(refuse("key", &key, "is empty".into()));
+        }
+        if let Some(c) = key
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
+        {
+            return Err(refuse("key", &key, format!("contains {c:?}")));
+        }
+        if key == IGNORE_UNKNOWN || self.0.iter().any(|(k, _)| *k == key) {
+            return Err(refuse("key", &key, "is already set".into()));
+        }
+        if let Some(c) = value
+            .chars()
+            .find(|c| matches!(c, ';' | '=') || c.is_control())
+        {
+            return Err(refuse("value", &value, format!("contains {c:?}")));
+        }
+        self.0.push((key, value));
+        Ok(())
+    }
+
+    /// The checked pairs, in the order given.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+
+    /// The variable's value: `IgnoreUnknown=1` first, so that plugins
+    /// accept the keys they do not know (as libcni's callers pass it).
+    pub fn to_env(&self) -> String {
+        std::iter::once(format!("{IGNORE_UNKNOWN}=1"))
+            .chain(self.0.iter().map(|(k, v)| format!("{k}={v}")))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+}
+
+const IGNORE_UNKNOWN: &str = "IgnoreUnknown";
 
 /// A network config ready to run: its name, version and plugin chain.
 #[derive(Debug, Clone)]
@@ -72,8 +181,8 @@ pub struct Attachment {
     /// Path of the pinned network namespace; may be gone on DEL.
     pub netns: String,
     pub ifname: String,
-    /// `K8S_POD_*` arguments.
-    pub args: Vec<(String, String)>,
+    /// `K8S_POD_*` arguments, checked when they were built.
+    pub args: CniArgs,
     /// Runtime config values by capability name (`portMappings`, `dns`, …).
     pub capabilities: serde_json::Map<String, Value>,
 }
@@ -164,10 +273,7 @@ impl Invoker {
                 stdin["runtimeConfig"] = Value::Object(rc);
             }
         }
-        let cni_args = std::iter::once("IgnoreUnknown=1".to_string())
-            .chain(a.args.iter().map(|(k, v)| format!("{k}={v}")))
-            .collect::<Vec<_>>()
-            .join(";");
+        let cni_args = a.args.to_env();
         let cni_path = self
             .plugin_dirs
             .iter()
@@ -274,6 +380,68 @@ mod tests {
         let r = json!({"ips": [{"address": "fd00::5/64"}, {"address": "10.88.0.5/16", "gateway": "10.88.0.1"}]});
         assert_eq!(result_ips(&r), ["10.88.0.5", "fd00::5"]);
         assert!(result_ips(&Value::Null).is_empty());
+    }
+
+    #[test]
+    fn cni_args_cannot_add_or_change_a_pair() {
+        let ok = CniArgs::new([("K8S_POD_NAME", "web-0"), ("K8S_POD_UID", "")]).unwrap();
+        assert_eq!(
+            ok.to_env(),
+            "IgnoreUnknown=1;K8S_POD_NAME=web-0;K8S_POD_UID="
+        );
+        // Spaces, '/', ':' and non-ASCII text cannot start a pair.
+        assert!(CniArgs::new([("K", "a b/c:d é")]).is_ok());
+        for value in [
+            "x;IP=10.88.250.250",
+            "IP=10.88.250.250",
+            "a\0b",
+            "a\nIP=1.2.3.4",
+            "a\rb",
+            "a\tb",
+            "a\u{7f}",
+            "a\u{85}b",
+        ] {
+            let e = CniArgs::new([("K8S_POD_NAME", "ok"), ("K8S_POD_NAMESPACE", value)])
+                .expect_err(value);
+            assert!(
+                matches!(&e, CniError::InvalidArg { part: "value", .. }),
+                "{value:?}: {e}"
+            );
+            assert!(e.to_string().contains("K8S_POD_NAMESPACE"), "{e}");
+        }
+        for key in ["", "A;B", "A=B", "A B", "A\n", "IgnoreUnknown"] {
+            assert!(CniArgs::new([(key, "v")]).is_err(), "{key:?}");
+        }
+        // A repeated key would override the first.
+        assert!(CniArgs::new([("K8S_POD_NAME", "a"), ("K8S_POD_NAME", "b")]).is_err());
+    }
+
+    #[test]
+    fn cni_args_errors_quote_a_short_escaped_prefix() {
+        let hostile = format!("x;{}\n", "A".repeat(10_000));
+        let e = CniArgs::new([("K8S_POD_NAME", hostile.as_str())]).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.len() < 120, "{msg}");
+        assert!(msg.contains("\"x;AAAA") && msg.contains("';'"), "{msg}");
+        let e = CniArgs::new([("K8S_POD_NAME", "a\nb")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"CNI_ARGS value of "K8S_POD_NAME" "a\nb" contains '\n'"#
+        );
+    }
+
+    #[test]
+    fn lenient_args_leave_out_unsafe_pairs() {
+        let (args, refused) = CniArgs::lenient([
+            ("K8S_POD_NAMESPACE", "default"),
+            ("K8S_POD_NAME", "x;IP=10.0.0.1"),
+            ("K8S_POD_UID", "u1"),
+        ]);
+        assert_eq!(
+            args.to_env(),
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_UID=u1"
+        );
+        assert_eq!(refused.len(), 1);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::cgroups::Cgroups;
 use crate::error::{Error, Result};
 use crate::image::KeyedLocks;
-use crate::network::cni::{Attachment, NetworkConf, result_ips};
+use crate::network::cni::{Attachment, CniArgs, NetworkConf, result_ips};
 use crate::network::{Network, Readiness};
 use crate::store::{Store, Table};
 use pinns::NsKind;
@@ -205,6 +205,13 @@ impl Pods {
         let host_network = ns.network == NamespaceMode::Node as i32;
         let host_ipc = ns.ipc == NamespaceMode::Node as i32;
         let id = new_id(&key);
+        // Before anything exists for the pod: metadata that would forge
+        // CNI_ARGS pairs is refused here rather than after namespaces are made.
+        if !host_network {
+            CniArgs::new(k8s_pod_args(&id, &config)).map_err(|e| {
+                Error::InvalidArgument(format!("pod metadata cannot be passed to CNI: {e}"))
+            })?;
+        }
         let mut pod = PodRecord {
             id: id.clone(),
             config,
@@ -346,10 +353,8 @@ impl Pods {
                 result: Value::Null,
             });
             self.store.put(Table::Pods, &pod.id, pod)?;
-            let result = invoker
-                .add(&conf, &self.attachment(pod))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?;
+            let args = CniArgs::new(k8s_pod_args(&pod.id, &pod.config))?;
+            let result = invoker.add(&conf, &self.attachment(pod, args)).await?;
             timing.network = t.elapsed();
             pod.ips = result_ips(&result);
             pod.network = Some(NetworkAttachment {
@@ -364,8 +369,8 @@ impl Pods {
         Ok(())
     }
 
-    fn attachment(&self, pod: &PodRecord) -> Attachment {
-        let m = pod.config.metadata.clone().unwrap_or_default();
+    /// What a CNI call for `pod` passes, with its checked `CNI_ARGS`.
+    fn attachment(&self, pod: &PodRecord, args: CniArgs) -> Attachment {
         let mut capabilities = serde_json::Map::new();
         let ports: Vec<Value> = pod
             .config
@@ -406,12 +411,7 @@ impl Pods {
                 String::new()
             },
             ifname: "eth0".into(),
-            args: vec![
-                ("K8S_POD_NAMESPACE".into(), m.namespace),
-                ("K8S_POD_NAME".into(), m.name),
-                ("K8S_POD_INFRA_CONTAINER_ID".into(), pod.id.clone()),
-                ("K8S_POD_UID".into(), m.uid),
-            ],
+            args,
             capabilities,
         }
     }
@@ -432,11 +432,17 @@ impl Pods {
         if let Some(att) = pod.network.clone() {
             let invoker = network.invoker();
             let prev = (!att.result.is_null()).then_some(&att.result);
+            // A pod recorded before CNI_ARGS were checked still gets its DEL,
+            // without the pairs that are not safe to pass.
+            let (args, refused) = CniArgs::lenient(k8s_pod_args(&pod.id, &pod.config));
+            for e in refused {
+                tracing::warn!(pod_id = %pod.id, error = %e, "CNI DEL without an unsafe argument");
+            }
             let deleted = match NetworkConf::from_json(&att.conf) {
                 Ok(conf) => invoker
-                    .del(&conf, &self.attachment(pod), prev)
+                    .del(&conf, &self.attachment(pod, args), prev)
                     .await
-                    .map_err(|e| Error::Internal(e.to_string())),
+                    .map_err(Error::from),
                 Err(e) => Err(internal(e)),
             };
             match deleted {
@@ -485,12 +491,16 @@ impl Pods {
             Ok(c) => c,
             Err(e) => return Some(Err(internal(e))),
         };
+        let args = match CniArgs::new(k8s_pod_args(&pod.id, &pod.config)) {
+            Ok(a) => a,
+            Err(e) => return Some(Err(e.into())),
+        };
         Some(
             network
                 .invoker()
-                .check(&conf, &self.attachment(pod), &att.result)
+                .check(&conf, &self.attachment(pod, args), &att.result)
                 .await
-                .map_err(|e| Error::Internal(e.to_string())),
+                .map_err(Error::from),
         )
     }
 
@@ -600,6 +610,17 @@ fn validate(c: &PodSandboxConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `K8S_POD_*` CNI_ARGS kubelet's runtimes pass (as cri-o and containerd).
+fn k8s_pod_args(id: &str, c: &PodSandboxConfig) -> [(&'static str, String); 4] {
+    let m = c.metadata.clone().unwrap_or_default();
+    [
+        ("K8S_POD_NAMESPACE", m.namespace),
+        ("K8S_POD_NAME", m.name),
+        ("K8S_POD_INFRA_CONTAINER_ID", id.to_string()),
+        ("K8S_POD_UID", m.uid),
+    ]
 }
 
 /// The pod's hostname: the requested one, else the pod name (kubelet's rule).
