@@ -1,6 +1,8 @@
 //! CNI handling against hostile or broken input, with the real plugins
 //! (Debian's containernetworking-plugins) and small fake ones: `CNI_ARGS`
-//! cannot be forged through pod metadata.
+//! cannot be forged through pod metadata, a failed ADD or DEL releases the
+//! pod's IP whatever one plugin says, and bad port mappings never reach a
+//! plugin.
 //!
 //! Every test has its own bridge (`crtcf*`) and subnet (10.231.*.0/24).
 
@@ -55,6 +57,15 @@ impl Net {
             "type": "bridge", "bridge": self.bridge, "isGateway": true, "ipMasq": false,
             "ipam": {"type": "host-local", "ranges": [[{"subnet": self.subnet}]]}
         })
+    }
+
+    /// Host ends of veth pairs still attached to the bridge.
+    fn veths(&self) -> String {
+        let out = Command::new("ip")
+            .args(["-o", "link", "show", "master", &self.bridge])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
 
@@ -133,6 +144,31 @@ impl Plugins {
         std::fs::read_to_string(self.spy_log()).unwrap_or_default()
     }
 
+    /// A plugin failing the commands listed (space separated) with a CNI
+    /// error JSON naming itself, while `<name>.off` does not exist; other
+    /// commands succeed without output.
+    fn add_failing(&self, name: &str, commands: &str) {
+        let off = self.dir.path().join(format!("{name}.off"));
+        self.add(
+            name,
+            &format!(
+                "cat >/dev/null\n\
+                 [ -e '{off}' ] && exit 0\n\
+                 for c in {commands}; do\n\
+                 \x20 if [ \"$CNI_COMMAND\" = \"$c\" ]; then\n\
+                 \x20   printf '{{\"cniVersion\":\"1.0.0\",\"code\":999,\"msg\":\"{name} refuses %s\"}}' \"$CNI_COMMAND\"\n\
+                 \x20   exit 1\n\
+                 \x20 fi\n\
+                 done\n",
+                off = off.display()
+            ),
+        );
+    }
+
+    fn switch_off(&self, name: &str) {
+        std::fs::write(self.dir.path().join(format!("{name}.off")), "").expect("switch off");
+    }
+
     /// A daemon searching this directory before the real plugins, with
     /// `plugins` as its network's chain.
     fn daemon(&self, net: &Net, plugins: serde_json::Value) -> Daemon {
@@ -173,6 +209,14 @@ async fn ip_of(rt: &mut Runtime, id: &str) -> String {
     .network
     .unwrap()
     .ip
+}
+
+async fn stop(rt: &mut Runtime, id: &str) -> Result<(), tonic::Status> {
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .map(|_| ())
 }
 
 async fn remove(rt: &mut Runtime, id: &str) {
@@ -218,6 +262,21 @@ async fn assert_no_pod_left(d: &Daemon, rt: &mut Runtime, keep: &[&str]) {
         .map(String::from)
         .collect();
     assert!(mounts.is_empty(), "mounts left: {mounts:#?}");
+}
+
+fn port(protocol: Protocol, container_port: i32, host_port: i32, host_ip: &str) -> PortMapping {
+    PortMapping {
+        protocol: protocol as i32,
+        container_port,
+        host_port,
+        host_ip: host_ip.into(),
+    }
+}
+
+fn pod_with_ports(name: &str, ns: &str, ports: Vec<PortMapping>) -> PodSandboxConfig {
+    let mut c = pod_config(name, ns);
+    c.port_mappings = ports;
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,4 +332,114 @@ async fn pod_metadata_cannot_add_cni_args() {
     remove(&mut rt, &id).await;
     assert_eq!(net.leases(), Vec::<String>::new());
     assert_eq!(plugins.spy_calls(), "ADD\nDEL\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_port_mappings_are_refused_before_any_plugin_runs() {
+    let net = Net::new(2);
+    let plugins = Plugins::new();
+    plugins.add_spy();
+    let d = plugins.daemon(
+        &net,
+        serde_json::json!([
+            {"type": "spy"},
+            net.bridge_plugin(),
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]),
+    );
+    let mut rt = d.runtime().await;
+    let cases = [
+        ("container port 0", port(Protocol::Tcp, 0, 18421, "")),
+        ("container port -1", port(Protocol::Tcp, -1, 18421, "")),
+        (
+            "container port 65536",
+            port(Protocol::Tcp, 65536, 18421, ""),
+        ),
+        ("host port -1", port(Protocol::Tcp, 80, -1, "")),
+        ("host port 65536", port(Protocol::Tcp, 80, 65536, "")),
+        (
+            "protocol",
+            PortMapping {
+                protocol: 7,
+                ..port(Protocol::Tcp, 80, 18421, "")
+            },
+        ),
+        ("host ip", port(Protocol::Tcp, 80, 18421, "not-an-ip;x")),
+    ];
+    for (what, p) in cases {
+        let e = run(&mut rt, pod_with_ports("p", "cf2", vec![p]))
+            .await
+            .expect_err(what);
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+        assert!(e.message().contains("port mapping"), "{what}: {e:?}");
+    }
+    assert_eq!(plugins.spy_calls(), "", "a plugin ran for a refused pod");
+    assert_eq!(net.leases(), Vec::<String>::new());
+    assert_eq!(net.veths(), "");
+    assert_no_pod_left(&d, &mut rt, &[]).await;
+
+    // A container port without a host port is only informational.
+    let id = run(
+        &mut rt,
+        pod_with_ports("q", "cf2", vec![port(Protocol::Tcp, 80, 0, "")]),
+    )
+    .await
+    .unwrap();
+    remove(&mut rt, &id).await;
+    assert_eq!(net.leases(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_add_releases_the_ip_whatever_a_plugin_says() {
+    let net = Net::new(3);
+    let plugins = Plugins::new();
+    // Fails ADD and, as a broken plugin may, DEL too.
+    plugins.add_failing("fail", "ADD DEL");
+    let d = plugins.daemon(
+        &net,
+        serde_json::json!([net.bridge_plugin(), {"type": "fail"}]),
+    );
+    let mut rt = d.runtime().await;
+    for name in ["a", "b", "c"] {
+        let e = run(&mut rt, pod_config(name, "cf3")).await.unwrap_err();
+        assert!(e.message().contains("fail refuses ADD"), "{e:?}");
+        assert_eq!(net.leases(), Vec::<String>::new(), "after {name}");
+        assert_eq!(net.veths(), "", "after {name}");
+    }
+    assert_no_pod_left(&d, &mut rt, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn del_runs_the_whole_chain_and_reports_every_failure() {
+    let net = Net::new(4);
+    let plugins = Plugins::new();
+    plugins.add_failing("faila", "DEL");
+    plugins.add_failing("failb", "DEL");
+    let d = plugins.daemon(
+        &net,
+        serde_json::json!([net.bridge_plugin(), {"type": "faila"}, {"type": "failb"}]),
+    );
+    let mut rt = d.runtime().await;
+    let id = run(&mut rt, pod_config("d", "cf4")).await.unwrap();
+    let ip = ip_of(&mut rt, &id).await;
+    assert_eq!(net.leases(), vec![ip]);
+    let e = stop(&mut rt, &id).await.unwrap_err();
+    assert!(
+        e.message().contains("faila refuses DEL") && e.message().contains("failb refuses DEL"),
+        "{e:?}"
+    );
+    // bridge's DEL ran after both failures: the address is free.
+    assert_eq!(net.leases(), Vec::<String>::new());
+    assert_eq!(net.veths(), "");
+    // The pod keeps its attachment until DEL succeeds, so a retry runs it.
+    plugins.switch_off("faila");
+    let e = stop(&mut rt, &id).await.unwrap_err();
+    assert!(
+        !e.message().contains("faila") && e.message().contains("failb refuses DEL"),
+        "{e:?}"
+    );
+    plugins.switch_off("failb");
+    stop(&mut rt, &id).await.unwrap();
+    remove(&mut rt, &id).await;
+    assert_no_pod_left(&d, &mut rt, &[]).await;
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
+use crate::error::shown;
+
 /// Errors of a CNI operation; the plugin's own message is kept.
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
@@ -36,19 +38,22 @@ pub enum CniError {
         input: String,
         reason: String,
     },
+    /// More than one plugin of a chain failed (DEL keeps going after a
+    /// failure); each error in the order the plugins ran.
+    #[error("CNI {command} of network {network}: {} plugins failed: {}", .errors.len(), join(.errors))]
+    Several {
+        command: &'static str,
+        network: String,
+        errors: Vec<CniError>,
+    },
 }
 
-/// How much of a hostile string an error message quotes.
-const SHOWN_CHARS: usize = 32;
-
-/// `s` escaped and quoted, cut to [`SHOWN_CHARS`] characters.
-fn shown(s: &str) -> String {
-    let short: String = s.chars().take(SHOWN_CHARS).collect();
-    if short.len() < s.len() {
-        format!("{short:?}…")
-    } else {
-        format!("{short:?}")
-    }
+fn join(errors: &[CniError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The `CNI_ARGS` of a call. Plugins split the variable on `;` and `=` with
@@ -195,7 +200,10 @@ pub struct Invoker {
 }
 
 impl Invoker {
-    /// ADD through the chain; returns the final result.
+    /// ADD through the chain; returns the final result. ADD stops at the
+    /// first failure, and the plugins before it may hold resources (an
+    /// address): the caller runs [`Invoker::del`] for the whole chain then,
+    /// as the CNI spec asks of runtimes.
     pub async fn add(&self, conf: &NetworkConf, a: &Attachment) -> Result<Value, CniError> {
         let mut prev: Option<Value> = None;
         for plugin in &conf.plugins {
@@ -221,17 +229,32 @@ impl Invoker {
         Ok(())
     }
 
-    /// DEL through the chain in reverse, with the cached ADD result.
+    /// DEL through the chain in reverse, with the cached ADD result. Every
+    /// plugin's DEL runs even when one before it failed (as libcni does), so
+    /// one broken plugin (say portmap refusing its config) cannot keep the
+    /// IPAM plugin from releasing the address; all failures are returned.
     pub async fn del(
         &self,
         conf: &NetworkConf,
         a: &Attachment,
         prev: Option<&Value>,
     ) -> Result<(), CniError> {
+        let mut errors = Vec::new();
         for plugin in conf.plugins.iter().rev() {
-            self.exec("DEL", conf, plugin, a, prev).await?;
+            if let Err(e) = self.exec("DEL", conf, plugin, a, prev).await {
+                tracing::warn!(container_id = %a.container_id, error = %e, "CNI DEL of one plugin failed; going on");
+                errors.push(e);
+            }
         }
-        Ok(())
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(CniError::Several {
+                command: "DEL",
+                network: conf.name.clone(),
+                errors,
+            }),
+        }
     }
 
     async fn exec(
@@ -442,6 +465,82 @@ mod tests {
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_UID=u1"
         );
         assert_eq!(refused.len(), 1);
+    }
+
+    /// A chain of shell-script plugins in a temp dir; each logs its type and
+    /// command to `log`, and those named in `failing` then fail.
+    fn script_chain(failing: &[&str]) -> (tempfile::TempDir, Invoker, NetworkConf) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        for name in ["a", "b", "c"] {
+            let fail = if failing.contains(&name) {
+                format!("printf '{{\"code\":11,\"msg\":\"{name} broke\"}}'; exit 1")
+            } else {
+                "exit 0".into()
+            };
+            let path = dir.path().join(name);
+            let script = format!(
+                "#!/bin/sh\ncat >/dev/null\necho \"{name} $CNI_COMMAND\" >> '{}'\n{fail}\n",
+                log.display()
+            );
+            std::fs::write(&path, script).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let invoker = Invoker {
+            plugin_dirs: vec![dir.path().to_path_buf()],
+            timeout: Duration::from_secs(10),
+        };
+        let conf = NetworkConf::from_json(&json!({
+            "name": "t", "plugins": [{"type": "a"}, {"type": "b"}, {"type": "c"}]
+        }))
+        .unwrap();
+        (dir, invoker, conf)
+    }
+
+    fn attachment() -> Attachment {
+        Attachment {
+            container_id: "c1".into(),
+            netns: String::new(),
+            ifname: "eth0".into(),
+            args: CniArgs::default(),
+            capabilities: serde_json::Map::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn del_runs_every_plugin_in_reverse_and_reports_each_failure() {
+        let (dir, invoker, conf) = script_chain(&["b"]);
+        let e = invoker.del(&conf, &attachment(), None).await.unwrap_err();
+        assert!(
+            matches!(&e, CniError::Plugin { plugin, command: "DEL", .. } if plugin == "b"),
+            "{e}"
+        );
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        assert_eq!(log, "c DEL\nb DEL\na DEL\n");
+
+        let (dir, invoker, conf) = script_chain(&["c", "a"]);
+        let e = invoker.del(&conf, &attachment(), None).await.unwrap_err();
+        let CniError::Several { errors, .. } = &e else {
+            panic!("{e}");
+        };
+        assert_eq!(errors.len(), 2);
+        let msg = e.to_string();
+        assert!(msg.contains("c broke") && msg.contains("a broke"), "{msg}");
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        assert_eq!(log, "c DEL\nb DEL\na DEL\n");
+
+        let (_dir, invoker, conf) = script_chain(&[]);
+        invoker.del(&conf, &attachment(), None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn add_stops_at_the_first_failure() {
+        let (dir, invoker, conf) = script_chain(&["b"]);
+        let e = invoker.add(&conf, &attachment()).await.unwrap_err();
+        assert!(e.to_string().contains("b broke"), "{e}");
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        assert_eq!(log, "a ADD\nb ADD\n");
     }
 
     #[test]

@@ -8,15 +8,16 @@
 pub mod pinns;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
+use k8s_cri::v1::{NamespaceMode, PodSandboxConfig, PortMapping, Protocol};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::cgroups::Cgroups;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, shown};
 use crate::image::KeyedLocks;
 use crate::network::cni::{Attachment, CniArgs, NetworkConf, result_ips};
 use crate::network::{Network, Readiness};
@@ -372,18 +373,23 @@ impl Pods {
     /// What a CNI call for `pod` passes, with its checked `CNI_ARGS`.
     fn attachment(&self, pod: &PodRecord, args: CniArgs) -> Attachment {
         let mut capabilities = serde_json::Map::new();
+        // Only mappings with a host port are forwarded. Run checked them
+        // all; an invalid one of an older record is left out, so that it
+        // cannot make every DEL fail.
         let ports: Vec<Value> = pod
             .config
             .port_mappings
             .iter()
             .filter(|p| p.host_port > 0)
-            .map(|p| {
-                json!({
+            .filter_map(|p| {
+                let protocol = port_protocol(p).ok()?;
+                check_port_mapping(p).ok()?;
+                Some(json!({
                     "hostPort": p.host_port,
                     "containerPort": p.container_port,
-                    "protocol": match p.protocol { 1 => "udp", 2 => "sctp", _ => "tcp" },
+                    "protocol": protocol,
                     "hostIP": p.host_ip,
-                })
+                }))
             })
             .collect();
         if !ports.is_empty() {
@@ -600,6 +606,10 @@ fn validate(c: &PodSandboxConfig) -> Result<()> {
             )));
         }
     }
+    for (i, p) in c.port_mappings.iter().enumerate() {
+        check_port_mapping(p)
+            .map_err(|why| Error::InvalidArgument(format!("port mapping {i}: {why}")))?;
+    }
     if let Some(dns) = &c.dns_config {
         for s in dns.servers.iter().chain(&dns.searches).chain(&dns.options) {
             if s.contains(['\n', '\r']) {
@@ -610,6 +620,45 @@ fn validate(c: &PodSandboxConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Why a port mapping cannot be passed to portmap, which refuses a port out
+/// of range on ADD and again on DEL: refused before CNI runs, it can leave
+/// nothing (an address, a rule) behind.
+fn check_port_mapping(p: &PortMapping) -> std::result::Result<(), String> {
+    if !(1..=65535).contains(&p.container_port) {
+        return Err(format!(
+            "container port {} is not in 1-65535",
+            p.container_port
+        ));
+    }
+    if !(0..=65535).contains(&p.host_port) {
+        return Err(format!(
+            "host port {} is not in 0-65535 (0: none)",
+            p.host_port
+        ));
+    }
+    port_protocol(p)?;
+    if !p.host_ip.is_empty() && p.host_ip.parse::<IpAddr>().is_err() {
+        return Err(format!(
+            "host IP {} is not an IP address",
+            shown(&p.host_ip)
+        ));
+    }
+    Ok(())
+}
+
+/// A port mapping's protocol as portmap names it.
+fn port_protocol(p: &PortMapping) -> std::result::Result<&'static str, String> {
+    match Protocol::try_from(p.protocol) {
+        Ok(Protocol::Tcp) => Ok("tcp"),
+        Ok(Protocol::Udp) => Ok("udp"),
+        Ok(Protocol::Sctp) => Ok("sctp"),
+        Err(_) => Err(format!(
+            "protocol {} is not TCP (0), UDP (1) or SCTP (2)",
+            p.protocol
+        )),
+    }
 }
 
 /// The `K8S_POD_*` CNI_ARGS kubelet's runtimes pass (as cri-o and containerd).
@@ -897,5 +946,53 @@ mod tests {
         c.hostname = "bad host\n".into();
         assert!(validate(&c).is_err());
         assert!(validate(&PodSandboxConfig::default()).is_err());
+    }
+
+    fn mapping(container_port: i32, host_port: i32, protocol: i32, host_ip: &str) -> PortMapping {
+        PortMapping {
+            protocol,
+            container_port,
+            host_port,
+            host_ip: host_ip.into(),
+        }
+    }
+
+    #[test]
+    fn port_mappings_are_checked() {
+        let with = |p: PortMapping| {
+            let mut c = cfg();
+            c.port_mappings = vec![mapping(80, 8080, 0, ""), p];
+            validate(&c)
+        };
+        for good in [
+            mapping(1, 0, 0, ""),
+            mapping(65535, 65535, 1, "127.0.0.1"),
+            mapping(53, 5353, 2, "::1"),
+        ] {
+            assert!(with(good.clone()).is_ok(), "{good:?}");
+        }
+        for bad in [
+            mapping(0, 8081, 0, ""),
+            mapping(-1, 8081, 0, ""),
+            mapping(65536, 8081, 0, ""),
+            mapping(80, -1, 0, ""),
+            mapping(80, 65536, 0, ""),
+            mapping(80, 8081, 3, ""),
+            mapping(80, 8081, -1, ""),
+            mapping(80, 8081, 0, "localhost"),
+            mapping(80, 8081, 0, "10.0.0.1;x"),
+        ] {
+            match with(bad.clone()) {
+                Err(Error::InvalidArgument(m)) => {
+                    assert!(m.starts_with("port mapping 1: "), "{m}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let hostile = format!("{}\n", "9".repeat(5000));
+        let Err(Error::InvalidArgument(m)) = with(mapping(80, 8081, 0, &hostile)) else {
+            panic!("accepted");
+        };
+        assert!(m.len() < 100 && !m.contains('\n'), "{m}");
     }
 }
