@@ -1,8 +1,8 @@
 //! CNI handling against hostile or broken input, with the real plugins
 //! (Debian's containernetworking-plugins) and small fake ones: `CNI_ARGS`
 //! cannot be forged through pod metadata, a failed ADD or DEL releases the
-//! pod's IP whatever one plugin says, and bad port mappings never reach a
-//! plugin.
+//! pod's IP whatever one plugin says, bad port mappings never reach a plugin,
+//! and a hostPort is held by one pod at a time.
 //!
 //! Every test has its own bridge (`crtcf*`) and subnet (10.231.*.0/24).
 
@@ -10,6 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use k8s_cri::v1::*;
@@ -71,8 +72,10 @@ impl Net {
 
 impl Drop for Net {
     /// The bridge plugin never deletes its bridge; portmap's rules of pods a
-    /// failed test left running go too.
+    /// failed test left running go too, and host-local's lease directory.
+    /// (Dropped after the test's daemon, which is declared later.)
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.lease_dir());
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .status();
@@ -442,4 +445,186 @@ async fn del_runs_the_whole_chain_and_reports_every_failure() {
     stop(&mut rt, &id).await.unwrap();
     remove(&mut rt, &id).await;
     assert_no_pod_left(&d, &mut rt, &[]).await;
+}
+
+/// A port-mapped HTTP server in a pod's netns; `None` when it does not answer.
+fn http_via_host_port(d: &Daemon, id: &str, host_port: u16) -> Option<String> {
+    let ns = d.paths.runroot.join("pods").join(id).join("ns/net");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.html"), format!("pod {id}\n")).unwrap();
+    let mut server = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args([
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            "0.0.0.0",
+            "--directory",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut answer = None;
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", host_port)) {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
+            let mut body = String::new();
+            let _ = s.read_to_string(&mut body);
+            if body.contains("pod ") {
+                answer = body.lines().last().map(String::from);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_port_belongs_to_one_pod_at_a_time() {
+    let net = Net::new(5);
+    let plugins = Plugins::new();
+    let mut d = plugins.daemon(
+        &net,
+        serde_json::json!([
+            net.bridge_plugin(),
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]),
+    );
+    let mut rt = d.runtime().await;
+    let tcp = |host_port, host_ip| port(Protocol::Tcp, 8080, host_port, host_ip);
+    let a = run(&mut rt, pod_with_ports("a", "cf5", vec![tcp(18451, "")]))
+        .await
+        .unwrap();
+    let leases = net.leases();
+
+    // The same port, protocol and (wildcard) address: refused before CNI.
+    let e = run(&mut rt, pod_with_ports("b", "cf5", vec![tcp(18451, "")]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("18451") && e.message().contains(&a[..12]),
+        "{e:?}"
+    );
+    // A specific address overlaps the wildcard one.
+    let e = run(
+        &mut rt,
+        pod_with_ports("b2", "cf5", vec![tcp(18451, "127.0.0.1")]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(net.leases(), leases, "the refused pods got no address");
+    assert_no_pod_left(&d, &mut rt, &[&a]).await;
+    // The first pod still serves on its port.
+    assert_eq!(
+        http_via_host_port(&d, &a, 18451).as_deref(),
+        Some(format!("pod {a}").as_str())
+    );
+
+    // Another protocol, or other specific addresses, do not conflict.
+    let udp = run(
+        &mut rt,
+        pod_with_ports("u", "cf5", vec![port(Protocol::Udp, 8080, 18451, "")]),
+    )
+    .await
+    .unwrap();
+    let ip1 = run(
+        &mut rt,
+        pod_with_ports("i1", "cf5", vec![tcp(18452, "127.0.0.1")]),
+    )
+    .await
+    .unwrap();
+    let ip2 = run(
+        &mut rt,
+        pod_with_ports("i2", "cf5", vec![tcp(18452, "127.0.0.2")]),
+    )
+    .await
+    .unwrap();
+    // But the wildcard overlaps them, also when a pod lists it beside a
+    // free port (nothing of that pod is claimed).
+    let e = run(
+        &mut rt,
+        pod_with_ports("w", "cf5", vec![tcp(18453, ""), tcp(18452, "")]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let w = run(&mut rt, pod_with_ports("w", "cf5", vec![tcp(18453, "")]))
+        .await
+        .unwrap();
+
+    // A restarted daemon knows who holds what.
+    d.terminate();
+    d.restart();
+    let mut rt = d.runtime().await;
+    let e = run(&mut rt, pod_with_ports("c", "cf5", vec![tcp(18451, "")]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+
+    // Stopping frees the port (the DNAT rule goes with DEL); so does removing.
+    stop(&mut rt, &udp).await.unwrap();
+    let udp2 = run(
+        &mut rt,
+        pod_with_ports("u2", "cf5", vec![port(Protocol::Udp, 8080, 18451, "")]),
+    )
+    .await
+    .unwrap();
+    remove(&mut rt, &a).await;
+    let c = run(&mut rt, pod_with_ports("c", "cf5", vec![tcp(18451, "")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        http_via_host_port(&d, &c, 18451).as_deref(),
+        Some(format!("pod {c}").as_str())
+    );
+    for id in [&udp, &udp2, &ip1, &ip2, &w, &c] {
+        remove(&mut rt, id).await;
+    }
+    assert_no_pod_left(&d, &mut rt, &[]).await;
+    assert_eq!(net.leases(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pods_asking_for_one_host_port_get_it_once() {
+    let net = Net::new(6);
+    let plugins = Plugins::new();
+    let d = plugins.daemon(
+        &net,
+        serde_json::json!([
+            net.bridge_plugin(),
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]),
+    );
+    let rt = d.runtime().await;
+    let runs = (0..4).map(|i| {
+        let mut rt = rt.clone();
+        let cfg = pod_with_ports(
+            &format!("r{i}"),
+            "cf6",
+            vec![port(Protocol::Tcp, 8080, 18461, "")],
+        );
+        async move { run(&mut rt, cfg).await }
+    });
+    let results = futures::future::join_all(runs).await;
+    let won: Vec<&String> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(won.len(), 1, "{results:?}");
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    }
+    let mut rt = rt.clone();
+    assert_eq!(net.leases().len(), 1);
+    remove(&mut rt, won[0]).await;
+    assert_no_pod_left(&d, &mut rt, &[]).await;
+    assert_eq!(net.leases(), Vec::<String>::new());
 }

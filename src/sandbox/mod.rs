@@ -5,6 +5,7 @@
 //! crash at any point leaves a record that Stop and Remove can clean up.
 //! Everything a pod owns on the node lives under `runroot/pods/<id>`.
 
+pub mod host_ports;
 pub mod pinns;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use crate::image::KeyedLocks;
 use crate::network::cni::{Attachment, CniArgs, NetworkConf, result_ips};
 use crate::network::{Network, Readiness};
 use crate::store::{Store, Table};
+use host_ports::{HostPort, HostPorts};
 use pinns::NsKind;
 
 /// Size of a pod's own /dev/shm (kubelet does not pass one; cri-o's default).
@@ -76,6 +78,8 @@ pub struct Pods {
     dir: PathBuf,
     cgroups: Cgroups,
     locks: KeyedLocks,
+    /// Host ports of the pods that hold a CNI attachment.
+    host_ports: HostPorts,
 }
 
 fn identity(c: &PodSandboxConfig) -> String {
@@ -110,14 +114,28 @@ fn internal(e: impl std::fmt::Display) -> Error {
 }
 
 impl Pods {
-    /// Pod state lives in the store; pod files under `runroot/pods`.
-    pub fn new(store: Arc<Store>, runroot: &Path, cgroups: Cgroups) -> Pods {
-        Pods {
+    /// Pod state lives in the store; pod files under `runroot/pods`. The
+    /// host ports held are rebuilt from the stored pods: every pod with a
+    /// CNI attachment (ready, or stopped with a DEL still to succeed)
+    /// holds its port rules.
+    pub fn new(store: Arc<Store>, runroot: &Path, cgroups: Cgroups) -> Result<Pods> {
+        let host_ports = HostPorts::default();
+        for (_, pod) in store.list::<PodRecord>(Table::Pods)? {
+            if pod.network.is_none() {
+                continue;
+            }
+            let label = pod_label(&pod.config);
+            if let Some(e) = host_ports.restore(&pod.id, &label, &forwarded_ports(&pod)) {
+                tracing::warn!(pod_id = %pod.id, error = %e, "stored pods overlap on a host port");
+            }
+        }
+        Ok(Pods {
             store,
             dir: runroot.join("pods"),
             cgroups,
             locks: KeyedLocks::default(),
-        }
+            host_ports,
+        })
     }
 
     /// Where a pod's /dev/shm is mounted (none for host IPC pods).
@@ -226,8 +244,16 @@ impl Pods {
             cgroup: None,
             init_pid: None,
         };
+        // Before CNI runs, and atomically against every other run: a port
+        // another pod forwards is refused, not given a second DNAT rule.
+        self.host_ports
+            .claim(&id, &pod_label(&pod.config), &forwarded_ports(&pod))
+            .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
         let started = std::time::Instant::now();
-        self.store.put(Table::Pods, &id, &pod)?;
+        if let Err(e) = self.store.put(Table::Pods, &id, &pod) {
+            self.host_ports.release(&id);
+            return Err(e.into());
+        }
         let mut timing = SetUpTiming::default();
         match self.set_up(&mut pod, network, &mut timing).await {
             Ok(()) => {
@@ -248,6 +274,8 @@ impl Pods {
                 if let Err(c) = self.tear_down(&mut pod, network, true, true).await {
                     tracing::error!(pod_id = %id, error = %c, "cleanup of a failed pod");
                 }
+                // The record goes, so its claim must too, even if DEL failed.
+                self.host_ports.release(&id);
                 let _ =
                     crate::monitor::client::Client::new(&crate::monitor::dir(self.runroot(), &id))
                         .call(crate::monitor::proto::request::Op::Shutdown(
@@ -460,6 +488,11 @@ impl Pods {
                 Err(e) => first = Some(e),
             }
         }
+        // Ports are held while the pod may still have port rules: until DEL
+        // succeeded.
+        if pod.network.is_none() {
+            self.host_ports.release(&pod.id);
+        }
         stop_init(pod.init_pid.take(), &self.ns_path(&pod.id, NsKind::Pid));
         let mut step = |r: Result<()>| {
             if let Err(e) = r {
@@ -659,6 +692,26 @@ fn port_protocol(p: &PortMapping) -> std::result::Result<&'static str, String> {
             p.protocol
         )),
     }
+}
+
+/// The host ports CNI forwards for a pod (those [`Pods::attachment`]
+/// passes to portmap): none for a host-network pod.
+fn forwarded_ports(pod: &PodRecord) -> Vec<HostPort> {
+    if pod.host_network {
+        return Vec::new();
+    }
+    pod.config
+        .port_mappings
+        .iter()
+        .filter(|p| check_port_mapping(p).is_ok())
+        .filter_map(HostPort::of)
+        .collect()
+}
+
+/// `namespace/name` of a pod, for messages.
+fn pod_label(c: &PodSandboxConfig) -> String {
+    let m = c.metadata.clone().unwrap_or_default();
+    format!("{}/{}", m.namespace, m.name)
 }
 
 /// The `K8S_POD_*` CNI_ARGS kubelet's runtimes pass (as cri-o and containerd).
