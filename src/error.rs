@@ -45,3 +45,29 @@ pub enum Error {
 
 /// Result of a core operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How much of a hostile string a message quotes.
+pub const SHOWN_CHARS: usize = 32;
+
+/// `s` for a message: escaped (no control character reaches a log line or
+/// a client) and quoted, cut to [`SHOWN_CHARS`] characters.
+pub fn shown(s: &str) -> String {
+    let short: String = s.chars().take(SHOWN_CHARS).collect();
+    if short.len() < s.len() {
+        format!("{short:?}…")
+    } else {
+        format!("{short:?}")
+    }
+}
+
+/// CNI arguments that would be unsafe to pass are the request's fault; every
+/// other CNI failure is the node's (a plugin, its config or its timeout).
+impl From<crate::network::cni::CniError> for Error {
+    fn from(e: crate::network::cni::CniError) -> Self {
+        use crate::network::cni::CniError;
+        match e {
+            CniError::InvalidArg { .. } => Error::InvalidArgument(e.to_string()),
+            _ => Error::Internal(e.to_string()),
+        }
+    }
+}

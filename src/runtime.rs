@@ -64,7 +64,7 @@ impl Runtime {
             cgroups.clone(),
             &config.runtime,
         );
-        let pods = Pods::new(store.clone(), &config.runroot, cgroups);
+        let pods = Pods::new(store.clone(), &config.runroot, cgroups)?;
         let storage = crate::storage::Storage::open(&config.root)
             .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
         Ok(Runtime {

@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
+use crate::error::shown;
+
 /// Errors of a CNI operation; the plugin's own message is kept.
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
@@ -27,7 +29,119 @@ pub enum CniError {
     },
     #[error("CNI config: {0}")]
     Config(String),
+    /// A `CNI_ARGS` pair that could add or change another pair; refused
+    /// before any plugin runs. Only a short, escaped prefix of the input is kept.
+    #[error("CNI_ARGS {part} of {key} {input} {reason}")]
+    InvalidArg {
+        key: String,
+        part: &'static str,
+        input: String,
+        reason: String,
+    },
+    /// More than one plugin of a chain failed (DEL keeps going after a
+    /// failure); each error in the order the plugins ran.
+    #[error("CNI {command} of network {network}: {} plugins failed: {}", .errors.len(), join(.errors))]
+    Several {
+        command: &'static str,
+        network: String,
+        errors: Vec<CniError>,
+    },
 }
+
+fn join(errors: &[CniError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The `CNI_ARGS` of a call. Plugins split the variable on `;` and `=` with
+/// no quoting (host-local, for one, takes the pod's address from `IP=`), so
+/// a pair is only accepted when it cannot add or change another: the key is
+/// ASCII letters, digits and `_`, not `IgnoreUnknown` and not repeated, and
+/// the value has no `;`, `=` or control character (NUL, newline, …).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CniArgs(Vec<(String, String)>);
+
+impl CniArgs {
+    /// Checks every pair; the first that is unsafe is the error.
+    pub fn new<K, V>(pairs: impl IntoIterator<Item = (K, V)>) -> Result<CniArgs, CniError>
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut args = CniArgs::default();
+        for (k, v) in pairs {
+            args.push(k.into(), v.into())?;
+        }
+        Ok(args)
+    }
+
+    /// The safe pairs, and why each other one was left out. For DEL of a pod
+    /// recorded before these checks existed: plugins find what to release
+    /// by container id and interface, so DEL must still run, without the
+    /// pairs that are not safe.
+    pub fn lenient<K, V>(pairs: impl IntoIterator<Item = (K, V)>) -> (CniArgs, Vec<CniError>)
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut args = CniArgs::default();
+        let mut refused = Vec::new();
+        for (k, v) in pairs {
+            if let Err(e) = args.push(k.into(), v.into()) {
+                refused.push(e);
+            }
+        }
+        (args, refused)
+    }
+
+    fn push(&mut self, key: String, value: String) -> Result<(), CniError> {
+        let refuse = |part, input: &str, reason: String| CniError::InvalidArg {
+            key: shown(&key),
+            part,
+            input: shown(input),
+            reason,
+        };
+        if key.is_empty() {
+            return Err(refuse("key", &key, "is empty".into()));
+        }
+        if let Some(c) = key
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
+        {
+            return Err(refuse("key", &key, format!("contains {c:?}")));
+        }
+        if key == IGNORE_UNKNOWN || self.0.iter().any(|(k, _)| *k == key) {
+            return Err(refuse("key", &key, "is already set".into()));
+        }
+        if let Some(c) = value
+            .chars()
+            .find(|c| matches!(c, ';' | '=') || c.is_control())
+        {
+            return Err(refuse("value", &value, format!("contains {c:?}")));
+        }
+        self.0.push((key, value));
+        Ok(())
+    }
+
+    /// The checked pairs, in the order given.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+
+    /// The variable's value: `IgnoreUnknown=1` first, so that plugins
+    /// accept the keys they do not know (as libcni's callers pass it).
+    pub fn to_env(&self) -> String {
+        std::iter::once(format!("{IGNORE_UNKNOWN}=1"))
+            .chain(self.0.iter().map(|(k, v)| format!("{k}={v}")))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+}
+
+const IGNORE_UNKNOWN: &str = "IgnoreUnknown";
 
 /// A network config ready to run: its name, version and plugin chain.
 #[derive(Debug, Clone)]
@@ -72,8 +186,8 @@ pub struct Attachment {
     /// Path of the pinned network namespace; may be gone on DEL.
     pub netns: String,
     pub ifname: String,
-    /// `K8S_POD_*` arguments.
-    pub args: Vec<(String, String)>,
+    /// `K8S_POD_*` arguments, checked when they were built.
+    pub args: CniArgs,
     /// Runtime config values by capability name (`portMappings`, `dns`, …).
     pub capabilities: serde_json::Map<String, Value>,
 }
@@ -86,7 +200,10 @@ pub struct Invoker {
 }
 
 impl Invoker {
-    /// ADD through the chain; returns the final result.
+    /// ADD through the chain; returns the final result. ADD stops at the
+    /// first failure, and the plugins before it may hold resources (an
+    /// address): the caller runs [`Invoker::del`] for the whole chain then,
+    /// as the CNI spec asks of runtimes.
     pub async fn add(&self, conf: &NetworkConf, a: &Attachment) -> Result<Value, CniError> {
         let mut prev: Option<Value> = None;
         for plugin in &conf.plugins {
@@ -112,17 +229,32 @@ impl Invoker {
         Ok(())
     }
 
-    /// DEL through the chain in reverse, with the cached ADD result.
+    /// DEL through the chain in reverse, with the cached ADD result. Every
+    /// plugin's DEL runs even when one before it failed (as libcni does), so
+    /// one broken plugin (say portmap refusing its config) cannot keep the
+    /// IPAM plugin from releasing the address; all failures are returned.
     pub async fn del(
         &self,
         conf: &NetworkConf,
         a: &Attachment,
         prev: Option<&Value>,
     ) -> Result<(), CniError> {
+        let mut errors = Vec::new();
         for plugin in conf.plugins.iter().rev() {
-            self.exec("DEL", conf, plugin, a, prev).await?;
+            if let Err(e) = self.exec("DEL", conf, plugin, a, prev).await {
+                tracing::warn!(container_id = %a.container_id, error = %e, "CNI DEL of one plugin failed; going on");
+                errors.push(e);
+            }
         }
-        Ok(())
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(CniError::Several {
+                command: "DEL",
+                network: conf.name.clone(),
+                errors,
+            }),
+        }
     }
 
     async fn exec(
@@ -164,10 +296,7 @@ impl Invoker {
                 stdin["runtimeConfig"] = Value::Object(rc);
             }
         }
-        let cni_args = std::iter::once("IgnoreUnknown=1".to_string())
-            .chain(a.args.iter().map(|(k, v)| format!("{k}={v}")))
-            .collect::<Vec<_>>()
-            .join(";");
+        let cni_args = a.args.to_env();
         let cni_path = self
             .plugin_dirs
             .iter()
@@ -274,6 +403,144 @@ mod tests {
         let r = json!({"ips": [{"address": "fd00::5/64"}, {"address": "10.88.0.5/16", "gateway": "10.88.0.1"}]});
         assert_eq!(result_ips(&r), ["10.88.0.5", "fd00::5"]);
         assert!(result_ips(&Value::Null).is_empty());
+    }
+
+    #[test]
+    fn cni_args_cannot_add_or_change_a_pair() {
+        let ok = CniArgs::new([("K8S_POD_NAME", "web-0"), ("K8S_POD_UID", "")]).unwrap();
+        assert_eq!(
+            ok.to_env(),
+            "IgnoreUnknown=1;K8S_POD_NAME=web-0;K8S_POD_UID="
+        );
+        // Spaces, '/', ':' and non-ASCII text cannot start a pair.
+        assert!(CniArgs::new([("K", "a b/c:d é")]).is_ok());
+        for value in [
+            "x;IP=10.88.250.250",
+            "IP=10.88.250.250",
+            "a\0b",
+            "a\nIP=1.2.3.4",
+            "a\rb",
+            "a\tb",
+            "a\u{7f}",
+            "a\u{85}b",
+        ] {
+            let e = CniArgs::new([("K8S_POD_NAME", "ok"), ("K8S_POD_NAMESPACE", value)])
+                .expect_err(value);
+            assert!(
+                matches!(&e, CniError::InvalidArg { part: "value", .. }),
+                "{value:?}: {e}"
+            );
+            assert!(e.to_string().contains("K8S_POD_NAMESPACE"), "{e}");
+        }
+        for key in ["", "A;B", "A=B", "A B", "A\n", "IgnoreUnknown"] {
+            assert!(CniArgs::new([(key, "v")]).is_err(), "{key:?}");
+        }
+        // A repeated key would override the first.
+        assert!(CniArgs::new([("K8S_POD_NAME", "a"), ("K8S_POD_NAME", "b")]).is_err());
+    }
+
+    #[test]
+    fn cni_args_errors_quote_a_short_escaped_prefix() {
+        let hostile = format!("x;{}\n", "A".repeat(10_000));
+        let e = CniArgs::new([("K8S_POD_NAME", hostile.as_str())]).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.len() < 120, "{msg}");
+        assert!(msg.contains("\"x;AAAA") && msg.contains("';'"), "{msg}");
+        let e = CniArgs::new([("K8S_POD_NAME", "a\nb")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"CNI_ARGS value of "K8S_POD_NAME" "a\nb" contains '\n'"#
+        );
+    }
+
+    #[test]
+    fn lenient_args_leave_out_unsafe_pairs() {
+        let (args, refused) = CniArgs::lenient([
+            ("K8S_POD_NAMESPACE", "default"),
+            ("K8S_POD_NAME", "x;IP=10.0.0.1"),
+            ("K8S_POD_UID", "u1"),
+        ]);
+        assert_eq!(
+            args.to_env(),
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_UID=u1"
+        );
+        assert_eq!(refused.len(), 1);
+    }
+
+    /// A chain of shell-script plugins in a temp dir; each logs its type and
+    /// command to `log`, and those named in `failing` then fail.
+    fn script_chain(failing: &[&str]) -> (tempfile::TempDir, Invoker, NetworkConf) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        for name in ["a", "b", "c"] {
+            let fail = if failing.contains(&name) {
+                format!("printf '{{\"code\":11,\"msg\":\"{name} broke\"}}'; exit 1")
+            } else {
+                "exit 0".into()
+            };
+            let path = dir.path().join(name);
+            let script = format!(
+                "#!/bin/sh\ncat >/dev/null\necho \"{name} $CNI_COMMAND\" >> '{}'\n{fail}\n",
+                log.display()
+            );
+            std::fs::write(&path, script).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let invoker = Invoker {
+            plugin_dirs: vec![dir.path().to_path_buf()],
+            timeout: Duration::from_secs(10),
+        };
+        let conf = NetworkConf::from_json(&json!({
+            "name": "t", "plugins": [{"type": "a"}, {"type": "b"}, {"type": "c"}]
+        }))
+        .unwrap();
+        (dir, invoker, conf)
+    }
+
+    fn attachment() -> Attachment {
+        Attachment {
+            container_id: "c1".into(),
+            netns: String::new(),
+            ifname: "eth0".into(),
+            args: CniArgs::default(),
+            capabilities: serde_json::Map::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn del_runs_every_plugin_in_reverse_and_reports_each_failure() {
+        let (dir, invoker, conf) = script_chain(&["b"]);
+        let e = invoker.del(&conf, &attachment(), None).await.unwrap_err();
+        assert!(
+            matches!(&e, CniError::Plugin { plugin, command: "DEL", .. } if plugin == "b"),
+            "{e}"
+        );
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        assert_eq!(log, "c DEL\nb DEL\na DEL\n");
+
+        let (dir, invoker, conf) = script_chain(&["c", "a"]);
+        let e = invoker.del(&conf, &attachment(), None).await.unwrap_err();
+        let CniError::Several { errors, .. } = &e else {
+            panic!("{e}");
+        };
+        assert_eq!(errors.len(), 2);
+        let msg = e.to_string();
+        assert!(msg.contains("c broke") && msg.contains("a broke"), "{msg}");
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        assert_eq!(log, "c DEL\nb DEL\na DEL\n");
+
+        let (_dir, invoker, conf) = script_chain(&[]);
+        invoker.del(&conf, &attachment(), None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn add_stops_at_the_first_failure() {
+        let (dir, invoker, conf) = script_chain(&["b"]);
+        let e = invoker.add(&conf, &attachment()).await.unwrap_err();
+        assert!(e.to_string().contains("b broke"), "{e}");
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        assert_eq!(log, "a ADD\nb ADD\n");
     }
 
     #[test]

@@ -5,22 +5,25 @@
 //! crash at any point leaves a record that Stop and Remove can clean up.
 //! Everything a pod owns on the node lives under `runroot/pods/<id>`.
 
+pub mod host_ports;
 pub mod pinns;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
+use k8s_cri::v1::{NamespaceMode, PodSandboxConfig, PortMapping, Protocol};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::cgroups::Cgroups;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, shown};
 use crate::image::KeyedLocks;
-use crate::network::cni::{Attachment, NetworkConf, result_ips};
+use crate::network::cni::{Attachment, CniArgs, NetworkConf, result_ips};
 use crate::network::{Network, Readiness};
 use crate::store::{Store, Table};
+use host_ports::{HostPort, HostPorts};
 use pinns::NsKind;
 
 /// Size of a pod's own /dev/shm (kubelet does not pass one; cri-o's default).
@@ -77,6 +80,8 @@ pub struct Pods {
     locks: KeyedLocks,
     /// ListPodSandbox's answer, kept under a client's message limit.
     listed: crate::listing::Budget,
+    /// Host ports of the pods that hold a CNI attachment.
+    host_ports: HostPorts,
 }
 
 /// A pod's share of a ListPodSandbox answer.
@@ -124,19 +129,33 @@ fn internal(e: impl std::fmt::Display) -> Error {
 }
 
 impl Pods {
-    /// Pod state lives in the store; pod files under `runroot/pods`.
-    pub fn new(store: Arc<Store>, runroot: &Path, cgroups: Cgroups) -> Pods {
+    /// Pod state lives in the store; pod files under `runroot/pods`. The
+    /// host ports held are rebuilt from the stored pods: every pod with a
+    /// CNI attachment (ready, or stopped with a DEL still to succeed)
+    /// holds its port rules.
+    pub fn new(store: Arc<Store>, runroot: &Path, cgroups: Cgroups) -> Result<Pods> {
+        let host_ports = HostPorts::default();
+        for (_, pod) in store.list::<PodRecord>(Table::Pods)? {
+            if pod.network.is_none() {
+                continue;
+            }
+            let label = pod_label(&pod.config);
+            if let Some(e) = host_ports.restore(&pod.id, &label, &forwarded_ports(&pod)) {
+                tracing::warn!(pod_id = %pod.id, error = %e, "stored pods overlap on a host port");
+            }
+        }
         let pods = Pods {
             store,
             dir: runroot.join("pods"),
             cgroups,
             locks: KeyedLocks::default(),
             listed: crate::listing::Budget::new("pod sandboxes", crate::listing::ANSWER_LIMIT),
+            host_ports,
         };
-        for p in pods.list().unwrap_or_default() {
+        for p in pods.list()? {
             pods.listed.count_existing(list_bytes(&p));
         }
-        pods
+        Ok(pods)
     }
 
     /// Where a pod's /dev/shm is mounted (none for host IPC pods).
@@ -225,6 +244,13 @@ impl Pods {
         let host_network = ns.network == NamespaceMode::Node as i32;
         let host_ipc = ns.ipc == NamespaceMode::Node as i32;
         let id = new_id(&key);
+        // Before anything exists for the pod: metadata that would forge
+        // CNI_ARGS pairs is refused here rather than after namespaces are made.
+        if !host_network {
+            CniArgs::new(k8s_pod_args(&id, &config)).map_err(|e| {
+                Error::InvalidArgument(format!("pod metadata cannot be passed to CNI: {e}"))
+            })?;
+        }
         let mut pod = PodRecord {
             id: id.clone(),
             config,
@@ -238,11 +264,20 @@ impl Pods {
             cgroup: None,
             init_pid: None,
         };
+        // Before CNI runs, and atomically against every other run: a port
+        // another pod forwards is refused, not given a second DNAT rule.
+        self.host_ports
+            .claim(&id, &pod_label(&pod.config), &forwarded_ports(&pod))
+            .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
         let started = std::time::Instant::now();
         let share = list_bytes(&pod);
-        self.listed.reserve(share)?;
+        if let Err(e) = self.listed.reserve(share) {
+            self.host_ports.release(&id);
+            return Err(e);
+        }
         if let Err(e) = self.store.put(Table::Pods, &id, &pod) {
             self.listed.release(share);
+            self.host_ports.release(&id);
             return Err(e.into());
         }
         let mut timing = SetUpTiming::default();
@@ -265,6 +300,8 @@ impl Pods {
                 if let Err(c) = self.tear_down(&mut pod, network, true, true).await {
                     tracing::error!(pod_id = %id, error = %c, "cleanup of a failed pod");
                 }
+                // The record goes, so its claim must too, even if DEL failed.
+                self.host_ports.release(&id);
                 crate::monitor::client::Client::new(&crate::monitor::dir(self.runroot(), &id))
                     .retire()
                     .await;
@@ -369,10 +406,8 @@ impl Pods {
                 result: Value::Null,
             });
             self.store.put(Table::Pods, &pod.id, pod)?;
-            let result = invoker
-                .add(&conf, &self.attachment(pod))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?;
+            let args = CniArgs::new(k8s_pod_args(&pod.id, &pod.config))?;
+            let result = invoker.add(&conf, &self.attachment(pod, args)).await?;
             timing.network = t.elapsed();
             pod.ips = result_ips(&result);
             pod.network = Some(NetworkAttachment {
@@ -387,21 +422,26 @@ impl Pods {
         Ok(())
     }
 
-    fn attachment(&self, pod: &PodRecord) -> Attachment {
-        let m = pod.config.metadata.clone().unwrap_or_default();
+    /// What a CNI call for `pod` passes, with its checked `CNI_ARGS`.
+    fn attachment(&self, pod: &PodRecord, args: CniArgs) -> Attachment {
         let mut capabilities = serde_json::Map::new();
+        // Only mappings with a host port are forwarded. Run checked them
+        // all; an invalid one of an older record is left out, so that it
+        // cannot make every DEL fail.
         let ports: Vec<Value> = pod
             .config
             .port_mappings
             .iter()
             .filter(|p| p.host_port > 0)
-            .map(|p| {
-                json!({
+            .filter_map(|p| {
+                let protocol = port_protocol(p).ok()?;
+                check_port_mapping(p).ok()?;
+                Some(json!({
                     "hostPort": p.host_port,
                     "containerPort": p.container_port,
-                    "protocol": match p.protocol { 1 => "udp", 2 => "sctp", _ => "tcp" },
+                    "protocol": protocol,
                     "hostIP": p.host_ip,
-                })
+                }))
             })
             .collect();
         if !ports.is_empty() {
@@ -429,12 +469,7 @@ impl Pods {
                 String::new()
             },
             ifname: "eth0".into(),
-            args: vec![
-                ("K8S_POD_NAMESPACE".into(), m.namespace),
-                ("K8S_POD_NAME".into(), m.name),
-                ("K8S_POD_INFRA_CONTAINER_ID".into(), pod.id.clone()),
-                ("K8S_POD_UID".into(), m.uid),
-            ],
+            args,
             capabilities,
         }
     }
@@ -455,11 +490,17 @@ impl Pods {
         if let Some(att) = pod.network.clone() {
             let invoker = network.invoker();
             let prev = (!att.result.is_null()).then_some(&att.result);
+            // A pod recorded before CNI_ARGS were checked still gets its DEL,
+            // without the pairs that are not safe to pass.
+            let (args, refused) = CniArgs::lenient(k8s_pod_args(&pod.id, &pod.config));
+            for e in refused {
+                tracing::warn!(pod_id = %pod.id, error = %e, "CNI DEL without an unsafe argument");
+            }
             let deleted = match NetworkConf::from_json(&att.conf) {
                 Ok(conf) => invoker
-                    .del(&conf, &self.attachment(pod), prev)
+                    .del(&conf, &self.attachment(pod, args), prev)
                     .await
-                    .map_err(|e| Error::Internal(e.to_string())),
+                    .map_err(Error::from),
                 Err(e) => Err(internal(e)),
             };
             match deleted {
@@ -470,6 +511,11 @@ impl Pods {
                 Err(e) if !force => return Err(e),
                 Err(e) => first = Some(e),
             }
+        }
+        // Ports are held while the pod may still have port rules: until DEL
+        // succeeded.
+        if pod.network.is_none() {
+            self.host_ports.release(&pod.id);
         }
         stop_init(pod.init_pid.take(), &self.ns_path(&pod.id, NsKind::Pid));
         let mut step = |r: Result<()>| {
@@ -508,12 +554,16 @@ impl Pods {
             Ok(c) => c,
             Err(e) => return Some(Err(internal(e))),
         };
+        let args = match CniArgs::new(k8s_pod_args(&pod.id, &pod.config)) {
+            Ok(a) => a,
+            Err(e) => return Some(Err(e.into())),
+        };
         Some(
             network
                 .invoker()
-                .check(&conf, &self.attachment(pod), &att.result)
+                .check(&conf, &self.attachment(pod, args), &att.result)
                 .await
-                .map_err(|e| Error::Internal(e.to_string())),
+                .map_err(Error::from),
         )
     }
 
@@ -588,7 +638,81 @@ fn validate(c: &PodSandboxConfig) -> Result<()> {
             )));
         }
     }
+    for (i, p) in c.port_mappings.iter().enumerate() {
+        check_port_mapping(p)
+            .map_err(|why| Error::InvalidArgument(format!("port mapping {i}: {why}")))?;
+    }
     Ok(())
+}
+
+/// Why a port mapping cannot be passed to portmap, which refuses a port out
+/// of range on ADD and again on DEL: refused before CNI runs, it can leave
+/// nothing (an address, a rule) behind.
+fn check_port_mapping(p: &PortMapping) -> std::result::Result<(), String> {
+    if !(1..=65535).contains(&p.container_port) {
+        return Err(format!(
+            "container port {} is not in 1-65535",
+            p.container_port
+        ));
+    }
+    if !(0..=65535).contains(&p.host_port) {
+        return Err(format!(
+            "host port {} is not in 0-65535 (0: none)",
+            p.host_port
+        ));
+    }
+    port_protocol(p)?;
+    if !p.host_ip.is_empty() && p.host_ip.parse::<IpAddr>().is_err() {
+        return Err(format!(
+            "host IP {} is not an IP address",
+            shown(&p.host_ip)
+        ));
+    }
+    Ok(())
+}
+
+/// A port mapping's protocol as portmap names it.
+fn port_protocol(p: &PortMapping) -> std::result::Result<&'static str, String> {
+    match Protocol::try_from(p.protocol) {
+        Ok(Protocol::Tcp) => Ok("tcp"),
+        Ok(Protocol::Udp) => Ok("udp"),
+        Ok(Protocol::Sctp) => Ok("sctp"),
+        Err(_) => Err(format!(
+            "protocol {} is not TCP (0), UDP (1) or SCTP (2)",
+            p.protocol
+        )),
+    }
+}
+
+/// The host ports CNI forwards for a pod (those [`Pods::attachment`]
+/// passes to portmap): none for a host-network pod.
+fn forwarded_ports(pod: &PodRecord) -> Vec<HostPort> {
+    if pod.host_network {
+        return Vec::new();
+    }
+    pod.config
+        .port_mappings
+        .iter()
+        .filter(|p| check_port_mapping(p).is_ok())
+        .filter_map(HostPort::of)
+        .collect()
+}
+
+/// `namespace/name` of a pod, for messages.
+fn pod_label(c: &PodSandboxConfig) -> String {
+    let m = c.metadata.clone().unwrap_or_default();
+    format!("{}/{}", m.namespace, m.name)
+}
+
+/// The `K8S_POD_*` CNI_ARGS kubelet's runtimes pass (as cri-o and containerd).
+fn k8s_pod_args(id: &str, c: &PodSandboxConfig) -> [(&'static str, String); 4] {
+    let m = c.metadata.clone().unwrap_or_default();
+    [
+        ("K8S_POD_NAMESPACE", m.namespace),
+        ("K8S_POD_NAME", m.name),
+        ("K8S_POD_INFRA_CONTAINER_ID", id.to_string()),
+        ("K8S_POD_UID", m.uid),
+    ]
 }
 
 /// The pod's hostname: the requested one, else the pod name (kubelet's rule).
@@ -872,5 +996,53 @@ mod tests {
             ..Default::default()
         });
         assert!(matches!(validate(&c), Err(Error::InvalidArgument(_))));
+    }
+
+    fn mapping(container_port: i32, host_port: i32, protocol: i32, host_ip: &str) -> PortMapping {
+        PortMapping {
+            protocol,
+            container_port,
+            host_port,
+            host_ip: host_ip.into(),
+        }
+    }
+
+    #[test]
+    fn port_mappings_are_checked() {
+        let with = |p: PortMapping| {
+            let mut c = cfg();
+            c.port_mappings = vec![mapping(80, 8080, 0, ""), p];
+            validate(&c)
+        };
+        for good in [
+            mapping(1, 0, 0, ""),
+            mapping(65535, 65535, 1, "127.0.0.1"),
+            mapping(53, 5353, 2, "::1"),
+        ] {
+            assert!(with(good.clone()).is_ok(), "{good:?}");
+        }
+        for bad in [
+            mapping(0, 8081, 0, ""),
+            mapping(-1, 8081, 0, ""),
+            mapping(65536, 8081, 0, ""),
+            mapping(80, -1, 0, ""),
+            mapping(80, 65536, 0, ""),
+            mapping(80, 8081, 3, ""),
+            mapping(80, 8081, -1, ""),
+            mapping(80, 8081, 0, "localhost"),
+            mapping(80, 8081, 0, "10.0.0.1;x"),
+        ] {
+            match with(bad.clone()) {
+                Err(Error::InvalidArgument(m)) => {
+                    assert!(m.starts_with("port mapping 1: "), "{m}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let hostile = format!("{}\n", "9".repeat(5000));
+        let Err(Error::InvalidArgument(m)) = with(mapping(80, 8081, 0, &hostile)) else {
+            panic!("accepted");
+        };
+        assert!(m.len() < 100 && !m.contains('\n'), "{m}");
     }
 }

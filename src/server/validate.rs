@@ -8,6 +8,8 @@
 use k8s_cri::v1::*;
 use tonic::Status;
 
+use crate::error::shown as quote;
+
 /// Sizes and counts a request may not exceed.
 pub mod limits {
     /// Pod and container names, namespaces, uids (a DNS subdomain).
@@ -36,19 +38,6 @@ pub mod limits {
     /// A container or pod id as clients send it (crius's are 64 hex digits,
     /// prefixes allowed; critest asks for unknown ids as UUIDs).
     pub const ID: usize = 128;
-}
-
-/// At most a short, escaped prefix of client input, for messages.
-pub fn quote(s: &str) -> String {
-    const MAX: usize = 64;
-    if s.len() <= MAX {
-        return format!("{s:?}");
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{:?}… ({} bytes)", &s[..end], s.len())
 }
 
 fn bad(msg: impl Into<String>) -> Status {
