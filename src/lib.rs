@@ -23,3 +23,4 @@ pub mod server;
 pub mod storage;
 pub mod store;
 pub mod streaming;
+pub mod sync;

@@ -87,6 +87,7 @@ impl Runtime {
             Err(crate::error::Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
+        let _pod = self.pods.exclusive(&pod.id).await;
         self.containers.stop_pod(&self.pods, &pod.id).await?;
         self.pods.stop(&pod.id, &self.network).await
     }
@@ -98,6 +99,7 @@ impl Runtime {
             Err(crate::error::Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
+        let _pod = self.pods.exclusive(&pod.id).await;
         self.containers
             .remove_pod(&self.pods, &self.storage, &pod.id)
             .await?;

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroups::Cgroups;
 use crate::error::{Error, Result};
-use crate::image::{Images, KeyedLocks};
+use crate::image::Images;
 use crate::monitor::client::{Client, MonitorError};
 use crate::monitor::proto::{self, request::Op};
 use crate::monitor::{ExitRecord, files};
@@ -30,6 +30,7 @@ use crate::sandbox::pinns::NsKind;
 use crate::sandbox::{PodRecord, PodState, Pods};
 use crate::storage::Storage;
 use crate::store::{Store, Table};
+use crate::sync::KeyedLocks;
 
 /// One container, stored in the `containers` table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -331,6 +332,11 @@ impl Containers {
     ) -> Result<String> {
         let (name, attempt) = container_name(&config)?;
         let pod = pods.get(pod_id)?;
+        // A pod's stop or removal waits for creates under way, and a create
+        // that comes after finds the pod gone or not ready: never a
+        // container in a pod whose namespaces are being torn down.
+        let _pod = pods.shared(&pod.id).await;
+        let pod = pods.get(&pod.id)?;
         if pod.state != PodState::Ready {
             return Err(Error::FailedPrecondition(format!(
                 "pod sandbox {} is not ready",
@@ -699,7 +705,10 @@ impl Containers {
 
     /// Starts a created container.
     pub async fn start(&self, pods: &Pods, id: &str) -> Result<()> {
-        let mut c = self.get(id)?;
+        let c = self.get(id)?;
+        // Ordered against the pod's stop and removal (see `create`).
+        let _pod = pods.shared(&c.pod_id).await;
+        let mut c = self.get(&c.id)?;
         let _one = self.locks.lock(&c.id).await;
         let st = self.run_state(&c);
         if st.state != ContainerState::ContainerCreated {
@@ -718,10 +727,12 @@ impl Containers {
                 Ok(())
             }
             Err(e) => {
-                let msg = e.to_string();
-                c.start_error = Some(msg.clone());
+                c.start_error = Some(e.to_string());
                 self.store.put(Table::Containers, &c.id, &c)?;
-                Err(Error::Internal(format!("starting container: {msg}")))
+                Err(match monitor_err(e) {
+                    Error::Internal(m) => Error::Internal(format!("starting container: {m}")),
+                    other => other,
+                })
             }
         }
     }

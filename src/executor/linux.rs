@@ -243,7 +243,9 @@ impl Embedded {
             report::read_reports(&ours, &mut report, |r| r.pid.is_some() || r.error.is_some());
         let status = reap(mid);
         got?;
-        match (report.pid, report.error.take()) {
+        // A fast child's error can come in the same read as the pid: it
+        // stays in the report for the caller.
+        match (report.pid, report.error.clone()) {
             (Some(pid), _) => Ok((pid, ours, report)),
             (None, Some((kind, e))) => Err(ExecutorError::reported(kind, e)),
             (None, None) => Err(ExecutorError::Child(format!(

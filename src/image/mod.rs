@@ -14,15 +14,15 @@ pub mod registries;
 pub mod registry;
 pub mod unpack;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::ImageConfig as Settings;
 use crate::error::{Error, Result};
 use crate::store::{Store, Table};
+use crate::sync::KeyedLocks;
 use content::ContentStore;
 use record::ImageRecord;
 use reference::Reference;
@@ -269,48 +269,6 @@ fn remove_unfinished_layers(layers_dir: &Path) {
             if e.file_name().to_string_lossy().starts_with("tmp-") {
                 remove_tree(&e.path());
             }
-        }
-    }
-}
-
-/// Async mutexes by key, created on demand and dropped when unused.
-#[derive(Default)]
-pub struct KeyedLocks {
-    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl KeyedLocks {
-    /// Waits for the lock on `key`.
-    pub async fn lock(&self, key: &str) -> KeyGuard<'_> {
-        let m = {
-            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(key.to_string()).or_default().clone()
-        };
-        let guard = m.clone().lock_owned().await;
-        KeyGuard {
-            locks: self,
-            key: key.to_string(),
-            _guard: Some(guard),
-            mutex: m,
-        }
-    }
-}
-
-/// Holds a [`KeyedLocks`] entry.
-pub struct KeyGuard<'a> {
-    locks: &'a KeyedLocks,
-    key: String,
-    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-    mutex: Arc<tokio::sync::Mutex<()>>,
-}
-
-impl Drop for KeyGuard<'_> {
-    fn drop(&mut self) {
-        self._guard = None;
-        let mut map = self.locks.map.lock().unwrap_or_else(|p| p.into_inner());
-        // Only the map and this guard hold it: nobody waits, drop the entry.
-        if Arc::strong_count(&self.mutex) <= 2 {
-            map.remove(&self.key);
         }
     }
 }

@@ -19,10 +19,10 @@ use serde_json::{Value, json};
 
 use crate::cgroups::Cgroups;
 use crate::error::{Error, Result, shown};
-use crate::image::KeyedLocks;
 use crate::network::cni::{Attachment, CniArgs, NetworkConf, result_ips};
 use crate::network::{Network, Readiness};
 use crate::store::{Store, Table};
+use crate::sync::KeyedLocks;
 use host_ports::{HostPort, HostPorts};
 use pinns::NsKind;
 
@@ -82,6 +82,9 @@ pub struct Pods {
     listed: crate::listing::Budget,
     /// Host ports of the pods that hold a CNI attachment.
     host_ports: HostPorts,
+    /// Per pod: container creates and starts hold it shared, the pod's stop
+    /// and removal exclusive.
+    gates: crate::sync::KeyedRwLocks,
 }
 
 /// A pod's share of a ListPodSandbox answer.
@@ -151,11 +154,22 @@ impl Pods {
             locks: KeyedLocks::default(),
             listed: crate::listing::Budget::new("pod sandboxes", crate::listing::ANSWER_LIMIT),
             host_ports,
+            gates: Default::default(),
         };
         for p in pods.list()? {
             pods.listed.count_existing(list_bytes(&p));
         }
         Ok(pods)
+    }
+
+    /// A shared hold on pod `id`: its stop and removal wait for it.
+    pub async fn shared(&self, id: &str) -> crate::sync::RwKeyGuard<'_> {
+        self.gates.read(id).await
+    }
+
+    /// The exclusive hold on pod `id`, for its stop and removal.
+    pub async fn exclusive(&self, id: &str) -> crate::sync::RwKeyGuard<'_> {
+        self.gates.write(id).await
     }
 
     /// Where a pod's /dev/shm is mounted (none for host IPC pods).

@@ -33,6 +33,7 @@ pub struct DaemonBuilder {
     env: Vec<(String, String)>,
     args: Vec<String>,
     runroot_tmpfs: bool,
+    wrap: Option<String>,
 }
 
 impl DaemonBuilder {
@@ -74,6 +75,13 @@ impl DaemonBuilder {
         self
     }
 
+    /// Starts the daemon through `bash -c script sh crius ARGS...`: the
+    /// script sets the daemon's surroundings up and ends with `exec "$@"`.
+    pub fn wrap(mut self, script: &str) -> Self {
+        self.wrap = Some(script.into());
+        self
+    }
+
     /// Starts the daemon and waits until its socket answers.
     pub fn start(self) -> Daemon {
         let dir = tempfile::Builder::new()
@@ -100,6 +108,7 @@ impl DaemonBuilder {
             paths,
             env: self.env,
             args: self.args,
+            wrap: self.wrap,
             _dir: dir,
         };
         d.restart();
@@ -139,6 +148,7 @@ pub struct Daemon {
     pub paths: Paths,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    wrap: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -154,7 +164,14 @@ impl Daemon {
 
     /// The command line this daemon runs with, for starting a second copy.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(CRIUS);
+        let mut cmd = match &self.wrap {
+            Some(script) => {
+                let mut c = Command::new("/bin/bash");
+                c.arg("-c").arg(script).arg("sh").arg(CRIUS);
+                c
+            }
+            None => Command::new(CRIUS),
+        };
         cmd.arg("--config")
             .arg(&self.paths.config)
             .arg("--root")

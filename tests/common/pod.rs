@@ -40,6 +40,11 @@ pub async fn env_built(
     build: impl FnOnce(DaemonBuilder) -> DaemonBuilder,
 ) -> Env {
     let d = build(Daemon::builder().registries(&testenv().registries_conf())).start();
+    env_on(d, name, pid).await
+}
+
+/// [`env`] on a daemon already started (with the test registry configured).
+pub async fn env_on(d: Daemon, name: &str, pid: NamespaceMode) -> Env {
     let image = testenv().image("busybox:latest");
     let mut images = d.images().await;
     images
