@@ -270,3 +270,233 @@ async fn accept_failures_back_off_instead_of_spinning() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 404"));
     assert!(d.logs().contains("streaming server accepting again"));
 }
+
+/// Whether `ps` in the container lists `needle`.
+async fn running_in(rt: &mut Runtime, id: &str, needle: &str) -> bool {
+    let r = rt
+        .exec_sync(k8s_cri::v1::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), "ps -o args".into()],
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    String::from_utf8_lossy(&r.stdout).contains(needle)
+}
+
+/// Reads until stdout (channel 1) has carried `needle`; false if the
+/// session ends or `limit` passes first.
+async fn echoed(ws: &mut Ws, needle: &str, limit: Duration) -> bool {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        match m {
+            Message::Binary(b) if b.first() == Some(&1) => out.extend_from_slice(&b[1..]),
+            Message::Close(_) => return false,
+            _ => {}
+        }
+        if String::from_utf8_lossy(&out).contains(needle) {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn idle_websocket_sessions_are_closed_busy_ones_are_not() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let d = daemon_with("[streaming]\nidle_timeout = 2");
+    let (mut rt, id) = running_container(&d).await;
+    let quiet_url = exec_url(&mut rt, &id, &["/bin/sh", "-c", "sleep 4242"], false).await;
+    let busy_url = exec_url(&mut rt, &id, &["/bin/cat"], true).await;
+    let (mut quiet, _) = connect(&quiet_url, "v5.channel.k8s.io").await.unwrap();
+    let (mut busy, _) = connect(&busy_url, "v5.channel.k8s.io").await.unwrap();
+    let t0 = Instant::now();
+    let quiet_side = async {
+        let (_, _, status) = collect(&mut quiet, false).await;
+        (t0.elapsed(), status)
+    };
+    let busy_side = async {
+        // A line every 500 ms for 5 s (2.5 timeouts), each echoed back.
+        for i in 0..10 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let line = format!("tick {i}\n");
+            busy.send(Message::Binary(
+                [&[0u8][..], line.as_bytes()].concat().into(),
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("busy session closed at {:?}: {e}", t0.elapsed()));
+            assert!(
+                echoed(&mut busy, &line, Duration::from_secs(2)).await,
+                "busy session ended at {:?}",
+                t0.elapsed()
+            );
+        }
+        let busy_for = t0.elapsed();
+        let silent = Instant::now();
+        let (_, _, status) = collect(&mut busy, false).await;
+        (busy_for, silent.elapsed(), status)
+    };
+    let ((quiet_after, quiet_status), (busy_for, busy_silent, busy_status)) =
+        tokio::join!(quiet_side, busy_side);
+    let near_timeout = |t: Duration| t > Duration::from_millis(1500) && t < Duration::from_secs(6);
+    assert!(
+        near_timeout(quiet_after),
+        "quiet session closed after {quiet_after:?}"
+    );
+    assert!(quiet_status.contains("idle timeout"), "{quiet_status}");
+    assert!(busy_for > Duration::from_secs(5));
+    assert!(
+        near_timeout(busy_silent),
+        "busy session, then silent: {busy_silent:?}"
+    );
+    assert!(busy_status.contains("idle timeout"), "{busy_status}");
+    // Closing the session ended its process, as a client hang-up does.
+    wait_for("the idle exec to be killed", Duration::from_secs(5), || {
+        let (mut rt, id) = (rt.clone(), id.clone());
+        async move { (!running_in(&mut rt, &id, "sleep 4242").await).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn idle_spdy_sessions_get_goaway_and_are_closed() {
+    use crius::streaming::spdy::Frame;
+    let d = daemon_with("[streaming]\nidle_timeout = 2");
+    let (mut rt, id) = running_container(&d).await;
+    let url = exec_url(&mut rt, &id, &["/bin/sh", "-c", "sleep 4343"], false).await;
+    let (mut c, _) = spdy_client::connect(&url, &["v4.channel.k8s.io"]).await;
+    c.open(1, "error").await;
+    c.open(3, "stdout").await;
+    c.open(5, "stderr").await;
+    let t0 = Instant::now();
+    let mut goaway = None;
+    loop {
+        let f = tokio::time::timeout(Duration::from_secs(8), c.next())
+            .await
+            .unwrap_or_else(|_| panic!("session still open after {:?}", t0.elapsed()));
+        match f {
+            Some(Frame::GoAway { .. }) => goaway = Some(t0.elapsed()),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let at = goaway.expect("GOAWAY before the connection closed");
+    assert!(
+        at > Duration::from_millis(1500) && at < Duration::from_secs(6),
+        "GOAWAY after {at:?}, timeout 2 s"
+    );
+    wait_for("the idle exec to be killed", Duration::from_secs(5), || {
+        let (mut rt, id) = (rt.clone(), id.clone());
+        async move { (!running_in(&mut rt, &id, "sleep 4343").await).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn idle_spdy_in_websocket_tunnels_are_closed() {
+    use crius::streaming::spdy::{Decoder, Frame};
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let d = daemon_with("[streaming]\nidle_timeout = 2");
+    let (mut rt, _) = running_container(&d).await;
+    let pod = rt
+        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items[0]
+        .id
+        .clone();
+    let url = rt
+        .port_forward(k8s_cri::v1::PortForwardRequest {
+            pod_sandbox_id: pod,
+            port: vec![7777],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    // crictl --transport websocket: SPDY frames inside binary messages.
+    let (mut ws, proto) = connect(&url, "SPDY/3.1+portforward.k8s.io").await.unwrap();
+    assert_eq!(proto, "SPDY/3.1+portforward.k8s.io");
+    let t0 = Instant::now();
+    let (mut dec, mut buf) = (Decoder::new(), bytes::BytesMut::new());
+    let mut goaway = None;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(8), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("tunnel still open after {:?}", t0.elapsed()));
+        match m {
+            Some(Ok(Message::Binary(b))) => {
+                buf.extend_from_slice(&b);
+                while let Some(f) = dec.decode(&mut buf).unwrap() {
+                    if matches!(f, Frame::GoAway { .. }) {
+                        goaway = Some(t0.elapsed());
+                    }
+                }
+            }
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    let at = goaway.expect("GOAWAY through the tunnel before it closed");
+    assert!(
+        at > Duration::from_millis(1500) && at < Duration::from_secs(6),
+        "GOAWAY after {at:?}, timeout 2 s"
+    );
+}
+
+#[tokio::test]
+async fn idle_websocket_port_forwards_are_closed() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let d = daemon_with("[streaming]\nidle_timeout = 2");
+    let (mut rt, _) = running_container(&d).await;
+    let pod = rt
+        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items[0]
+        .id
+        .clone();
+    // The pod shares the host's network: a listener here is its localhost.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url = rt
+        .port_forward(k8s_cri::v1::PortForwardRequest {
+            pod_sandbox_id: pod,
+            port: vec![i32::from(port)],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let (mut ws, _) = connect(&url, "v4.channel.k8s.io").await.unwrap();
+    let (_held, _) = listener.accept().await.unwrap();
+    let t0 = Instant::now();
+    let close = loop {
+        let m = tokio::time::timeout(Duration::from_secs(8), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("port-forward still open after {:?}", t0.elapsed()));
+        match m {
+            Some(Ok(Message::Close(c))) => break c,
+            Some(Ok(_)) => {}
+            other => panic!("ended without Close: {other:?}"),
+        }
+    };
+    let at = t0.elapsed();
+    assert!(
+        at > Duration::from_millis(1500) && at < Duration::from_secs(6),
+        "closed after {at:?}, timeout 2 s"
+    );
+    assert_eq!(
+        close.map(|c| c.reason.to_string()).as_deref(),
+        Some("idle timeout")
+    );
+}

@@ -4,6 +4,7 @@
 //! process. Wire details: `../shared/docs/streaming-protocol.md`.
 
 pub mod backoff;
+pub mod idle;
 pub mod portforward;
 pub mod remotecommand;
 pub mod server;

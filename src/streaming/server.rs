@@ -3,8 +3,9 @@
 //!
 //! Nothing a client does may hold the daemon's resources for long: the
 //! request head (and TLS handshake) must arrive within
-//! `header_read_timeout`, at most `max_connections` connections exist at
-//! once (sessions included), and a failing `accept` backs off.
+//! `header_read_timeout`, a session ends after `idle_timeout` without
+//! traffic, at most `max_connections` connections exist at once (sessions
+//! included), and a failing `accept` backs off.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -68,6 +69,8 @@ pub struct Limits {
     /// From accept to a complete request head, TLS handshake included;
     /// also how long a kept-alive connection may wait for its next request.
     pub header_read_timeout: Duration,
+    /// How long an upgraded session may go without traffic either way.
+    pub idle_timeout: Duration,
     /// Connections at once, upgraded sessions included.
     pub max_connections: usize,
 }
@@ -76,6 +79,7 @@ impl Limits {
     pub fn from_config(c: &StreamingConfig) -> Limits {
         Limits {
             header_read_timeout: Duration::from_secs(c.header_read_timeout),
+            idle_timeout: Duration::from_secs(c.idle_timeout),
             max_connections: c.max_connections,
         }
     }
@@ -86,6 +90,7 @@ impl Limits {
 #[derive(Clone)]
 struct Conn {
     rt: Arc<Runtime>,
+    idle_timeout: Duration,
     /// Its place under `max_connections`: released when the connection and
     /// any session it upgraded to have both ended.
     slot: Arc<OwnedSemaphorePermit>,
@@ -154,6 +159,7 @@ pub async fn serve(
         }
         let conn = Conn {
             rt: rt.clone(),
+            idle_timeout: limits.idle_timeout,
             slot: Arc::new(slot),
         };
         tokio::spawn(connection(
@@ -307,7 +313,7 @@ fn spdy_tunnel(req: Request<Incoming>, conn: Conn, pending: Pending, key: &str) 
     use futures::{SinkExt, StreamExt};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_tungstenite::tungstenite::Message;
-    let rt = conn.rt.clone();
+    let (rt, idle) = (conn.rt.clone(), conn.idle_timeout);
     conn.spawn_session(async move {
         let Some(ws) = upgraded_websocket(req).await else {
             return;
@@ -339,13 +345,20 @@ fn spdy_tunnel(req: Request<Incoming>, conn: Conn, pending: Pending, key: &str) 
             }
             let _ = ws_tx.close().await;
         };
-        let session = super::spdy::Session::new(session_io, Bytes::new());
         tracing::info!("port-forward session (SPDY in WebSocket)");
-        tokio::join!(
-            super::spdy_serve::serve(session, rt, pending, "portforward.k8s.io"),
-            inbound,
-            outbound
-        );
+        let mut pumps = tokio::spawn(async move {
+            tokio::join!(inbound, outbound);
+        });
+        // The SPDY session's idle timer sees the tunnel's payload traffic.
+        super::spdy_serve::serve(session_io, rt, pending, "portforward.k8s.io", idle).await;
+        // Its end (GOAWAY, EOF) reaches the client through the tunnel; a
+        // client that neither reads it nor answers the Close is cut off.
+        if tokio::time::timeout(websocket::CLOSE_GRACE, &mut pumps)
+            .await
+            .is_err()
+        {
+            pumps.abort();
+        }
     });
     websocket_accepted(key, SPDY_TUNNEL)
 }
@@ -377,14 +390,14 @@ fn spdy_upgrade(req: Request<Incoming>, conn: Conn, pending: Pending) -> Reply {
         );
     }
     tracing::info!(protocol, route = pending.route(), "SPDY session");
-    let rt = conn.rt.clone();
+    let (rt, idle) = (conn.rt.clone(), conn.idle_timeout);
     conn.spawn_session(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 // hyper hands back bytes it read past the request as part
                 // of the upgraded stream.
-                let session = super::spdy::Session::new(TokioIo::new(upgraded), Bytes::new());
-                super::spdy_serve::serve(session, rt, pending, protocol).await;
+                let io = TokioIo::new(upgraded);
+                super::spdy_serve::serve(io, rt, pending, protocol, idle).await;
             }
             Err(e) => tracing::warn!(error = %e, "SPDY upgrade"),
         }
@@ -427,7 +440,7 @@ fn websocket_upgrade(req: Request<Incoming>, conn: Conn, pending: Pending) -> Re
     } else {
         3
     };
-    let rt = conn.rt.clone();
+    let (rt, idle) = (conn.rt.clone(), conn.idle_timeout);
     conn.spawn_session(async move {
         let Some(ws) = upgraded_websocket(req).await else {
             return;
@@ -454,13 +467,14 @@ fn websocket_upgrade(req: Request<Incoming>, conn: Conn, pending: Pending) -> Re
                     rt.clone(),
                     pf.pod_sandbox_id.clone(),
                     ports,
+                    idle,
                 )
                 .await;
                 return;
             }
         };
         match started {
-            Ok(process) => websocket::serve_exec(ws, proto, process, first).await,
+            Ok(process) => websocket::serve_exec(ws, proto, process, first, idle).await,
             Err(e) => websocket::fail(ws, proto, &e).await,
         }
     });
