@@ -76,6 +76,7 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The limits `[streaming]` sets (validated positive at load).
     pub fn from_config(c: &StreamingConfig) -> Limits {
         Limits {
             header_read_timeout: Duration::from_secs(c.header_read_timeout),
@@ -131,7 +132,8 @@ pub async fn serve(
                 continue;
             }
             Err(e) => {
-                // Once per step: at most ~10 lines for a long shortage.
+                // One line per pause: nine in the first 1.3 s of a
+                // shortage, then one a second while it lasts.
                 let pause = backoff.next_pause();
                 tracing::warn!(error = %e, retry_in = ?pause, "streaming server cannot accept");
                 tokio::time::sleep(pause).await;
@@ -215,9 +217,8 @@ async fn connection(
 /// HTTP/1.1 on `io` with hyper's header-read timeout running to
 /// `deadline`; hyper restarts it whenever a kept-alive connection waits
 /// for its next request, so an idle connection is closed as surely as a
-/// half-sent one. A request body the
-/// handler leaves unread is not waited for: hyper closes the connection
-/// instead of draining it.
+/// half-sent one. A request body the handler leaves unread is not waited
+/// for: hyper drains what is already buffered, else closes.
 async fn http<S>(io: S, deadline: Instant, conn: Conn) -> Result<(), hyper::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
