@@ -102,7 +102,24 @@ pub struct StreamingConfig {
     /// http/1.1 only: upgrades need HTTP/1.1).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Seconds a connection has, from accept, to finish its TLS handshake
+    /// and send a complete request head; then it is closed.
+    pub header_read_timeout: u64,
+    /// Seconds an upgraded session (exec, attach, port-forward) may pass
+    /// with no traffic in either direction before it is closed (kubelet's
+    /// `--streaming-connection-idle-timeout`).
+    pub idle_timeout: u64,
+    /// Connections open at once, upgraded sessions included; connections
+    /// beyond it are closed as soon as they are accepted.
+    pub max_connections: usize,
 }
+
+/// Upper bound of the streaming timeouts (a year): larger values would
+/// overflow deadline arithmetic and mean "never" anyway.
+pub const MAX_STREAMING_TIMEOUT: u64 = 365 * 24 * 3600;
+/// Upper bound of `streaming.max_connections`: the kernel's default
+/// `fs.nr_open`, so no process could hold more descriptors.
+pub const MAX_STREAMING_CONNECTIONS: usize = 1 << 20;
 
 /// Container runtime settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +187,19 @@ impl Default for StreamingConfig {
             port: 0,
             tls_cert: None,
             tls_key: None,
+            // A client sends its upgrade request right after connecting
+            // (and the TLS handshake); 5 s covers a slow link with a wide
+            // margin while an idle or half-sent connection is gone quickly.
+            header_read_timeout: 5,
+            // kubelet's default streaming idle timeout (4 h): an
+            // interactive shell may sit quietly for a long time.
+            idle_timeout: 4 * 3600,
+            // Far above interactive use (one connection per kubectl
+            // exec/attach/port-forward), low enough that connections and
+            // their sessions (up to ~5 descriptors each: socket, pipes or a
+            // terminal, the monitor's socket) fit in the common 1024 soft
+            // descriptor limit next to the CRI server.
+            max_connections: 128,
         }
     }
 }
@@ -290,6 +320,23 @@ impl Config {
                     .into(),
             ));
         }
+        let st = &self.streaming;
+        for (key, secs) in [
+            ("streaming.header_read_timeout", st.header_read_timeout),
+            ("streaming.idle_timeout", st.idle_timeout),
+        ] {
+            if !(1..=MAX_STREAMING_TIMEOUT).contains(&secs) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be between 1 and {MAX_STREAMING_TIMEOUT} seconds, got {secs}"
+                )));
+            }
+        }
+        if !(1..=MAX_STREAMING_CONNECTIONS).contains(&st.max_connections) {
+            return Err(ConfigError::Invalid(format!(
+                "streaming.max_connections must be between 1 and {MAX_STREAMING_CONNECTIONS}, got {}",
+                st.max_connections
+            )));
+        }
         if self.network.plugin_dirs.is_empty() {
             return Err(ConfigError::Invalid(
                 "network.plugin_dirs must name at least one directory".into(),
@@ -397,6 +444,26 @@ impl Config {
             self.streaming.tls_cert.as_deref().and_then(s),
         );
         line("", "tls_key", self.streaming.tls_key.as_deref().and_then(s));
+        line(
+            "Seconds a connection has to finish its TLS handshake and send a complete\n\
+             request head; then it is closed.",
+            "header_read_timeout",
+            Some(toml::Value::Integer(
+                self.streaming.header_read_timeout as i64,
+            )),
+        );
+        line(
+            "Seconds an exec/attach/port-forward session may pass with no traffic in\n\
+             either direction before it is closed (kubelet's stream idle timeout).",
+            "idle_timeout",
+            Some(toml::Value::Integer(self.streaming.idle_timeout as i64)),
+        );
+        line(
+            "Streaming connections open at once, sessions included; more are closed\n\
+             as soon as they are accepted.",
+            "max_connections",
+            Some(toml::Value::Integer(self.streaming.max_connections as i64)),
+        );
         line("", "[runtime]", None);
         line(
             "cgroupfs or systemd; must match kubelet's --cgroup-driver.",
@@ -572,6 +639,38 @@ mod tests {
     }
 
     #[test]
+    fn streaming_limits_must_be_positive_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, key) in [
+            ("header_read_timeout = 0", "streaming.header_read_timeout"),
+            ("idle_timeout = 0", "streaming.idle_timeout"),
+            ("idle_timeout = 99999999999", "streaming.idle_timeout"),
+            ("max_connections = 0", "streaming.max_connections"),
+            ("max_connections = 99999999999", "streaming.max_connections"),
+        ] {
+            let main = write(dir.path(), "crius.toml", &format!("[streaming]\n{text}\n"));
+            let err = Config::load(&main, true, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let main = write(
+            dir.path(),
+            "crius.toml",
+            "[streaming]\nheader_read_timeout = 1\nidle_timeout = 2\nmax_connections = 3\n",
+        );
+        let c = Config::load(&main, true, &Overrides::default()).unwrap();
+        assert_eq!(
+            (
+                c.streaming.header_read_timeout,
+                c.streaming.idle_timeout,
+                c.streaming.max_connections
+            ),
+            (1, 2, 3)
+        );
+    }
+
+    #[test]
     fn render_round_trips_every_field() {
         let c = Config {
             root: "/r".into(),
@@ -596,6 +695,9 @@ mod tests {
                 port: 10010,
                 tls_cert: Some("/etc/crius/stream.crt".into()),
                 tls_key: Some("/etc/crius/stream.key".into()),
+                header_read_timeout: 3,
+                idle_timeout: 600,
+                max_connections: 17,
             },
             runtime: RuntimeConfig {
                 cgroup_driver: CgroupDriver::Systemd,

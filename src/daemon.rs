@@ -54,6 +54,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         streaming,
         runtime.clone(),
         tls,
+        crate::streaming::server::Limits::from_config(&config.streaming),
     ));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

@@ -74,10 +74,7 @@ impl RuntimeServiceHandler {
             .rt
             .containers
             .monitor_for(&self.rt.pods, container_id)?;
-        self.rt
-            .streaming
-            .issue(pending(id))
-            .map_err(|e| Status::resource_exhausted(e.to_string()))
+        Ok(self.rt.streaming.issue(pending(id))?)
     }
 }
 
@@ -562,8 +559,7 @@ impl RuntimeService for RuntimeServiceHandler {
             .issue(crate::streaming::Pending::PortForward(PortForwardRequest {
                 pod_sandbox_id: pod.id,
                 ..req
-            }))
-            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            }))?;
         Ok(Response::new(PortForwardResponse { url }))
     }
     async fn container_stats(

@@ -3,6 +3,8 @@
 //! then connects here and upgrades to WebSocket (or SPDY) to talk to the
 //! process. Wire details: `../shared/docs/streaming-protocol.md`.
 
+pub mod backoff;
+pub mod idle;
 pub mod portforward;
 pub mod remotecommand;
 pub mod server;

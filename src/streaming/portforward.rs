@@ -2,6 +2,8 @@
 //! namespace. Served over WebSocket channels here (form D of the spec:
 //! `v4.channel.k8s.io`, base64, or no subprotocol), ports from the request.
 
+use std::time::Duration;
+
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -10,7 +12,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::websocket::{Protocol, frame};
+use super::idle::Activity;
+use super::websocket::{CLOSE_GRACE, Protocol, frame};
 use crate::runtime::Runtime;
 
 /// Opens a connection to `port` in the pod's network namespace.
@@ -32,20 +35,59 @@ pub async fn dial(rt: &Runtime, pod_id: &str, port: u16) -> Result<tokio::net::T
 
 /// Serves the request's ports on one WebSocket: channel 2i carries data
 /// of port i both ways, 2i+1 its errors; each starts with the port number
-/// (2 bytes, little-endian).
+/// (2 bytes, little-endian). Ends when every port's connection has ended,
+/// the client leaves, or no message has passed either way for
+/// `idle_timeout`.
 pub async fn serve_websocket<S>(
     mut ws: WebSocketStream<S>,
     p: Protocol,
     rt: std::sync::Arc<Runtime>,
     pod_id: String,
     ports: Vec<u16>,
+    idle_timeout: Duration,
 ) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Activity::new(idle_timeout);
+    let forwarded = activity
+        .run(forward(&mut ws, p, &rt, &pod_id, &ports, &activity))
+        .await;
+    let reason = match forwarded {
+        Some(true) => "",
+        // Client gone.
+        Some(false) => return,
+        None => {
+            tracing::info!(timeout = ?idle_timeout, "port-forward session idle: closing");
+            "idle timeout"
+        }
+    };
+    let _ = tokio::time::timeout(
+        CLOSE_GRACE,
+        ws.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: reason.into(),
+        }))),
+    )
+    .await;
+}
+
+/// Dials the ports and copies until every connection has ended (`true`)
+/// or the client is gone (`false`).
+async fn forward<S>(
+    ws: &mut WebSocketStream<S>,
+    p: Protocol,
+    rt: &Runtime,
+    pod_id: &str,
+    ports: &[u16],
+    activity: &Activity,
+) -> bool
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     for (i, port) in ports.iter().enumerate() {
         for ch in [2 * i as u8, 2 * i as u8 + 1] {
             if ws.send(frame(p, ch, &port.to_le_bytes())).await.is_err() {
-                return;
+                return false;
             }
         }
     }
@@ -53,7 +95,7 @@ pub async fn serve_websocket<S>(
     let mut writers = Vec::new();
     for (i, port) in ports.iter().copied().enumerate() {
         let (data_ch, err_ch) = (2 * i as u8, 2 * i as u8 + 1);
-        match dial(&rt, &pod_id, port).await {
+        match dial(rt, pod_id, port).await {
             Ok(conn) => {
                 let (mut r, w) = conn.into_split();
                 writers.push(Some(w));
@@ -83,14 +125,16 @@ pub async fn serve_websocket<S>(
                 Some((255, _)) => open -= 1,
                 Some((ch, data)) => {
                     if ws.send(frame(p, ch, &data)).await.is_err() {
-                        return;
+                        return false;
                     }
+                    activity.touch();
                 }
                 None => break,
             },
             msg = ws.next() => match msg {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return false,
                 Some(Ok(m)) => {
+                    activity.touch();
                     let Some((ch, data)) = super::websocket::unframe(p, &m) else {
                         continue;
                     };
@@ -104,10 +148,5 @@ pub async fn serve_websocket<S>(
             },
         }
     }
-    let _ = ws
-        .send(Message::Close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        })))
-        .await;
+    true
 }

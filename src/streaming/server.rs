@@ -1,20 +1,34 @@
 //! The HTTP side: `/{exec,attach,portforward}/{token}` on the streaming
 //! listener, upgraded to WebSocket (SPDY is negotiated the same way).
+//!
+//! Nothing a client does may hold the daemon's resources for long: the
+//! request head (and TLS handshake) must arrive within
+//! `header_read_timeout`, a session ends after `idle_timeout` without
+//! traffic, at most `max_connections` connections exist at once (sessions
+//! included), and a failing `accept` backs off.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::Pending;
+use super::backoff::Backoff;
 use super::websocket;
+use crate::config::StreamingConfig;
 use crate::runtime::Runtime;
 
 type Reply = Response<Full<Bytes>>;
@@ -49,52 +63,176 @@ pub fn tls_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves until the listener fails; one task per connection, inside TLS
-/// when an acceptor is given.
+/// What the server enforces, from `[streaming]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// From accept to a complete request head, TLS handshake included;
+    /// also how long a kept-alive connection may wait for its next request.
+    pub header_read_timeout: Duration,
+    /// How long an upgraded session may go without traffic either way.
+    pub idle_timeout: Duration,
+    /// Connections at once, upgraded sessions included.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// The limits `[streaming]` sets (validated positive at load).
+    pub fn from_config(c: &StreamingConfig) -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(c.header_read_timeout),
+            idle_timeout: Duration::from_secs(c.idle_timeout),
+            max_connections: c.max_connections,
+        }
+    }
+}
+
+/// What an accepted connection hands its request handler and the session
+/// its upgrade starts.
+#[derive(Clone)]
+struct Conn {
+    rt: Arc<Runtime>,
+    idle_timeout: Duration,
+    /// Its place under `max_connections`: released when the connection and
+    /// any session it upgraded to have both ended.
+    slot: Arc<OwnedSemaphorePermit>,
+}
+
+impl Conn {
+    /// Runs an upgraded session on its own task, which holds the
+    /// connection's slot until the session ends. (A task that only used
+    /// `conn.rt` would capture just that field and free the slot early.)
+    fn spawn_session(self, session: impl Future<Output = ()> + Send + 'static) {
+        let slot = self.slot;
+        tokio::spawn(async move {
+            session.await;
+            drop(slot);
+        });
+    }
+}
+
+/// Serves forever; one task per connection, inside TLS when an acceptor
+/// is given. A connection over `max_connections` is closed at once,
+/// unanswered: writing a 503 would be I/O on behalf of what is most likely
+/// the flood, and closing a socket with its request unread resets it,
+/// which can discard that answer anyway. Clients see the connection fail.
 pub async fn serve(
     listener: TcpListener,
     rt: Arc<Runtime>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: Limits,
 ) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut backoff = Backoff::accept();
+    let mut refusing = false;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
+            Err(e) if gone_before_accept(&e) => {
+                tracing::debug!(error = %e, "streaming connection gone before accept");
+                continue;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "streaming accept");
+                // One line per pause: nine in the first 1.3 s of a
+                // shortage, then one a second while it lasts.
+                let pause = backoff.next_pause();
+                tracing::warn!(error = %e, retry_in = ?pause, "streaming server cannot accept");
+                tokio::time::sleep(pause).await;
                 continue;
             }
         };
-        let rt = rt.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let rt = rt.clone();
-                async move { Ok::<_, Infallible>(handle(req, rt).await) }
-            });
-            let http = hyper::server::conn::http1::Builder::new();
-            let served = match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(s) => {
-                        http.serve_connection(TokioIo::new(s), service)
-                            .with_upgrades()
-                            .await
-                    }
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "streaming TLS handshake");
-                        return;
-                    }
-                },
-                None => {
-                    http.serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await
-                }
-            };
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "streaming connection");
+        let failures = backoff.reset();
+        if failures > 0 {
+            tracing::info!(failures, "streaming server accepting again");
+        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if !refusing {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "streaming connection limit reached: closing new connections until one ends"
+                );
+                refusing = true;
             }
-        });
+            drop(stream);
+            continue;
+        };
+        if refusing {
+            tracing::info!("streaming connections below the limit again");
+            refusing = false;
+        }
+        let conn = Conn {
+            rt: rt.clone(),
+            idle_timeout: limits.idle_timeout,
+            slot: Arc::new(slot),
+        };
+        tokio::spawn(connection(
+            stream,
+            peer,
+            tls.clone(),
+            limits.header_read_timeout,
+            conn,
+        ));
     }
+}
+
+/// Errors about one connection that died in the queue, not about the
+/// listener: the next accept can follow at once.
+fn gone_before_accept(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused
+    )
+}
+
+/// One connection: the TLS handshake if configured, then HTTP/1.1 until
+/// its requests are answered or one is upgraded. Handshake and request head
+/// share one deadline, so neither can be dribbled out.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    head_timeout: Duration,
+    conn: Conn,
+) {
+    let deadline = Instant::now() + head_timeout;
+    let served = match tls {
+        None => http(stream, deadline, conn).await,
+        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => http(s, deadline, conn).await,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "streaming TLS handshake");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "streaming TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    if let Err(e) = served {
+        tracing::debug!(%peer, error = %e, "streaming connection");
+    }
+}
+
+/// HTTP/1.1 on `io` with hyper's header-read timeout running to
+/// `deadline`; hyper restarts it whenever a kept-alive connection waits
+/// for its next request, so an idle connection is closed as surely as a
+/// half-sent one. A request body the handler leaves unread is not waited
+/// for: hyper drains what is already buffered, else closes.
+async fn http<S>(io: S, deadline: Instant, conn: Conn) -> Result<(), hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(req, conn).await) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(deadline.saturating_duration_since(Instant::now()))
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await
 }
 
 /// `101 Switching Protocols` to `upgrade`, with `headers`.
@@ -141,7 +279,7 @@ fn header_str<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn handle(req: Request<Incoming>, rt: Arc<Runtime>) -> Reply {
+async fn handle(req: Request<Incoming>, conn: Conn) -> Reply {
     let path = req.uri().path().trim_start_matches('/').to_string();
     let Some((route, token)) = path.split_once('/') else {
         return status(StatusCode::NOT_FOUND, "not found");
@@ -149,7 +287,7 @@ async fn handle(req: Request<Incoming>, rt: Arc<Runtime>) -> Reply {
     let span = tracing::info_span!("stream", route, method = %req.method());
     let _enter = span.enter();
     // Spent on first use, before the upgrade: a failed upgrade burns it.
-    let Some(pending) = rt.streaming.redeem(route, token) else {
+    let Some(pending) = conn.rt.streaming.redeem(route, token) else {
         tracing::debug!("unknown, spent or expired token");
         return status(StatusCode::NOT_FOUND, "not found");
     };
@@ -157,10 +295,10 @@ async fn handle(req: Request<Incoming>, rt: Arc<Runtime>) -> Reply {
         .unwrap_or("")
         .to_ascii_lowercase();
     if upgrade == "websocket" {
-        return websocket_upgrade(req, rt, pending);
+        return websocket_upgrade(req, conn, pending);
     }
     if upgrade.contains("spdy/3.1") {
-        return spdy_upgrade(req, rt, pending);
+        return spdy_upgrade(req, conn, pending);
     }
     status(
         StatusCode::BAD_REQUEST,
@@ -172,11 +310,12 @@ const SPDY_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
 
 /// Port-forward's SPDY session carried in WebSocket binary messages: the
 /// payloads form the SPDY byte stream (message boundaries mean nothing).
-fn spdy_tunnel(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending, key: &str) -> Reply {
+fn spdy_tunnel(req: Request<Incoming>, conn: Conn, pending: Pending, key: &str) -> Reply {
     use futures::{SinkExt, StreamExt};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_tungstenite::tungstenite::Message;
-    tokio::spawn(async move {
+    let (rt, idle) = (conn.rt.clone(), conn.idle_timeout);
+    conn.spawn_session(async move {
         let Some(ws) = upgraded_websocket(req).await else {
             return;
         };
@@ -207,18 +346,25 @@ fn spdy_tunnel(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending, key: 
             }
             let _ = ws_tx.close().await;
         };
-        let session = super::spdy::Session::new(session_io, Bytes::new());
         tracing::info!("port-forward session (SPDY in WebSocket)");
-        tokio::join!(
-            super::spdy_serve::serve(session, rt, pending, "portforward.k8s.io"),
-            inbound,
-            outbound
-        );
+        let mut pumps = tokio::spawn(async move {
+            tokio::join!(inbound, outbound);
+        });
+        // The SPDY session's idle timer sees the tunnel's payload traffic.
+        super::spdy_serve::serve(session_io, rt, pending, "portforward.k8s.io", idle).await;
+        // Its end (GOAWAY, EOF) reaches the client through the tunnel; a
+        // client that neither reads it nor answers the Close is cut off.
+        if tokio::time::timeout(websocket::CLOSE_GRACE, &mut pumps)
+            .await
+            .is_err()
+        {
+            pumps.abort();
+        }
     });
     websocket_accepted(key, SPDY_TUNNEL)
 }
 
-fn spdy_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending) -> Reply {
+fn spdy_upgrade(req: Request<Incoming>, conn: Conn, pending: Pending) -> Reply {
     let protocol = match super::spdy_serve::negotiate(req.headers(), &pending) {
         Ok(p) => p,
         Err((code, headers, body)) => {
@@ -245,13 +391,14 @@ fn spdy_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending) -> R
         );
     }
     tracing::info!(protocol, route = pending.route(), "SPDY session");
-    tokio::spawn(async move {
+    let (rt, idle) = (conn.rt.clone(), conn.idle_timeout);
+    conn.spawn_session(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 // hyper hands back bytes it read past the request as part
                 // of the upgraded stream.
-                let session = super::spdy::Session::new(TokioIo::new(upgraded), Bytes::new());
-                super::spdy_serve::serve(session, rt, pending, protocol).await;
+                let io = TokioIo::new(upgraded);
+                super::spdy_serve::serve(io, rt, pending, protocol, idle).await;
             }
             Err(e) => tracing::warn!(error = %e, "SPDY upgrade"),
         }
@@ -262,7 +409,7 @@ fn spdy_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending) -> R
     )
 }
 
-fn websocket_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending) -> Reply {
+fn websocket_upgrade(req: Request<Incoming>, conn: Conn, pending: Pending) -> Reply {
     let Some(key) = header_str(&req, "sec-websocket-key").map(str::to_string) else {
         return status(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
@@ -271,7 +418,7 @@ fn websocket_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending)
     if matches!(pending, Pending::PortForward(_))
         && offered.is_some_and(|o| o.split(',').any(|p| p.trim() == SPDY_TUNNEL))
     {
-        return spdy_tunnel(req, rt, pending, &key);
+        return spdy_tunnel(req, conn, pending, &key);
     }
     let negotiated = match &pending {
         // Port-forward speaks only the channel forms here (no v5, which
@@ -294,7 +441,8 @@ fn websocket_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending)
     } else {
         3
     };
-    tokio::spawn(async move {
+    let (rt, idle) = (conn.rt.clone(), conn.idle_timeout);
+    conn.spawn_session(async move {
         let Some(ws) = upgraded_websocket(req).await else {
             return;
         };
@@ -320,13 +468,14 @@ fn websocket_upgrade(req: Request<Incoming>, rt: Arc<Runtime>, pending: Pending)
                     rt.clone(),
                     pf.pod_sandbox_id.clone(),
                     ports,
+                    idle,
                 )
                 .await;
                 return;
             }
         };
         match started {
-            Ok(process) => websocket::serve_exec(ws, proto, process, first).await,
+            Ok(process) => websocket::serve_exec(ws, proto, process, first, idle).await,
             Err(e) => websocket::fail(ws, proto, &e).await,
         }
     });

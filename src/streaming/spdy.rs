@@ -25,7 +25,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
+
+use super::idle::Activity;
 
 /// Control frame type SYN_STREAM (client opens a stream).
 pub const TYPE_SYN_STREAM: u16 = 1;
@@ -934,12 +936,28 @@ impl Session {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        Self::start(io, initial, None)
+    }
+
+    /// [`Session::new`], with every read from and write to the connection
+    /// recorded in `activity`, for an idle timer (see [`Session::closer`]).
+    pub fn with_activity<T>(io: T, initial: Bytes, activity: Arc<Activity>) -> Self
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        Self::start(io, initial, Some(activity))
+    }
+
+    fn start<T>(io: T, initial: Bytes, activity: Option<Arc<Activity>>) -> Self
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (rd, wr) = tokio::io::split(io);
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let (accept_tx, incoming) = mpsc::channel(ACCEPT_QUEUE);
         let last_accepted = Arc::new(AtomicU32::new(0));
         let goaway_sent = Arc::new(AtomicBool::new(false));
-        let writer = tokio::spawn(write_loop(wr, rx));
+        let writer = tokio::spawn(write_loop(wr, rx, activity.clone()));
         let reader = tokio::spawn(read_loop(
             rd,
             BytesMut::from(&initial[..]),
@@ -947,6 +965,7 @@ impl Session {
             accept_tx,
             last_accepted.clone(),
             goaway_sent.clone(),
+            activity,
         ));
         Self {
             incoming,
@@ -970,28 +989,78 @@ impl Session {
     /// for a slow peer to read them; wrap it in a timeout if that matters.
     /// No second GOAWAY if one already went out after a protocol error.
     pub async fn close(mut self) -> Result<(), SpdyError> {
-        let last_good = self.last_accepted.load(Ordering::Acquire);
-        let goaway = if self.goaway_sent.swap(true, Ordering::AcqRel) {
-            Ok(())
-        } else {
-            self.tx
-                .send(WriterMsg::Frame(Frame::GoAway {
-                    last_good,
-                    status: GOAWAY_OK,
-                }))
-                .await
-        };
-        let (ack_tx, ack_rx) = oneshot::channel();
-        let shutdown = self.tx.send(WriterMsg::Shutdown(ack_tx)).await;
-        let acked = ack_rx.await;
+        let done = goaway_and_shutdown(&self.tx, &self.last_accepted, &self.goaway_sent).await;
         self.reader.abort();
         if let Some(w) = self.writer.take() {
             let _ = w.await;
         }
-        match (goaway, shutdown, acked) {
-            (Ok(()), Ok(()), Ok(())) => Ok(()),
-            _ => Err(SpdyError::ConnectionClosed),
+        done
+    }
+
+    /// A handle that ends this session from outside the task that owns it
+    /// (an idle timer). It holds the writer open until it is dropped.
+    pub fn closer(&self) -> Closer {
+        Closer {
+            tx: self.tx.clone(),
+            last_accepted: self.last_accepted.clone(),
+            goaway_sent: self.goaway_sent.clone(),
+            reader: self.reader.abort_handle(),
+            writer: self.writer.as_ref().map(JoinHandle::abort_handle),
         }
+    }
+}
+
+/// Ends a [`Session`] whose owner may be stuck or gone; see
+/// [`Session::closer`].
+pub struct Closer {
+    tx: mpsc::Sender<WriterMsg>,
+    last_accepted: Arc<AtomicU32>,
+    goaway_sent: Arc<AtomicBool>,
+    reader: AbortHandle,
+    writer: Option<AbortHandle>,
+}
+
+impl Closer {
+    /// Stops reading, sends GOAWAY after what is queued and shuts the
+    /// write side down, if the peer takes it within `grace`; then stops the
+    /// writer either way, so the connection is closed even when the peer
+    /// reads nothing.
+    pub async fn close_within(self, grace: std::time::Duration) {
+        self.reader.abort();
+        let _ = tokio::time::timeout(
+            grace,
+            goaway_and_shutdown(&self.tx, &self.last_accepted, &self.goaway_sent),
+        )
+        .await;
+        if let Some(w) = self.writer {
+            w.abort();
+        }
+    }
+}
+
+/// GOAWAY (status 0, the last accepted stream id) unless one went out
+/// already, then a flushed shutdown of the write side.
+async fn goaway_and_shutdown(
+    tx: &mpsc::Sender<WriterMsg>,
+    last_accepted: &AtomicU32,
+    goaway_sent: &AtomicBool,
+) -> Result<(), SpdyError> {
+    let last_good = last_accepted.load(Ordering::Acquire);
+    let goaway = if goaway_sent.swap(true, Ordering::AcqRel) {
+        Ok(())
+    } else {
+        tx.send(WriterMsg::Frame(Frame::GoAway {
+            last_good,
+            status: GOAWAY_OK,
+        }))
+        .await
+    };
+    let (ack_tx, ack_rx) = oneshot::channel();
+    let shutdown = tx.send(WriterMsg::Shutdown(ack_tx)).await;
+    let acked = ack_rx.await;
+    match (goaway, shutdown, acked) {
+        (Ok(()), Ok(()), Ok(())) => Ok(()),
+        _ => Err(SpdyError::ConnectionClosed),
     }
 }
 
@@ -1003,7 +1072,11 @@ impl Drop for Session {
 
 /// The writer task: encodes frames in arrival order with the connection's
 /// one deflate context, batching whatever is queued into one write.
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<WriterMsg>) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<WriterMsg>,
+    activity: Option<Arc<Activity>>,
+) {
     let mut enc = Encoder::new();
     let mut buf = BytesMut::with_capacity(64 << 10);
     while let Some(mut msg) = rx.recv().await {
@@ -1039,6 +1112,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Wri
                 tracing::debug!(error = %e, "spdy: write failed, stopping writer");
                 return;
             }
+            if let Some(a) = &activity {
+                a.touch();
+            }
         }
         if let Some(a) = ack {
             let _ = wr.shutdown().await;
@@ -1058,6 +1134,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     accept_tx: mpsc::Sender<Stream>,
     last_accepted: Arc<AtomicU32>,
     goaway_sent: Arc<AtomicBool>,
+    activity: Option<Arc<Activity>>,
 ) {
     let mut dec = Decoder::new();
     let mut streams: HashMap<u32, (Option<mpsc::Sender<Bytes>>, Arc<StreamState>)> = HashMap::new();
@@ -1068,7 +1145,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 buf.reserve(16 << 10);
                 match rd.read_buf(&mut buf).await {
                     Ok(0) | Err(_) => return,
-                    Ok(_) => continue,
+                    Ok(_) => {
+                        if let Some(a) = &activity {
+                            a.touch();
+                        }
+                        continue;
+                    }
                 }
             }
             Err(e) => {
@@ -1976,5 +2058,84 @@ mod tests {
         assert_eq!(client.recv().await.unwrap().0, Frame::Ping { id: 3 });
         assert!(s.writer.is_reset_by_peer());
         session.close().await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_session_sends_goaway_and_closes() {
+        use std::time::Duration;
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let activity = Arc::new(Activity::new(Duration::from_secs(3)));
+        let mut session = Session::with_activity(a, Bytes::new(), activity.clone());
+        let closer = session.closer();
+        let mut client = Client::new(b);
+        let t0 = tokio::time::Instant::now();
+        client.send(syn(1, &[("streamtype", "error")])).await;
+        let stream = session.accept().await.unwrap();
+        stream.reply().await.unwrap();
+        assert!(matches!(
+            client.recv().await.unwrap().0,
+            Frame::SynReply { stream_id: 1, .. }
+        ));
+        // A ping every 2 s for 8 s: never 3 s without a frame.
+        for id in [1, 3, 5, 7] {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            client.send(Frame::Ping { id }).await;
+            assert_eq!(client.recv().await.unwrap().0, Frame::Ping { id });
+        }
+        let app = async move {
+            let _stream = stream;
+            while session.accept().await.is_some() {}
+        };
+        assert!(activity.run(app).await.is_none(), "idle, not ended");
+        assert_eq!(t0.elapsed(), Duration::from_secs(8 + 3));
+        closer.close_within(Duration::from_secs(2)).await;
+        assert_eq!(
+            client.recv().await.unwrap().0,
+            Frame::GoAway {
+                last_good: 1,
+                status: GOAWAY_OK
+            }
+        );
+        assert!(client.recv().await.is_none(), "then EOF");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_session_closes_when_the_peer_reads_nothing() {
+        use std::time::Duration;
+        let (a, b) = tokio::io::duplex(4096);
+        let activity = Arc::new(Activity::new(Duration::from_secs(3)));
+        let mut session = Session::with_activity(a, Bytes::new(), activity.clone());
+        let closer = session.closer();
+        let mut client = Client::new(b);
+        client.send(syn(1, &[("streamtype", "stdout")])).await;
+        let stream = session.accept().await.unwrap();
+        // Far more output than the pipe holds; the client never reads.
+        let app = async move {
+            let _ = stream.reply().await;
+            while stream
+                .writer
+                .write(Bytes::from(vec![0u8; 64 << 10]))
+                .await
+                .is_ok()
+            {}
+            std::future::pending::<()>().await
+        };
+        assert!(activity.run(app).await.is_none());
+        let t0 = tokio::time::Instant::now();
+        closer.close_within(Duration::from_secs(2)).await;
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_secs(2),
+            "GOAWAY could not go out"
+        );
+        // The server's end is gone: what was buffered, then EOF.
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.io.read_to_end(&mut rest))
+            .await
+            .expect("EOF, not a hang")
+            .unwrap();
+        assert!(!rest.is_empty());
+        assert!(client.io.write_all(b"x").await.is_err(), "nobody reads");
+        drop(session);
     }
 }

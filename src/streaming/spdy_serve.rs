@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Pending;
+use super::idle::Activity;
 use super::remotecommand::{Process, STDERR, parse_resizes, status_message};
 use super::spdy::{RST_CANCEL, Session, Stream, StreamWriter};
 use crate::runtime::Runtime;
@@ -68,11 +69,36 @@ pub fn negotiate(headers: &HeaderMap, pending: &Pending) -> Result<&'static str,
     ))
 }
 
-/// Drives one upgraded SPDY connection.
-pub async fn serve(session: Session, rt: Arc<Runtime>, pending: Pending, protocol: &'static str) {
-    match pending {
-        Pending::PortForward(pf) => port_forward(session, rt, pf.pod_sandbox_id).await,
-        other => remotecommand(session, rt, other, protocol).await,
+/// How long an idle session gets to send GOAWAY before its connection is
+/// closed regardless.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Drives one upgraded SPDY connection until the exec, attach or
+/// port-forward ends, the client leaves, or no frame has been read or
+/// written for `idle_timeout`: then GOAWAY and close, as kubelet's
+/// spdystream does (SPDY has no place to say why).
+pub async fn serve<T>(
+    io: T,
+    rt: Arc<Runtime>,
+    pending: Pending,
+    protocol: &'static str,
+    idle_timeout: Duration,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new(idle_timeout));
+    let session = Session::with_activity(io, Bytes::new(), activity.clone());
+    let closer = session.closer();
+    let work = async move {
+        match pending {
+            Pending::PortForward(pf) => port_forward(session, rt, pf.pod_sandbox_id).await,
+            other => remotecommand(session, rt, other, protocol).await,
+        }
+    };
+    // On idle the work is dropped, which kills an exec like a hang-up.
+    if activity.run(work).await.is_none() {
+        tracing::info!(timeout = ?idle_timeout, "SPDY session idle: closing");
+        closer.close_within(IDLE_CLOSE_GRACE).await;
     }
 }
 

@@ -34,24 +34,56 @@ impl Pending {
 pub enum TokenError {
     #[error("maximum number of in-flight requests exceeded")]
     TooMany,
+    /// The kernel gave no random bytes. A token is the only credential of
+    /// a stream URL, so there is no fallback: the request fails instead.
+    #[error("no streaming URL issued: the kernel's random number generator failed: {0}")]
+    NoRandomness(#[source] getrandom::Error),
 }
 
-/// The outstanding tokens.
-#[derive(Default)]
-pub struct Tokens {
-    map: HashMap<String, (Instant, Pending)>,
+/// Where token bytes come from: the kernel in the daemon, a stub in tests.
+pub trait RandomSource {
+    /// Fills all of `buf`, or fails; never leaves it partly random.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), getrandom::Error>;
 }
 
-fn random_token() -> String {
-    use base64::Engine as _;
-    let mut b = [0u8; 18];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
+/// `getrandom(2)`: needs no descriptor (so it works when the daemon is out
+/// of them) and does not block once the kernel's pool is initialised,
+/// which happens early in boot, before a CRI runtime starts.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KernelRandom;
+
+impl RandomSource for KernelRandom {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), getrandom::Error> {
+        getrandom::fill(buf)
     }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
-impl Tokens {
+/// Bytes of randomness in a token (144 bits, 24 base64 characters).
+const TOKEN_BYTES: usize = 18;
+
+/// The outstanding tokens, and the source their names are drawn from.
+#[derive(Default)]
+pub struct Tokens<R = KernelRandom> {
+    map: HashMap<String, (Instant, Pending)>,
+    random: R,
+}
+
+impl<R: RandomSource> Tokens<R> {
+    /// Tokens drawn from `random`.
+    pub fn with_source(random: R) -> Self {
+        Tokens {
+            map: HashMap::new(),
+            random,
+        }
+    }
+
+    fn random_token(&mut self) -> Result<String, TokenError> {
+        use base64::Engine as _;
+        let mut b = [0u8; TOKEN_BYTES];
+        self.random.fill(&mut b).map_err(TokenError::NoRandomness)?;
+        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+    }
+
     /// Stores a request under a fresh token; expired ones are dropped first.
     pub fn insert(&mut self, p: Pending) -> Result<String, TokenError> {
         let now = Instant::now();
@@ -59,7 +91,7 @@ impl Tokens {
         if self.map.len() >= MAX_OUTSTANDING {
             return Err(TokenError::TooMany);
         }
-        let token = random_token();
+        let token = self.random_token()?;
         self.map.insert(token.clone(), (now, p));
         Ok(token)
     }
@@ -77,7 +109,7 @@ mod tests {
 
     #[test]
     fn tokens_are_single_use_and_route_bound() {
-        let mut t = Tokens::default();
+        let mut t = Tokens::<KernelRandom>::default();
         let a = t.insert(Pending::Exec(ExecRequest::default())).unwrap();
         let b = t.insert(Pending::Exec(ExecRequest::default())).unwrap();
         assert_ne!(a, b);
@@ -89,9 +121,60 @@ mod tests {
         assert!(t.take("exec", "nope").is_none());
     }
 
+    /// A source that always fails, as `getrandom(2)` would with e.g. a
+    /// seccomp filter denying it.
+    struct Failing;
+    impl RandomSource for Failing {
+        fn fill(&mut self, _: &mut [u8]) -> Result<(), getrandom::Error> {
+            Err(getrandom::Error::UNSUPPORTED)
+        }
+    }
+
+    /// A source that fails while its flag is set and gives zeros otherwise.
+    struct Switch<'a>(&'a std::cell::Cell<bool>);
+    impl RandomSource for Switch<'_> {
+        fn fill(&mut self, buf: &mut [u8]) -> Result<(), getrandom::Error> {
+            if self.0.get() {
+                return Err(getrandom::Error::UNEXPECTED);
+            }
+            buf.fill(0);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn no_token_without_randomness() {
+        let mut t = Tokens::with_source(Failing);
+        let err = t.insert(Pending::Exec(ExecRequest::default())).unwrap_err();
+        assert!(matches!(err, TokenError::NoRandomness(_)), "{err:?}");
+        assert!(err.to_string().contains("random"), "{err}");
+        assert!(t.map.is_empty(), "nothing stored under a weak name");
+    }
+
+    #[test]
+    fn a_failed_draw_stores_nothing_and_later_draws_work() {
+        let fail = std::cell::Cell::new(true);
+        let mut t = Tokens::with_source(Switch(&fail));
+        assert!(t.insert(Pending::Exec(ExecRequest::default())).is_err());
+        assert!(t.take("exec", "AAAAAAAAAAAAAAAAAAAAAAAA").is_none());
+        fail.set(false);
+        let token = t.insert(Pending::Exec(ExecRequest::default())).unwrap();
+        assert_eq!(t.map.len(), 1);
+        assert!(t.take("exec", &token).is_some());
+    }
+
+    #[test]
+    fn kernel_tokens_differ() {
+        let mut t = Tokens::<KernelRandom>::default();
+        let a = t.random_token().unwrap();
+        let b = t.random_token().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 24);
+    }
+
     #[test]
     fn outstanding_tokens_are_capped() {
-        let mut t = Tokens::default();
+        let mut t = Tokens::<KernelRandom>::default();
         for _ in 0..MAX_OUTSTANDING {
             t.insert(Pending::Exec(ExecRequest::default())).unwrap();
         }

@@ -4,6 +4,8 @@
 //! 255 close) then the payload; base64 forms send text `'0'+channel`
 //! followed by base64.
 
+use std::time::Duration;
+
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -13,7 +15,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use super::idle::{Activity, idle_message};
 use super::remotecommand::{Process, status_message};
+
+/// How long ending a session may take: the status, the Close and the
+/// client's Close in reply. A client that stopped reading is cut off then.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// What a negotiated subprotocol means on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,89 +120,120 @@ pub(super) fn unframe(p: Protocol, m: &Message) -> Option<(u8, Vec<u8>)> {
     }
 }
 
-/// Serves one exec session until the process ends or the client leaves.
+/// Serves one exec session until the process ends, the client leaves, or
+/// no message has passed either way for `idle_timeout` (then the client
+/// gets a Failure status naming the timeout, and Close).
 pub async fn serve_exec<S>(
     mut ws: WebSocketStream<S>,
     p: Protocol,
     mut process: Process,
     first_channel: u8,
+    idle_timeout: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let activity = Activity::new(idle_timeout);
+    let pumped = activity
+        .run(pump(&mut ws, p, &mut process, first_channel, &activity))
+        .await;
+    let exit = match pumped {
+        Some(Some(exit)) => exit,
+        // Client gone: dropping `process` kills it.
+        Some(None) => return,
+        None => {
+            tracing::info!(timeout = ?idle_timeout, "exec session idle: closing");
+            Err(idle_message(idle_timeout))
+        }
+    };
+    close(ws, p, &exit).await;
+}
+
+/// Moves messages between the client and the process until it has exited
+/// and its output is drained (`Some(exit)`), or the client is gone
+/// (`None`). Every message either way is traffic for `activity`.
+async fn pump<S>(
+    ws: &mut WebSocketStream<S>,
+    p: Protocol,
+    process: &mut Process,
+    first_channel: u8,
+    activity: &Activity,
+) -> Option<Result<i32, String>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     // An empty message on the first output channel: "ready" to old clients.
-    if ws.send(frame(p, first_channel, &[])).await.is_err() {
-        return;
-    }
+    ws.send(frame(p, first_channel, &[])).await.ok()?;
     let mut stdin = process.stdin.take();
     let mut outputs_open = true;
     loop {
         tokio::select! {
             out = process.output.recv(), if outputs_open => match out {
                 Some((ch, data)) => {
-                    if ws.send(frame(p, ch, &data)).await.is_err() {
-                        return; // client gone: dropping `process` kills it
-                    }
+                    ws.send(frame(p, ch, &data)).await.ok()?;
+                    activity.touch();
                 }
                 None => outputs_open = false,
             },
             msg = ws.next() => match msg {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(m)) => match unframe(p, &m) {
-                    Some((0, data)) => {
-                        if let Some(tx) = &stdin {
-                            let _ = tx.send(Bytes::from(data)).await;
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(m)) => {
+                    activity.touch();
+                    match unframe(p, &m) {
+                        Some((0, data)) => {
+                            if let Some(tx) = &stdin {
+                                let _ = tx.send(Bytes::from(data)).await;
+                            }
                         }
-                    }
-                    Some((4, data)) => {
-                        for (w, h) in super::remotecommand::parse_resizes(&data) {
-                            process.resize(w, h);
+                        Some((4, data)) => {
+                            for (w, h) in super::remotecommand::parse_resizes(&data) {
+                                process.resize(w, h);
+                            }
                         }
+                        Some((255, data)) if p.close_signal && data == [0] => stdin = None,
+                        _ => {}
                     }
-                    Some((255, data)) if p.close_signal && data == [0] => stdin = None,
-                    _ => {}
-                },
+                }
             },
             exit = &mut process.exit, if !outputs_open => {
-                let exit = exit.unwrap_or_else(|_| Err("exec ended without a status".into()));
-                let status = status_message(&exit, p.status_json);
-                if let Some(s) = status {
-                    let _ = ws.send(frame(p, 3, s.as_bytes())).await;
-                }
-                let _ = ws
-                    .send(Message::Close(Some(CloseFrame {
-                        code: CloseCode::Normal,
-                        reason: "".into(),
-                    })))
-                    .await;
-                // Wait briefly for the client's Close reply.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-                    while let Some(Ok(m)) = ws.next().await {
-                        if matches!(m, Message::Close(_)) {
-                            break;
-                        }
-                    }
-                })
-                .await;
-                return;
+                return Some(exit.unwrap_or_else(|_| Err("exec ended without a status".into())));
             }
         }
     }
 }
 
-/// Reports a session that could not start: the status on channel 3, then
-/// Close 1000.
-pub async fn fail<S>(mut ws: WebSocketStream<S>, p: Protocol, err: &str)
+/// Ends a session: the status on channel 3 (if the protocol sends one for
+/// `exit`), Close 1000, then the client's Close, all within
+/// [`CLOSE_GRACE`].
+async fn close<S>(mut ws: WebSocketStream<S>, p: Protocol, exit: &Result<i32, String>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let msg = status_message(&Err(err.to_string()), p.status_json).unwrap_or_default();
-    let _ = ws.send(frame(p, 3, msg.as_bytes())).await;
-    let _ = ws
-        .send(Message::Close(Some(CloseFrame {
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if let Some(s) = status_message(exit, p.status_json) {
+            ws.send(frame(p, 3, s.as_bytes())).await?;
+        }
+        ws.send(Message::Close(Some(CloseFrame {
             code: CloseCode::Normal,
             reason: "".into(),
         })))
-        .await;
+        .await?;
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+        Ok::<_, tokio_tungstenite::tungstenite::Error>(())
+    })
+    .await;
+}
+
+/// Reports a session that could not start: the status on channel 3, then
+/// Close 1000.
+pub async fn fail<S>(ws: WebSocketStream<S>, p: Protocol, err: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    close(ws, p, &Err(err.to_string())).await;
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod pod;
+pub mod stream;
 pub mod testenv;
 
 use std::collections::HashMap;
