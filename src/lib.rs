@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod error;
 pub mod executor;
 pub mod helper;
+pub mod ids;
 pub mod image;
 pub mod listing;
 pub mod logging;

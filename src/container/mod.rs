@@ -112,18 +112,6 @@ fn now_nanos() -> i64 {
     crate::monitor::now_nanos()
 }
 
-fn new_id() -> String {
-    let mut seed = [0u8; 32];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut seed);
-    }
-    use sha2::{Digest as _, Sha256};
-    let mut h = Sha256::new();
-    h.update(seed);
-    h.update(now_nanos().to_le_bytes());
-    hex::encode(h.finalize())
-}
-
 /// Reads a file of the image inside the rootfs, resolving symlinks as the
 /// container would (never out of the rootfs); missing → empty.
 fn read_in_root(root: &Path, rel: &str) -> String {
@@ -368,7 +356,7 @@ impl Containers {
                 pod.id
             )));
         }
-        let id = new_id();
+        let id = crate::ids::new_id()?;
         let pod_cgroup = pod
             .cgroup
             .clone()

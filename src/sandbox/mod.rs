@@ -112,21 +112,6 @@ fn now_nanos() -> i64 {
         .unwrap_or(0)
 }
 
-fn new_id(key: &str) -> String {
-    use sha2::{Digest as _, Sha256};
-    let mut seed = [0u8; 32];
-    let random = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed));
-    let mut h = Sha256::new();
-    h.update(key.as_bytes());
-    h.update(now_nanos().to_le_bytes());
-    h.update(std::process::id().to_le_bytes());
-    if random.is_ok() {
-        h.update(seed);
-    }
-    hex::encode(h.finalize())
-}
-
 fn internal(e: impl std::fmt::Display) -> Error {
     Error::Internal(e.to_string())
 }
@@ -257,7 +242,7 @@ impl Pods {
             .unwrap_or_default();
         let host_network = ns.network == NamespaceMode::Node as i32;
         let host_ipc = ns.ipc == NamespaceMode::Node as i32;
-        let id = new_id(&key);
+        let id = crate::ids::new_id()?;
         // Before anything exists for the pod: metadata that would forge
         // CNI_ARGS pairs is refused here rather than after namespaces are made.
         if !host_network {
