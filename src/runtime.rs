@@ -65,6 +65,7 @@ impl Runtime {
             &config.runtime,
         );
         let pods = Pods::new(store.clone(), &config.runroot, cgroups)?;
+        containers.watch_all(&pods);
         let storage = crate::storage::Storage::open(&config.root)
             .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
         Ok(Runtime {

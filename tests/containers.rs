@@ -820,3 +820,44 @@ async fn oom_score_adj_is_applied_or_refused_or_clamped_when_asked() {
         assert_eq!(out.trim(), "-900");
     }
 }
+
+#[tokio::test]
+async fn state_comes_from_the_monitor_not_from_files_per_call() {
+    let mut e = env("memory").await;
+    let id = e.run("exits", "exit 3").await;
+    let s = e.wait_exit(&id).await;
+    assert_eq!(s.exit_code, 3);
+    // The daemon learnt the exit from the monitor's event and keeps it: the
+    // monitor's files are not read again.
+    let dir = e.d.paths.runroot.join("containers").join(&id);
+    std::fs::remove_file(dir.join("exit.json")).unwrap();
+    let s = e.status(&id).await;
+    assert_eq!(s.state, ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 3);
+    assert_eq!(s.reason, "Error");
+    // After a restart the files are the truth again, and what the monitor
+    // replays on subscribing: its own record of the exit.
+    e.d.kill9();
+    e.d.restart();
+    e.rt = e.d.runtime().await;
+    let s = e.status(&id).await;
+    assert_eq!(s.state, ContainerState::ContainerExited as i32);
+    wait_for("the replayed exit", Duration::from_secs(5), || {
+        let rt = e.rt.clone();
+        let id = id.clone();
+        async move {
+            let mut rt = rt;
+            let s = rt
+                .container_status(ContainerStatusRequest {
+                    container_id: id,
+                    verbose: false,
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status?;
+            (s.exit_code == 3).then_some(())
+        }
+    })
+    .await;
+}

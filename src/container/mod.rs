@@ -8,6 +8,7 @@ pub mod logs;
 pub mod process;
 pub mod spec;
 mod stop;
+mod table;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::cgroups::Cgroups;
 use crate::error::{Error, Result};
 use crate::image::Images;
+use crate::monitor::ExitRecord;
 use crate::monitor::client::{Client, MonitorError};
 use crate::monitor::proto::{self, request::Op};
-use crate::monitor::{ExitRecord, files};
 use crate::sandbox::pinns::NsKind;
 use crate::sandbox::{PodRecord, PodState, Pods};
 use crate::storage::Storage;
@@ -61,7 +62,7 @@ pub struct ContainerRecord {
     pub start_error: Option<String>,
 }
 
-/// Where a container is in its life, read from the monitor's files.
+/// Where a container is in its life (see `table.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunState {
     pub state: ContainerState,
@@ -83,6 +84,10 @@ pub struct Containers {
     restrict_oom_score_adj: bool,
     /// Stops under way, by container id (see `stop.rs`).
     stopping: std::sync::Mutex<HashMap<String, Arc<stop::Stopping>>>,
+    /// Every container with its run state, in memory (see `table.rs`).
+    table: Arc<table::Table>,
+    /// Per pod with containers: the task that follows its monitor's exits.
+    watchers: std::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
@@ -225,20 +230,86 @@ impl Containers {
         config: &crate::config::RuntimeConfig,
     ) -> Containers {
         let log_dir = &config.log_dir;
-        let containers = Containers {
+        let dir = runroot.join("containers");
+        let records: Vec<ContainerRecord> = store
+            .list::<ContainerRecord>(Table::Containers)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect();
+        let listed = crate::listing::Budget::new("containers", crate::listing::ANSWER_LIMIT);
+        for c in &records {
+            listed.count_existing(list_bytes(c));
+        }
+        Containers {
             log_dir: log_dir.to_path_buf(),
             store,
-            dir: runroot.join("containers"),
+            table: Arc::new(table::Table::load(&dir, records)),
+            dir,
             cgroups,
             locks: KeyedLocks::default(),
-            listed: crate::listing::Budget::new("containers", crate::listing::ANSWER_LIMIT),
+            listed,
             restrict_oom_score_adj: config.restrict_oom_score_adj,
             stopping: Default::default(),
-        };
-        for c in containers.list().unwrap_or_default() {
-            containers.listed.count_existing(list_bytes(&c));
+            watchers: Default::default(),
         }
-        containers
+    }
+
+    /// Follows the monitors of every pod that has containers (at start).
+    pub fn watch_all(&self, pods: &Pods) {
+        let mut seen = std::collections::HashSet::new();
+        for c in self.list().unwrap_or_default() {
+            if seen.insert(c.pod_id.clone()) {
+                self.watch(pods, &c.pod_id);
+            }
+        }
+    }
+
+    /// Starts following `pod_id`'s monitor unless already: its exit events
+    /// keep the table current; while it is not reachable the table reads
+    /// the files, and the watcher tries again every second.
+    fn watch(&self, pods: &Pods, pod_id: &str) {
+        let Ok(mut watchers) = self.watchers.lock() else {
+            return;
+        };
+        if watchers.contains_key(pod_id) {
+            return;
+        }
+        let (table, client, pod) = (
+            self.table.clone(),
+            Self::monitor(pods, pod_id),
+            pod_id.to_string(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok(mut events) = client.subscribe().await {
+                    table.set_watched(&pod, true);
+                    while let Ok(Some(ev)) = events.next().await {
+                        table.exited(
+                            &ev.id,
+                            ExitRecord {
+                                exit_code: ev.exit_code,
+                                finished_at: ev.finished_at,
+                                oom_killed: ev.oom_killed,
+                            },
+                        );
+                    }
+                    table.set_watched(&pod, false);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        watchers.insert(pod_id.to_string(), task.abort_handle());
+    }
+
+    /// Stops following a removed pod's monitor.
+    fn unwatch(&self, pod_id: &str) {
+        if let Ok(mut watchers) = self.watchers.lock()
+            && let Some(w) = watchers.remove(pod_id)
+        {
+            w.abort();
+        }
+        self.table.set_watched(pod_id, false);
     }
 
     fn state_dir(&self, id: &str) -> PathBuf {
@@ -251,60 +322,25 @@ impl Containers {
     }
 
     /// All containers.
-    pub fn list(&self) -> Result<Vec<ContainerRecord>> {
-        Ok(self
-            .store
-            .list::<ContainerRecord>(Table::Containers)?
-            .into_iter()
-            .map(|(_, c)| c)
-            .collect())
+    pub fn list(&self) -> Result<Vec<Arc<ContainerRecord>>> {
+        Ok(self.table.all()?.into_iter().map(|(c, _)| c).collect())
+    }
+
+    /// All containers with their run state.
+    pub fn list_with_state(&self) -> Result<Vec<(Arc<ContainerRecord>, RunState)>> {
+        self.table.all()
     }
 
     /// The container with this id or unique id prefix.
-    pub fn get(&self, id: &str) -> Result<ContainerRecord> {
-        if id.is_empty() {
-            return Err(Error::InvalidArgument("container id is empty".into()));
-        }
-        if let Some(c) = self.store.get::<ContainerRecord>(Table::Containers, id)? {
-            return Ok(c);
-        }
-        let mut hits = self.list()?.into_iter().filter(|c| c.id.starts_with(id));
-        match (hits.next(), hits.next()) {
-            (Some(c), None) => Ok(c),
-            (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
-                "container id prefix {id:?} is ambiguous"
-            ))),
-            _ => Err(Error::NotFound(format!("container {id:?} not found"))),
-        }
+    pub fn get(&self, id: &str) -> Result<Arc<ContainerRecord>> {
+        self.table.get(id).map(|(c, _)| c)
     }
 
-    /// Reads the state the monitor recorded.
+    /// Where a container is in its life.
     pub fn run_state(&self, c: &ContainerRecord) -> RunState {
-        let dir = self.state_dir(&c.id);
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
-        let pid = read(files::PID).and_then(|s| s.trim().parse::<i32>().ok());
-        let started_at = read(files::STARTED)
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .unwrap_or(0);
-        let exit: Option<ExitRecord> =
-            read(files::EXIT).and_then(|s| serde_json::from_str(&s).ok());
-        let state = match (&exit, started_at, pid) {
-            (Some(_), _, _) => ContainerState::ContainerExited,
-            // State gone (reboot) or the process vanished without a record.
-            (None, _, None) if c.start_error.is_some() || !dir.exists() => {
-                ContainerState::ContainerExited
-            }
-            (None, 0, _) => ContainerState::ContainerCreated,
-            (None, _, Some(p)) if !Path::new(&format!("/proc/{p}")).exists() => {
-                ContainerState::ContainerExited
-            }
-            _ => ContainerState::ContainerRunning,
-        };
-        RunState {
-            state,
-            pid,
-            started_at,
-            exit,
+        match self.table.get(&c.id) {
+            Ok((_, st)) => st,
+            Err(_) => table::run_state_from_files(&self.dir, c),
         }
     }
 
@@ -395,12 +431,14 @@ impl Containers {
             self.listed.release(share);
             return Err(e.into());
         }
+        self.table.insert(record.clone())?;
         match self
             .set_up(pods, images, storage, &pod, &image, &mut record)
             .await
         {
             Ok(()) => {
                 self.store.put(Table::Containers, &id, &record)?;
+                self.table.put_record(record)?;
                 tracing::info!(container_id = %id, pod_id = %pod.id, name = %name, "container created");
                 Ok(id)
             }
@@ -408,6 +446,7 @@ impl Containers {
                 tracing::warn!(container_id = %id, error = %e, "container create failed; cleaning up");
                 self.tear_down(pods, storage, &record).await;
                 let _ = self.store.delete(Table::Containers, &id);
+                self.table.remove(&id);
                 self.listed.release(share);
                 Err(e)
             }
@@ -631,6 +670,7 @@ impl Containers {
         let (id, config) = (&record.id, &record.config);
         let monitor = Self::monitor(pods, &pod.id);
         monitor.ensure_running().await.map_err(monitor_err)?;
+        self.watch(pods, &pod.id);
         step("monitor ready");
         let cgroup_dirs = self
             .cgroups
@@ -655,6 +695,7 @@ impl Containers {
                 other => other,
             })?;
         step("container set up");
+        self.table.created(id, resp.pid);
         for w in resp.warnings {
             tracing::warn!(container_id = %id, "{w}");
         }
@@ -696,8 +737,14 @@ impl Containers {
         let c = self.get(id)?;
         // Ordered against the pod's stop and removal (see `create`).
         let _pod = pods.shared(&c.pod_id).await;
-        let mut c = self.get(&c.id)?;
+        let c = self.get(&c.id)?;
         let _one = self.locks.lock(&c.id).await;
+        if pods.get(&c.pod_id)?.state != PodState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                c.pod_id
+            )));
+        }
         let st = self.run_state(&c);
         if st.state != ContainerState::ContainerCreated {
             return Err(Error::FailedPrecondition(format!(
@@ -710,13 +757,16 @@ impl Containers {
             .call(Op::Start(proto::ContainerRef { id: c.id.clone() }))
             .await
         {
-            Ok(_) => {
+            Ok(r) => {
+                self.table.started(&c.id, r.started_at);
                 tracing::info!(container_id = %c.id, "container started");
                 Ok(())
             }
             Err(e) => {
+                let mut c = (*c).clone();
                 c.start_error = Some(e.to_string());
                 self.store.put(Table::Containers, &c.id, &c)?;
+                self.table.put_record(c)?;
                 Err(match monitor_err(e) {
                     Error::Internal(m) => Error::Internal(format!("starting container: {m}")),
                     other => other,
@@ -739,6 +789,7 @@ impl Containers {
         }
         self.tear_down(pods, storage, &c).await;
         self.store.delete(Table::Containers, &c.id)?;
+        self.table.remove(&c.id);
         self.listed.release(list_bytes(&c));
         tracing::info!(container_id = %c.id, "container removed");
         Ok(())
@@ -758,13 +809,14 @@ impl Containers {
         for c in self.list()?.into_iter().filter(|c| c.pod_id == pod_id) {
             self.remove(pods, storage, &c.id).await?;
         }
+        self.unwatch(pod_id);
         Self::monitor(pods, pod_id).retire().await;
         Ok(())
     }
 
     /// Changes the cgroup limits of a container live.
     pub async fn update(&self, id: &str, resources: LinuxContainerResources) -> Result<()> {
-        let mut c = self.get(id)?;
+        let c = self.get(id)?;
         let _one = self.locks.lock(&c.id).await;
         if self.run_state(&c).state == ContainerState::ContainerExited {
             return Err(Error::FailedPrecondition(format!(
@@ -775,8 +827,10 @@ impl Containers {
         self.cgroups
             .apply(&c.cgroup, &resources)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let mut c = (*c).clone();
         c.resources = Some(resources);
         self.store.put(Table::Containers, &c.id, &c)?;
+        self.table.put_record(c)?;
         Ok(())
     }
 
@@ -828,7 +882,7 @@ impl Containers {
     }
 
     /// A running container, or FailedPrecondition.
-    fn running(&self, id: &str) -> Result<ContainerRecord> {
+    fn running(&self, id: &str) -> Result<Arc<ContainerRecord>> {
         let c = self.get(id)?;
         if self.run_state(&c).state != ContainerState::ContainerRunning {
             return Err(Error::FailedPrecondition(format!(
@@ -843,13 +897,17 @@ impl Containers {
     /// streaming sessions.
     pub fn monitor_for(&self, pods: &Pods, id: &str) -> Result<(Client, String)> {
         let c = self.running(id)?;
-        Ok((Self::monitor(pods, &c.pod_id), c.id))
+        Ok((Self::monitor(pods, &c.pod_id), c.id.clone()))
     }
 
     /// Chain ids of layers some container's rootfs stacks, so image removal
     /// never frees them.
     pub fn layers_in_use(&self) -> Result<Vec<String>> {
-        let mut out: Vec<String> = self.list()?.into_iter().flat_map(|c| c.layers).collect();
+        let mut out: Vec<String> = self
+            .list()?
+            .iter()
+            .flat_map(|c| c.layers.iter().cloned())
+            .collect();
         out.sort();
         out.dedup();
         Ok(out)

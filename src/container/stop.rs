@@ -248,6 +248,7 @@ impl Containers {
             let json = serde_json::to_vec(&rec).map_err(internal)?;
             let _ = std::fs::create_dir_all(self.state_dir(&c.id));
             std::fs::write(&exit, json).map_err(internal)?;
+            self.table.exited(&c.id, rec);
         }
         Ok(())
     }
@@ -262,7 +263,20 @@ impl Containers {
             }))
             .await
         {
-            Ok(r) => Ok(r.exited),
+            Ok(r) => {
+                if r.exited {
+                    // Known now, not only once the watcher hears of it.
+                    self.table.exited(
+                        &c.id,
+                        ExitRecord {
+                            exit_code: r.exit_code,
+                            finished_at: r.finished_at,
+                            oom_killed: r.oom_killed,
+                        },
+                    );
+                }
+                Ok(r.exited)
+            }
             Err(MonitorError::Io { .. }) => {
                 let deadline = deadline_after(timeout);
                 while Instant::now() < deadline {

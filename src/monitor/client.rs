@@ -125,6 +125,17 @@ impl Client {
         }
     }
 
+    /// Subscribes to the exits of the pod's containers: the monitor first
+    /// sends one event per container that has exited already.
+    pub async fn subscribe(&self) -> Result<Events, MonitorError> {
+        let path = self.socket();
+        let mut s = UnixStream::connect(&path).await.map_err(io_error(&path))?;
+        s.write_all(&super::frame(&request(Op::Subscribe(Default::default()))))
+            .await
+            .map_err(io_error(&path))?;
+        Ok(Events { stream: s, path })
+    }
+
     /// Sends one request and waits for its answer.
     pub async fn call(&self, op: Op) -> Result<Response, MonitorError> {
         let path = self.socket();
@@ -263,6 +274,30 @@ async fn read_body(
     let mut buf = vec![0u8; frame_len(len)?];
     s.read_exact(&mut buf).await.map_err(io)?;
     Response::decode(buf.as_slice()).map_err(|e| MonitorError::Decode(e.to_string()))
+}
+
+/// The exit events of a pod's containers ([`Client::subscribe`]).
+pub struct Events {
+    stream: UnixStream,
+    path: PathBuf,
+}
+
+impl Events {
+    /// The next exit; `None` when the monitor is gone.
+    pub async fn next(&mut self) -> Result<Option<super::proto::Event>, MonitorError> {
+        let io = io_error(&self.path);
+        let mut len = [0u8; 4];
+        match self.stream.read_exact(&mut len).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(io(e)),
+        }
+        let mut buf = vec![0u8; frame_len(len)?];
+        self.stream.read_exact(&mut buf).await.map_err(&io)?;
+        super::proto::Event::decode(buf.as_slice())
+            .map(Some)
+            .map_err(|e| MonitorError::Decode(e.to_string()))
+    }
 }
 
 /// An interactive process started by [`Client::start_stream`].

@@ -144,6 +144,8 @@ struct Monitor {
     containers: HashMap<String, Container>,
     execs: Vec<ExecJob>,
     waiters: Vec<Waiter>,
+    /// Daemon connections that get an Event per container exit.
+    subscribers: Vec<UnixStream>,
     shutdown: bool,
 }
 
@@ -332,6 +334,10 @@ impl Monitor {
                 self.shutdown = true;
                 Response::default()
             }
+            Some(Op::Subscribe(_)) => {
+                self.subscribe(conn);
+                return;
+            }
             Some(Op::Wait(w)) => {
                 match self.containers.get(&w.id) {
                     None => respond(&mut conn, &error(no_container(&w.id))),
@@ -383,6 +389,21 @@ impl Monitor {
             None => error("empty request"),
         };
         respond(&mut conn, &resp);
+    }
+
+    /// Keeps `conn` for exit events, after one for every container that
+    /// has exited already.
+    fn subscribe(&mut self, mut conn: UnixStream) {
+        for (id, c) in &self.containers {
+            if let Some(e) = c.exit
+                && conn.write_all(&super::frame(&event(id, e))).is_err()
+            {
+                return;
+            }
+        }
+        if conn.set_nonblocking(true).is_ok() {
+            self.subscribers.push(conn);
+        }
     }
 
     /// The mount namespace of a live container of this pod in the PID
@@ -530,6 +551,7 @@ impl Monitor {
         self.executor.start(created)?;
         Ok(Response {
             pid: c.pid,
+            started_at: started,
             ..Default::default()
         })
     }
@@ -731,6 +753,11 @@ impl Monitor {
                     let _ = write_atomic(&c.dir.join(files::EXIT), &json);
                 }
                 c.exit = Some(rec);
+                let ev = super::frame(&event(id, rec));
+                // A subscriber that cannot take a small frame at once is
+                // stuck or gone: it resubscribes and gets the snapshot.
+                self.subscribers
+                    .retain_mut(|s| matches!(s.write(&ev), Ok(n) if n == ev.len()));
                 c.created = None;
                 let id = id.clone();
                 let (done, keep): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
@@ -815,7 +842,18 @@ fn exited(e: ExitRecord) -> Response {
     Response {
         exited: true,
         exit_code: e.exit_code,
+        finished_at: e.finished_at,
+        oom_killed: e.oom_killed,
         ..Default::default()
+    }
+}
+
+fn event(id: &str, e: ExitRecord) -> proto::Event {
+    proto::Event {
+        id: id.to_string(),
+        exit_code: e.exit_code,
+        finished_at: e.finished_at,
+        oom_killed: e.oom_killed,
     }
 }
 
@@ -847,6 +885,7 @@ pub fn run(dir: &Path) -> Result<(), String> {
         containers: HashMap::new(),
         execs: Vec::new(),
         waiters: Vec::new(),
+        subscribers: Vec::new(),
         shutdown: false,
     };
     while !m.shutdown {

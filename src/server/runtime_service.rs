@@ -375,8 +375,7 @@ impl RuntimeService for RuntimeServiceHandler {
         validate::id("container id filter", &filter.id)?;
         validate::id("pod sandbox id filter", &filter.pod_sandbox_id)?;
         let mut containers = Vec::new();
-        for c in self.rt.containers.list()? {
-            let st = self.rt.containers.run_state(&c);
+        for (c, st) in self.rt.containers.list_with_state()? {
             if !crate::container::matches_filter(&c, &st, &filter) {
                 continue;
             }
