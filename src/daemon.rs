@@ -52,7 +52,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )?);
     tokio::spawn(crate::streaming::server::serve(
         streaming,
-        runtime.clone(),
+        runtime.streaming(),
         tls,
         crate::streaming::server::Limits::from_config(&config.streaming),
     ));

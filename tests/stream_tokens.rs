@@ -3,7 +3,6 @@
 //! would break any test running beside it.
 
 use crius::streaming::{Pending, Streaming};
-use k8s_cri::v1::ExecRequest;
 
 /// Sets the soft RLIMIT_NOFILE, returning the old limits.
 fn set_nofile_soft(soft: libc::rlim_t) -> libc::rlimit {
@@ -33,7 +32,12 @@ fn tokens_are_random_when_no_descriptor_can_be_opened() {
     let old = set_nofile_soft(lowest_free as libc::rlim_t);
     let exhausted = std::fs::File::open("/dev/urandom").map(drop);
     let urls: Vec<_> = (0..2)
-        .map(|_| streaming.issue(Pending::Exec(ExecRequest::default())))
+        .map(|_| {
+            streaming.issue(Pending::PortForward {
+                req: Default::default(),
+                netns: None,
+            })
+        })
         .collect();
     // SAFETY: restores the limits read above.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) };

@@ -316,6 +316,11 @@ impl Containers {
         self.dir.join(id)
     }
 
+    /// Where a container's OCI spec (`config.json`) is.
+    pub fn spec_path(&self, id: &str) -> PathBuf {
+        self.state_dir(id).join("config.json")
+    }
+
     /// The pod's monitor (see [`crate::monitor::dir`]).
     fn monitor(pods: &Pods, pod_id: &str) -> Client {
         Client::new(&crate::monitor::dir(pods.runroot(), pod_id))

@@ -85,6 +85,9 @@ pub struct Pods {
     /// Per pod: container creates and starts hold it shared, the pod's stop
     /// and removal exclusive.
     gates: crate::sync::KeyedRwLocks,
+    /// Every pod record, in memory (the store keeps them across restarts):
+    /// listing and status never read the store.
+    records: std::sync::RwLock<HashMap<String, Arc<PodRecord>>>,
 }
 
 /// A pod's share of a ListPodSandbox answer.
@@ -110,6 +113,10 @@ fn now_nanos() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+fn poisoned() -> Error {
+    Error::Internal("pod table lock poisoned".into())
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
@@ -140,9 +147,14 @@ impl Pods {
             listed: crate::listing::Budget::new("pod sandboxes", crate::listing::ANSWER_LIMIT),
             host_ports,
             gates: Default::default(),
+            records: Default::default(),
         };
-        for p in pods.list()? {
-            pods.listed.count_existing(list_bytes(&p));
+        {
+            let mut records = pods.records.write().map_err(|_| poisoned())?;
+            for (id, p) in pods.store.list::<PodRecord>(Table::Pods)? {
+                pods.listed.count_existing(list_bytes(&p));
+                records.insert(id, Arc::new(p));
+            }
         }
         Ok(pods)
     }
@@ -184,13 +196,25 @@ impl Pods {
     }
 
     /// All pods.
-    pub fn list(&self) -> Result<Vec<PodRecord>> {
-        Ok(self
-            .store
-            .list::<PodRecord>(Table::Pods)?
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect())
+    pub fn list(&self) -> Result<Vec<Arc<PodRecord>>> {
+        let records = self.records.read().map_err(|_| poisoned())?;
+        Ok(records.values().cloned().collect())
+    }
+
+    /// Stores a pod's record and keeps it in memory.
+    fn save(&self, pod: &PodRecord) -> Result<()> {
+        self.store.put(Table::Pods, &pod.id, pod)?;
+        let mut records = self.records.write().map_err(|_| poisoned())?;
+        records.insert(pod.id.clone(), Arc::new(pod.clone()));
+        Ok(())
+    }
+
+    /// Deletes a pod's record, from the store and from memory.
+    fn forget(&self, id: &str) -> Result<()> {
+        self.store.delete(Table::Pods, id)?;
+        let mut records = self.records.write().map_err(|_| poisoned())?;
+        records.remove(id);
+        Ok(())
     }
 
     /// The pod with this id or unique id prefix.
@@ -198,12 +222,13 @@ impl Pods {
         if id.is_empty() {
             return Err(Error::InvalidArgument("pod sandbox id is empty".into()));
         }
-        if let Some(p) = self.store.get::<PodRecord>(Table::Pods, id)? {
-            return Ok(p);
+        let records = self.records.read().map_err(|_| poisoned())?;
+        if let Some(p) = records.get(id) {
+            return Ok((**p).clone());
         }
-        let mut hits = self.list()?.into_iter().filter(|p| p.id.starts_with(id));
+        let mut hits = records.values().filter(|p| p.id.starts_with(id));
         match (hits.next(), hits.next()) {
-            (Some(p), None) => Ok(p),
+            (Some(p), None) => Ok((**p).clone()),
             (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
                 "pod sandbox id prefix {id:?} is ambiguous"
             ))),
@@ -232,7 +257,7 @@ impl Pods {
             .into_iter()
             .find(|p| p.key() == key && p.state == PodState::Ready)
         {
-            return Ok(p.id);
+            return Ok(p.id.clone());
         }
         let ns = config
             .linux
@@ -274,16 +299,16 @@ impl Pods {
             self.host_ports.release(&id);
             return Err(e);
         }
-        if let Err(e) = self.store.put(Table::Pods, &id, &pod) {
+        if let Err(e) = self.save(&pod) {
             self.listed.release(share);
             self.host_ports.release(&id);
-            return Err(e.into());
+            return Err(e);
         }
         let mut timing = SetUpTiming::default();
         match self.set_up(&mut pod, network, &mut timing).await {
             Ok(()) => {
                 pod.state = PodState::Ready;
-                self.store.put(Table::Pods, &id, &pod)?;
+                self.save(&pod)?;
                 tracing::info!(
                     pod_id = %id, pod = %key, ips = ?pod.ips,
                     total_ms = ms(started.elapsed()),
@@ -304,7 +329,7 @@ impl Pods {
                 crate::monitor::client::Client::new(&crate::monitor::dir(self.runroot(), &id))
                     .retire()
                     .await;
-                let _ = self.store.delete(Table::Pods, &id);
+                let _ = self.forget(&id);
                 self.listed.release(share);
                 Err(e)
             }
@@ -404,7 +429,7 @@ impl Pods {
                 conf: conf.to_json(),
                 result: Value::Null,
             });
-            self.store.put(Table::Pods, &pod.id, pod)?;
+            self.save(pod)?;
             let args = CniArgs::new(k8s_pod_args(&pod.id, &pod.config))?;
             let result = invoker.add(&conf, &self.attachment(pod, args)).await?;
             timing.network = t.elapsed();
@@ -573,7 +598,7 @@ impl Pods {
         let _one = self.locks.lock(&pod.key()).await;
         self.tear_down(&mut pod, network, false, false).await?;
         pod.state = PodState::NotReady;
-        self.store.put(Table::Pods, &pod.id, &pod)?;
+        self.save(&pod)?;
         tracing::info!(pod_id = %pod.id, "pod sandbox stopped");
         Ok(())
     }
@@ -587,7 +612,7 @@ impl Pods {
         };
         let _one = self.locks.lock(&pod.key()).await;
         self.tear_down(&mut pod, network, true, false).await?;
-        self.store.delete(Table::Pods, &pod.id)?;
+        self.forget(&pod.id)?;
         self.listed.release(list_bytes(&pod));
         tracing::info!(pod_id = %pod.id, "pod sandbox removed");
         Ok(())

@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status};
 
 use crate::error::Error;
 use crate::image::PullAuth;
-use crate::image::record::{ImageRecord, ImageUser};
-use crate::runtime::Runtime;
+use crate::image::record::ImageUser;
+use crate::runtime::{FsUsage, ImageView, Runtime};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -23,7 +23,8 @@ impl ImageServiceHandler {
         ImageServiceHandler { rt }
     }
 
-    fn to_cri(&self, r: &ImageRecord) -> Image {
+    fn to_cri(&self, v: &ImageView) -> Image {
+        let r = &v.record;
         let (uid, username) = match r.config.user() {
             ImageUser::Unset => (None, String::new()),
             ImageUser::Uid(u) => (Some(Int64Value { value: u }), String::new()),
@@ -40,7 +41,7 @@ impl ImageServiceHandler {
                 image: r.id.clone(),
                 ..Default::default()
             }),
-            pinned: self.rt.images.is_pinned(r),
+            pinned: v.pinned,
         }
     }
 }
@@ -68,7 +69,7 @@ impl ImageService for ImageServiceHandler {
             .as_ref()
             .and_then(|f| f.image.as_ref())
             .map(|s| s.image.as_str());
-        let images = self.rt.images.list(filter)?;
+        let images = self.rt.list_images(filter)?;
         Ok(Response::new(ListImagesResponse {
             images: images.iter().map(|r| self.to_cri(r)).collect(),
         }))
@@ -78,11 +79,12 @@ impl ImageService for ImageServiceHandler {
     async fn image_status(&self, req: Request<ImageStatusRequest>) -> Reply<ImageStatusResponse> {
         let req = req.into_inner();
         let name = image_name(req.image.as_ref())?;
-        let Some(record) = self.rt.images.find(name)? else {
+        let Some(view) = self.rt.image_status(name)? else {
             return Ok(Response::new(ImageStatusResponse::default()));
         };
         let mut info = std::collections::HashMap::new();
         if req.verbose {
+            let record = &view.record;
             let verbose = serde_json::json!({
                 "id": record.id,
                 "imageSpec": record.config,
@@ -92,7 +94,7 @@ impl ImageService for ImageServiceHandler {
             info.insert("info".to_string(), verbose.to_string());
         }
         Ok(Response::new(ImageStatusResponse {
-            image: Some(self.to_cri(&record)),
+            image: Some(self.to_cri(&view)),
             info,
         }))
     }
@@ -114,7 +116,7 @@ impl ImageService for ImageServiceHandler {
                 registry_token: a.registry_token,
             })
             .unwrap_or_default();
-        let id = self.rt.images.pull(name, &auth).await?;
+        let id = self.rt.pull_image(name, &auth).await?;
         Ok(Response::new(PullImageResponse { image_ref: id }))
     }
 
@@ -126,25 +128,22 @@ impl ImageService for ImageServiceHandler {
     }
 
     async fn image_fs_info(&self, _: Request<ImageFsInfoRequest>) -> Reply<ImageFsInfoResponse> {
-        let usage = self.rt.images.usage()?;
+        let (images, containers) = self.rt.image_fs_info().await?;
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
-        let fs = |mountpoint: &std::path::Path, bytes, inodes| FilesystemUsage {
+        let fs = |u: FsUsage| FilesystemUsage {
             timestamp,
             fs_id: Some(FilesystemIdentifier {
-                mountpoint: mountpoint.display().to_string(),
+                mountpoint: u.mountpoint.display().to_string(),
             }),
-            used_bytes: Some(UInt64Value { value: bytes }),
-            inodes_used: Some(UInt64Value { value: inodes }),
+            used_bytes: Some(UInt64Value { value: u.bytes }),
+            inodes_used: Some(UInt64Value { value: u.inodes }),
         };
         Ok(Response::new(ImageFsInfoResponse {
-            image_filesystems: vec![fs(self.rt.images.root_dir(), usage.bytes, usage.inodes)],
-            container_filesystems: vec![{
-                let (bytes, inodes) = self.rt.storage.usage();
-                fs(self.rt.storage.root(), bytes, inodes)
-            }],
+            image_filesystems: vec![fs(images)],
+            container_filesystems: vec![fs(containers)],
         }))
     }
 }

@@ -10,9 +10,11 @@ use tonic::{Request, Response, Status};
 use super::unimplemented;
 use super::validate;
 use crate::config::CgroupDriver as Driver;
-use crate::runtime::{CRI_API_VERSION, RUNTIME_NAME, Runtime};
-use crate::sandbox::pinns::NsKind;
-use crate::sandbox::{PodState, labels_match};
+use crate::runtime::{
+    CRI_API_VERSION, ContainerFilter as CoreContainerFilter, ContainerView, PodFilter,
+    RUNTIME_NAME, Runtime,
+};
+use crate::sandbox::PodState;
 
 /// Runs a pod operation to the end even if the client gives up (deadline,
 /// disconnect): its retry then finds the finished work instead of a
@@ -45,36 +47,63 @@ impl RuntimeServiceHandler {
     pub fn new(rt: Arc<Runtime>) -> Self {
         RuntimeServiceHandler { rt }
     }
+}
 
-    /// Exec and Attach: the CRI checks (texts as upstream's streaming
-    /// server), the container running, then a URL for `pending(full id)`.
-    fn stream_url(
-        &self,
-        container_id: &str,
-        (stdin, stdout, stderr, tty): (bool, bool, bool, bool),
-        conjunction: &str,
-        pending: impl FnOnce(String) -> crate::streaming::Pending,
-    ) -> Result<String, Status> {
-        if container_id.is_empty() {
-            return Err(Status::invalid_argument("missing required container_id"));
-        }
-        validate::id("container id", container_id)?;
-        if tty && stderr {
-            return Err(Status::invalid_argument(
-                "tty and stderr cannot both be true",
-            ));
-        }
-        if !stdin && !stdout && !stderr {
-            return Err(Status::invalid_argument(format!(
-                "one of stdin, stdout, {conjunction} stderr must be set"
-            )));
-        }
-        // NotFound / FailedPrecondition before a URL exists.
-        let (_, id) = self
-            .rt
-            .containers
-            .monitor_for(&self.rt.pods, container_id)?;
-        Ok(self.rt.streaming.issue(pending(id))?)
+/// The CRI checks for Exec and Attach (texts as upstream's streaming
+/// server), before the core is asked for a URL.
+fn stream_checks(
+    container_id: &str,
+    (stdin, stdout, stderr, tty): (bool, bool, bool, bool),
+    conjunction: &str,
+) -> Result<(), Status> {
+    if container_id.is_empty() {
+        return Err(Status::invalid_argument("missing required container_id"));
+    }
+    validate::id("container id", container_id)?;
+    if tty && stderr {
+        return Err(Status::invalid_argument(
+            "tty and stderr cannot both be true",
+        ));
+    }
+    if !stdin && !stdout && !stderr {
+        return Err(Status::invalid_argument(format!(
+            "one of stdin, stdout, {conjunction} stderr must be set"
+        )));
+    }
+    Ok(())
+}
+
+fn container_state(s: i32) -> Option<k8s_cri::v1::ContainerState> {
+    k8s_cri::v1::ContainerState::try_from(s).ok()
+}
+
+/// A container as ListContainers shows it.
+fn listed_container(v: ContainerView) -> Container {
+    let c = &v.record;
+    Container {
+        id: c.id.clone(),
+        pod_sandbox_id: c.pod_id.clone(),
+        metadata: c.config.metadata.clone(),
+        image: c.config.image.clone(),
+        image_ref: c.image_ref.clone(),
+        state: v.run.state as i32,
+        created_at: c.created_at,
+        labels: c.config.labels.clone(),
+        annotations: c.config.annotations.clone(),
+        image_id: c.image_id.clone(),
+    }
+}
+
+/// A pod as ListPodSandbox shows it.
+fn listed_pod(p: &crate::sandbox::PodRecord) -> PodSandbox {
+    PodSandbox {
+        id: p.id.clone(),
+        metadata: p.config.metadata.clone(),
+        state: pod_state(p.state),
+        created_at: p.created_at,
+        labels: p.config.labels.clone(),
+        annotations: p.config.annotations.clone(),
+        runtime_handler: p.runtime_handler.clone(),
     }
 }
 
@@ -129,7 +158,7 @@ impl RuntimeService for RuntimeServiceHandler {
         &self,
         _: Request<RuntimeConfigRequest>,
     ) -> Reply<RuntimeConfigResponse> {
-        let driver = match self.rt.config.runtime.cgroup_driver {
+        let driver = match self.rt.config().runtime.cgroup_driver {
             Driver::Systemd => CgroupDriver::Systemd,
             Driver::Cgroupfs => CgroupDriver::Cgroupfs,
         };
@@ -169,7 +198,7 @@ impl RuntimeService for RuntimeServiceHandler {
         }
         let rt = self.rt.clone();
         let handler = req.runtime_handler;
-        let id = detached(async move { rt.pods.run(config, &handler, &rt.network).await }).await?;
+        let id = detached(async move { rt.run_pod(config, &handler).await }).await?;
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
     }
 
@@ -206,18 +235,19 @@ impl RuntimeService for RuntimeServiceHandler {
     ) -> Reply<PodSandboxStatusResponse> {
         let req = req.into_inner();
         validate::id("pod sandbox id", &req.pod_sandbox_id)?;
-        let pod = self.rt.pods.get(&req.pod_sandbox_id)?;
+        let status = self.rt.pod_status(&req.pod_sandbox_id, req.verbose).await?;
+        let pod = status.record;
         let mut info = std::collections::HashMap::new();
-        if req.verbose {
-            let check = match self.rt.pods.check_network(&pod, &self.rt.network).await {
+        if let Some(d) = status.verbose {
+            let check = match d.network_check {
                 None => serde_json::Value::Null,
                 Some(Ok(())) => "ok".into(),
-                Some(Err(e)) => e.to_string().into(),
+                Some(Err(e)) => e.into(),
             };
             let v = serde_json::json!({
                 "networkCheck": check,
                 "pid": pod.init_pid.unwrap_or(0),
-                "netns": (!pod.host_network).then(|| self.rt.pods.ns_path(&pod.id, NsKind::Net)),
+                "netns": d.netns,
                 "network": pod.network,
                 "config": pod.config,
                 "runtimeHandler": pod.runtime_handler,
@@ -260,28 +290,21 @@ impl RuntimeService for RuntimeServiceHandler {
     ) -> Reply<ListPodSandboxResponse> {
         let filter = req.into_inner().filter.unwrap_or_default();
         validate::id("pod sandbox id filter", &filter.id)?;
+        let state = match filter.state.map(|s| PodSandboxState::try_from(s.state)) {
+            None => None,
+            Some(Ok(PodSandboxState::SandboxReady)) => Some(PodState::Ready),
+            Some(Ok(PodSandboxState::SandboxNotready)) => Some(PodState::NotReady),
+            Some(Err(_)) => return Err(Status::invalid_argument("unknown pod sandbox state")),
+        };
         let items = self
             .rt
-            .pods
-            .list()?
-            .into_iter()
-            .filter(|p| filter.id.is_empty() || p.id.starts_with(&filter.id))
-            .filter(|p| {
-                filter
-                    .state
-                    .as_ref()
-                    .is_none_or(|s| s.state == pod_state(p.state))
-            })
-            .filter(|p| labels_match(&p.config.labels, &filter.label_selector))
-            .map(|p| PodSandbox {
-                id: p.id,
-                metadata: p.config.metadata,
-                state: pod_state(p.state),
-                created_at: p.created_at,
-                labels: p.config.labels,
-                annotations: p.config.annotations,
-                runtime_handler: p.runtime_handler,
-            })
+            .list_pods(&PodFilter {
+                id: filter.id,
+                state,
+                labels: filter.label_selector,
+            })?
+            .iter()
+            .map(|p| listed_pod(p))
             .collect();
         Ok(Response::new(ListPodSandboxResponse { items }))
     }
@@ -309,15 +332,7 @@ impl RuntimeService for RuntimeServiceHandler {
         }
         let rt = self.rt.clone();
         let id = detached(async move {
-            rt.containers
-                .create(
-                    &rt.pods,
-                    &rt.images,
-                    &rt.storage,
-                    &req.pod_sandbox_id,
-                    config,
-                    req.sandbox_config,
-                )
+            rt.create_container(&req.pod_sandbox_id, config, req.sandbox_config)
                 .await
         })
         .await?;
@@ -331,7 +346,7 @@ impl RuntimeService for RuntimeServiceHandler {
     ) -> Reply<StartContainerResponse> {
         let (rt, id) = (self.rt.clone(), req.into_inner().container_id);
         validate::id("container id", &id)?;
-        detached(async move { rt.containers.start(&rt.pods, &id).await }).await?;
+        detached(async move { rt.start_container(&id).await }).await?;
         Ok(Response::new(StartContainerResponse {}))
     }
 
@@ -344,12 +359,7 @@ impl RuntimeService for RuntimeServiceHandler {
         validate::id("container id", &req.container_id)?;
         let timeout = validate::timeout("stop timeout", req.timeout)?;
         let rt = self.rt.clone();
-        detached(async move {
-            rt.containers
-                .stop(&rt.pods, &req.container_id, timeout)
-                .await
-        })
-        .await?;
+        detached(async move { rt.stop_container(&req.container_id, timeout).await }).await?;
         Ok(Response::new(StopContainerResponse {}))
     }
 
@@ -363,7 +373,7 @@ impl RuntimeService for RuntimeServiceHandler {
             return Err(Status::invalid_argument("container id is empty"));
         }
         validate::id("container id", &id)?;
-        detached(async move { rt.containers.remove(&rt.pods, &rt.storage, &id).await }).await?;
+        detached(async move { rt.remove_container(&id).await }).await?;
         Ok(Response::new(RemoveContainerResponse {}))
     }
 
@@ -374,24 +384,22 @@ impl RuntimeService for RuntimeServiceHandler {
         let filter = req.into_inner().filter.unwrap_or_default();
         validate::id("container id filter", &filter.id)?;
         validate::id("pod sandbox id filter", &filter.pod_sandbox_id)?;
-        let mut containers = Vec::new();
-        for (c, st) in self.rt.containers.list_with_state()? {
-            if !crate::container::matches_filter(&c, &st, &filter) {
-                continue;
-            }
-            containers.push(Container {
-                id: c.id.clone(),
-                pod_sandbox_id: c.pod_id.clone(),
-                metadata: c.config.metadata.clone(),
-                image: c.config.image.clone(),
-                image_ref: c.image_ref.clone(),
-                state: st.state as i32,
-                created_at: c.created_at,
-                labels: c.config.labels.clone(),
-                annotations: c.config.annotations.clone(),
-                image_id: c.image_id.clone(),
-            });
-        }
+        let state = match filter.state.map(|s| container_state(s.state)) {
+            None => None,
+            Some(Some(s)) => Some(s),
+            Some(None) => return Err(Status::invalid_argument("unknown container state")),
+        };
+        let containers = self
+            .rt
+            .list_containers(&CoreContainerFilter {
+                id: filter.id,
+                pod: filter.pod_sandbox_id,
+                state,
+                labels: filter.label_selector,
+            })?
+            .into_iter()
+            .map(listed_container)
+            .collect();
         Ok(Response::new(ListContainersResponse { containers }))
     }
 
@@ -402,45 +410,31 @@ impl RuntimeService for RuntimeServiceHandler {
     ) -> Reply<ContainerStatusResponse> {
         let req = req.into_inner();
         validate::id("container id", &req.container_id)?;
-        let c = self.rt.containers.get(&req.container_id)?;
-        let st = self.rt.containers.run_state(&c);
-        let (reason, exit_code, finished_at) = match st.exit {
-            Some(e) if e.oom_killed => ("OOMKilled", e.exit_code, e.finished_at),
-            Some(e) if e.exit_code == 0 => ("Completed", 0, e.finished_at),
-            Some(e) => ("Error", e.exit_code, e.finished_at),
-            None if st.state == ContainerState::ContainerExited => ("Unknown", 255, 0),
-            None => ("", 0, 0),
-        };
-        let reason = if c.start_error.is_some() && st.started_at == 0 {
-            "StartError"
-        } else {
-            reason
-        };
+        let st = self
+            .rt
+            .container_status(&req.container_id, req.verbose)
+            .await?;
+        let (c, run) = (&st.view.record, &st.view.run);
         let mut info = std::collections::HashMap::new();
         if req.verbose {
-            let spec: serde_json::Value = std::fs::read(
-                std::path::Path::new(&self.rt.config.runroot)
-                    .join("containers")
-                    .join(&c.id)
-                    .join("config.json"),
-            )
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-            let v = serde_json::json!({ "pid": st.pid.unwrap_or(0), "sandboxID": c.pod_id, "runtimeSpec": spec });
+            let v = serde_json::json!({
+                "pid": run.pid.unwrap_or(0),
+                "sandboxID": c.pod_id,
+                "runtimeSpec": st.spec.clone().unwrap_or_default(),
+            });
             info.insert("info".to_string(), v.to_string());
         }
         let status = ContainerStatus {
             id: c.id.clone(),
             metadata: c.config.metadata.clone(),
-            state: st.state as i32,
+            state: run.state as i32,
             created_at: c.created_at,
-            started_at: st.started_at,
-            finished_at,
-            exit_code,
+            started_at: run.started_at,
+            finished_at: st.finished_at,
+            exit_code: st.exit_code,
             image: c.config.image.clone(),
             image_ref: c.image_ref.clone(),
-            reason: reason.into(),
+            reason: st.reason.into(),
             message: c.start_error.clone().unwrap_or_default(),
             labels: c.config.labels.clone(),
             annotations: c.config.annotations.clone(),
@@ -474,7 +468,9 @@ impl RuntimeService for RuntimeServiceHandler {
         validate::id("container id", &req.container_id)?;
         let linux = req.linux.unwrap_or_default();
         validate::resources(&linux)?;
-        self.rt.containers.update(&req.container_id, linux).await?;
+        self.rt
+            .update_container_resources(&req.container_id, linux)
+            .await?;
         Ok(Response::new(UpdateContainerResourcesResponse {}))
     }
 
@@ -485,7 +481,7 @@ impl RuntimeService for RuntimeServiceHandler {
     ) -> Reply<ReopenContainerLogResponse> {
         let id = req.into_inner().container_id;
         validate::id("container id", &id)?;
-        self.rt.containers.reopen_log(&self.rt.pods, &id).await?;
+        self.rt.reopen_container_log(&id).await?;
         Ok(Response::new(ReopenContainerLogResponse {}))
     }
 
@@ -495,15 +491,14 @@ impl RuntimeService for RuntimeServiceHandler {
         validate::id("container id", &req.container_id)?;
         validate::command(&req.cmd)?;
         let timeout = validate::timeout("exec timeout", req.timeout)?;
-        let (stdout, stderr, exit_code) = self
+        let out = self
             .rt
-            .containers
-            .exec_sync(&self.rt.pods, &req.container_id, req.cmd, timeout)
+            .exec_sync(&req.container_id, req.cmd, timeout)
             .await?;
         Ok(Response::new(ExecSyncResponse {
-            stdout,
-            stderr,
-            exit_code,
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
         }))
     }
     #[tracing::instrument(skip_all, fields(container_id = %req.get_ref().container_id))]
@@ -512,26 +507,24 @@ impl RuntimeService for RuntimeServiceHandler {
         if !req.container_id.is_empty() {
             validate::command(&req.cmd)?;
         }
-        let stdio = (req.stdin, req.stdout, req.stderr, req.tty);
-        let url = self.stream_url(&req.container_id.clone(), stdio, "or", |id| {
-            crate::streaming::Pending::Exec(ExecRequest {
-                container_id: id,
-                ..req
-            })
-        })?;
+        stream_checks(
+            &req.container_id,
+            (req.stdin, req.stdout, req.stderr, req.tty),
+            "or",
+        )?;
+        let url = self.rt.exec_url(req)?;
         Ok(Response::new(ExecResponse { url }))
     }
 
     #[tracing::instrument(skip_all, fields(container_id = %req.get_ref().container_id))]
     async fn attach(&self, req: Request<AttachRequest>) -> Reply<AttachResponse> {
         let req = req.into_inner();
-        let stdio = (req.stdin, req.stdout, req.stderr, req.tty);
-        let url = self.stream_url(&req.container_id.clone(), stdio, "and", |id| {
-            crate::streaming::Pending::Attach(AttachRequest {
-                container_id: id,
-                ..req
-            })
-        })?;
+        stream_checks(
+            &req.container_id,
+            (req.stdin, req.stdout, req.stderr, req.tty),
+            "and",
+        )?;
+        let url = self.rt.attach_url(req)?;
         Ok(Response::new(AttachResponse { url }))
     }
 
@@ -545,20 +538,7 @@ impl RuntimeService for RuntimeServiceHandler {
         if req.port.iter().any(|p| !(1..=65535).contains(p)) {
             return Err(Status::invalid_argument("port out of range"));
         }
-        let pod = self.rt.pods.get(&req.pod_sandbox_id)?;
-        if pod.state != PodState::Ready {
-            return Err(Status::failed_precondition(format!(
-                "pod sandbox {} is not ready",
-                pod.id
-            )));
-        }
-        let url = self
-            .rt
-            .streaming
-            .issue(crate::streaming::Pending::PortForward(PortForwardRequest {
-                pod_sandbox_id: pod.id,
-                ..req
-            }))?;
+        let url = self.rt.port_forward_url(req)?;
         Ok(Response::new(PortForwardResponse { url }))
     }
     async fn container_stats(

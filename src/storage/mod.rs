@@ -45,6 +45,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
 }
 
 /// Writable layers and mounts of containers.
+#[derive(Debug, Clone)]
 pub struct Storage {
     containers: PathBuf,
     links: PathBuf,

@@ -14,13 +14,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::idle::Activity;
 use super::websocket::{CLOSE_GRACE, Protocol, frame};
-use crate::runtime::Runtime;
+use std::path::{Path, PathBuf};
 
-/// Opens a connection to `port` in the pod's network namespace.
-pub async fn dial(rt: &Runtime, pod_id: &str, port: u16) -> Result<tokio::net::TcpStream, String> {
-    let pod = rt.pods.get(pod_id).map_err(|e| e.to_string())?;
-    let netns =
-        (!pod.host_network).then(|| rt.pods.ns_path(&pod.id, crate::sandbox::pinns::NsKind::Net));
+/// Opens a connection to `port` in the network namespace pinned at
+/// `netns` (the host's when `None`).
+pub async fn dial(netns: Option<&Path>, port: u16) -> Result<tokio::net::TcpStream, String> {
+    let netns = netns.map(Path::to_path_buf);
     let std_stream = tokio::task::spawn_blocking(move || {
         crate::executor::sys::connect_in_netns(netns.as_deref(), port)
     })
@@ -41,8 +40,7 @@ pub async fn dial(rt: &Runtime, pod_id: &str, port: u16) -> Result<tokio::net::T
 pub async fn serve_websocket<S>(
     mut ws: WebSocketStream<S>,
     p: Protocol,
-    rt: std::sync::Arc<Runtime>,
-    pod_id: String,
+    netns: Option<PathBuf>,
     ports: Vec<u16>,
     idle_timeout: Duration,
 ) where
@@ -50,7 +48,7 @@ pub async fn serve_websocket<S>(
 {
     let activity = Activity::new(idle_timeout);
     let forwarded = activity
-        .run(forward(&mut ws, p, &rt, &pod_id, &ports, &activity))
+        .run(forward(&mut ws, p, netns.as_deref(), &ports, &activity))
         .await;
     let reason = match forwarded {
         Some(true) => "",
@@ -76,8 +74,7 @@ pub async fn serve_websocket<S>(
 async fn forward<S>(
     ws: &mut WebSocketStream<S>,
     p: Protocol,
-    rt: &Runtime,
-    pod_id: &str,
+    netns: Option<&Path>,
     ports: &[u16],
     activity: &Activity,
 ) -> bool
@@ -95,7 +92,7 @@ where
     let mut writers = Vec::new();
     for (i, port) in ports.iter().copied().enumerate() {
         let (data_ch, err_ch) = (2 * i as u8, 2 * i as u8 + 1);
-        match dial(rt, pod_id, port).await {
+        match dial(netns, port).await {
             Ok(conn) => {
                 let (mut r, w) = conn.into_split();
                 writers.push(Some(w));

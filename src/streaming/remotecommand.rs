@@ -12,7 +12,7 @@ use bytes::Bytes;
 use k8s_cri::v1::{AttachRequest, ExecRequest};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::runtime::Runtime;
+use crate::monitor::client::Client;
 
 /// Output channel numbers (the remotecommand stream ids).
 pub const STDOUT: u8 = 1;
@@ -94,13 +94,10 @@ fn pump_in(fd: OwnedFd) -> mpsc::Sender<Bytes> {
 
 /// Starts `req` in its container with pipes (or a terminal made inside
 /// the container) wired to the returned [`Process`].
-pub async fn start_exec(rt: &Runtime, req: &ExecRequest) -> Result<Process, String> {
+pub async fn start_exec(monitor: &Client, req: &ExecRequest) -> Result<Process, String> {
     let (out_tx, output) = mpsc::channel(64);
     let mut stdin_tx = None;
-    let (monitor, id) = rt
-        .containers
-        .monitor_for(&rt.pods, &req.container_id)
-        .map_err(|e| e.to_string())?;
+    let (monitor, id) = (monitor.clone(), req.container_id.clone());
     let stdio = if req.tty {
         None
     } else {
@@ -164,12 +161,9 @@ pub async fn start_exec(rt: &Runtime, req: &ExecRequest) -> Result<Process, Stri
 
 /// Joins a running container's output (and stdin, if it was created
 /// with one); ends when the container exits or the client leaves.
-pub async fn start_attach(rt: &Runtime, req: &AttachRequest) -> Result<Process, String> {
+pub async fn start_attach(monitor: &Client, req: &AttachRequest) -> Result<Process, String> {
     let (out_tx, output) = mpsc::channel(64);
-    let (monitor, id) = rt
-        .containers
-        .monitor_for(&rt.pods, &req.container_id)
-        .map_err(|e| e.to_string())?;
+    let (monitor, id) = (monitor.clone(), req.container_id.clone());
     let mut outs = Vec::new();
     for (wanted, channel) in [(req.stdout, STDOUT), (req.stderr || req.tty, STDERR)] {
         let (r, w) = pipe()?;

@@ -26,10 +26,10 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::Pending;
+use super::Streaming;
 use super::backoff::Backoff;
 use super::websocket;
 use crate::config::StreamingConfig;
-use crate::runtime::Runtime;
 
 type Reply = Response<Full<Bytes>>;
 
@@ -90,7 +90,7 @@ impl Limits {
 /// its upgrade starts.
 #[derive(Clone)]
 struct Conn {
-    rt: Arc<Runtime>,
+    streaming: Arc<Streaming>,
     idle_timeout: Duration,
     /// Its place under `max_connections`: released when the connection and
     /// any session it upgraded to have both ended.
@@ -117,7 +117,7 @@ impl Conn {
 /// which can discard that answer anyway. Clients see the connection fail.
 pub async fn serve(
     listener: TcpListener,
-    rt: Arc<Runtime>,
+    streaming: Arc<Streaming>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: Limits,
 ) {
@@ -160,7 +160,7 @@ pub async fn serve(
             refusing = false;
         }
         let conn = Conn {
-            rt: rt.clone(),
+            streaming: streaming.clone(),
             idle_timeout: limits.idle_timeout,
             slot: Arc::new(slot),
         };
@@ -287,7 +287,7 @@ async fn handle(req: Request<Incoming>, conn: Conn) -> Reply {
     let span = tracing::info_span!("stream", route, method = %req.method());
     let _enter = span.enter();
     // Spent on first use, before the upgrade: a failed upgrade burns it.
-    let Some(pending) = conn.rt.streaming.redeem(route, token) else {
+    let Some(pending) = conn.streaming.redeem(route, token) else {
         tracing::debug!("unknown, spent or expired token");
         return status(StatusCode::NOT_FOUND, "not found");
     };
@@ -314,7 +314,7 @@ fn spdy_tunnel(req: Request<Incoming>, conn: Conn, pending: Pending, key: &str) 
     use futures::{SinkExt, StreamExt};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_tungstenite::tungstenite::Message;
-    let (rt, idle) = (conn.rt.clone(), conn.idle_timeout);
+    let idle = conn.idle_timeout;
     conn.spawn_session(async move {
         let Some(ws) = upgraded_websocket(req).await else {
             return;
@@ -351,7 +351,7 @@ fn spdy_tunnel(req: Request<Incoming>, conn: Conn, pending: Pending, key: &str) 
             tokio::join!(inbound, outbound);
         });
         // The SPDY session's idle timer sees the tunnel's payload traffic.
-        super::spdy_serve::serve(session_io, rt, pending, "portforward.k8s.io", idle).await;
+        super::spdy_serve::serve(session_io, pending, "portforward.k8s.io", idle).await;
         // Its end (GOAWAY, EOF) reaches the client through the tunnel; a
         // client that neither reads it nor answers the Close is cut off.
         if tokio::time::timeout(websocket::CLOSE_GRACE, &mut pumps)
@@ -391,14 +391,14 @@ fn spdy_upgrade(req: Request<Incoming>, conn: Conn, pending: Pending) -> Reply {
         );
     }
     tracing::info!(protocol, route = pending.route(), "SPDY session");
-    let (rt, idle) = (conn.rt.clone(), conn.idle_timeout);
+    let idle = conn.idle_timeout;
     conn.spawn_session(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 // hyper hands back bytes it read past the request as part
                 // of the upgraded stream.
                 let io = TokioIo::new(upgraded);
-                super::spdy_serve::serve(io, rt, pending, protocol, idle).await;
+                super::spdy_serve::serve(io, pending, protocol, idle).await;
             }
             Err(e) => tracing::warn!(error = %e, "SPDY upgrade"),
         }
@@ -415,7 +415,7 @@ fn websocket_upgrade(req: Request<Incoming>, conn: Conn, pending: Pending) -> Re
     };
     let offered = header_str(&req, "sec-websocket-protocol");
     // crictl's WebSocket port-forward: SPDY tunnelled in WebSocket (form C).
-    if matches!(pending, Pending::PortForward(_))
+    if matches!(pending, Pending::PortForward { .. })
         && offered.is_some_and(|o| o.split(',').any(|p| p.trim() == SPDY_TUNNEL))
     {
         return spdy_tunnel(req, conn, pending, &key);
@@ -423,16 +423,16 @@ fn websocket_upgrade(req: Request<Incoming>, conn: Conn, pending: Pending) -> Re
     let negotiated = match &pending {
         // Port-forward speaks only the channel forms here (no v5, which
         // is an exec/attach protocol).
-        Pending::PortForward(_) => websocket::negotiate(offered).filter(|p| !p.close_signal),
+        Pending::PortForward { .. } => websocket::negotiate(offered).filter(|p| !p.close_signal),
         _ => websocket::negotiate(offered),
     };
     let Some(proto) = negotiated else {
         return status(StatusCode::FORBIDDEN, "");
     };
     let (stdout, stderr) = match &pending {
-        Pending::Exec(e) => (e.stdout, e.stderr),
-        Pending::Attach(a) => (a.stdout, a.stderr),
-        Pending::PortForward(_) => (false, false),
+        Pending::Exec { req: e, .. } => (e.stdout, e.stderr),
+        Pending::Attach { req: a, .. } => (a.stdout, a.stderr),
+        Pending::PortForward { .. } => (false, false),
     };
     let first = if stdout {
         1
@@ -441,36 +441,28 @@ fn websocket_upgrade(req: Request<Incoming>, conn: Conn, pending: Pending) -> Re
     } else {
         3
     };
-    let (rt, idle) = (conn.rt.clone(), conn.idle_timeout);
+    let idle = conn.idle_timeout;
     conn.spawn_session(async move {
         let Some(ws) = upgraded_websocket(req).await else {
             return;
         };
-        let started = match &pending {
-            Pending::Exec(exec) => {
+        let started = match pending {
+            Pending::Exec { req: exec, monitor } => {
                 tracing::info!(container_id = %exec.container_id, cmd = ?exec.cmd, tty = exec.tty, "exec session (websocket)");
-                super::remotecommand::start_exec(&rt, exec).await
+                super::remotecommand::start_exec(&monitor, &exec).await
             }
-            Pending::Attach(a) => {
+            Pending::Attach { req: a, monitor } => {
                 tracing::info!(container_id = %a.container_id, "attach session (websocket)");
-                super::remotecommand::start_attach(&rt, a).await
+                super::remotecommand::start_attach(&monitor, &a).await
             }
-            Pending::PortForward(pf) => {
+            Pending::PortForward { req: pf, netns } => {
                 tracing::info!(pod_id = %pf.pod_sandbox_id, ports = ?pf.port, "port-forward session (websocket)");
                 let ports = pf
                     .port
                     .iter()
                     .filter_map(|p| u16::try_from(*p).ok())
                     .collect();
-                super::portforward::serve_websocket(
-                    ws,
-                    proto,
-                    rt.clone(),
-                    pf.pod_sandbox_id.clone(),
-                    ports,
-                    idle,
-                )
-                .await;
+                super::portforward::serve_websocket(ws, proto, netns, ports, idle).await;
                 return;
             }
         };

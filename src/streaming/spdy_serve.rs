@@ -10,11 +10,12 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use std::path::PathBuf;
+
 use super::Pending;
 use super::idle::Activity;
 use super::remotecommand::{Process, STDERR, parse_resizes, status_message};
 use super::spdy::{RST_CANCEL, Session, Stream, StreamWriter};
-use crate::runtime::Runtime;
 
 /// Exec/attach protocols crius speaks over SPDY, best first.
 const REMOTECOMMAND: &[&str] = &[
@@ -49,7 +50,7 @@ pub fn negotiate(headers: &HeaderMap, pending: &Pending) -> Result<&'static str,
         ));
     }
     let ours: &[&'static str] = match pending {
-        Pending::PortForward(_) => &[PORTFORWARD],
+        Pending::PortForward { .. } => &[PORTFORWARD],
         _ => REMOTECOMMAND,
     };
     if let Some(p) = offered
@@ -77,13 +78,8 @@ const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// port-forward ends, the client leaves, or no frame has been read or
 /// written for `idle_timeout`: then GOAWAY and close, as kubelet's
 /// spdystream does (SPDY has no place to say why).
-pub async fn serve<T>(
-    io: T,
-    rt: Arc<Runtime>,
-    pending: Pending,
-    protocol: &'static str,
-    idle_timeout: Duration,
-) where
+pub async fn serve<T>(io: T, pending: Pending, protocol: &'static str, idle_timeout: Duration)
+where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new(idle_timeout));
@@ -91,8 +87,10 @@ pub async fn serve<T>(
     let closer = session.closer();
     let work = async move {
         match pending {
-            Pending::PortForward(pf) => port_forward(session, rt, pf.pod_sandbox_id).await,
-            other => remotecommand(session, rt, other, protocol).await,
+            Pending::PortForward { req, netns } => {
+                port_forward(session, req.pod_sandbox_id, netns).await
+            }
+            other => remotecommand(session, other, protocol).await,
         }
     };
     // On idle the work is dropped, which kills an exec like a hang-up.
@@ -113,11 +111,11 @@ struct Streams {
     resize_data: Option<tokio::sync::mpsc::Receiver<Bytes>>,
 }
 
-async fn remotecommand(mut session: Session, rt: Arc<Runtime>, pending: Pending, protocol: &str) {
+async fn remotecommand(mut session: Session, pending: Pending, protocol: &str) {
     let (stdin, stdout, stderr, tty) = match &pending {
-        Pending::Exec(e) => (e.stdin, e.stdout, e.stderr, e.tty),
-        Pending::Attach(a) => (a.stdin, a.stdout, a.stderr, a.tty),
-        Pending::PortForward(_) => return,
+        Pending::Exec { req: e, .. } => (e.stdin, e.stdout, e.stderr, e.tty),
+        Pending::Attach { req: a, .. } => (a.stdin, a.stdout, a.stderr, a.tty),
+        Pending::PortForward { .. } => return,
     };
     let v3 = protocol != "v2.channel.k8s.io";
     let expected = 1 + stdin as usize + stdout as usize + stderr as usize + (tty && v3) as usize;
@@ -160,9 +158,9 @@ async fn remotecommand(mut session: Session, rt: Arc<Runtime>, pending: Pending,
         return;
     }
     let started = match &pending {
-        Pending::Exec(e) => super::remotecommand::start_exec(&rt, e).await,
-        Pending::Attach(a) => super::remotecommand::start_attach(&rt, a).await,
-        Pending::PortForward(_) => return,
+        Pending::Exec { req, monitor } => super::remotecommand::start_exec(monitor, req).await,
+        Pending::Attach { req, monitor } => super::remotecommand::start_attach(monitor, req).await,
+        Pending::PortForward { .. } => return,
     };
     let exit = match started {
         Ok(process) => match pump(&mut session, process, &mut s).await {
@@ -271,7 +269,7 @@ struct Pair {
     data: Option<Stream>,
 }
 
-async fn port_forward(mut session: Session, rt: Arc<Runtime>, pod_id: String) {
+async fn port_forward(mut session: Session, pod_id: String, netns: Option<PathBuf>) {
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     while let Some(stream) = session.accept().await {
         let port = stream
@@ -321,17 +319,22 @@ async fn port_forward(mut session: Session, rt: Arc<Runtime>, pod_id: String) {
                 data: Some(data),
             }) = pairs.remove(&request)
         {
-            let rt = rt.clone();
-            let pod = pod_id.clone();
-            tokio::spawn(forward(rt, pod, port, error, data));
+            let (pod, netns) = (pod_id.clone(), netns.clone());
+            tokio::spawn(forward(pod, netns, port, error, data));
         }
     }
     let _ = session.close().await;
 }
 
 /// Copies one forwarded connection both ways.
-async fn forward(rt: Arc<Runtime>, pod_id: String, port: u16, error: Stream, mut data: Stream) {
-    let conn = match super::portforward::dial(&rt, &pod_id, port).await {
+async fn forward(
+    pod_id: String,
+    netns: Option<PathBuf>,
+    port: u16,
+    error: Stream,
+    mut data: Stream,
+) {
+    let conn = match super::portforward::dial(netns.as_deref(), port).await {
         Ok(c) => c,
         Err(e) => {
             let msg = format!("error forwarding port {port} to pod {pod_id}, uid : {e}");

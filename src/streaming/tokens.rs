@@ -10,21 +10,36 @@ pub const TTL: Duration = Duration::from_secs(60);
 /// Most URLs outstanding at once.
 pub const MAX_OUTSTANDING: usize = 1000;
 
-/// A validated request waiting for its client to connect.
+/// A validated request waiting for its client to connect, with what it
+/// needs resolved when the URL was issued (so serving it needs nothing of
+/// the core).
 #[derive(Debug, Clone)]
 pub enum Pending {
-    Exec(ExecRequest),
-    Attach(AttachRequest),
-    PortForward(PortForwardRequest),
+    /// An exec in a running container, through its pod's monitor.
+    Exec {
+        req: ExecRequest,
+        monitor: crate::monitor::client::Client,
+    },
+    /// The main process of a running container, through its pod's monitor.
+    Attach {
+        req: AttachRequest,
+        monitor: crate::monitor::client::Client,
+    },
+    /// Ports of a pod: `localhost` in its network namespace (`None`: the
+    /// host's, for host-network pods).
+    PortForward {
+        req: PortForwardRequest,
+        netns: Option<std::path::PathBuf>,
+    },
 }
 
 impl Pending {
     /// The URL path segment this request is served under.
     pub fn route(&self) -> &'static str {
         match self {
-            Pending::Exec(_) => "exec",
-            Pending::Attach(_) => "attach",
-            Pending::PortForward(_) => "portforward",
+            Pending::Exec { .. } => "exec",
+            Pending::Attach { .. } => "attach",
+            Pending::PortForward { .. } => "portforward",
         }
     }
 }
@@ -110,15 +125,25 @@ mod tests {
     #[test]
     fn tokens_are_single_use_and_route_bound() {
         let mut t = Tokens::<KernelRandom>::default();
-        let a = t.insert(Pending::Exec(ExecRequest::default())).unwrap();
-        let b = t.insert(Pending::Exec(ExecRequest::default())).unwrap();
+        let a = t
+            .insert(Pending::PortForward {
+                req: Default::default(),
+                netns: None,
+            })
+            .unwrap();
+        let b = t
+            .insert(Pending::PortForward {
+                req: Default::default(),
+                netns: None,
+            })
+            .unwrap();
         assert_ne!(a, b);
         assert!(a.len() >= 22);
         assert!(t.take("attach", &a).is_none(), "wrong route");
-        assert!(t.take("exec", &a).is_none(), "spent by the wrong-route use");
-        assert!(t.take("exec", &b).is_some());
-        assert!(t.take("exec", &b).is_none(), "single use");
-        assert!(t.take("exec", "nope").is_none());
+        assert!(t.take("portforward", &a).is_none(), "spent by the wrong-route use");
+        assert!(t.take("portforward", &b).is_some());
+        assert!(t.take("portforward", &b).is_none(), "single use");
+        assert!(t.take("portforward", "nope").is_none());
     }
 
     /// A source that always fails, as `getrandom(2)` would with e.g. a
@@ -145,7 +170,12 @@ mod tests {
     #[test]
     fn no_token_without_randomness() {
         let mut t = Tokens::with_source(Failing);
-        let err = t.insert(Pending::Exec(ExecRequest::default())).unwrap_err();
+        let err = t
+            .insert(Pending::PortForward {
+                req: Default::default(),
+                netns: None,
+            })
+            .unwrap_err();
         assert!(matches!(err, TokenError::NoRandomness(_)), "{err:?}");
         assert!(err.to_string().contains("random"), "{err}");
         assert!(t.map.is_empty(), "nothing stored under a weak name");
@@ -155,12 +185,23 @@ mod tests {
     fn a_failed_draw_stores_nothing_and_later_draws_work() {
         let fail = std::cell::Cell::new(true);
         let mut t = Tokens::with_source(Switch(&fail));
-        assert!(t.insert(Pending::Exec(ExecRequest::default())).is_err());
-        assert!(t.take("exec", "AAAAAAAAAAAAAAAAAAAAAAAA").is_none());
+        assert!(
+            t.insert(Pending::PortForward {
+                req: Default::default(),
+                netns: None
+            })
+            .is_err()
+        );
+        assert!(t.take("portforward", "AAAAAAAAAAAAAAAAAAAAAAAA").is_none());
         fail.set(false);
-        let token = t.insert(Pending::Exec(ExecRequest::default())).unwrap();
+        let token = t
+            .insert(Pending::PortForward {
+                req: Default::default(),
+                netns: None,
+            })
+            .unwrap();
         assert_eq!(t.map.len(), 1);
-        assert!(t.take("exec", &token).is_some());
+        assert!(t.take("portforward", &token).is_some());
     }
 
     #[test]
@@ -176,8 +217,18 @@ mod tests {
     fn outstanding_tokens_are_capped() {
         let mut t = Tokens::<KernelRandom>::default();
         for _ in 0..MAX_OUTSTANDING {
-            t.insert(Pending::Exec(ExecRequest::default())).unwrap();
+            t.insert(Pending::PortForward {
+                req: Default::default(),
+                netns: None,
+            })
+            .unwrap();
         }
-        assert!(t.insert(Pending::Exec(ExecRequest::default())).is_err());
+        assert!(
+            t.insert(Pending::PortForward {
+                req: Default::default(),
+                netns: None
+            })
+            .is_err()
+        );
     }
 }

@@ -1,5 +1,16 @@
-//! The runtime core: the node-wide state every CRI operation works on. gRPC
-//! handlers in [`crate::server`] validate requests and call one method here.
+//! The runtime core: the node-wide state every CRI operation works on, with
+//! one method per operation (pods in `pods.rs`, containers in
+//! `containers.rs`, images in `images.rs`, the node here). gRPC handlers in
+//! [`crate::server`] validate requests, convert them, call one method and
+//! map its typed error; they reach nothing else of the node.
+
+mod containers;
+mod images;
+mod pods;
+
+pub use containers::{ContainerFilter, ContainerStatus, ContainerView, ExecOutput};
+pub use images::{FsUsage, ImageView};
+pub use pods::{PodDetails, PodFilter, PodStatus};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,16 +37,16 @@ pub struct Condition {
     pub message: String,
 }
 
-/// Shared core state.
+/// The core: private state, one method per operation.
 pub struct Runtime {
-    pub config: Config,
-    pub store: Arc<Store>,
-    pub network: Network,
-    pub images: Images,
-    pub pods: Pods,
-    pub storage: crate::storage::Storage,
-    pub containers: crate::container::Containers,
-    pub streaming: crate::streaming::Streaming,
+    config: Config,
+    store: Arc<Store>,
+    network: Network,
+    images: Images,
+    pods: Pods,
+    storage: crate::storage::Storage,
+    containers: crate::container::Containers,
+    streaming: Arc<crate::streaming::Streaming>,
 }
 
 impl Runtime {
@@ -76,41 +87,19 @@ impl Runtime {
             pods,
             storage,
             containers,
-            streaming: crate::streaming::Streaming::new(streaming_url),
+            streaming: Arc::new(crate::streaming::Streaming::new(streaming_url)),
         })
     }
 
-    /// StopPodSandbox: the pod's containers first, then the pod.
-    pub async fn stop_pod(&self, id: &str) -> Result<()> {
-        // CRI: stopping an unknown pod succeeds (kubelet retries after GC).
-        let pod = match self.pods.get(id) {
-            Ok(p) => p,
-            Err(crate::error::Error::NotFound(_)) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let _pod = self.pods.exclusive(&pod.id).await;
-        self.containers.stop_pod(&self.pods, &pod.id).await?;
-        self.pods.stop(&pod.id, &self.network).await
+    /// The URLs Exec, Attach and PortForward hand out, for the streaming
+    /// server to redeem.
+    pub fn streaming(&self) -> Arc<crate::streaming::Streaming> {
+        self.streaming.clone()
     }
 
-    /// RemovePodSandbox: the pod's containers and monitor, then the pod.
-    pub async fn remove_pod(&self, id: &str) -> Result<()> {
-        let pod = match self.pods.get(id) {
-            Ok(p) => p,
-            Err(crate::error::Error::NotFound(_)) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let _pod = self.pods.exclusive(&pod.id).await;
-        self.containers
-            .remove_pod(&self.pods, &self.storage, &pod.id)
-            .await?;
-        self.pods.remove(&pod.id, &self.network).await
-    }
-
-    /// RemoveImage, keeping layers containers stack.
-    pub async fn remove_image(&self, name: &str) -> Result<()> {
-        let in_use = self.containers.layers_in_use()?;
-        self.images.remove(name, &in_use).await
+    /// The configuration the daemon runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// RuntimeReady and NetworkReady, evaluated now.

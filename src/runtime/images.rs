@@ -1,0 +1,78 @@
+//! Image operations of the core: one method per CRI call.
+
+use std::path::PathBuf;
+
+use super::Runtime;
+use crate::error::{Error, Result};
+use crate::image::PullAuth;
+use crate::image::record::ImageRecord;
+
+/// An image as ListImages and ImageStatus show it.
+#[derive(Debug, Clone)]
+pub struct ImageView {
+    pub record: ImageRecord,
+    /// kubelet's image GC must keep it (the pause image).
+    pub pinned: bool,
+}
+
+/// Space used on one filesystem, for ImageFsInfo.
+#[derive(Debug, Clone)]
+pub struct FsUsage {
+    pub mountpoint: PathBuf,
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+impl Runtime {
+    fn view(&self, record: ImageRecord) -> ImageView {
+        let pinned = self.images.is_pinned(&record);
+        ImageView { record, pinned }
+    }
+
+    /// ListImages, optionally those matching `filter` (a reference).
+    pub fn list_images(&self, filter: Option<&str>) -> Result<Vec<ImageView>> {
+        Ok(self
+            .images
+            .list(filter)?
+            .into_iter()
+            .map(|r| self.view(r))
+            .collect())
+    }
+
+    /// ImageStatus: the image `name` (reference, id or short id), if any.
+    pub fn image_status(&self, name: &str) -> Result<Option<ImageView>> {
+        Ok(self.images.find(name)?.map(|r| self.view(r)))
+    }
+
+    /// PullImage: the pulled image's id.
+    pub async fn pull_image(&self, name: &str, auth: &PullAuth) -> Result<String> {
+        self.images.pull(name, auth).await
+    }
+
+    /// RemoveImage, keeping layers containers stack; an unknown image is fine.
+    pub async fn remove_image(&self, name: &str) -> Result<()> {
+        let in_use = self.containers.layers_in_use()?;
+        self.images.remove(name, &in_use).await
+    }
+
+    /// ImageFsInfo: the image filesystem and the containers' writable
+    /// layers.
+    pub async fn image_fs_info(&self) -> Result<(FsUsage, FsUsage)> {
+        let images = self.images.usage()?;
+        let image_fs = FsUsage {
+            mountpoint: self.images.root_dir().to_path_buf(),
+            bytes: images.bytes,
+            inodes: images.inodes,
+        };
+        let storage = self.storage.clone();
+        let (bytes, inodes) = tokio::task::spawn_blocking(move || storage.usage())
+            .await
+            .map_err(|e| Error::Internal(format!("measuring container layers: {e}")))?;
+        let container_fs = FsUsage {
+            mountpoint: self.storage.root().to_path_buf(),
+            bytes,
+            inodes,
+        };
+        Ok((image_fs, container_fs))
+    }
+}
