@@ -2,20 +2,25 @@
 //! filtered by pod), ContainerStatus of random containers and
 //! ListPodSandbox, with N containers in the *created* state (not started),
 //! N = 300 then 500 by default (200 more made for the second). Without an
-//! endpoint it runs crius, then Debian's containerd 1.6, on the same image,
-//! the same pod and container configs and the same client code, and prints
-//! min / p50 / p90 / p99 / max per call type and N, and crius/containerd
-//! ratios. Run with `hack/bench-list.sh`.
+//! endpoint it sets up crius, then Debian's containerd 1.6, to each N on the
+//! same image, the same pod and container configs and the same client code,
+//! then measures both in rounds whose order alternates (a machine that
+//! slows down mid-run weighs on both alike), and prints min / p50 / p90 /
+//! p99 / max per call type and N, and crius/containerd ratios. Run with
+//! `hack/bench-list.sh`.
 //!
 //! Pods are host-network (no CNI in the set-up time; both runtimes still
-//! get the existing bench's bridge config so the network reports ready),
-//! 10 containers each running `sleep 3600` from the test registry's busybox,
-//! with kubelet's labels and annotations.
+//! get the container bench's bridge config so the network reports ready),
+//! 10 containers each running `sleep 3600` from the test registry's
+//! busybox, with kubelet's labels and annotations. The main numbers are one
+//! client calling the four types in turn over one connection; the
+//! concurrent variant has 4 connections calling one type at once.
 //!
 //!   CRIUS_BENCH_ENDPOINT=/run/containerd/containerd.sock  any CRI runtime
 //!   CRIUS_BENCH_LIST_COUNTS=300,500     container counts, ascending (default)
 //!   CRIUS_BENCH_LIST_PER_POD=10         containers per pod
 //!   CRIUS_BENCH_LIST_CALLS=200          measured calls per call type
+//!   CRIUS_BENCH_LIST_ROUNDS=4           rounds the calls are split into
 //!   CRIUS_BENCH_LIST_WARMUP=20          unmeasured calls per call type first
 //!   CRIUS_BENCH_LIST_CLIENTS=4          clients of the concurrent variant (0: none)
 //!   CRIUS_BENCH_LIST_RUNTIMES=crius,containerd   which of the two to run
@@ -67,6 +72,7 @@ struct Settings {
     calls: usize,
     warmup: usize,
     clients: usize,
+    rounds: usize,
     setup_limit: Duration,
 }
 
@@ -96,6 +102,7 @@ impl Settings {
             calls: var("CRIUS_BENCH_LIST_CALLS", 200).max(1),
             warmup: var("CRIUS_BENCH_LIST_WARMUP", 20),
             clients: var("CRIUS_BENCH_LIST_CLIENTS", 4),
+            rounds: var("CRIUS_BENCH_LIST_ROUNDS", 4).max(1),
             setup_limit: Duration::from_secs(var("CRIUS_BENCH_LIST_SETUP_LIMIT", 900) as u64),
         }
     }
@@ -104,6 +111,8 @@ impl Settings {
 /// One measured series.
 struct Row {
     runtime: String,
+    /// The count asked for.
+    target: usize,
     /// Containers present (the count asked for, or fewer if set-up stopped).
     n: usize,
     call: Call,
@@ -422,98 +431,63 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-/// Warm-up, then the call types interleaved over one connection, then (if
-/// asked) each call type from `clients` connections at once.
-async fn measure(sock: &Path, name: &str, fleet: &Fleet, s: &Settings) -> Result<Vec<Row>, String> {
-    let n = fleet.containers.len();
-    let mut rt = client(sock).await;
-    check(&mut rt, name, fleet).await?;
-    println!(
-        "{name}: measuring at {n} containers (load average {})",
-        loadavg()
-    );
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    for _ in 0..s.warmup {
-        for kind in CALLS {
-            call(&mut rt, kind, fleet, &mut rng).await?;
-        }
-    }
-    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-    let mut series: Vec<Vec<f64>> = vec![Vec::with_capacity(s.calls); CALLS.len()];
-    let t = Instant::now();
-    for _ in 0..s.calls {
+/// Calls of every type interleaved over one connection, `calls` of each;
+/// latencies per call type (in [`CALLS`] order).
+async fn sequential(
+    rt: &mut Runtime,
+    fleet: &Fleet,
+    calls: usize,
+    seed: u64,
+) -> Result<Vec<Vec<f64>>, String> {
+    let mut rng = Rng(seed);
+    let mut series = vec![Vec::with_capacity(calls); CALLS.len()];
+    for _ in 0..calls {
         for (k, kind) in CALLS.iter().enumerate() {
-            series[k].push(call(&mut rt, *kind, fleet, &mut rng).await?);
+            series[k].push(call(rt, *kind, fleet, &mut rng).await?);
         }
     }
-    let total = t.elapsed().as_secs_f64();
-    let mut rows: Vec<Row> = CALLS
-        .iter()
-        .zip(series)
-        .map(|(kind, ms)| Row {
-            runtime: name.to_string(),
-            n,
-            call: *kind,
-            clients: 1,
-            per_sec: 0.0,
-            ms,
+    Ok(series)
+}
+
+/// `clients` connections calling `kind` at once, `per_client` calls each;
+/// (latencies, wall seconds).
+async fn concurrent(
+    sock: &Path,
+    fleet: &Fleet,
+    kind: Call,
+    clients: usize,
+    per_client: usize,
+    seed: u64,
+) -> Result<(Vec<f64>, f64), String> {
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        conns.push(client(sock).await);
+    }
+    let fleet = std::sync::Arc::new(Fleet {
+        pods: fleet.pods.clone(),
+        containers: fleet.containers.clone(),
+    });
+    let t = Instant::now();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut rt)| {
+            let fleet = fleet.clone();
+            tokio::spawn(async move {
+                let mut rng = Rng(seed ^ ((c as u64 + 1) << 40));
+                let mut ms = Vec::with_capacity(per_client);
+                for _ in 0..per_client {
+                    ms.push(call(&mut rt, kind, &fleet, &mut rng).await?);
+                }
+                Ok::<_, String>(ms)
+            })
         })
         .collect();
-    for r in &mut rows {
-        r.per_sec = 1000.0 / (r.ms.iter().sum::<f64>() / r.ms.len() as f64);
+    let mut ms = Vec::new();
+    for task in tasks {
+        ms.extend(task.await.map_err(|e| e.to_string())??);
     }
-    println!(
-        "{name}: {} sequential calls in {total:.2} s",
-        s.calls * CALLS.len()
-    );
-    if s.clients > 1 {
-        let per_client = s.calls.div_ceil(s.clients);
-        for (k, kind) in CALLS.iter().enumerate() {
-            let mut clients = Vec::new();
-            for _ in 0..s.clients {
-                clients.push(client(sock).await);
-            }
-            let t = Instant::now();
-            let tasks: Vec<_> = clients
-                .into_iter()
-                .enumerate()
-                .map(|(c, mut rt)| {
-                    let fleet = Fleet {
-                        pods: fleet.pods.clone(),
-                        containers: fleet.containers.clone(),
-                    };
-                    let kind = *kind;
-                    tokio::spawn(async move {
-                        let mut rng =
-                            Rng(0x9E37_79B9_7F4A_7C15 ^ ((c as u64 + 1) << 32 | k as u64));
-                        let mut ms = Vec::with_capacity(per_client);
-                        for _ in 0..per_client {
-                            ms.push(call(&mut rt, kind, &fleet, &mut rng).await?);
-                        }
-                        Ok::<_, String>(ms)
-                    })
-                })
-                .collect();
-            let mut ms = Vec::new();
-            for task in tasks {
-                ms.extend(task.await.map_err(|e| e.to_string())??);
-            }
-            let secs = t.elapsed().as_secs_f64();
-            rows.push(Row {
-                runtime: name.to_string(),
-                n,
-                call: *kind,
-                clients: s.clients,
-                per_sec: ms.len() as f64 / secs,
-                ms,
-            });
-        }
-    }
-    print_header();
-    for r in &rows {
-        print_row(r);
-    }
-    Ok(rows)
+    Ok((ms, t.elapsed().as_secs_f64()))
 }
 
 fn print_header() {
@@ -535,96 +509,190 @@ fn print_row(r: &Row) {
     );
 }
 
-/// Pulls the image, grows the fleet to each count and measures at each;
-/// removes every pod it made at the end. Rows of what it measured, even if
-/// it stopped early.
-async fn run(sock: &Path, name: &str, s: &Settings) -> Vec<Row> {
-    let image = testenv().image("busybox:latest");
-    let ch = channel(sock).await;
-    if let Err(e) = ImageServiceClient::new(ch)
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
+/// One runtime under test.
+struct Side {
+    name: String,
+    sock: PathBuf,
+    rt: Runtime,
+    image: String,
+    fleet: Fleet,
+    /// Set-up reached every count so far.
+    growing: bool,
+    /// Stopped (set-up short or a failed call) and already measured.
+    done: bool,
+}
+
+impl Side {
+    /// Connects and pulls the image.
+    async fn new(sock: &Path, name: &str) -> Result<Side, String> {
+        let image = testenv().image("busybox:latest");
+        ImageServiceClient::new(channel(sock).await)
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("{name}: pull {image}: {}", e.message()))?;
+        Ok(Side {
+            name: name.to_string(),
+            sock: sock.to_path_buf(),
+            rt: client(sock).await,
+            image,
+            fleet: Fleet::default(),
+            growing: true,
+            done: false,
         })
-        .await
-    {
-        println!("{name}: pull {image}: {}", e.message());
-        return Vec::new();
     }
-    let mut rt = client(sock).await;
+
+    /// Removes every pod it made.
+    async fn clean(&mut self) {
+        let t = Instant::now();
+        println!("{}: removing {} pods", self.name, self.fleet.pods.len());
+        remove_pods(&mut self.rt, std::mem::take(&mut self.fleet.pods)).await;
+        println!(
+            "{}: removed in {:.1} s",
+            self.name,
+            t.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Latencies gathered over the rounds for one (side, call, clients).
+#[derive(Default)]
+struct Series {
+    ms: Vec<f64>,
+    secs: f64,
+}
+
+/// Grows every side to each count and measures all of them at it, in
+/// rounds whose order alternates, so a machine that slows down mid-run
+/// weighs on all alike. Rows of what was measured, even if a side stopped.
+async fn run(sides: &mut [Side], s: &Settings) -> Vec<Row> {
     // Unique names, so an endpoint that already holds pods takes these too.
     let prefix = format!("list-{}", std::process::id());
-    let mut fleet = Fleet::default();
     let mut rows = Vec::new();
-    for &n in &s.counts {
-        let complete = grow(&mut rt, &mut fleet, name, &prefix, &image, n, s).await;
-        if fleet.containers.is_empty() {
-            break;
+    for &target in &s.counts {
+        for side in sides.iter_mut().filter(|x| x.growing && !x.done) {
+            side.growing = grow(
+                &mut side.rt,
+                &mut side.fleet,
+                &side.name,
+                &prefix,
+                &side.image,
+                target,
+                s,
+            )
+            .await;
         }
-        match measure(sock, name, &fleet, s).await {
-            Ok(r) => rows.extend(r),
-            Err(e) => {
-                println!("{name}: at {} containers: {e}", fleet.containers.len());
-                break;
+        let mut live: Vec<usize> = Vec::new();
+        for (i, side) in sides.iter_mut().enumerate() {
+            if side.done || side.fleet.containers.is_empty() {
+                continue;
+            }
+            let warm = async {
+                check(&mut side.rt, &side.name, &side.fleet).await?;
+                sequential(&mut side.rt, &side.fleet, s.warmup, 1).await
+            };
+            match warm.await {
+                Ok(_) => live.push(i),
+                Err(e) => {
+                    println!("{}: {e}", side.name);
+                    side.done = true;
+                }
             }
         }
-        if !complete {
+        if live.is_empty() {
             break;
         }
-    }
-    let t = Instant::now();
-    println!("{name}: removing {} pods", fleet.pods.len());
-    remove_pods(&mut rt, fleet.pods).await;
-    println!("{name}: removed in {:.1} s", t.elapsed().as_secs_f64());
-    rows
-}
-
-async fn crius(s: &Settings) -> Vec<Row> {
-    // As the container bench: volatile state on a tmpfs, info log level.
-    let d = Daemon::builder()
-        .registries(&testenv().registries_conf())
-        .runroot_on_tmpfs()
-        .env("CRIUS_LOG_LEVEL", "info")
-        .start();
-    d.install_cni_config(
-        "10-bench.conflist",
-        &bridge_conflist("crius-bench", "crtb0", "10.197.0.0/16"),
-    );
-    let rows = run(&d.paths.socket, "crius", s).await;
-    // Host-network pods: the bridge exists only if something made it.
-    if Path::new("/sys/class/net/crtb0").exists() {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", "crtb0"])
-            .status();
-    }
-    rows
-}
-
-async fn containerd(s: &Settings) -> Vec<Row> {
-    let dir = std::env::temp_dir().join(format!("crius-bench-list-ctrd-{}", std::process::id()));
-    let ctrd = match Containerd::start(&dir, "crtb1", "10.196.0.0/16") {
-        Ok(c) => c,
-        Err(e) => {
-            println!("containerd 1.6: {e}");
-            return Vec::new();
+        let per_round = s.calls.div_ceil(s.rounds);
+        let per_client = per_round.div_ceil(s.clients.max(1));
+        let mut got: HashMap<(usize, usize, usize), Series> = HashMap::new();
+        for round in 0..s.rounds {
+            let mut order = live.clone();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            let seed = 0x2545_F491_4F6C_DD1D ^ ((target as u64) << 20) ^ round as u64;
+            let mut line = format!("round {}/{}", round + 1, s.rounds);
+            for &i in &order {
+                let side = &mut sides[i];
+                let t = Instant::now();
+                let seq = match sequential(&mut side.rt, &side.fleet, per_round, seed).await {
+                    Ok(seq) => seq,
+                    Err(e) => {
+                        println!("{}: {e}", side.name);
+                        side.done = true;
+                        continue;
+                    }
+                };
+                let secs = t.elapsed().as_secs_f64();
+                let (_, p50, _, _, _) = percentiles(&seq[0]);
+                line.push_str(&format!("; {} ListContainers p50 {p50:.2} ms", side.name));
+                for (k, ms) in seq.into_iter().enumerate() {
+                    let e = got.entry((i, k, 1)).or_default();
+                    e.ms.extend(ms);
+                    e.secs += secs;
+                }
+                if s.clients < 2 {
+                    continue;
+                }
+                for (k, kind) in CALLS.iter().enumerate() {
+                    match concurrent(&side.sock, &side.fleet, *kind, s.clients, per_client, seed)
+                        .await
+                    {
+                        Ok((ms, secs)) => {
+                            let e = got.entry((i, k, s.clients)).or_default();
+                            e.ms.extend(ms);
+                            e.secs += secs;
+                        }
+                        Err(e) => {
+                            println!("{}: {e}", side.name);
+                            side.done = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            println!("{line} (load average {})", loadavg());
         }
-    };
-    let rows = run(&ctrd.sock.clone(), "containerd 1.6", s).await;
-    drop(ctrd);
-    // Its images and snapshots went with the drop; the log stays only if
-    // the run came to nothing.
-    if rows.is_empty() {
-        println!(
-            "containerd 1.6 log: {}",
-            dir.join("containerd.log").display()
-        );
-    } else if support::mounts_under(&dir).is_empty() {
-        let _ = std::fs::remove_dir_all(&dir);
-    } else {
-        println!("{} still has mounts; left in place", dir.display());
+        print_header();
+        for &i in &live {
+            for clients in [1, s.clients] {
+                for (k, kind) in CALLS.iter().enumerate() {
+                    let Some(series) = got.remove(&(i, k, clients)) else {
+                        continue;
+                    };
+                    let per_sec = if clients == 1 {
+                        // One call at a time, interleaved: 1 / mean latency.
+                        1000.0 / (series.ms.iter().sum::<f64>() / series.ms.len() as f64)
+                    } else {
+                        series.ms.len() as f64 / series.secs
+                    };
+                    let row = Row {
+                        runtime: sides[i].name.clone(),
+                        target,
+                        n: sides[i].fleet.containers.len(),
+                        call: *kind,
+                        clients,
+                        ms: series.ms,
+                        per_sec,
+                    };
+                    print_row(&row);
+                    rows.push(row);
+                }
+            }
+        }
+        for side in sides.iter_mut() {
+            if !side.growing {
+                side.done = true;
+            }
+        }
+    }
+    for side in sides.iter_mut() {
+        side.clean().await;
     }
     rows
 }
@@ -636,7 +704,7 @@ fn ratios(rows: &[Row]) {
     for r in &crius {
         let Some(c) = rows.iter().find(|c| {
             c.runtime == "containerd 1.6"
-                && c.n == r.n
+                && c.target == r.target
                 && c.call == r.call
                 && c.clients == r.clients
         }) else {
@@ -651,9 +719,14 @@ fn ratios(rows: &[Row]) {
         }
         let (_, p50, _, p99, _) = percentiles(&r.ms);
         let (_, cp50, _, cp99, _) = percentiles(&c.ms);
+        let n = if r.n == c.n {
+            r.target.to_string()
+        } else {
+            format!("{}: {} vs {}", r.target, r.n, c.n)
+        };
         println!(
             "{:<4} {:<28} {:>7} {:>10.2} {:>10.2}",
-            r.n,
+            n,
             r.call.label(),
             r.clients,
             p50 / cp50,
@@ -670,11 +743,12 @@ async fn main() {
     }
     let s = Settings::from_env();
     println!(
-        "counts {:?}, {} containers per pod (host network, created, not started); {} calls per call type after {} warm-up; concurrent variant: {} clients; {} CPUs; cgroup {}",
+        "counts {:?}, {} containers per pod (host network, created, not started); {} calls per call type after {} warm-up, in {} rounds; concurrent variant: {} clients; {} CPUs; cgroup {}",
         s.counts,
         s.per_pod,
         s.calls,
         s.warmup,
+        s.rounds,
         s.clients,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
@@ -683,25 +757,78 @@ async fn main() {
             "v1"
         }
     );
-    let mut rows = Vec::new();
+    let mut sides = Vec::new();
+    let (mut daemon, mut ctrd) = (None, None);
+    let ctrd_dir =
+        std::env::temp_dir().join(format!("crius-bench-list-ctrd-{}", std::process::id()));
     if let Ok(endpoint) = std::env::var("CRIUS_BENCH_ENDPOINT") {
         let sock = PathBuf::from(endpoint.trim_start_matches("unix://"));
-        rows.extend(run(&sock, &sock.display().to_string(), &s).await);
+        match Side::new(&sock, &sock.display().to_string()).await {
+            Ok(side) => sides.push(side),
+            Err(e) => println!("{e}"),
+        }
     } else {
         let which = std::env::var("CRIUS_BENCH_LIST_RUNTIMES")
             .unwrap_or_else(|_| "crius,containerd".into());
         if which.split(',').any(|w| w.trim() == "crius") {
-            rows.extend(crius(&s).await);
+            // As the container bench: volatile state on a tmpfs, info log level.
+            let d = Daemon::builder()
+                .registries(&testenv().registries_conf())
+                .runroot_on_tmpfs()
+                .env("CRIUS_LOG_LEVEL", "info")
+                .start();
+            d.install_cni_config(
+                "10-bench.conflist",
+                &bridge_conflist("crius-bench", "crtb0", "10.197.0.0/16"),
+            );
+            match Side::new(&d.paths.socket, "crius").await {
+                Ok(side) => sides.push(side),
+                Err(e) => println!("{e}"),
+            }
+            daemon = Some(d);
         }
         if which.split(',').any(|w| w.trim() == "containerd") {
-            rows.extend(containerd(&s).await);
+            match Containerd::start(&ctrd_dir, "crtb1", "10.196.0.0/16") {
+                Ok(c) => {
+                    match Side::new(&c.sock, "containerd 1.6").await {
+                        Ok(side) => sides.push(side),
+                        Err(e) => println!("{e}"),
+                    }
+                    ctrd = Some(c);
+                }
+                Err(e) => println!("containerd 1.6: {e}"),
+            }
+        }
+    }
+    let rows = run(&mut sides, &s).await;
+    drop(sides);
+    drop(daemon);
+    // Host-network pods: crius's bridge exists only if something made it.
+    if Path::new("/sys/class/net/crtb0").exists() {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", "crtb0"])
+            .status();
+    }
+    if let Some(c) = ctrd {
+        drop(c);
+        // Its images and snapshots went with the drop; the log stays only
+        // if it measured nothing.
+        if !rows.iter().any(|r| r.runtime == "containerd 1.6") {
+            println!(
+                "containerd 1.6 log: {}",
+                ctrd_dir.join("containerd.log").display()
+            );
+        } else if support::mounts_under(&ctrd_dir).is_empty() {
+            let _ = std::fs::remove_dir_all(&ctrd_dir);
+        } else {
+            println!("{} still has mounts; left in place", ctrd_dir.display());
         }
     }
     if rows.is_empty() {
         return;
     }
     println!(
-        "-- all (ms per call; calls/s: 1 client = 1/mean latency, N clients = completed calls over wall time)"
+        "-- all (ms per call; calls/s: 1 client = 1/mean latency, N clients = completed calls over their wall time)"
     );
     print_header();
     for r in &rows {
