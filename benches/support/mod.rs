@@ -102,11 +102,30 @@ impl Drop for Containerd {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .status();
+        // Its bridge exists only if a pod with a network namespace ran.
+        if Path::new("/sys/class/net").join(&self.bridge).exists() {
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.bridge])
+                .status();
+        }
         let _ = nix::mount::umount2(&self.dir.join("state"), nix::mount::MntFlags::MNT_DETACH);
+        // Its images and snapshots; the config and log stay for a look.
+        if mounts_under(&self.dir).is_empty() {
+            let _ = std::fs::remove_dir_all(self.dir.join("root"));
+            let _ = std::fs::remove_dir(self.dir.join("state"));
+        }
     }
+}
+
+/// Mount points at or under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect()
 }
 
 /// Resident memory of a process, KiB.

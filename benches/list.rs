@@ -1,0 +1,839 @@
+//! Read-path latency with many containers: ListContainers (no filter and
+//! filtered by pod), ContainerStatus of random containers and
+//! ListPodSandbox, with N containers in the *created* state (not started),
+//! N = 300 then 500 by default (200 more made for the second). Without an
+//! endpoint it sets up crius, then Debian's containerd 1.6, to each N on the
+//! same image, the same pod and container configs and the same client code,
+//! then measures both in rounds whose order alternates (a machine that
+//! slows down mid-run weighs on both alike), and prints min / p50 / p90 /
+//! p99 / max per call type and N, and crius/containerd ratios. Run with
+//! `hack/bench-list.sh`.
+//!
+//! Pods are host-network (no CNI in the set-up time; both runtimes still
+//! get the container bench's bridge config so the network reports ready),
+//! 10 containers each running `sleep 3600` from the test registry's
+//! busybox, with kubelet's labels and annotations. The main numbers are one
+//! client calling the four types in turn over one connection; the
+//! concurrent variant has 4 connections calling one type at once.
+//!
+//!   CRIUS_BENCH_ENDPOINT=/run/containerd/containerd.sock  any CRI runtime
+//!   CRIUS_BENCH_LIST_COUNTS=300,500     container counts, ascending (default)
+//!   CRIUS_BENCH_LIST_PER_POD=10         containers per pod
+//!   CRIUS_BENCH_LIST_CALLS=200          measured calls per call type
+//!   CRIUS_BENCH_LIST_ROUNDS=4           rounds the calls are split into
+//!   CRIUS_BENCH_LIST_WARMUP=20          unmeasured calls per call type first
+//!   CRIUS_BENCH_LIST_CLIENTS=4          clients of the concurrent variant (0: none)
+//!   CRIUS_BENCH_LIST_RUNTIMES=crius,containerd   which of the two to run
+//!   CRIUS_BENCH_LIST_SETUP_LIMIT=900    seconds a runtime may take to reach
+//!                                       one count; past it, what was made is measured
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::testenv::testenv;
+use common::{Daemon, Runtime, bridge_conflist, channel, pod_config};
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use prost::Message;
+use support::{Containerd, remove_pods};
+
+/// The call types measured, in the order they are interleaved.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Call {
+    ListAll,
+    ListPod,
+    Status,
+    ListPods,
+}
+
+const CALLS: [Call; 4] = [Call::ListAll, Call::ListPod, Call::Status, Call::ListPods];
+
+impl Call {
+    fn label(self) -> &'static str {
+        match self {
+            Call::ListAll => "ListContainers (no filter)",
+            Call::ListPod => "ListContainers (pod filter)",
+            Call::Status => "ContainerStatus (random)",
+            Call::ListPods => "ListPodSandbox",
+        }
+    }
+}
+
+/// Settings from the environment.
+struct Settings {
+    counts: Vec<usize>,
+    per_pod: usize,
+    calls: usize,
+    warmup: usize,
+    clients: usize,
+    rounds: usize,
+    setup_limit: Duration,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let var = |k: &str, d: usize| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(d)
+        };
+        let mut counts: Vec<usize> = std::env::var("CRIUS_BENCH_LIST_COUNTS")
+            .ok()
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|n| n.trim().parse().ok())
+                    .filter(|n| *n > 0)
+                    .collect()
+            })
+            .filter(|c: &Vec<usize>| !c.is_empty())
+            .unwrap_or_else(|| vec![300, 500]);
+        counts.sort_unstable();
+        counts.dedup();
+        Settings {
+            counts,
+            per_pod: var("CRIUS_BENCH_LIST_PER_POD", 10).max(1),
+            calls: var("CRIUS_BENCH_LIST_CALLS", 200).max(1),
+            warmup: var("CRIUS_BENCH_LIST_WARMUP", 20),
+            clients: var("CRIUS_BENCH_LIST_CLIENTS", 4),
+            rounds: var("CRIUS_BENCH_LIST_ROUNDS", 4).max(1),
+            setup_limit: Duration::from_secs(var("CRIUS_BENCH_LIST_SETUP_LIMIT", 900) as u64),
+        }
+    }
+}
+
+/// One measured series.
+struct Row {
+    runtime: String,
+    /// The count asked for.
+    target: usize,
+    /// Containers present (the count asked for, or fewer if set-up stopped).
+    n: usize,
+    call: Call,
+    /// 1: one client, calls one after another; more: that many at once.
+    clients: usize,
+    ms: Vec<f64>,
+    /// Calls per second over the series (concurrent variant).
+    per_sec: f64,
+}
+
+/// (min, p50, p90, p99, max) of milliseconds.
+fn percentiles(ms: &[f64]) -> (f64, f64, f64, f64, f64) {
+    let mut v = ms.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    (v[0], at(0.50), at(0.90), at(0.99), v[v.len() - 1])
+}
+
+/// A small deterministic generator: both runtimes see the same sequence of
+/// picks (which container, which pod).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// The pods and containers a runtime holds for the bench.
+#[derive(Default)]
+struct Fleet {
+    /// Pod ids, in creation order.
+    pods: Vec<String>,
+    /// (container id, index of its pod).
+    containers: Vec<(String, usize)>,
+}
+
+async fn client(sock: &Path) -> Runtime {
+    RuntimeServiceClient::new(channel(sock).await)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+/// A host-network pod with kubelet's labels and annotations.
+fn bench_pod(prefix: &str, i: usize) -> PodSandboxConfig {
+    let name = format!("{prefix}-{i}");
+    let mut p = pod_config(&name, "bench-list");
+    // kubelet sends no hostname for a host-network pod (runc refuses one
+    // without a private UTS namespace).
+    p.hostname = String::new();
+    let uid = p
+        .metadata
+        .as_ref()
+        .map(|m| m.uid.clone())
+        .unwrap_or_default();
+    p.labels.extend([
+        ("io.kubernetes.pod.name".to_string(), name.clone()),
+        ("io.kubernetes.pod.namespace".into(), "bench-list".into()),
+        ("io.kubernetes.pod.uid".into(), uid),
+    ]);
+    p.annotations = HashMap::from([
+        (
+            "kubernetes.io/config.seen".to_string(),
+            "2025-01-01T00:00:00.000000000Z".to_string(),
+        ),
+        ("kubernetes.io/config.source".into(), "api".into()),
+    ]);
+    p.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                network: NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    p
+}
+
+/// Container `k` of a pod: `sleep 3600`, kubelet's labels and annotations.
+fn bench_container(pod: &PodSandboxConfig, image: &str, k: usize) -> ContainerConfig {
+    let name = format!("c{k}");
+    let mut c = common::container_config(&name, image, &["sleep", "3600"]);
+    c.log_path = String::new();
+    let meta = pod.metadata.clone().unwrap_or_default();
+    c.labels = HashMap::from([
+        ("io.kubernetes.container.name".to_string(), name),
+        ("io.kubernetes.pod.name".into(), meta.name),
+        ("io.kubernetes.pod.namespace".into(), meta.namespace),
+        ("io.kubernetes.pod.uid".into(), meta.uid),
+    ]);
+    c.annotations = HashMap::from([
+        (
+            "io.kubernetes.container.hash".to_string(),
+            "8a3c2b1d".to_string(),
+        ),
+        ("io.kubernetes.container.restartCount".into(), "0".into()),
+        (
+            "io.kubernetes.container.terminationMessagePath".into(),
+            "/dev/termination-log".into(),
+        ),
+        (
+            "io.kubernetes.container.terminationMessagePolicy".into(),
+            "File".into(),
+        ),
+        (
+            "io.kubernetes.pod.terminationGracePeriod".into(),
+            "30".into(),
+        ),
+    ]);
+    c
+}
+
+/// Adds pods of `per_pod` created containers until the fleet holds `n`
+/// (the last pod may hold fewer), printing progress. Returns false if it
+/// stopped short (an error or the time limit), having said why.
+async fn grow(
+    rt: &mut Runtime,
+    fleet: &mut Fleet,
+    name: &str,
+    prefix: &str,
+    image: &str,
+    n: usize,
+    s: &Settings,
+) -> bool {
+    let start = Instant::now();
+    let from = fleet.containers.len();
+    let mut batch = (Instant::now(), fleet.containers.len());
+    while fleet.containers.len() < n {
+        if start.elapsed() > s.setup_limit {
+            println!(
+                "{name}: set-up stopped at {} containers: {} s limit (CRIUS_BENCH_LIST_SETUP_LIMIT) reached",
+                fleet.containers.len(),
+                s.setup_limit.as_secs()
+            );
+            return false;
+        }
+        let i = fleet.pods.len();
+        let pod_cfg = bench_pod(prefix, i);
+        let pod = match rt
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(pod_cfg.clone()),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(r) => r.into_inner().pod_sandbox_id,
+            Err(e) => {
+                println!(
+                    "{name}: set-up stopped at {} containers: RunPodSandbox: {}",
+                    fleet.containers.len(),
+                    e.message()
+                );
+                return false;
+            }
+        };
+        fleet.pods.push(pod.clone());
+        for k in 0..s.per_pod.min(n - fleet.containers.len()) {
+            let id = match rt
+                .create_container(CreateContainerRequest {
+                    pod_sandbox_id: pod.clone(),
+                    config: Some(bench_container(&pod_cfg, image, k)),
+                    sandbox_config: Some(pod_cfg.clone()),
+                })
+                .await
+            {
+                Ok(r) => r.into_inner().container_id,
+                Err(e) => {
+                    println!(
+                        "{name}: set-up stopped at {} containers: CreateContainer: {}",
+                        fleet.containers.len(),
+                        e.message()
+                    );
+                    return false;
+                }
+            };
+            fleet.containers.push((id, i));
+            let made = fleet.containers.len();
+            if made.is_multiple_of(50) || made == n {
+                let per = batch.0.elapsed().as_secs_f64() * 1000.0 / (made - batch.1) as f64;
+                println!(
+                    "{name}: {made}/{n} containers in {} pods ({per:.0} ms per container incl. its pod's share, last {})",
+                    fleet.pods.len(),
+                    made - batch.1
+                );
+                batch = (Instant::now(), made);
+            }
+        }
+    }
+    println!(
+        "{name}: {} containers made in {:.1} s",
+        n - from,
+        start.elapsed().as_secs_f64()
+    );
+    true
+}
+
+/// One call of `kind` with arguments picked by `rng`; its latency in ms.
+async fn call(rt: &mut Runtime, kind: Call, fleet: &Fleet, rng: &mut Rng) -> Result<f64, String> {
+    let err = |e: tonic::Status| format!("{}: {}", kind.label(), e.message());
+    let ms = match kind {
+        Call::ListAll => {
+            let t = Instant::now();
+            rt.list_containers(ListContainersRequest { filter: None })
+                .await
+                .map_err(err)?;
+            t.elapsed()
+        }
+        Call::ListPod => {
+            let pod = fleet.pods[rng.below(fleet.pods.len())].clone();
+            let t = Instant::now();
+            rt.list_containers(ListContainersRequest {
+                filter: Some(ContainerFilter {
+                    pod_sandbox_id: pod,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(err)?;
+            t.elapsed()
+        }
+        Call::Status => {
+            let id = fleet.containers[rng.below(fleet.containers.len())]
+                .0
+                .clone();
+            let t = Instant::now();
+            rt.container_status(ContainerStatusRequest {
+                container_id: id,
+                verbose: false,
+            })
+            .await
+            .map_err(err)?;
+            t.elapsed()
+        }
+        Call::ListPods => {
+            let t = Instant::now();
+            rt.list_pod_sandbox(ListPodSandboxRequest { filter: None })
+                .await
+                .map_err(err)?;
+            t.elapsed()
+        }
+    };
+    Ok(ms.as_secs_f64() * 1000.0)
+}
+
+/// Checks the runtime sees what the bench made (every container created,
+/// a pod's filter answering its containers) and prints the answer sizes.
+async fn check(rt: &mut Runtime, name: &str, fleet: &Fleet) -> Result<(), String> {
+    let all = rt
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .map_err(|e| format!("ListContainers: {}", e.message()))?
+        .into_inner();
+    let ours: HashMap<&str, &Container> =
+        all.containers.iter().map(|c| (c.id.as_str(), c)).collect();
+    for (id, _) in &fleet.containers {
+        match ours.get(id.as_str()) {
+            None => return Err(format!("container {id} missing from ListContainers")),
+            Some(c) if c.state != ContainerState::ContainerCreated as i32 => {
+                return Err(format!("container {id} in state {} (not created)", c.state));
+            }
+            Some(_) => {}
+        }
+    }
+    let first = fleet.pods[0].clone();
+    let in_pod = rt
+        .list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter {
+                pod_sandbox_id: first.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(|e| format!("ListContainers: {}", e.message()))?
+        .into_inner();
+    let want = fleet.containers.iter().filter(|(_, p)| *p == 0).count();
+    if in_pod.containers.len() != want {
+        return Err(format!(
+            "pod filter answered {} containers, want {want}",
+            in_pod.containers.len()
+        ));
+    }
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .map_err(|e| format!("ListPodSandbox: {}", e.message()))?
+        .into_inner();
+    let status = rt
+        .container_status(ContainerStatusRequest {
+            container_id: fleet.containers[0].0.clone(),
+            verbose: false,
+        })
+        .await
+        .map_err(|e| format!("ContainerStatus: {}", e.message()))?
+        .into_inner();
+    println!(
+        "{name}: answers: ListContainers {} containers {} KiB, pod filter {} containers {} B, ListPodSandbox {} pods {} KiB, ContainerStatus {} B",
+        all.containers.len(),
+        all.encoded_len() / 1024,
+        in_pod.containers.len(),
+        in_pod.encoded_len(),
+        pods.items.len(),
+        pods.encoded_len() / 1024,
+        status.encoded_len()
+    );
+    Ok(())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split(' ').take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Calls of every type interleaved over one connection, `calls` of each;
+/// latencies per call type (in [`CALLS`] order).
+async fn sequential(
+    rt: &mut Runtime,
+    fleet: &Fleet,
+    calls: usize,
+    seed: u64,
+) -> Result<Vec<Vec<f64>>, String> {
+    let mut rng = Rng(seed);
+    let mut series = vec![Vec::with_capacity(calls); CALLS.len()];
+    for _ in 0..calls {
+        for (k, kind) in CALLS.iter().enumerate() {
+            series[k].push(call(rt, *kind, fleet, &mut rng).await?);
+        }
+    }
+    Ok(series)
+}
+
+/// `clients` connections calling `kind` at once, `per_client` calls each;
+/// (latencies, wall seconds).
+async fn concurrent(
+    sock: &Path,
+    fleet: &Fleet,
+    kind: Call,
+    clients: usize,
+    per_client: usize,
+    seed: u64,
+) -> Result<(Vec<f64>, f64), String> {
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        conns.push(client(sock).await);
+    }
+    let fleet = std::sync::Arc::new(Fleet {
+        pods: fleet.pods.clone(),
+        containers: fleet.containers.clone(),
+    });
+    let t = Instant::now();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut rt)| {
+            let fleet = fleet.clone();
+            tokio::spawn(async move {
+                let mut rng = Rng(seed ^ ((c as u64 + 1) << 40));
+                let mut ms = Vec::with_capacity(per_client);
+                for _ in 0..per_client {
+                    ms.push(call(&mut rt, kind, &fleet, &mut rng).await?);
+                }
+                Ok::<_, String>(ms)
+            })
+        })
+        .collect();
+    let mut ms = Vec::new();
+    for task in tasks {
+        ms.extend(task.await.map_err(|e| e.to_string())??);
+    }
+    Ok((ms, t.elapsed().as_secs_f64()))
+}
+
+fn print_header() {
+    println!(
+        "{:<15} {:>4} {:<28} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8}",
+        "runtime", "N", "call", "clients", "min", "p50", "p90", "p99", "max", "calls/s"
+    );
+}
+
+fn print_row(r: &Row) {
+    let (min, p50, p90, p99, max) = percentiles(&r.ms);
+    println!(
+        "{:<15} {:>4} {:<28} {:>7} {min:>7.2} {p50:>7.2} {p90:>7.2} {p99:>7.2} {max:>7.2} {:>8.0}",
+        r.runtime,
+        r.n,
+        r.call.label(),
+        r.clients,
+        r.per_sec
+    );
+}
+
+/// One runtime under test.
+struct Side {
+    name: String,
+    sock: PathBuf,
+    rt: Runtime,
+    image: String,
+    fleet: Fleet,
+    /// Set-up reached every count so far.
+    growing: bool,
+    /// Stopped (set-up short or a failed call) and already measured.
+    done: bool,
+}
+
+impl Side {
+    /// Connects and pulls the image.
+    async fn new(sock: &Path, name: &str) -> Result<Side, String> {
+        let image = testenv().image("busybox:latest");
+        ImageServiceClient::new(channel(sock).await)
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("{name}: pull {image}: {}", e.message()))?;
+        Ok(Side {
+            name: name.to_string(),
+            sock: sock.to_path_buf(),
+            rt: client(sock).await,
+            image,
+            fleet: Fleet::default(),
+            growing: true,
+            done: false,
+        })
+    }
+
+    /// Removes every pod it made.
+    async fn clean(&mut self) {
+        let t = Instant::now();
+        println!("{}: removing {} pods", self.name, self.fleet.pods.len());
+        remove_pods(&mut self.rt, std::mem::take(&mut self.fleet.pods)).await;
+        println!(
+            "{}: removed in {:.1} s",
+            self.name,
+            t.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Latencies gathered over the rounds for one (side, call, clients).
+#[derive(Default)]
+struct Series {
+    ms: Vec<f64>,
+    secs: f64,
+}
+
+/// Grows every side to each count and measures all of them at it, in
+/// rounds whose order alternates, so a machine that slows down mid-run
+/// weighs on all alike. Rows of what was measured, even if a side stopped.
+async fn run(sides: &mut [Side], s: &Settings) -> Vec<Row> {
+    // Unique names, so an endpoint that already holds pods takes these too.
+    let prefix = format!("list-{}", std::process::id());
+    let mut rows = Vec::new();
+    for &target in &s.counts {
+        for side in sides.iter_mut().filter(|x| x.growing && !x.done) {
+            side.growing = grow(
+                &mut side.rt,
+                &mut side.fleet,
+                &side.name,
+                &prefix,
+                &side.image,
+                target,
+                s,
+            )
+            .await;
+        }
+        let mut live: Vec<usize> = Vec::new();
+        for (i, side) in sides.iter_mut().enumerate() {
+            if side.done || side.fleet.containers.is_empty() {
+                continue;
+            }
+            let warm = async {
+                check(&mut side.rt, &side.name, &side.fleet).await?;
+                sequential(&mut side.rt, &side.fleet, s.warmup, 1).await
+            };
+            match warm.await {
+                Ok(_) => live.push(i),
+                Err(e) => {
+                    println!("{}: {e}", side.name);
+                    side.done = true;
+                }
+            }
+        }
+        if live.is_empty() {
+            break;
+        }
+        let per_round = s.calls.div_ceil(s.rounds);
+        let per_client = per_round.div_ceil(s.clients.max(1));
+        let mut got: HashMap<(usize, usize, usize), Series> = HashMap::new();
+        for round in 0..s.rounds {
+            let mut order = live.clone();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            let seed = 0x2545_F491_4F6C_DD1D ^ ((target as u64) << 20) ^ round as u64;
+            let mut line = format!("round {}/{}", round + 1, s.rounds);
+            for &i in &order {
+                let side = &mut sides[i];
+                let t = Instant::now();
+                let seq = match sequential(&mut side.rt, &side.fleet, per_round, seed).await {
+                    Ok(seq) => seq,
+                    Err(e) => {
+                        println!("{}: {e}", side.name);
+                        side.done = true;
+                        continue;
+                    }
+                };
+                let secs = t.elapsed().as_secs_f64();
+                let (_, p50, _, _, _) = percentiles(&seq[0]);
+                line.push_str(&format!("; {} ListContainers p50 {p50:.2} ms", side.name));
+                for (k, ms) in seq.into_iter().enumerate() {
+                    let e = got.entry((i, k, 1)).or_default();
+                    e.ms.extend(ms);
+                    e.secs += secs;
+                }
+                if s.clients < 2 {
+                    continue;
+                }
+                for (k, kind) in CALLS.iter().enumerate() {
+                    match concurrent(&side.sock, &side.fleet, *kind, s.clients, per_client, seed)
+                        .await
+                    {
+                        Ok((ms, secs)) => {
+                            let e = got.entry((i, k, s.clients)).or_default();
+                            e.ms.extend(ms);
+                            e.secs += secs;
+                        }
+                        Err(e) => {
+                            println!("{}: {e}", side.name);
+                            side.done = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            println!("{line} (load average {})", loadavg());
+        }
+        print_header();
+        for &i in &live {
+            for clients in [1, s.clients] {
+                for (k, kind) in CALLS.iter().enumerate() {
+                    let Some(series) = got.remove(&(i, k, clients)) else {
+                        continue;
+                    };
+                    let per_sec = if clients == 1 {
+                        // One call at a time, interleaved: 1 / mean latency.
+                        1000.0 / (series.ms.iter().sum::<f64>() / series.ms.len() as f64)
+                    } else {
+                        series.ms.len() as f64 / series.secs
+                    };
+                    let row = Row {
+                        runtime: sides[i].name.clone(),
+                        target,
+                        n: sides[i].fleet.containers.len(),
+                        call: *kind,
+                        clients,
+                        ms: series.ms,
+                        per_sec,
+                    };
+                    print_row(&row);
+                    rows.push(row);
+                }
+            }
+        }
+        for side in sides.iter_mut() {
+            if !side.growing {
+                side.done = true;
+            }
+        }
+    }
+    for side in sides.iter_mut() {
+        side.clean().await;
+    }
+    rows
+}
+
+/// The crius/containerd ratios of p50 and p99 per count, call and clients.
+fn ratios(rows: &[Row]) {
+    let crius: Vec<&Row> = rows.iter().filter(|r| r.runtime == "crius").collect();
+    let mut header = false;
+    for r in &crius {
+        let Some(c) = rows.iter().find(|c| {
+            c.runtime == "containerd 1.6"
+                && c.target == r.target
+                && c.call == r.call
+                && c.clients == r.clients
+        }) else {
+            continue;
+        };
+        if !header {
+            println!(
+                "{:<4} {:<28} {:>7} {:>10} {:>10}",
+                "N", "call", "clients", "p50 ratio", "p99 ratio"
+            );
+            header = true;
+        }
+        let (_, p50, _, p99, _) = percentiles(&r.ms);
+        let (_, cp50, _, cp99, _) = percentiles(&c.ms);
+        let n = if r.n == c.n {
+            r.target.to_string()
+        } else {
+            format!("{}: {} vs {}", r.target, r.n, c.n)
+        };
+        println!(
+            "{:<4} {:<28} {:>7} {:>10.2} {:>10.2}",
+            n,
+            r.call.label(),
+            r.clients,
+            p50 / cp50,
+            p99 / cp99
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("list benchmark: run it with `hack/bench-list.sh`");
+        return;
+    }
+    let s = Settings::from_env();
+    println!(
+        "counts {:?}, {} containers per pod (host network, created, not started); {} calls per call type after {} warm-up, in {} rounds; concurrent variant: {} clients; {} CPUs; cgroup {}",
+        s.counts,
+        s.per_pod,
+        s.calls,
+        s.warmup,
+        s.rounds,
+        s.clients,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            "v2"
+        } else {
+            "v1"
+        }
+    );
+    let mut sides = Vec::new();
+    let (mut daemon, mut ctrd) = (None, None);
+    let ctrd_dir =
+        std::env::temp_dir().join(format!("crius-bench-list-ctrd-{}", std::process::id()));
+    if let Ok(endpoint) = std::env::var("CRIUS_BENCH_ENDPOINT") {
+        let sock = PathBuf::from(endpoint.trim_start_matches("unix://"));
+        match Side::new(&sock, &sock.display().to_string()).await {
+            Ok(side) => sides.push(side),
+            Err(e) => println!("{e}"),
+        }
+    } else {
+        let which = std::env::var("CRIUS_BENCH_LIST_RUNTIMES")
+            .unwrap_or_else(|_| "crius,containerd".into());
+        if which.split(',').any(|w| w.trim() == "crius") {
+            // As the container bench: volatile state on a tmpfs, info log level.
+            let d = Daemon::builder()
+                .registries(&testenv().registries_conf())
+                .runroot_on_tmpfs()
+                .env("CRIUS_LOG_LEVEL", "info")
+                .start();
+            d.install_cni_config(
+                "10-bench.conflist",
+                &bridge_conflist("crius-bench", "crtb0", "10.197.0.0/16"),
+            );
+            match Side::new(&d.paths.socket, "crius").await {
+                Ok(side) => sides.push(side),
+                Err(e) => println!("{e}"),
+            }
+            daemon = Some(d);
+        }
+        if which.split(',').any(|w| w.trim() == "containerd") {
+            match Containerd::start(&ctrd_dir, "crtb1", "10.196.0.0/16") {
+                Ok(c) => {
+                    match Side::new(&c.sock, "containerd 1.6").await {
+                        Ok(side) => sides.push(side),
+                        Err(e) => println!("{e}"),
+                    }
+                    ctrd = Some(c);
+                }
+                Err(e) => println!("containerd 1.6: {e}"),
+            }
+        }
+    }
+    let rows = run(&mut sides, &s).await;
+    drop(sides);
+    drop(daemon);
+    // Host-network pods: crius's bridge exists only if something made it.
+    if Path::new("/sys/class/net/crtb0").exists() {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", "crtb0"])
+            .status();
+    }
+    if let Some(c) = ctrd {
+        drop(c);
+        // Its images and snapshots went with the drop; the log stays only
+        // if it measured nothing.
+        if !rows.iter().any(|r| r.runtime == "containerd 1.6") {
+            println!(
+                "containerd 1.6 log: {}",
+                ctrd_dir.join("containerd.log").display()
+            );
+        } else if support::mounts_under(&ctrd_dir).is_empty() {
+            let _ = std::fs::remove_dir_all(&ctrd_dir);
+        } else {
+            println!("{} still has mounts; left in place", ctrd_dir.display());
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    println!(
+        "-- all (ms per call; calls/s: 1 client = 1/mean latency, N clients = completed calls over their wall time)"
+    );
+    print_header();
+    for r in &rows {
+        print_row(r);
+    }
+    println!("-- crius / containerd 1.6");
+    ratios(&rows);
+}
