@@ -9,8 +9,38 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::check::{CgroupMode, cgroup_mode};
 use crate::config::CgroupDriver;
+
+/// The cgroup layout of the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// cgroup2 mounted at /sys/fs/cgroup.
+    Unified,
+    /// v1 controllers, plus a cgroup2 at /sys/fs/cgroup/unified.
+    Hybrid,
+    /// v1 controllers only.
+    Legacy,
+}
+
+/// Detects the cgroup layout from the filesystem types under /sys/fs/cgroup.
+pub fn cgroup_mode() -> Option<CgroupMode> {
+    use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
+    let is_cgroup2 = |p: &str| statfs(p).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC);
+    if !Path::new("/sys/fs/cgroup").is_dir() {
+        return None;
+    }
+    if is_cgroup2("/sys/fs/cgroup") {
+        Some(CgroupMode::Unified)
+    } else if is_cgroup2("/sys/fs/cgroup/unified") {
+        Some(CgroupMode::Hybrid)
+    } else if Path::new("/sys/fs/cgroup/memory").exists()
+        || Path::new("/sys/fs/cgroup/cpu").exists()
+    {
+        Some(CgroupMode::Legacy)
+    } else {
+        None
+    }
+}
 
 const ROOT: &str = "/sys/fs/cgroup";
 
@@ -133,7 +163,7 @@ impl Cgroups {
         &self,
         rel: &str,
         privileged: bool,
-        devices: &[crate::container::spec::HostDevice],
+        devices: &[HostDevice],
     ) -> Result<(), CgroupError> {
         let dir = Path::new(ROOT).join("devices").join(rel);
         if self.mode == Some(CgroupMode::Unified) || !dir.join("devices.allow").exists() {
@@ -320,6 +350,21 @@ fn expand_slice(slice: &str) -> Result<String, CgroupError> {
         path.push(format!("{prefix}.slice"));
     }
     Ok(path.join("/"))
+}
+
+/// A device node found on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDevice {
+    pub host_path: PathBuf,
+    pub container_path: PathBuf,
+    pub char_device: bool,
+    pub major: i64,
+    pub minor: i64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// cgroup device permissions, `rwm` subset.
+    pub permissions: String,
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::Path;
 
+use crate::cgroups::{CgroupMode, cgroup_mode};
 use crate::config::Config;
 use crate::network;
 
@@ -35,37 +36,6 @@ impl fmt::Display for Finding {
             Level::Info => "info",
         };
         write!(f, "[{tag}] {:<18} {}", self.item, self.detail)
-    }
-}
-
-/// The cgroup layout of the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CgroupMode {
-    /// cgroup2 mounted at /sys/fs/cgroup.
-    Unified,
-    /// v1 controllers, plus a cgroup2 at /sys/fs/cgroup/unified.
-    Hybrid,
-    /// v1 controllers only.
-    Legacy,
-}
-
-/// Detects the cgroup layout from the filesystem types under /sys/fs/cgroup.
-pub fn cgroup_mode() -> Option<CgroupMode> {
-    use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
-    let is_cgroup2 = |p: &str| statfs(p).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC);
-    if !Path::new("/sys/fs/cgroup").is_dir() {
-        return None;
-    }
-    if is_cgroup2("/sys/fs/cgroup") {
-        Some(CgroupMode::Unified)
-    } else if is_cgroup2("/sys/fs/cgroup/unified") {
-        Some(CgroupMode::Hybrid)
-    } else if Path::new("/sys/fs/cgroup/memory").exists()
-        || Path::new("/sys/fs/cgroup/cpu").exists()
-    {
-        Some(CgroupMode::Legacy)
-    } else {
-        None
     }
 }
 

@@ -59,15 +59,3 @@ pub fn shown(s: &str) -> String {
         format!("{short:?}")
     }
 }
-
-/// CNI arguments that would be unsafe to pass are the request's fault; every
-/// other CNI failure is the node's (a plugin, its config or its timeout).
-impl From<crate::network::cni::CniError> for Error {
-    fn from(e: crate::network::cni::CniError) -> Self {
-        use crate::network::cni::CniError;
-        match e {
-            CniError::InvalidArg { .. } => Error::InvalidArgument(e.to_string()),
-            _ => Error::Internal(e.to_string()),
-        }
-    }
-}

@@ -4,7 +4,6 @@
 //! `runroot/containers/<id>/`, so it is right after a daemon restart and
 //! for containers that exited while the daemon was down.
 
-pub mod logs;
 pub mod process;
 pub mod spec;
 mod stop;
@@ -389,13 +388,12 @@ impl Containers {
             .locks
             .lock(&format!("{}/{name}/{attempt}", pod.id))
             .await;
-        if self.list()?.iter().any(|c| {
-            c.pod_id == pod.id && container_name(&c.config).ok() == Some((name.clone(), attempt))
-        }) {
-            return Err(Error::AlreadyExists(format!(
-                "container {name} (attempt {attempt}) already exists in pod {}",
-                pod.id
-            )));
+        // kubelet retries a create it gave up on with the same pod, name
+        // and attempt: it gets what the first call made (which ran on to
+        // the end), not "name is reserved".
+        if let Some(c) = self.table.named(&pod.id, &name, attempt)? {
+            tracing::info!(container_id = %c.id, name = %name, attempt, "CreateContainer retried: the first call's container");
+            return Ok(c.id.clone());
         }
         let id = crate::ids::new_id()?;
         let pod_cgroup = pod
@@ -789,7 +787,8 @@ impl Containers {
         };
         let _one = self.locks.lock(&c.id).await;
         if self.run_state(&c).state != ContainerState::ContainerExited {
-            // Joins (and hurries) a stop under way rather than waiting it out.
+            // Joins (and hurries) a stop under way rather than waiting it
+            // out; a hung monitor's container is killed through its cgroup.
             self.stop_by(pods, &c, tokio::time::Instant::now()).await?;
         }
         self.tear_down(pods, storage, &c).await;

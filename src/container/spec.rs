@@ -15,6 +15,8 @@ use oci_spec::runtime::{
     ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
+pub use crate::cgroups::HostDevice;
+
 use super::process::User;
 
 /// Capabilities a container gets unless it asks otherwise (containerd's and
@@ -121,21 +123,6 @@ pub struct SpecInput<'a> {
     /// Host devices `(path, type, major, minor, mode, uid, gid)` for CRI
     /// `devices` and privileged containers, resolved by the caller.
     pub devices: Vec<HostDevice>,
-}
-
-/// A device node found on the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostDevice {
-    pub host_path: PathBuf,
-    pub container_path: PathBuf,
-    pub char_device: bool,
-    pub major: i64,
-    pub minor: i64,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    /// cgroup device permissions, `rwm` subset.
-    pub permissions: String,
 }
 
 fn security(config: &ContainerConfig) -> LinuxContainerSecurityContext {

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::{ContainerRecord, Containers, internal, monitor_err, now_nanos};
 use crate::error::{Error, Result};
-use crate::monitor::client::{Client, MonitorError};
+use crate::monitor::client::{Client, MonitorError, Probe};
 use crate::monitor::proto::{self, request::Op};
 use crate::monitor::{ExitRecord, files};
 use crate::sandbox::Pods;
@@ -33,11 +33,23 @@ pub fn deadline_after(d: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
+/// How a stop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stopped {
+    /// Through its monitor, as usual.
+    Normally,
+    /// Its monitor did not answer (stopped or hung): the container was
+    /// killed through its cgroup and its exit recorded by the daemon.
+    MonitorHung,
+}
+
+type Outcome = std::result::Result<Stopped, String>;
+
 /// A stop in progress: its kill deadline, which joiners may move earlier,
 /// and its outcome once done.
 pub(super) struct Stopping {
     deadline: watch::Sender<Instant>,
-    done: watch::Sender<Option<std::result::Result<(), String>>>,
+    done: watch::Sender<Option<Outcome>>,
 }
 
 /// Unregisters the leading stop and publishes its outcome, also when the
@@ -46,7 +58,7 @@ struct Leader<'a> {
     containers: &'a Containers,
     id: String,
     stopping: Arc<Stopping>,
-    outcome: Option<std::result::Result<(), String>>,
+    outcome: Option<Outcome>,
 }
 
 impl Drop for Leader<'_> {
@@ -65,6 +77,8 @@ impl Drop for Leader<'_> {
 impl Containers {
     /// Stops a container: its stop signal, SIGKILL after `timeout`; returns
     /// once it is gone. Stopping a stopped or unknown container is fine.
+    /// A container whose monitor does not answer is killed through its
+    /// cgroup, and the stop says so (Unavailable).
     pub async fn stop(&self, pods: &Pods, id: &str, timeout: Duration) -> Result<()> {
         // CRI: stopping an unknown container succeeds.
         let c = match self.get(id) {
@@ -72,7 +86,13 @@ impl Containers {
             Err(Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        self.stop_by(pods, &c, deadline_after(timeout)).await
+        match self.stop_by(pods, &c, deadline_after(timeout)).await? {
+            Stopped::Normally => Ok(()),
+            Stopped::MonitorHung => Err(Error::Unavailable(format!(
+                "the monitor of pod {} does not answer (stopped or hung?): container {} was killed through its cgroup",
+                c.pod_id, c.id
+            ))),
+        }
     }
 
     /// Stops `c` with SIGKILL at `deadline` at the latest, joining a stop
@@ -82,7 +102,7 @@ impl Containers {
         pods: &Pods,
         c: &ContainerRecord,
         deadline: Instant,
-    ) -> Result<()> {
+    ) -> Result<Stopped> {
         let (stopping, leads) = {
             let mut map = self
                 .stopping
@@ -119,7 +139,8 @@ impl Containers {
                 .ok()
                 .flatten();
             return match outcome {
-                Some(Ok(())) | None => Ok(()),
+                Some(Ok(how)) => Ok(how),
+                None => Ok(Stopped::Normally),
                 Some(Err(e)) => Err(Error::Internal(e)),
             };
         }
@@ -132,7 +153,7 @@ impl Containers {
         let r = self
             .stop_leading(pods, c, stopping.deadline.subscribe())
             .await;
-        leader.outcome = Some(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        leader.outcome = Some(r.as_ref().map(|how| *how).map_err(|e| e.to_string()));
         drop(leader);
         r
     }
@@ -142,24 +163,29 @@ impl Containers {
         pods: &Pods,
         c: &ContainerRecord,
         mut deadline: watch::Receiver<Instant>,
-    ) -> Result<()> {
+    ) -> Result<Stopped> {
         let st = self.run_state(c);
         let monitor = Self::monitor(pods, &c.pod_id);
-        match st.state {
-            ContainerState::ContainerExited => {
-                self.kill_cgroup(c);
-                return Ok(());
+        if st.state == ContainerState::ContainerExited {
+            self.kill_cgroup(c);
+            return Ok(Stopped::Normally);
+        }
+        match monitor.probe().await {
+            Probe::Alive => {}
+            // Nobody will reap or record: kill what is left through the
+            // cgroup and record the kill ourselves.
+            Probe::Dead => {
+                self.stop_orphan(c).await?;
+                return Ok(Stopped::Normally);
             }
-            _ if !monitor.alive().await => {
-                // The monitor is gone (killed, crashed): nobody will reap or
-                // record; kill what is left and record the kill ourselves.
-                return self.stop_orphan(c).await;
+            Probe::Hung => {
+                self.stop_orphan(c).await?;
+                return Ok(Stopped::MonitorHung);
             }
-            ContainerState::ContainerCreated => {
-                // Never started: nothing to signal gracefully.
-                let _ = self.kill(&monitor, c, libc::SIGKILL, true).await;
-            }
-            _ => {}
+        }
+        if st.state == ContainerState::ContainerCreated {
+            // Never started: nothing to signal gracefully.
+            let _ = self.kill(&monitor, c, libc::SIGKILL, true).await;
         }
         if Instant::now() < *deadline.borrow() {
             let _ = self.kill(&monitor, c, c.stop_signal, false).await;
@@ -173,7 +199,7 @@ impl Containers {
                         if exited? {
                             self.kill_cgroup(c);
                             tracing::info!(container_id = %c.id, "container stopped");
-                            return Ok(());
+                            return Ok(Stopped::Normally);
                         }
                     }
                     // A joiner moved the deadline: look again.
@@ -192,7 +218,7 @@ impl Containers {
         }
         self.kill_cgroup(c);
         tracing::info!(container_id = %c.id, "container killed");
-        Ok(())
+        Ok(Stopped::Normally)
     }
 
     async fn kill(

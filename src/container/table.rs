@@ -117,6 +117,27 @@ impl Table {
         }
     }
 
+    /// The container of pod `pod_id` with this name and attempt, if any.
+    pub fn named(
+        &self,
+        pod_id: &str,
+        name: &str,
+        attempt: u32,
+    ) -> Result<Option<Arc<ContainerRecord>>> {
+        let map = self.map.read().map_err(|_| poisoned())?;
+        Ok(map
+            .values()
+            .find(|e| {
+                e.record.pod_id == pod_id
+                    && e.record
+                        .config
+                        .metadata
+                        .as_ref()
+                        .is_some_and(|m| m.name == name && m.attempt == attempt)
+            })
+            .map(|e| e.record.clone()))
+    }
+
     /// Every container with its state.
     pub fn all(&self) -> Result<Vec<(Arc<ContainerRecord>, RunState)>> {
         let map = self.map.read().map_err(|_| poisoned())?;

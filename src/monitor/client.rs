@@ -31,8 +31,22 @@ pub enum MonitorError {
     /// The caller gave up on the call (its client went away).
     #[error("{0} cancelled")]
     Cancelled(&'static str),
+    /// The monitor took the request but did not answer in time: stopped or
+    /// hung (a dead one refuses the connection instead).
+    #[error("the pod's monitor did not answer within {0:?} (stopped or hung?)")]
+    Timeout(Duration),
     #[error("starting the monitor: {0}")]
     Spawn(String),
+}
+
+/// What a ping found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    Alive,
+    /// Nothing listens: it exited or was killed.
+    Dead,
+    /// It takes the connection but answers nothing in time.
+    Hung,
 }
 
 /// A pod's monitor, addressed by its directory.
@@ -56,6 +70,16 @@ impl Client {
     /// Whether a monitor answers on the socket.
     pub async fn alive(&self) -> bool {
         self.call(Op::Ping(Default::default())).await.is_ok()
+    }
+
+    /// Whether the monitor answers, is dead (nothing listens on its
+    /// socket) or hung (it takes requests but answers none in time).
+    pub async fn probe(&self) -> Probe {
+        match self.call(Op::Ping(Default::default())).await {
+            Ok(_) => Probe::Alive,
+            Err(MonitorError::Timeout(_)) => Probe::Hung,
+            Err(_) => Probe::Dead,
+        }
     }
 
     /// Starts the monitor unless one already answers. It runs detached from
@@ -110,10 +134,13 @@ impl Client {
         }
     }
 
-    /// Shuts the monitor down (if it runs) and removes its directory: the
-    /// pod is gone, nothing of it stays under the runroot.
+    /// Shuts the monitor down (if it runs; a hung one is killed) and
+    /// removes its directory: the pod is gone, nothing of it stays under
+    /// the runroot.
     pub async fn retire(&self) {
-        let _ = self.call(Op::Shutdown(Default::default())).await;
+        if let Err(MonitorError::Timeout(_)) = self.call(Op::Shutdown(Default::default())).await {
+            self.kill_hung();
+        }
         let dir = self.dir.clone();
         let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -122,6 +149,25 @@ impl Client {
         .await;
         if let Ok(Err(e)) = removed {
             tracing::warn!(dir = %self.dir.display(), error = %e, "removing the monitor's directory");
+        }
+    }
+
+    /// SIGKILLs a monitor that does not answer, found by the pid it wrote
+    /// and checked to be the monitor of this directory.
+    fn kill_hung(&self) {
+        let Some(pid) = std::fs::read_to_string(self.dir.join(super::PID_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        let ours = std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|d| d == self.dir);
+        if ours {
+            tracing::warn!(pid, dir = %self.dir.display(), "killing a monitor that does not answer");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 
@@ -136,8 +182,19 @@ impl Client {
         Ok(Events { stream: s, path })
     }
 
-    /// Sends one request and waits for its answer.
+    /// Sends one request and waits for its answer, within a deadline that
+    /// suits the request (see [`deadline`]): a stopped or hung monitor
+    /// never holds a caller forever.
     pub async fn call(&self, op: Op) -> Result<Response, MonitorError> {
+        match deadline(&op) {
+            Some(d) => tokio::time::timeout(d, self.call_unbounded(op))
+                .await
+                .unwrap_or(Err(MonitorError::Timeout(d))),
+            None => self.call_unbounded(op).await,
+        }
+    }
+
+    async fn call_unbounded(&self, op: Op) -> Result<Response, MonitorError> {
         let path = self.socket();
         let io = io_error(&path);
         let mut s = UnixStream::connect(&path).await.map_err(&io)?;
@@ -229,6 +286,25 @@ impl Client {
         let raw: Vec<RawFd> = outputs.iter().map(|f| f.as_raw_fd()).collect();
         let (_, mut fds, _) = self.call_with_fds(op, &raw)?;
         Ok(fds.pop())
+    }
+}
+
+/// A quick request's deadline; a monitor is single-threaded and answers
+/// these in microseconds unless it is stopped or hung.
+pub const QUICK: Duration = Duration::from_secs(5);
+
+/// How long a monitor may take over `op`: container set-up and start wait
+/// for the container's own process (bounded by the executor's 30 s), Wait
+/// and ExecSync for their timeouts; an ExecSync without a timeout has no
+/// deadline (its caller hanging up ends it).
+pub fn deadline(op: &Op) -> Option<Duration> {
+    let ms = |ms: u64| Duration::from_millis(ms).checked_add(QUICK);
+    match op {
+        Op::Create(_) | Op::Start(_) => Some(Duration::from_secs(40)),
+        Op::Wait(w) => ms(w.timeout_ms),
+        Op::ExecSync(e) if e.timeout_ms > 0 => ms(e.timeout_ms),
+        Op::ExecSync(_) | Op::ExecStream(_) | Op::Subscribe(_) => None,
+        _ => Some(QUICK),
     }
 }
 

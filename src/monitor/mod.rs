@@ -7,6 +7,7 @@
 //! protocol in `proto/monitor.proto` ([`client`]).
 
 pub mod client;
+pub mod logs;
 mod server;
 
 /// Generated from `proto/monitor.proto`.
@@ -19,6 +20,9 @@ pub use server::run;
 
 /// Protocol version spoken by this build.
 pub const VERSION: u32 = 1;
+/// The monitor's pid, written at start inside its directory, so a hung
+/// monitor can be killed when its pod goes.
+pub const PID_FILE: &str = "monitor.pid";
 /// Socket name inside the monitor's directory.
 pub const SOCKET: &str = "monitor.sock";
 /// Largest frame accepted (exec output is capped below this).

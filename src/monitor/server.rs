@@ -11,9 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use prost::Message;
 
+use super::logs::{LogWriter, Stream};
 use super::proto::{self, Request, Response, request::Op};
 use super::{EXEC_OUTPUT_CAP, ExitRecord, MAX_FRAME, SOCKET, VERSION, files, now_nanos};
-use crate::container::logs::{LogWriter, Stream};
 use crate::executor::linux::{become_subreaper, pipe};
 use crate::executor::sys;
 use crate::executor::{CreateOptions, Created, Embedded, Executor, Stdio};
@@ -864,6 +864,10 @@ pub fn run(dir: &Path) -> Result<(), String> {
     become_subreaper().map_err(|e| e.to_string())?;
     let sigchld = sys::sigchld_fd()?;
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let _ = write_atomic(
+        &dir.join(super::PID_FILE),
+        std::process::id().to_string().as_bytes(),
+    );
     let sock = dir.join(SOCKET);
     let _ = std::fs::remove_file(&sock);
     let listener =

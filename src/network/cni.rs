@@ -394,6 +394,18 @@ pub fn result_ips(result: &Value) -> Vec<String> {
     ips
 }
 
+/// CNI arguments that would be unsafe to pass are the request's fault; every
+/// other CNI failure is the node's (a plugin, its config or its timeout).
+impl From<CniError> for crate::error::Error {
+    fn from(e: CniError) -> Self {
+        use crate::error::Error;
+        match e {
+            CniError::InvalidArg { .. } => Error::InvalidArgument(e.to_string()),
+            _ => Error::Internal(e.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -230,9 +230,6 @@ impl Runtime {
     }
 
     fn issue(&self, pending: Pending) -> Result<String> {
-        self.streaming.issue(pending).map_err(|e| match e {
-            crate::streaming::TokenError::TooMany => Error::ResourceExhausted(e.to_string()),
-            crate::streaming::TokenError::NoRandomness(_) => Error::Unavailable(e.to_string()),
-        })
+        self.streaming.issue(pending).map_err(Error::from)
     }
 }

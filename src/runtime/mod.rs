@@ -8,6 +8,10 @@ mod containers;
 mod images;
 mod pods;
 
+pub use crate::config::CgroupDriver;
+pub use crate::image::PullAuth;
+pub use crate::image::record::ImageUser;
+pub use crate::sandbox::{PodRecord, PodState};
 pub use containers::{ContainerFilter, ContainerStatus, ContainerView, ExecOutput};
 pub use images::{FsUsage, ImageView};
 pub use pods::{PodDetails, PodFilter, PodStatus};
@@ -100,6 +104,11 @@ impl Runtime {
     /// The configuration the daemon runs with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The cgroup driver, which kubelet's must match.
+    pub fn cgroup_driver(&self) -> CgroupDriver {
+        self.config.runtime.cgroup_driver
     }
 
     /// RuntimeReady and NetworkReady, evaluated now.

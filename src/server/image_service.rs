@@ -7,9 +7,7 @@ use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
-use crate::image::PullAuth;
-use crate::image::record::ImageUser;
-use crate::runtime::{FsUsage, ImageView, Runtime};
+use crate::runtime::{FsUsage, ImageUser, ImageView, PullAuth, Runtime};
 
 type Reply<T> = Result<Response<T>, Status>;
 

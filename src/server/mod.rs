@@ -63,21 +63,6 @@ impl From<Error> for tonic::Status {
     }
 }
 
-/// A streaming URL that could not be issued: too many outstanding is the
-/// client's to back off from; no randomness is the node's, and retryable.
-impl From<crate::streaming::TokenError> for tonic::Status {
-    fn from(e: crate::streaming::TokenError) -> Self {
-        use crate::streaming::TokenError;
-        match e {
-            TokenError::TooMany => tonic::Status::resource_exhausted(e.to_string()),
-            TokenError::NoRandomness(_) => {
-                tracing::error!(error = %e, "streaming URL refused");
-                tonic::Status::unavailable(e.to_string())
-            }
-        }
-    }
-}
-
 /// A bound CRI socket; removes the socket file when dropped, unless another
 /// daemon has replaced it since.
 pub struct Socket {
@@ -202,21 +187,4 @@ pub async fn serve(
 /// The answer for an RPC that later work will build.
 fn unimplemented<T>(rpc: &'static str) -> Result<T, tonic::Status> {
     Err(Error::Unimplemented(rpc).into())
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::streaming::TokenError;
-    use tonic::{Code, Status};
-
-    #[test]
-    fn token_errors_answer_retryable_codes() {
-        let s = Status::from(TokenError::NoRandomness(getrandom::Error::UNSUPPORTED));
-        assert_eq!(s.code(), Code::Unavailable);
-        assert!(s.message().contains("random number generator"), "{s}");
-        assert_eq!(
-            Status::from(TokenError::TooMany).code(),
-            Code::ResourceExhausted
-        );
-    }
 }

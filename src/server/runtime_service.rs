@@ -9,12 +9,10 @@ use tonic::{Request, Response, Status};
 
 use super::unimplemented;
 use super::validate;
-use crate::config::CgroupDriver as Driver;
 use crate::runtime::{
-    CRI_API_VERSION, ContainerFilter as CoreContainerFilter, ContainerView, PodFilter,
-    RUNTIME_NAME, Runtime,
+    CRI_API_VERSION, CgroupDriver as Driver, ContainerFilter as CoreContainerFilter, ContainerView,
+    PodFilter, PodRecord, PodState, RUNTIME_NAME, Runtime,
 };
-use crate::sandbox::PodState;
 
 /// Runs a pod operation to the end even if the client gives up (deadline,
 /// disconnect): its retry then finds the finished work instead of a
@@ -95,7 +93,7 @@ fn listed_container(v: ContainerView) -> Container {
 }
 
 /// A pod as ListPodSandbox shows it.
-fn listed_pod(p: &crate::sandbox::PodRecord) -> PodSandbox {
+fn listed_pod(p: &PodRecord) -> PodSandbox {
     PodSandbox {
         id: p.id.clone(),
         metadata: p.config.metadata.clone(),
@@ -158,7 +156,7 @@ impl RuntimeService for RuntimeServiceHandler {
         &self,
         _: Request<RuntimeConfigRequest>,
     ) -> Reply<RuntimeConfigResponse> {
-        let driver = match self.rt.config().runtime.cgroup_driver {
+        let driver = match self.rt.cgroup_driver() {
             Driver::Systemd => CgroupDriver::Systemd,
             Driver::Cgroupfs => CgroupDriver::Cgroupfs,
         };

@@ -118,6 +118,21 @@ impl<R: RandomSource> Tokens<R> {
     }
 }
 
+/// A URL that could not be issued: too many outstanding is the client's
+/// to back off from; no randomness is the node's, and retryable.
+impl From<TokenError> for crate::error::Error {
+    fn from(e: TokenError) -> Self {
+        use crate::error::Error;
+        match e {
+            TokenError::TooMany => Error::ResourceExhausted(e.to_string()),
+            TokenError::NoRandomness(_) => {
+                tracing::error!(error = %e, "streaming URL refused");
+                Error::Unavailable(e.to_string())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,7 +155,10 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.len() >= 22);
         assert!(t.take("attach", &a).is_none(), "wrong route");
-        assert!(t.take("portforward", &a).is_none(), "spent by the wrong-route use");
+        assert!(
+            t.take("portforward", &a).is_none(),
+            "spent by the wrong-route use"
+        );
         assert!(t.take("portforward", &b).is_some());
         assert!(t.take("portforward", &b).is_none(), "single use");
         assert!(t.take("portforward", "nope").is_none());
@@ -230,5 +248,19 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn token_errors_answer_retryable_codes() {
+        use crate::error::Error;
+        let e = Error::from(TokenError::NoRandomness(getrandom::Error::UNSUPPORTED));
+        assert!(
+            matches!(&e, Error::Unavailable(m) if m.contains("random number generator")),
+            "{e}"
+        );
+        assert!(matches!(
+            Error::from(TokenError::TooMany),
+            Error::ResourceExhausted(_)
+        ));
     }
 }

@@ -1,0 +1,164 @@
+//! The core's contracts: a monitor that hangs never wedges a stop, a
+//! retried create gets the first call's container, a pod's stop and its
+//! containers' creates are ordered.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::pod::*;
+use common::*;
+use k8s_cri::v1::*;
+use tonic::Code;
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+}
+
+#[tokio::test]
+async fn a_stopped_monitor_never_wedges_stop_container() {
+    let mut e = env("hungmon").await;
+    let id = e
+        .run("c", "trap '' TERM; while true; do sleep 1; done")
+        .await;
+    let pid: i32 =
+        std::fs::read_to_string(e.d.paths.runroot.join("containers").join(&id).join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    let monitors = monitor_pids(&e.d.paths.runroot);
+    assert_eq!(monitors.len(), 1);
+    signal(monitors[0], nix::sys::signal::Signal::SIGSTOP);
+    let t = Instant::now();
+    let mut req = tonic::Request::new(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 30,
+    });
+    req.set_timeout(Duration::from_secs(20));
+    let r = e.rt.stop_container(req).await;
+    let took = t.elapsed();
+    let err = r.expect_err("a clear error");
+    println!(
+        "StopContainer with a stopped monitor: {:?} after {took:?}: {}",
+        err.code(),
+        err.message()
+    );
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.message().contains("does not answer"), "{err}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    // The container is gone all the same.
+    wait_for(
+        "the container's process to be gone",
+        Duration::from_secs(5),
+        || async {
+            (!std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .is_ok_and(|s| s.contains("State:\tZ")))
+            .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        e.status(&id).await.state,
+        ContainerState::ContainerExited as i32
+    );
+    // The pod goes too; its stopped monitor is killed with it.
+    let t = Instant::now();
+    e.rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: e.pod.clone(),
+    })
+    .await
+    .unwrap();
+    e.rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: e.pod.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "teardown took {:?}",
+        t.elapsed()
+    );
+    assert!(monitor_pids(&e.d.paths.runroot).is_empty());
+}
+
+#[tokio::test]
+async fn a_create_retried_after_the_client_gave_up_gets_the_same_container() {
+    let mut e = env("retry").await;
+    let cfg = e.config("retried", "sleep 100");
+    let mut bare = bare_runtime(&e.d.paths.socket).await;
+    let mut req = tonic::Request::new(CreateContainerRequest {
+        pod_sandbox_id: e.pod.clone(),
+        config: Some(cfg.clone()),
+        sandbox_config: None,
+    });
+    req.set_timeout(Duration::from_millis(1));
+    let first = bare.create_container(req).await;
+    assert_eq!(first.unwrap_err().code(), Code::DeadlineExceeded);
+    // While the first call still runs, and after it finished: its container.
+    let second = e.create(cfg.clone()).await.expect("retry");
+    let third = e.create(cfg.clone()).await.expect("another retry");
+    assert_eq!(second, third);
+    let listed = e.list(ContainerFilter::default()).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].id, second);
+    // A new attempt is a new container.
+    let mut next = cfg;
+    next.metadata.as_mut().unwrap().attempt = 1;
+    let fourth = e.create(next).await.unwrap();
+    assert_ne!(fourth, second);
+}
+
+#[tokio::test]
+async fn creates_racing_a_pod_stop_leave_no_running_container() {
+    for round in 0..3 {
+        let mut e = env(&format!("race{round}")).await;
+        let mut tasks = Vec::new();
+        for i in 0..5 {
+            let mut rt = e.d.runtime().await;
+            let pod = e.pod.clone();
+            let cfg = e.config(&format!("c{i}"), "sleep 100");
+            tasks.push(tokio::spawn(async move {
+                let id = rt
+                    .create_container(CreateContainerRequest {
+                        pod_sandbox_id: pod,
+                        config: Some(cfg),
+                        sandbox_config: None,
+                    })
+                    .await?
+                    .into_inner()
+                    .container_id;
+                rt.start_container(StartContainerRequest {
+                    container_id: id.clone(),
+                })
+                .await?;
+                Ok::<_, tonic::Status>(id)
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(10 * round)).await;
+        e.rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: e.pod.clone(),
+        })
+        .await
+        .unwrap();
+        for t in tasks {
+            if let Err(s) = t.await.unwrap() {
+                assert!(
+                    matches!(s.code(), Code::FailedPrecondition | Code::NotFound),
+                    "{s}"
+                );
+            }
+        }
+        let running: Vec<_> = e
+            .list(ContainerFilter::default())
+            .await
+            .into_iter()
+            .filter(|c| c.state == ContainerState::ContainerRunning as i32)
+            .collect();
+        assert!(
+            running.is_empty(),
+            "round {round}: running in a stopped pod: {running:?}"
+        );
+    }
+}
