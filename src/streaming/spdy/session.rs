@@ -167,8 +167,8 @@ impl StreamWriter {
     }
 
     /// Aborts the stream both ways with RST_STREAM (`status` normally
-    /// [`RST_CANCEL`](super::RST_CANCEL)); also how a stream is refused instead of replied to.
-    /// Sent at most once.
+    /// [`RST_CANCEL`](super::RST_CANCEL)); also how a stream is refused
+    /// instead of replied to. Sent at most once.
     pub async fn reset(&self, status: u32) -> Result<(), SpdyError> {
         if self.state.reset.swap(true, Ordering::AcqRel) {
             return Ok(());
