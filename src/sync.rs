@@ -1,6 +1,7 @@
 //! Async locks by key (a pod, a container, an image reference), made on
-//! demand and dropped when nobody holds or waits for them. Shared by the
-//! core's modules, so it lives in none of them.
+//! demand and dropped when nobody holds or waits for them, and the way
+//! blocking work runs from async code. Shared by the core's modules, so it
+//! lives in none of them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,20 @@ impl Drop for KeyGuard<'_> {
         if Arc::strong_count(&self.mutex) <= 2 {
             map.remove(&self.key);
         }
+    }
+}
+
+/// Runs blocking work (file system, mounts, fsync, /proc) from async code
+/// without stalling the runtime: on the daemon's multi-threaded runtime the
+/// worker hands its other tasks to another thread first
+/// (`block_in_place`); elsewhere (a current-thread test runtime, no
+/// runtime) it simply runs.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

@@ -474,7 +474,7 @@ impl Containers {
             .map(|c| images.layer_dir(c))
             .collect::<Result<Vec<_>>>()?;
         let privileged = spec::privileged(&record.config);
-        let devices = host_devices(&record.config, privileged)?;
+        let devices = crate::sync::blocking(|| host_devices(&record.config, privileged))?;
         // The cgroup with its limits (before any process joins it) is made
         // on a blocking thread while the rootfs is mounted and the spec
         // written; it is always waited for, so a failure of either leaves
@@ -493,9 +493,10 @@ impl Containers {
                     .map_err(internal)
             })
         };
-        let prepared = self
-            .write_spec(pods, storage, pod, image, record, &layers, devices, &step)
-            .await;
+        // Mounts, file reads and writes: off the async workers.
+        let prepared = crate::sync::blocking(|| {
+            self.write_spec(pods, storage, pod, image, record, &layers, devices, &step)
+        });
         let cgroup = cgroup_job.await.map_err(internal).and_then(|r| r);
         let dir = prepared?;
         cgroup?;
@@ -506,7 +507,7 @@ impl Containers {
     /// Mounts the rootfs, resolves the user and writes `config.json` (and
     /// the seccomp program) into the container's state directory, returned.
     #[allow(clippy::too_many_arguments)]
-    async fn write_spec(
+    fn write_spec(
         &self,
         pods: &Pods,
         storage: &Storage,
@@ -711,19 +712,25 @@ impl Containers {
         let _ = monitor
             .call(Op::Forget(proto::ContainerRef { id: c.id.clone() }))
             .await;
-        if let Err(e) = storage.remove_rootfs(&c.id) {
-            tracing::warn!(container_id = %c.id, error = %e, "removing rootfs");
-        }
-        self.kill_cgroup(c);
-        if let Err(e) = self.cgroups.remove(&c.cgroup) {
-            tracing::warn!(container_id = %c.id, error = %e, "removing cgroup");
-        }
-        let _ = std::fs::remove_dir_all(self.state_dir(&c.id));
+        crate::sync::blocking(|| {
+            if let Err(e) = storage.remove_rootfs(&c.id) {
+                tracing::warn!(container_id = %c.id, error = %e, "removing rootfs");
+            }
+            self.kill_cgroup(c);
+            if let Err(e) = self.cgroups.remove(&c.cgroup) {
+                tracing::warn!(container_id = %c.id, error = %e, "removing cgroup");
+            }
+            let _ = std::fs::remove_dir_all(self.state_dir(&c.id));
+        });
     }
 
     /// SIGKILLs whatever is left in the container's cgroup (processes that
     /// outlived the init in a shared PID namespace).
     fn kill_cgroup(&self, c: &ContainerRecord) {
+        crate::sync::blocking(|| self.kill_cgroup_now(c))
+    }
+
+    fn kill_cgroup_now(&self, c: &ContainerRecord) {
         for dir in self.cgroups.dirs(&c.cgroup).unwrap_or_default() {
             let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
             for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {

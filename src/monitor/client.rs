@@ -88,15 +88,17 @@ impl Client {
         if self.alive().await {
             return Ok(());
         }
-        std::fs::create_dir_all(&self.dir).map_err(|e| MonitorError::Io {
-            path: self.dir.clone(),
-            source: e,
+        let log = crate::sync::blocking(|| {
+            std::fs::create_dir_all(&self.dir).map_err(|e| MonitorError::Io {
+                path: self.dir.clone(),
+                source: e,
+            })?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("monitor.log"))
+                .map_err(|e| MonitorError::Spawn(e.to_string()))
         })?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("monitor.log"))
-            .map_err(|e| MonitorError::Spawn(e.to_string()))?;
         // No host path on its command line: a container that sees a
         // process forked from it reads that. The directory is its cwd.
         let mut cmd =
@@ -139,7 +141,7 @@ impl Client {
     /// the runroot.
     pub async fn retire(&self) {
         if let Err(MonitorError::Timeout(_)) = self.call(Op::Shutdown(Default::default())).await {
-            self.kill_hung();
+            crate::sync::blocking(|| self.kill_hung());
         }
         let dir = self.dir.clone();
         let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {

@@ -366,7 +366,7 @@ impl Pods {
     ) -> Result<()> {
         let t = std::time::Instant::now();
         let dir = self.pod_dir(&pod.id);
-        std::fs::create_dir_all(dir.join("ns")).map_err(internal)?;
+        crate::sync::blocking(|| std::fs::create_dir_all(dir.join("ns"))).map_err(internal)?;
         let mut kinds = Vec::new();
         if !pod.host_network {
             kinds.push(NsKind::Net);
@@ -399,14 +399,15 @@ impl Pods {
                 &self.proc_pin(&pod.id),
             )?)
         };
-        let node_side = (|| {
+        // Files, mounts and cgroup writes: off the async workers.
+        let node_side = crate::sync::blocking(|| {
             self.cgroups.create(&cgroup).map_err(internal)?;
             if !pod.host_ipc {
                 pinns::mount_shm(&self.shm_path(&pod.id), SHM_SIZE_KIB).map_err(internal)?;
             }
             write_file(&dir.join("hostname"), &format!("{hostname}\n"))?;
             write_file(&dir.join("resolv.conf"), &resolv_conf(&pod.config)?)
-        })();
+        });
         if let Some(child) = pinning {
             pod.init_pid = finish_pin(child).await?;
         }
@@ -439,11 +440,8 @@ impl Pods {
                 result,
             });
         }
-        write_file(
-            &dir.join("hosts"),
-            &hosts_file(&hostname, pod.ips.first().map(String::as_str)),
-        )?;
-        Ok(())
+        let hosts = hosts_file(&hostname, pod.ips.first().map(String::as_str));
+        crate::sync::blocking(|| write_file(&dir.join("hosts"), &hosts))
     }
 
     /// What a CNI call for `pod` passes, with its checked `CNI_ARGS`.
@@ -541,7 +539,20 @@ impl Pods {
         if pod.network.is_none() {
             self.host_ports.release(&pod.id);
         }
-        stop_init(pod.init_pid.take(), &self.ns_path(&pod.id, NsKind::Pid));
+        let init = pod.init_pid.take();
+        crate::sync::blocking(|| self.release_node_side(pod, init, all, first))
+    }
+
+    /// The node-side half of [`Self::tear_down`]: the pod init, the pins,
+    /// mounts, cgroup and files (a /proc scan, unmounts, removals).
+    fn release_node_side(
+        &self,
+        pod: &PodRecord,
+        init: Option<u32>,
+        all: bool,
+        mut first: Option<Error>,
+    ) -> Result<()> {
+        stop_init(init, &self.ns_path(&pod.id, NsKind::Pid));
         let mut step = |r: Result<()>| {
             if let Err(e) = r {
                 first.get_or_insert(e);

@@ -154,14 +154,17 @@ impl Store {
     }
 
     /// Runs `f` in one write transaction, committed durably if `f` succeeds.
+    /// The commit waits for the disk (fsync): off the async workers.
     pub fn write<R>(
         &self,
         f: impl FnOnce(&Batch<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let txn = self.db.begin_write()?;
-        let r = f(&Batch { txn: &txn })?;
-        txn.commit()?;
-        Ok(r)
+        crate::sync::blocking(|| {
+            let txn = self.db.begin_write()?;
+            let r = f(&Batch { txn: &txn })?;
+            txn.commit()?;
+            Ok(r)
+        })
     }
 
     /// Inserts or replaces one record.
