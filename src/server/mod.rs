@@ -2,6 +2,7 @@
 //! core errors to gRPC statuses. Handlers stay thin; the work is in
 //! [`crate::runtime`] and the modules it uses.
 
+mod encoded_list;
 mod image_service;
 pub mod layer;
 mod runtime_service;
@@ -149,10 +150,11 @@ pub async fn serve(
         .listener
         .take()
         .ok_or_else(|| ServerError::InUse(socket.path.clone()))?;
-    let rt =
-        RuntimeServiceServer::new(runtime_service::RuntimeServiceHandler::new(runtime.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let handler = Arc::new(runtime_service::RuntimeServiceHandler::new(runtime.clone()));
+    let rt = RuntimeServiceServer::from_arc(handler.clone())
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let rt = encoded_list::WithEncodedList::new(rt, handler, MAX_MESSAGE_SIZE);
     let img = ImageServiceServer::new(image_service::ImageServiceHandler::new(runtime))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);

@@ -7,6 +7,7 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 
+use super::encoded_list::{EncodedContainers, EncodedList};
 use super::unimplemented;
 use super::validate;
 use crate::runtime::{
@@ -39,11 +40,46 @@ type Reply<T> = Result<Response<T>, Status>;
 /// Serves the RuntimeService from the shared core.
 pub struct RuntimeServiceHandler {
     rt: Arc<Runtime>,
+    /// ListContainers' entries, encoded (see `encoded_list.rs`).
+    encoded: EncodedContainers,
 }
 
 impl RuntimeServiceHandler {
     pub fn new(rt: Arc<Runtime>) -> Self {
-        RuntimeServiceHandler { rt }
+        RuntimeServiceHandler {
+            rt,
+            encoded: EncodedContainers::default(),
+        }
+    }
+
+    /// The containers a ListContainers request asks for, and whether it
+    /// asks for all of them.
+    fn listed(&self, req: ListContainersRequest) -> Result<(Vec<ContainerView>, bool), Status> {
+        let filter = req.filter.unwrap_or_default();
+        validate::id("container id filter", &filter.id)?;
+        validate::id("pod sandbox id filter", &filter.pod_sandbox_id)?;
+        let state = match filter.state.map(|s| container_state(s.state)) {
+            None => None,
+            Some(Some(s)) => Some(s),
+            Some(None) => return Err(Status::invalid_argument("unknown container state")),
+        };
+        let filter = CoreContainerFilter {
+            id: filter.id,
+            pod: filter.pod_sandbox_id,
+            state,
+            labels: filter.label_selector,
+        };
+        let all = filter.id.is_empty()
+            && filter.pod.is_empty()
+            && filter.state.is_none()
+            && filter.labels.is_empty();
+        Ok((self.rt.list_containers(&filter)?, all))
+    }
+
+    /// ListContainers, as served: from the cached encodings.
+    pub(super) fn list_encoded(&self, req: ListContainersRequest) -> Result<EncodedList, Status> {
+        let (views, all) = self.listed(req)?;
+        Ok(self.encoded.answer(views, all))
     }
 }
 
@@ -76,7 +112,7 @@ fn container_state(s: i32) -> Option<k8s_cri::v1::ContainerState> {
 }
 
 /// A container as ListContainers shows it.
-fn listed_container(v: ContainerView) -> Container {
+pub(super) fn listed_container(v: ContainerView) -> Container {
     let c = &v.record;
     Container {
         id: c.id.clone(),
@@ -379,25 +415,10 @@ impl RuntimeService for RuntimeServiceHandler {
         &self,
         req: Request<ListContainersRequest>,
     ) -> Reply<ListContainersResponse> {
-        let filter = req.into_inner().filter.unwrap_or_default();
-        validate::id("container id filter", &filter.id)?;
-        validate::id("pod sandbox id filter", &filter.pod_sandbox_id)?;
-        let state = match filter.state.map(|s| container_state(s.state)) {
-            None => None,
-            Some(Some(s)) => Some(s),
-            Some(None) => return Err(Status::invalid_argument("unknown container state")),
-        };
-        let containers = self
-            .rt
-            .list_containers(&CoreContainerFilter {
-                id: filter.id,
-                pod: filter.pod_sandbox_id,
-                state,
-                labels: filter.label_selector,
-            })?
-            .into_iter()
-            .map(listed_container)
-            .collect();
+        // Served by `encoded_list` in front of this service; kept for
+        // callers of the trait itself.
+        let (views, _) = self.listed(req.into_inner())?;
+        let containers = views.into_iter().map(listed_container).collect();
         Ok(Response::new(ListContainersResponse { containers }))
     }
 

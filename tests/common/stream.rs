@@ -60,6 +60,11 @@ pub fn open_fds(d: &Daemon) -> usize {
 /// TCP connections on the daemon's streaming port that the daemon holds a
 /// descriptor for (its sockets' inodes in /proc/net/tcp, listener excluded).
 pub fn held_connections(d: &Daemon) -> usize {
+    held_connection_inodes(d).len()
+}
+
+/// The socket inodes [`held_connections`] counts.
+pub fn held_connection_inodes(d: &Daemon) -> std::collections::HashSet<String> {
     let port = streaming_addr(d)
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse::<u16>().ok())
@@ -92,7 +97,8 @@ pub fn held_connections(d: &Daemon) -> usize {
                 && f.get(3) != Some(&"0A")
                 && f.get(9).is_some_and(|ino| ours.contains(*ino))
         })
-        .count()
+        .filter_map(|l| l.split_whitespace().nth(9).map(str::to_string))
+        .collect()
 }
 
 /// Pulls busybox into `d`.
