@@ -7,6 +7,7 @@
 //! sizes (table `layers`).
 
 pub mod content;
+mod leases;
 mod pull;
 pub mod record;
 pub mod reference;
@@ -55,9 +56,11 @@ pub struct Images {
     /// One lock per reference or layer being pulled, so concurrent pulls of
     /// the same thing share one transfer.
     inflight: KeyedLocks,
-    /// Pulls hold it shared, garbage collection exclusively: content a pull
-    /// has stored but not yet recorded must not be collected.
-    gc: tokio::sync::RwLock<()>,
+    /// What pulls have stored but not yet recorded in an image: garbage
+    /// collection leaves it alone (see `leases.rs`).
+    leases: leases::Leases,
+    /// One garbage collection at a time.
+    gc: tokio::sync::Mutex<()>,
 }
 
 impl Images {
@@ -82,7 +85,8 @@ impl Images {
             settings,
             registry,
             inflight: KeyedLocks::default(),
-            gc: tokio::sync::RwLock::new(()),
+            leases: leases::Leases::default(),
+            gc: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -131,15 +135,32 @@ impl Images {
         let Some(img) = self.find(name)? else {
             return Ok(());
         };
-        let _exclusive = self.gc.write().await;
+        let _one = self.gc.lock().await;
         self.store.delete(Table::Images, &img.id)?;
         tracing::info!(id = %img.id, tags = ?img.repo_tags, "image removed");
-        self.collect_garbage(layers_in_use)
+        // Renames, deletions and store commits: off the async workers.
+        crate::sync::blocking(|| self.collect_garbage(layers_in_use))
     }
 
     /// Deletes layers and blobs that no image (and no container, via
-    /// `layers_in_use`) refers to.
+    /// `layers_in_use`) refers to and no pull holds. Pulls that record
+    /// their image meanwhile make it read the images again; after a few
+    /// such rounds what is left waits for the next collection.
     fn collect_garbage(&self, layers_in_use: &[String]) -> Result<()> {
+        for _ in 0..4 {
+            if self.collect_once(layers_in_use)? {
+                return Ok(());
+            }
+        }
+        tracing::info!("image garbage collection leaves the rest for later: pulls kept finishing");
+        Ok(())
+    }
+
+    /// One pass of [`Self::collect_garbage`]; false when a pull let go
+    /// meanwhile and the images must be read again.
+    fn collect_once(&self, layers_in_use: &[String]) -> Result<bool> {
+        use leases::Freed;
+        let epoch = self.leases.epoch();
         let images = self.list(None)?;
         let mut keep_layers: std::collections::HashSet<&str> =
             layers_in_use.iter().map(String::as_str).collect();
@@ -153,34 +174,52 @@ impl Images {
             }
         }
         let layers: Vec<(String, LayerRecord)> = self.store.list(Table::Layers)?;
-        for (chain_id, layer) in layers {
+        for (chain_id, _) in layers {
             if keep_layers.contains(chain_id.as_str()) {
                 continue;
             }
             let dir = self.layer_dir(&chain_id)?;
-            // Rename first so a crash mid-delete leaves a `tmp-` dir that the
-            // next start removes, never a half-deleted layer in use.
+            // Renamed first so a crash mid-delete leaves a `tmp-` dir that
+            // the next start removes, never a half-deleted layer in use.
             let doomed = self
                 .layers_dir
                 .join(format!("tmp-gc-{}", hex_of(&chain_id)));
-            if std::fs::rename(&dir, &doomed).is_ok() {
-                remove_tree(&doomed);
+            let freed = self
+                .leases
+                .free_unless_held(&[leases::layer(&chain_id)], epoch, || {
+                    let moved = std::fs::rename(&dir, &doomed).is_ok();
+                    self.store.delete(Table::Layers, &chain_id).map(|_| moved)
+                });
+            match freed {
+                Freed::Stale => return Ok(false),
+                Freed::Held => tracing::debug!(chain_id, "layer held by a pull"),
+                Freed::Done(moved) => {
+                    if moved? {
+                        remove_tree(&doomed);
+                    }
+                    tracing::info!(chain_id, "layer freed");
+                }
             }
-            self.store.delete(Table::Layers, &chain_id)?;
-            if !keep_blobs.contains(layer.digest.as_str()) {
-                self.content.remove(&layer.digest).map_err(internal)?;
-            }
-            tracing::info!(chain_id, "layer freed");
         }
         if let Some(root) = self.layers_dir.parent() {
             crate::storage::prune_dangling_links(root);
         }
         for digest in self.content.list() {
-            if !keep_blobs.contains(digest.as_str()) {
-                self.content.remove(&digest).map_err(internal)?;
+            if keep_blobs.contains(digest.as_str()) {
+                continue;
+            }
+            let freed = self
+                .leases
+                .free_unless_held(&[leases::blob(&digest)], epoch, || {
+                    self.content.remove(&digest)
+                });
+            match freed {
+                Freed::Stale => return Ok(false),
+                Freed::Held => {}
+                Freed::Done(r) => r.map_err(internal)?,
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Directory of an unpacked layer.

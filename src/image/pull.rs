@@ -11,7 +11,7 @@ use sha2::{Digest as _, Sha256};
 use super::registries::{PullSource, Registries};
 use super::registry::{self, Credentials, Descriptor, ManifestKind, RegistryError};
 use super::unpack::{self, Compression, UnpackLimits};
-use super::{Images, LayerRecord, Reference, hex_of, internal, reference};
+use super::{Images, LayerRecord, Reference, hex_of, internal, leases, reference};
 use crate::error::{Error, Result};
 use crate::image::record::{ImageConfig, ImageRecord, LayerRef, chain_ids};
 use crate::store::Table;
@@ -77,7 +77,6 @@ impl Images {
             return Err(Error::InvalidArgument("image reference is empty".into()));
         }
         let creds = auth.credentials()?;
-        let _no_gc = self.gc.read().await;
         let registries = Registries::load(&self.settings.registries_conf)
             .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
         let candidates = if reference::is_fully_qualified(image) {
@@ -144,11 +143,15 @@ impl Images {
         r: &Reference,
         creds: &Credentials,
     ) -> Result<String> {
+        // Everything stored from here on is held from garbage collection
+        // until the image is recorded (or the pull fails).
+        let mut lease = self.leases.lease();
         let top = self
             .registry
             .fetch_manifest(src, &r.pull_reference(), creds)
             .await
             .map_err(registry_error)?;
+        lease.add(leases::blob(&top.digest));
         self.content
             .write_verified(&top.digest, &top.bytes)
             .map_err(internal)?;
@@ -167,6 +170,7 @@ impl Images {
                     .fetch_manifest(src, &entry.digest, creds)
                     .await
                     .map_err(registry_error)?;
+                lease.add(leases::blob(&m.digest));
                 self.content
                     .write_verified(&m.digest, &m.bytes)
                     .map_err(internal)?;
@@ -180,6 +184,7 @@ impl Images {
             }
         };
 
+        lease.add(leases::blob(&config_desc.digest));
         let config_bytes = self.fetch_small_blob(src, &config_desc, creds).await?;
         let config: ImageConfig = serde_json::from_slice(&config_bytes)
             .map_err(|e| Error::Internal(format!("{r}: image config: {e}")))?;
@@ -191,6 +196,10 @@ impl Images {
             )));
         }
         let chains = chain_ids(&config.rootfs.diff_ids);
+        for (desc, chain) in layers.iter().zip(&chains) {
+            lease.add(leases::blob(&desc.digest));
+            lease.add(leases::layer(chain));
+        }
         let mut jobs = Vec::with_capacity(layers.len());
         for (i, desc) in layers.iter().enumerate() {
             jobs.push(self.fetch_layer(src, creds, desc, &config.rootfs.diff_ids[i], &chains[i]));
@@ -239,6 +248,7 @@ impl Images {
         }
         push_unique(&mut img.repo_digests, r.repo_digest(&top.digest));
         self.save(&img)?;
+        drop(lease);
         tracing::info!(image = %r, id = %id, size = img.size, "pulled");
         Ok(id)
     }
