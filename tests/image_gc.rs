@@ -190,3 +190,102 @@ async fn removing_an_image_neither_waits_for_a_pull_nor_frees_what_it_holds() {
     assert_eq!(left("layers"), Vec::<String>::new());
     assert_eq!(left("content/blobs/sha256"), Vec::<String>::new());
 }
+
+async fn fs_info(images: &mut Images) -> (FilesystemUsage, FilesystemUsage) {
+    let r = images
+        .image_fs_info(ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    (
+        r.image_filesystems[0].clone(),
+        r.container_filesystems[0].clone(),
+    )
+}
+
+fn used(u: &FilesystemUsage) -> u64 {
+    u.used_bytes.as_ref().map_or(0, |v| v.value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_fs_info_is_accounted_not_walked_per_call() {
+    let env = testenv();
+    let mut e = env_built("fsinfo", NamespaceMode::Container, |b| b).await;
+    let mut images = e.d.images().await;
+    let (image_fs, before) = fs_info(&mut images).await;
+    assert!(used(&image_fs) > 0);
+
+    // A container's writes show up within a sample's age.
+    let id = e
+        .run(
+            "writer",
+            "dd if=/dev/zero of=/blob bs=1M count=4 && sleep 3600",
+        )
+        .await;
+    let want = used(&before) + (4 << 20);
+    let grown = wait_for("the write to be measured", Duration::from_secs(40), || {
+        let mut images = images.clone();
+        async move {
+            let (_, c) = fs_info(&mut images).await;
+            (used(&c) >= want).then_some(c)
+        }
+    })
+    .await;
+    println!(
+        "writable layers: {} bytes, then {} bytes",
+        used(&before),
+        used(&grown)
+    );
+
+    // Calls in a row are answered from one measurement, dated.
+    let walks = |d: &Daemon| d.logs().matches("writable layers measured").count();
+    let walked = walks(&e.d);
+    let mut stamps = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        stamps.insert(fs_info(&mut images).await.1.timestamp);
+    }
+    assert!(
+        walks(&e.d) <= walked + 1,
+        "{} walks for 50 calls",
+        walks(&e.d) - walked
+    );
+    assert!(stamps.len() <= 2, "{} different measurements", stamps.len());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    assert!(
+        stamps
+            .iter()
+            .all(|t| *t <= now && *t > now - 60_000_000_000)
+    );
+
+    // Images are counted at once: a pull adds, a removal takes away.
+    // Not zstd: it is busybox recompressed, the same image.
+    let layers = env.image("layers:latest");
+    let spec = || {
+        Some(ImageSpec {
+            image: layers.clone(),
+            ..Default::default()
+        })
+    };
+    images
+        .pull_image(PullImageRequest {
+            image: spec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (with_layers, _) = fs_info(&mut images).await;
+    assert!(
+        used(&with_layers) > used(&image_fs),
+        "{with_layers:?} vs {image_fs:?}"
+    );
+    images
+        .remove_image(RemoveImageRequest { image: spec() })
+        .await
+        .unwrap();
+    let (after, _) = fs_info(&mut images).await;
+    assert_eq!(used(&after), used(&image_fs));
+    e.stop(&id, 0).await;
+}

@@ -61,6 +61,8 @@ pub struct Images {
     leases: leases::Leases,
     /// One garbage collection at a time.
     gc: tokio::sync::Mutex<()>,
+    /// What [`Images::usage`] last counted; emptied by every change.
+    usage: std::sync::Mutex<Option<Usage>>,
 }
 
 impl Images {
@@ -87,6 +89,7 @@ impl Images {
             inflight: KeyedLocks::default(),
             leases: leases::Leases::default(),
             gc: tokio::sync::Mutex::new(()),
+            usage: std::sync::Mutex::new(None),
         })
     }
 
@@ -139,7 +142,9 @@ impl Images {
         self.store.delete(Table::Images, &img.id)?;
         tracing::info!(id = %img.id, tags = ?img.repo_tags, "image removed");
         // Renames, deletions and store commits: off the async workers.
-        crate::sync::blocking(|| self.collect_garbage(layers_in_use))
+        let collected = crate::sync::blocking(|| self.collect_garbage(layers_in_use));
+        self.usage_changed();
+        collected
     }
 
     /// Deletes layers and blobs that no image (and no container, via
@@ -228,8 +233,28 @@ impl Images {
         Ok(self.layers_dir.join(hex))
     }
 
-    /// Space taken by blobs and unpacked layers.
-    pub fn usage(&self) -> Result<Usage> {
+    /// Space taken by blobs and unpacked layers: the unpacked sizes
+    /// recorded when each layer was unpacked, and the blobs' sizes, counted
+    /// again only after a pull or a collection changed them.
+    pub async fn usage(&self) -> Result<Usage> {
+        if let Some(u) = *self.counted() {
+            return Ok(u);
+        }
+        let u = crate::sync::blocking(|| self.count_usage())?;
+        *self.counted() = Some(u);
+        Ok(u)
+    }
+
+    fn counted(&self) -> std::sync::MutexGuard<'_, Option<Usage>> {
+        self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the counted usage: blobs or layers were added or freed.
+    fn usage_changed(&self) {
+        *self.counted() = None;
+    }
+
+    fn count_usage(&self) -> Result<Usage> {
         let layers: Vec<(String, LayerRecord)> = self.store.list(Table::Layers)?;
         let (blob_bytes, blob_files) = self.content.usage();
         let mut u = Usage {

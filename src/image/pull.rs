@@ -77,6 +77,9 @@ impl Images {
             return Err(Error::InvalidArgument("image reference is empty".into()));
         }
         let creds = auth.credentials()?;
+        // However it ends (an error, a cancelled call), it may have stored
+        // blobs and layers.
+        let _recount = Recount(self);
         let registries = Registries::load(&self.settings.registries_conf)
             .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
         let candidates = if reference::is_fully_qualified(image) {
@@ -443,6 +446,15 @@ impl Images {
         let unpacked = unpacker.await.map_err(internal)?;
         downloaded?;
         unpacked.map_err(|e| unpack_error(&desc.digest, e))
+    }
+}
+
+/// Makes the image usage be counted again when dropped.
+struct Recount<'a>(&'a Images);
+
+impl Drop for Recount<'_> {
+    fn drop(&mut self) {
+        self.0.usage_changed();
     }
 }
 

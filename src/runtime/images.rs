@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::Runtime;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::image::PullAuth;
 use crate::image::record::ImageRecord;
 
@@ -21,6 +21,8 @@ pub struct FsUsage {
     pub mountpoint: PathBuf,
     pub bytes: u64,
     pub inodes: u64,
+    /// When the numbers were measured.
+    pub at: std::time::SystemTime,
 }
 
 impl Runtime {
@@ -58,20 +60,19 @@ impl Runtime {
     /// ImageFsInfo: the image filesystem and the containers' writable
     /// layers.
     pub async fn image_fs_info(&self) -> Result<(FsUsage, FsUsage)> {
-        let images = self.images.usage()?;
+        let images = self.images.usage().await?;
         let image_fs = FsUsage {
             mountpoint: self.images.root_dir().to_path_buf(),
             bytes: images.bytes,
             inodes: images.inodes,
+            at: std::time::SystemTime::now(),
         };
-        let storage = self.storage.clone();
-        let (bytes, inodes) = tokio::task::spawn_blocking(move || storage.usage())
-            .await
-            .map_err(|e| Error::Internal(format!("measuring container layers: {e}")))?;
+        let sample = self.storage.usage().await;
         let container_fs = FsUsage {
             mountpoint: self.storage.root().to_path_buf(),
-            bytes,
-            inodes,
+            bytes: sample.bytes,
+            inodes: sample.inodes,
+            at: sample.at,
         };
         Ok((image_fs, container_fs))
     }

@@ -127,12 +127,12 @@ impl ImageService for ImageServiceHandler {
 
     async fn image_fs_info(&self, _: Request<ImageFsInfoRequest>) -> Reply<ImageFsInfoResponse> {
         let (images, containers) = self.rt.image_fs_info().await?;
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
         let fs = |u: FsUsage| FilesystemUsage {
-            timestamp,
+            timestamp: u
+                .at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0),
             fs_id: Some(FilesystemIdentifier {
                 mountpoint: u.mountpoint.display().to_string(),
             }),

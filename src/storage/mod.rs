@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 
+pub mod usage;
+
 /// Hex characters of the hash that names a layer's short link.
 const LINK_LEN: usize = 20;
 /// What overlayfs accepts in its mount data.
@@ -49,13 +51,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
 pub struct Storage {
     containers: PathBuf,
     links: PathBuf,
+    /// The writable layers' usage, sampled (see `usage.rs`).
+    sampler: usage::Sampler,
 }
 
 impl Storage {
     /// Storage under `root` (the daemon's `--root`).
     pub fn open(root: &Path) -> Result<Storage, StorageError> {
+        let containers = root.join("containers");
+        let walked = containers.clone();
         let s = Storage {
-            containers: root.join("containers"),
+            sampler: usage::Sampler::new(move || writable_usage(&walked)),
+            containers,
             links: root.join("l"),
         };
         for d in [&s.containers, &s.links] {
@@ -161,17 +168,10 @@ impl Storage {
         }
     }
 
-    /// Bytes and inodes of the writable layers, for ImageFsInfo.
-    pub fn usage(&self) -> (u64, u64) {
-        let mut total = (0, 0);
-        if let Ok(entries) = std::fs::read_dir(&self.containers) {
-            for e in entries.flatten() {
-                let (b, i) = tree_usage(&e.path().join("upper"));
-                total.0 += b;
-                total.1 += i;
-            }
-        }
-        total
+    /// Bytes and inodes of the writable layers, for ImageFsInfo: the
+    /// latest sample (see `usage.rs`).
+    pub async fn usage(&self) -> usage::Sample {
+        self.sampler.sample().await
     }
 
     /// Where writable layers live.
@@ -193,6 +193,19 @@ pub fn prune_dangling_links(root: &Path) {
             }
         }
     }
+}
+
+/// Bytes and inodes of every writable layer under `containers`.
+fn writable_usage(containers: &Path) -> (u64, u64) {
+    let mut total = (0, 0);
+    if let Ok(entries) = std::fs::read_dir(containers) {
+        for e in entries.flatten() {
+            let (b, i) = tree_usage(&e.path().join("upper"));
+            total.0 += b;
+            total.1 += i;
+        }
+    }
+    total
 }
 
 /// Bytes and entries below `dir`, not following symlinks.
@@ -276,7 +289,7 @@ mod tests {
         std::fs::write(merged.join("etc/keep"), "changed").unwrap();
         // The image layer is untouched; the change lives in the upper dir.
         assert_eq!(std::fs::read_to_string(l1.join("etc/keep")).unwrap(), "1");
-        assert!(s.usage().0 >= 7);
+        assert!(writable_usage(&s.containers).0 >= 7);
         s.remove_rootfs("c1").unwrap();
         s.remove_rootfs("c1").unwrap();
         assert!(!root.path().join("containers/c1").exists());
