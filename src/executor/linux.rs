@@ -112,7 +112,7 @@ fn describe(status: i32) -> String {
 /// Puts the stdio descriptors in place (0, 1, 2), makes a terminal the
 /// controlling one, and closes everything else but the monitor channel.
 /// Answers the channel's new descriptor.
-fn setup_stdio(stdio: &Stdio, terminal: bool, chan: RawFd) -> Result<RawFd, String> {
+pub(super) fn setup_stdio(stdio: &Stdio, terminal: bool, chan: RawFd) -> Result<RawFd, String> {
     // SAFETY: setsid has no arguments.
     unsafe { libc::setsid() };
     let slots = [
@@ -131,7 +131,7 @@ fn setup_stdio(stdio: &Stdio, terminal: bool, chan: RawFd) -> Result<RawFd, Stri
 }
 
 /// Blocks until the monitor writes the start byte; exits if it hung up.
-fn wait_for_start(chan: RawFd) {
+pub(super) fn wait_for_start(chan: RawFd) {
     let mut b = [0u8; 1];
     loop {
         // SAFETY: reading one byte into b.

@@ -541,3 +541,50 @@ fn container_stdio(terminal: bool, stdin: bool) -> Result<ContainerStdio, Failur
         stdin: stdin_w,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::{ExecutorError, FailureKind};
+
+    #[test]
+    fn executor_failures_map_to_their_codes() {
+        let code = |e: ExecutorError| error(e).code;
+        let refused = |kind| ExecutorError::Refused {
+            kind,
+            message: "no".into(),
+        };
+        assert_eq!(
+            code(refused(FailureKind::InvalidArgument)),
+            proto::Code::InvalidArgument as i32
+        );
+        assert_eq!(
+            code(refused(FailureKind::PermissionDenied)),
+            proto::Code::PermissionDenied as i32
+        );
+        assert_eq!(
+            code(refused(FailureKind::ExecFailed)),
+            proto::Code::ExecFailed as i32
+        );
+        assert_eq!(
+            code(ExecutorError::Spec("bad".into())),
+            proto::Code::InvalidArgument as i32
+        );
+        assert_eq!(
+            code(ExecutorError::Child("died".into())),
+            proto::Code::Internal as i32
+        );
+        let r = error("plain");
+        assert_eq!(
+            (r.error.as_str(), r.code),
+            ("plain", proto::Code::Internal as i32)
+        );
+    }
+
+    #[test]
+    fn client_timeouts_saturate() {
+        assert!(after_ms(u64::MAX) > Instant::now() + Duration::from_secs(365 * 24 * 3600));
+        let soon = after_ms(10);
+        assert!(soon <= Instant::now() + Duration::from_millis(10));
+    }
+}

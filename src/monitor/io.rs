@@ -136,3 +136,91 @@ pub(super) fn dev_null() -> Result<OwnedFd, String> {
         .map(OwnedFd::from)
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nonblocking_pipe() -> (OwnedFd, OwnedFd) {
+        let (r, w) = std::io::pipe().unwrap();
+        let (r, w) = (OwnedFd::from(r), OwnedFd::from(w));
+        sys::set_nonblocking(r.as_raw_fd());
+        sys::set_nonblocking(w.as_raw_fd());
+        (r, w)
+    }
+
+    #[test]
+    fn drain_takes_what_is_there_and_tells_eof_from_nothing_yet() {
+        let (r, w) = nonblocking_pipe();
+        rustix::io::write(&w, b"abc").unwrap();
+        let mut got = Vec::new();
+        assert!(!drain(r.as_raw_fd(), |b| got.extend_from_slice(b)));
+        assert_eq!(got, b"abc");
+        drop(w);
+        assert!(drain(r.as_raw_fd(), |_| panic!("nothing left")));
+    }
+
+    #[test]
+    fn fan_out_drops_gone_clients_and_keeps_slow_ones() {
+        let (gone_r, gone_w) = nonblocking_pipe();
+        drop(gone_r);
+        let (full_r, full_w) = nonblocking_pipe();
+        // Fill the slow client's pipe.
+        while rustix::io::write(&full_w, &[0u8; 4096]).is_ok() {}
+        let (ok_r, ok_w) = nonblocking_pipe();
+        let (_err_r, err_w) = nonblocking_pipe();
+        let spare = |fd: &OwnedFd| fd.try_clone().unwrap();
+        let mut attachers = vec![
+            [gone_w, spare(&err_w)],
+            [full_w, spare(&err_w)],
+            [ok_w, err_w],
+        ];
+        fan_out(&mut attachers, 0, b"out");
+        assert_eq!(
+            attachers.len(),
+            2,
+            "the gone client is dropped, the slow one kept"
+        );
+        let mut buf = [0u8; 8];
+        assert_eq!(rustix::io::read(&ok_r, &mut buf).unwrap(), 3);
+        drop(full_r);
+    }
+
+    #[test]
+    fn exec_output_stops_at_the_cap() {
+        let mut buf = vec![0u8; EXEC_OUTPUT_CAP - 2];
+        append_capped(&mut buf, b"abcd");
+        assert_eq!(buf.len(), EXEC_OUTPUT_CAP);
+        assert_eq!(&buf[EXEC_OUTPUT_CAP - 2..], b"ab");
+        append_capped(&mut buf, b"more");
+        assert_eq!(buf.len(), EXEC_OUTPUT_CAP);
+    }
+
+    #[test]
+    fn a_request_brings_its_descriptors_and_oversized_frames_are_refused() {
+        let (mut daemon, mut monitor) = UnixStream::pair().unwrap();
+        let req = Request {
+            version: super::super::VERSION,
+            op: Some(super::super::proto::request::Op::Ping(Default::default())),
+        };
+        let (r, _w) = std::io::pipe().unwrap();
+        let r = OwnedFd::from(r);
+        sys::send_with_fds(
+            daemon.as_raw_fd(),
+            &super::super::frame(&req),
+            &[r.as_raw_fd()],
+        )
+        .unwrap();
+        let (got, fds) = read_request(&mut monitor).unwrap();
+        assert_eq!(got, req);
+        assert_eq!(fds.len(), 1);
+
+        daemon
+            .write_all(&((MAX_FRAME + 1) as u32).to_be_bytes())
+            .unwrap();
+        let e = read_request(&mut monitor).unwrap_err();
+        assert!(e.starts_with("frame of"), "{e}");
+        drop(daemon);
+        assert_eq!(read_request(&mut monitor).unwrap_err(), "connection closed");
+    }
+}

@@ -166,9 +166,19 @@ impl Table {
     /// container's exit record is written while it is still a zombie, so a
     /// reader never sees it gone without a record.
     pub fn reap(&mut self) {
-        while let Some((pid, status)) = sys::peek_exited() {
+        self.reap_with(sys::peek_exited, sys::reap);
+    }
+
+    /// [`Table::reap`] over the given `peek` (an exited child, not reaped)
+    /// and `reap`: the order of the two is what tests check.
+    fn reap_with(
+        &mut self,
+        mut peek: impl FnMut() -> Option<(i32, i32)>,
+        mut reap: impl FnMut(i32),
+    ) {
+        while let Some((pid, status)) = peek() {
             self.settle(pid, status);
-            sys::reap(pid);
+            reap(pid);
         }
         self.finish_execs();
     }
@@ -326,5 +336,234 @@ pub(super) fn event(id: &str, e: ExitRecord) -> proto::Event {
         exit_code: e.exit_code,
         finished_at: e.finished_at,
         oom_killed: e.oom_killed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    use prost::Message;
+
+    use super::*;
+    use crate::monitor::logs::Stream;
+
+    /// A started container with pid `pid` whose stdout pipe holds `left`
+    /// (its writer gone), logging to `dir/log`.
+    fn container(pid: i32, dir: &std::path::Path, left: &[u8]) -> Container {
+        let (r, mut w) = std::io::pipe().unwrap();
+        w.write_all(left).unwrap();
+        drop(w);
+        let r = OwnedFd::from(r);
+        sys::set_nonblocking(r.as_raw_fd());
+        let log = super::super::io::open_log(&dir.join("log").display().to_string()).unwrap();
+        Container {
+            dir: dir.to_path_buf(),
+            spec: Default::default(),
+            opts: CreateOptions {
+                cgroup_dirs: Vec::new(),
+                seccomp: None,
+                pid_peer: None,
+                clamp_oom_score_adj: false,
+            },
+            pid,
+            created: None,
+            outputs: vec![Output {
+                fd: Some(r),
+                log: LogWriter::new(log, Stream::Stdout, 1024),
+            }],
+            stdin: None,
+            stdin_once: false,
+            log_path: String::new(),
+            exit: None,
+            attachers: Vec::new(),
+        }
+    }
+
+    fn read_frame<M: Message + Default>(s: &mut UnixStream) -> M {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).unwrap();
+        M::decode(body.as_slice()).unwrap()
+    }
+
+    /// Exit status of a process that exited with `code`.
+    fn exited_with(code: i32) -> i32 {
+        code << 8
+    }
+
+    #[test]
+    fn an_exit_is_settled_in_full_before_the_process_is_reaped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut t = Table::default();
+        let mut c = container(4242, tmp.path(), b"last words\n");
+        let (attached_out, out_w) = std::io::pipe().unwrap();
+        let (_attached_err, err_w) = std::io::pipe().unwrap();
+        c.attachers.push([out_w.into(), err_w.into()]);
+        t.containers.insert("c".into(), c);
+        let (mut waiter, conn) = UnixStream::pair().unwrap();
+        t.waiters.push(Waiter {
+            id: "c".into(),
+            deadline: Instant::now() + Duration::from_secs(60),
+            conn,
+        });
+        let (mut subscriber, conn) = UnixStream::pair().unwrap();
+        conn.set_nonblocking(true).unwrap();
+        t.subscribers.push(conn);
+
+        let mut exits = vec![(4242, exited_with(3))];
+        let mut reaped = Vec::new();
+        t.reap_with(
+            || exits.pop(),
+            |pid| {
+                // Everything a reader may look at is there while the pid
+                // still belongs to the zombie.
+                let json = std::fs::read(tmp.path().join(files::EXIT)).expect("exit.json");
+                let rec: ExitRecord = serde_json::from_slice(&json).unwrap();
+                assert_eq!((rec.exit_code, rec.oom_killed), (3, false));
+                let log = std::fs::read_to_string(tmp.path().join("log")).unwrap();
+                assert!(log.ends_with(" stdout F last words\n"), "{log}");
+                reaped.push(pid);
+            },
+        );
+        assert_eq!(reaped, [4242]);
+        let c = &t.containers["c"];
+        assert_eq!(c.exit.map(|e| e.exit_code), Some(3));
+        assert!(c.outputs.is_empty() && c.attachers.is_empty());
+        let answer: Response = read_frame(&mut waiter);
+        assert_eq!((answer.exited, answer.exit_code), (true, 3));
+        assert!(t.waiters.is_empty());
+        let ev: proto::Event = read_frame(&mut subscriber);
+        assert_eq!((ev.id.as_str(), ev.exit_code), ("c", 3));
+        assert_eq!(t.subscribers.len(), 1);
+        // The attacher got the last output, then EOF.
+        let mut seen = String::new();
+        let mut attached_out = attached_out;
+        attached_out.read_to_string(&mut seen).unwrap();
+        assert_eq!(seen, "last words\n");
+    }
+
+    #[test]
+    fn a_gone_subscriber_is_dropped_and_others_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut t = Table::default();
+        t.containers
+            .insert("c".into(), container(7, tmp.path(), b""));
+        let (gone, conn) = UnixStream::pair().unwrap();
+        drop(gone);
+        t.subscribers.push(conn);
+        let (_live, conn) = UnixStream::pair().unwrap();
+        conn.set_nonblocking(true).unwrap();
+        t.subscribers.push(conn);
+        let mut exits = vec![(7, exited_with(0))];
+        t.reap_with(|| exits.pop(), |_| {});
+        assert_eq!(t.subscribers.len(), 1);
+    }
+
+    #[test]
+    fn an_exec_is_answered_once_reaped_with_what_its_pipes_held() {
+        let mut t = Table::default();
+        let pipe_with = |bytes: &[u8]| {
+            let (r, mut w) = std::io::pipe().unwrap();
+            w.write_all(bytes).unwrap();
+            let r = OwnedFd::from(r);
+            sys::set_nonblocking(r.as_raw_fd());
+            Some(r)
+        };
+        let (mut daemon, conn) = UnixStream::pair().unwrap();
+        t.execs.push(ExecJob {
+            pid: 77,
+            pipes: vec![(pipe_with(b"out"), true), (pipe_with(b"err"), false)],
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            status: None,
+            deadline: None,
+            timed_out: true,
+            conn,
+        });
+        // An unknown child (a failed set-up's) is reaped and ignored.
+        let mut exits = vec![(77, libc::SIGKILL), (99, exited_with(1))];
+        let mut reaped = Vec::new();
+        t.reap_with(|| exits.pop(), |pid| reaped.push(pid));
+        assert_eq!(reaped, [99, 77]);
+        assert!(t.execs.is_empty());
+        let r: Response = read_frame(&mut daemon);
+        assert_eq!((r.exit_code, r.timed_out), (137, true));
+        assert_eq!(
+            (r.stdout.as_slice(), r.stderr.as_slice()),
+            (&b"out"[..], &b"err"[..])
+        );
+    }
+
+    #[test]
+    fn timers_kill_late_execs_and_answer_late_waiters() {
+        let mut t = Table::default();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let now = Instant::now();
+        let (_daemon, conn) = UnixStream::pair().unwrap();
+        t.execs.push(ExecJob {
+            pid: child.id() as i32,
+            pipes: Vec::new(),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            status: None,
+            deadline: Some(now + Duration::from_millis(5)),
+            timed_out: false,
+            conn,
+        });
+        let (mut late, conn) = UnixStream::pair().unwrap();
+        t.waiters.push(Waiter {
+            id: "c".into(),
+            deadline: now + Duration::from_millis(10),
+            conn,
+        });
+        let (_early, conn) = UnixStream::pair().unwrap();
+        let later = now + Duration::from_secs(60);
+        t.waiters.push(Waiter {
+            id: "c".into(),
+            deadline: later,
+            conn,
+        });
+        assert_eq!(t.next_deadline(), Some(now + Duration::from_millis(5)));
+
+        t.timers(now + Duration::from_millis(10));
+        assert!(t.execs[0].timed_out);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        let r: Response = read_frame(&mut late);
+        assert!(!r.exited && r.error.is_empty());
+        assert_eq!(t.waiters.len(), 1);
+        // A timed-out exec no longer sets the poll timeout.
+        assert_eq!(t.next_deadline(), Some(later));
+    }
+
+    #[test]
+    fn exit_codes_and_oom_verdicts() {
+        assert_eq!(exit_code(exited_with(0)), 0);
+        assert_eq!(exit_code(exited_with(255)), 255);
+        assert_eq!(exit_code(libc::SIGTERM), 143);
+        let tmp = tempfile::tempdir().unwrap();
+        let (v2, v1) = (tmp.path().join("v2"), tmp.path().join("v1"));
+        std::fs::create_dir(&v2).unwrap();
+        std::fs::create_dir(&v1).unwrap();
+        assert!(!oom_killed(&[
+            v2.clone(),
+            v1.clone(),
+            tmp.path().join("none")
+        ]));
+        std::fs::write(v2.join("memory.events"), "oom 3\noom_kill 0\n").unwrap();
+        std::fs::write(
+            v1.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        assert!(!oom_killed(std::slice::from_ref(&v2)));
+        assert!(oom_killed(&[v2, v1]));
     }
 }
