@@ -180,7 +180,7 @@ impl Executor for Fake {
         process: &Process,
         opts: &CreateOptions,
     ) -> Result<(i32, OwnedFd), ExecutorError> {
-        let (master, slave) = sys::pty().map_err(ExecutorError::Child)?;
+        let (master, slave) = sys::pty().map_err(ExecutorError::sys("pty"))?;
         let dup = |f: &OwnedFd| f.try_clone().map_err(ExecutorError::sys("dup"));
         let stdio = Stdio {
             stdin: dup(&slave)?,

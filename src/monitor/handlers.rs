@@ -11,7 +11,7 @@
 //! one (bad spec `InvalidArgument`, refused privilege `PermissionDenied`,
 //! unrunnable program `ExecFailed`). Everything else is `Internal`.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -251,7 +251,7 @@ impl Monitor {
         } = container_stdio(terminal, c.stdin)?;
         let mut outputs = Vec::new();
         for (fd, stream) in reads {
-            sys::set_nonblocking(fd.as_raw_fd());
+            sys::set_nonblocking(&fd).map_err(|e| format!("output pipe: {e}"))?;
             let sink =
                 open_log(&c.log_path).map_err(|e| format!("opening log {}: {e}", c.log_path))?;
             outputs.push(Output {
@@ -311,25 +311,45 @@ impl Monitor {
         })
     }
 
+    /// Signals the container's process and, with `all`, every process its
+    /// cgroup lists. All are tried; the first refusal (a signal the kernel
+    /// calls invalid, a process it will not let us signal) is the answer.
+    /// A process that is already gone is no failure.
     fn kill(&mut self, k: &proto::Kill) -> Result<Response, Failure> {
         let c = self
             .table
             .containers
             .get(&k.id)
             .ok_or_else(|| no_container(&k.id))?;
+        let mut first_error = None;
+        let mut signal = |pid: i32| {
+            if let Err(e) = sys::kill(pid, k.signal) {
+                first_error.get_or_insert((pid, e));
+            }
+        };
         if c.exit.is_none() {
             // Our unreaped child: its pid cannot have been reused.
-            sys::kill(c.pid, k.signal);
+            signal(c.pid);
         }
         if k.all {
             for d in &c.opts.cgroup_dirs {
                 let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
-                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    sys::kill(pid, k.signal);
-                }
+                // 0 stands for a process outside our PID namespace.
+                let pids = procs.lines().filter_map(|l| l.trim().parse::<i32>().ok());
+                pids.filter(|&pid| pid > 0).for_each(&mut signal);
             }
         }
-        Ok(Response::default())
+        match first_error {
+            None => Ok(Response::default()),
+            Some((pid, e)) => {
+                let code = match e.raw_os_error() {
+                    Some(libc::EINVAL) => proto::Code::InvalidArgument,
+                    Some(libc::EPERM) => proto::Code::PermissionDenied,
+                    _ => proto::Code::Internal,
+                };
+                Err(coded(code, format!("signal {} to {pid}: {e}", k.signal)))
+            }
+        }
     }
 
     fn reopen(&mut self, id: &str) -> Result<Response, Failure> {
@@ -345,12 +365,18 @@ impl Monitor {
         Ok(Response::default())
     }
 
+    /// Drops the container; one still running is killed and reaped first.
+    /// If the kill fails (only a broken invariant could: it is our
+    /// unreaped child) the reap is skipped rather than blocking the loop
+    /// forever: the process is then reaped as a stranger when it exits.
     fn forget(&mut self, id: &str) {
         if let Some(c) = self.table.containers.remove(id)
             && c.exit.is_none()
         {
-            sys::kill(c.pid, libc::SIGKILL);
-            sys::reap(c.pid);
+            let killed = sys::kill(c.pid, libc::SIGKILL).and_then(|()| sys::reap(c.pid));
+            if let Err(e) = killed {
+                eprintln!("monitor: forgetting {id} (pid {}): {e}", c.pid);
+            }
         }
     }
 
@@ -360,6 +386,9 @@ impl Monitor {
         let process = c.exec_process(&e.cmd, false)?;
         let (out_r, out_w) = pipe().map_err(|e| e.to_string())?;
         let (err_r, err_w) = pipe().map_err(|e| e.to_string())?;
+        for r in [&out_r, &err_r] {
+            sys::set_nonblocking(r).map_err(|e| format!("exec output pipe: {e}"))?;
+        }
         let stdio = Stdio {
             stdin: dev_null()?,
             stdout: out_w,
@@ -369,8 +398,6 @@ impl Monitor {
         let pid = self
             .executor
             .exec(c.pid, &c.spec, &process, stdio, &c.opts)?;
-        sys::set_nonblocking(out_r.as_raw_fd());
-        sys::set_nonblocking(err_r.as_raw_fd());
         self.table.execs.push(ExecJob {
             pid,
             pipes: vec![(Some(out_r), true), (Some(err_r), false)],
@@ -395,13 +422,15 @@ impl Monitor {
         let stdin = match self.table.containers.get_mut(id) {
             Some(c) if resp.error.is_empty() && c.stdin_once && !c.tty_stdin() => {
                 moved = c.stdin.take();
-                moved.as_ref().map(|f| f.as_raw_fd())
+                moved.as_ref()
             }
-            Some(c) if resp.error.is_empty() => c.stdin.as_ref().map(|f| f.as_raw_fd()),
+            Some(c) if resp.error.is_empty() => c.stdin.as_ref(),
             _ => None,
         };
-        let fds: Vec<i32> = stdin.into_iter().collect();
-        let _ = sys::send_with_fds(conn.as_raw_fd(), &frame, &fds);
+        let fds: Vec<_> = stdin.iter().map(|f| f.as_fd()).collect();
+        // A daemon that hung up is gone with its copy: nothing to undo (the
+        // attacher's pipes see EPIPE and are dropped at the next output).
+        let _ = sys::send_with_fds(&conn, &frame, &fds);
         drop(moved);
     }
 
@@ -419,8 +448,9 @@ impl Monitor {
                 "attach needs two descriptors".into(),
             ));
         };
-        sys::set_nonblocking(out.as_raw_fd());
-        sys::set_nonblocking(err.as_raw_fd());
+        for fd in [&out, &err] {
+            sys::set_nonblocking(fd).map_err(|e| format!("attach descriptors: {e}"))?;
+        }
         c.attachers.push([out, err]);
         Ok(Response::default())
     }
@@ -459,8 +489,11 @@ impl Monitor {
                 ..Default::default()
             };
             let frame = super::frame(&first);
-            if let Err(err) = sys::send_with_fds(conn.as_raw_fd(), &frame, &[master.as_raw_fd()]) {
-                sys::kill(pid, libc::SIGKILL);
+            if let Err(err) = sys::send_with_fds(&conn, &frame, &[master.as_fd()]) {
+                // Our child, reaped as a stranger once dead.
+                if let Err(e) = sys::kill(pid, libc::SIGKILL) {
+                    eprintln!("monitor: killing exec {pid}: {e}");
+                }
                 return Err(format!("sending the terminal: {err}").into());
             }
             pid
@@ -507,7 +540,7 @@ struct ContainerStdio {
 
 fn container_stdio(terminal: bool, stdin: bool) -> Result<ContainerStdio, Failure> {
     if terminal {
-        let (master, slave) = sys::pty()?;
+        let (master, slave) = sys::pty().map_err(|e| e.to_string())?;
         let s2 = slave.try_clone().map_err(|e| e.to_string())?;
         let s3 = slave.try_clone().map_err(|e| e.to_string())?;
         let keep = master.try_clone().map_err(|e| e.to_string())?;

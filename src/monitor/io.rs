@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -58,10 +58,12 @@ pub(super) fn open_log(path: &str) -> std::io::Result<Sink> {
 
 /// Reads one request frame and the descriptors passed with it.
 pub(super) fn read_request(conn: &mut UnixStream) -> Result<(Request, Vec<OwnedFd>), String> {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    // A client that sends less than it announced must not hold the loop.
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| format!("setting a read timeout: {e}"))?;
     let mut len = [0u8; 4];
     // The first read collects descriptors sent with the frame (SCM_RIGHTS).
-    let (got, fds) = sys::recv_with_fds(conn.as_raw_fd(), &mut len).map_err(|e| e.to_string())?;
+    let (got, fds) = sys::recv_with_fds(&*conn, &mut len).map_err(|e| e.to_string())?;
     if got == 0 {
         return Err("connection closed".into());
     }
@@ -77,31 +79,34 @@ pub(super) fn read_request(conn: &mut UnixStream) -> Result<(Request, Vec<OwnedF
     Ok((req, fds))
 }
 
-/// Writes one answer frame.
+/// Writes one answer frame. Errors are dropped: they mean the daemon hung
+/// up or stopped reading for 30 s, and there is no one else to tell; the
+/// connection closes when `conn` is dropped. Without the timeout (which
+/// cannot fail on a unix socket) a daemon that stopped reading could hold
+/// the monitor, so no write is tried then.
 pub(super) fn respond(conn: &mut UnixStream, resp: &Response) {
     let frame = super::frame(resp);
-    let _ = conn.set_write_timeout(Some(Duration::from_secs(30)));
-    let _ = conn.write_all(&frame);
+    if conn
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .is_ok()
+    {
+        let _ = conn.write_all(&frame);
+    }
 }
 
-/// Reads what is available without blocking. `true` at EOF.
-pub(super) fn drain(fd: RawFd, mut sink: impl FnMut(&[u8])) -> bool {
+/// Reads what is available from a non-blocking `fd` into `sink`. `true`
+/// when nothing more will come: EOF, or an error, which ends the stream
+/// the same way (EIO: a pty whose slave side is closed everywhere).
+pub(super) fn drain(fd: impl AsFd, mut sink: impl FnMut(&[u8])) -> bool {
     let mut buf = [0u8; 65536];
     loop {
-        let e = match sys::read_some(fd, &mut buf) {
+        match rustix::io::read(&fd, &mut buf) {
             Ok(0) => return true,
-            Ok(n) => {
-                sink(&buf[..n]);
-                continue;
-            }
-            Err(e) => e,
-        };
-        return match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EAGAIN) => false,
-            // EIO: a pty whose slave side is closed everywhere.
-            _ => true,
-        };
+            Ok(n) => sink(&buf[..n]),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => return false,
+            Err(_) => return true,
+        }
     }
 }
 
@@ -144,8 +149,8 @@ mod tests {
     fn nonblocking_pipe() -> (OwnedFd, OwnedFd) {
         let (r, w) = std::io::pipe().unwrap();
         let (r, w) = (OwnedFd::from(r), OwnedFd::from(w));
-        sys::set_nonblocking(r.as_raw_fd());
-        sys::set_nonblocking(w.as_raw_fd());
+        sys::set_nonblocking(&r).unwrap();
+        sys::set_nonblocking(&w).unwrap();
         (r, w)
     }
 
@@ -154,10 +159,10 @@ mod tests {
         let (r, w) = nonblocking_pipe();
         rustix::io::write(&w, b"abc").unwrap();
         let mut got = Vec::new();
-        assert!(!drain(r.as_raw_fd(), |b| got.extend_from_slice(b)));
+        assert!(!drain(&r, |b| got.extend_from_slice(b)));
         assert_eq!(got, b"abc");
         drop(w);
-        assert!(drain(r.as_raw_fd(), |_| panic!("nothing left")));
+        assert!(drain(&r, |_| panic!("nothing left")));
     }
 
     #[test]
@@ -205,12 +210,7 @@ mod tests {
         };
         let (r, _w) = std::io::pipe().unwrap();
         let r = OwnedFd::from(r);
-        sys::send_with_fds(
-            daemon.as_raw_fd(),
-            &super::super::frame(&req),
-            &[r.as_raw_fd()],
-        )
-        .unwrap();
+        sys::send_with_fds(&daemon, &super::super::frame(&req), &[r.as_fd()]).unwrap();
         let (got, fds) = read_request(&mut monitor).unwrap();
         assert_eq!(got, req);
         assert_eq!(fds.len(), 1);

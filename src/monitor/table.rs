@@ -16,9 +16,11 @@
 //! connection once its process is reaped and its pipes drained.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::time::{Instant, SystemTime};
 
 use super::io::{Sink, append_capped, drain, fan_out, respond, write_atomic};
@@ -94,7 +96,7 @@ impl Container {
         let log = &mut o.log;
         let attachers = &mut self.attachers;
         let eof = o.fd.as_ref().is_some_and(|fd| {
-            drain(fd.as_raw_fd(), |bytes| {
+            drain(fd, |bytes| {
                 let _ = log.write(bytes, now);
                 fan_out(attachers, index, bytes);
             })
@@ -114,8 +116,8 @@ pub(super) struct ExecJob {
     pub pipes: Vec<(Option<OwnedFd>, bool)>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
-    /// The wait status, once the process is reaped.
-    pub status: Option<i32>,
+    /// How it ended, once its process is reaped.
+    pub status: Option<ExitStatus>,
     pub deadline: Option<Instant>,
     pub timed_out: bool,
     /// The daemon's connection: the answer goes here, and its hang-up
@@ -137,7 +139,7 @@ impl ExecJob {
         };
         if fd
             .as_ref()
-            .is_some_and(|f| drain(f.as_raw_fd(), |b| append_capped(buf, b)))
+            .is_some_and(|f| drain(f, |b| append_capped(buf, b)))
         {
             *fd = None;
         }
@@ -171,20 +173,35 @@ impl Table {
 
     /// [`Table::reap`] over the given `peek` (an exited child, not reaped)
     /// and `reap`: the order of the two is what tests check.
+    ///
+    /// A failure of either ends this round (logged; the next SIGCHLD
+    /// starts another): a child that cannot be reaped would otherwise be
+    /// peeked at forever.
     fn reap_with(
         &mut self,
-        mut peek: impl FnMut() -> Option<(i32, i32)>,
-        mut reap: impl FnMut(i32),
+        mut peek: impl FnMut() -> std::io::Result<Option<(i32, ExitStatus)>>,
+        mut reap: impl FnMut(i32) -> std::io::Result<()>,
     ) {
-        while let Some((pid, status)) = peek() {
+        loop {
+            let (pid, status) = match peek() {
+                Ok(Some(exited)) => exited,
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!("monitor: waitid: {e}");
+                    break;
+                }
+            };
             self.settle(pid, status);
-            reap(pid);
+            if let Err(e) = reap(pid) {
+                eprintln!("monitor: reaping {pid}: {e}");
+                break;
+            }
         }
         self.finish_execs();
     }
 
     /// Records how `pid` ended, before it is reaped.
-    fn settle(&mut self, pid: i32, status: i32) {
+    fn settle(&mut self, pid: i32, status: ExitStatus) {
         if let Some((id, c)) = self.containers.iter_mut().find(|(_, c)| c.pid == pid) {
             let now = SystemTime::now();
             for i in 0..c.outputs.len() {
@@ -239,7 +256,7 @@ impl Table {
             for p in 0..job.pipes.len() {
                 job.pump(p);
             }
-            let code = exit_code(job.status.unwrap_or(0));
+            let code = job.status.map_or(0, exit_code);
             let resp = Response {
                 exited: true,
                 exit_code: code,
@@ -261,7 +278,10 @@ impl Table {
                 && !job.timed_out
             {
                 job.timed_out = true;
-                sys::kill(job.pid, libc::SIGKILL);
+                // Our unreaped child: only a broken invariant can fail this.
+                if let Err(e) = sys::kill(job.pid, libc::SIGKILL) {
+                    eprintln!("monitor: killing exec {} at its timeout: {e}", job.pid);
+                }
             }
         }
         let (due, keep): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
@@ -307,14 +327,13 @@ fn oom_killed(cgroup_dirs: &[PathBuf]) -> bool {
     false
 }
 
-/// The CRI exit code of a wait status: the code, or 128 + the signal.
-fn exit_code(status: i32) -> i32 {
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else if libc::WIFSIGNALED(status) {
-        128 + libc::WTERMSIG(status)
-    } else {
-        255
+/// The CRI exit code: the process's own, or 128 + the signal that
+/// killed it.
+fn exit_code(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => 255,
     }
 }
 
@@ -356,7 +375,7 @@ mod tests {
         w.write_all(left).unwrap();
         drop(w);
         let r = OwnedFd::from(r);
-        sys::set_nonblocking(r.as_raw_fd());
+        sys::set_nonblocking(&r).unwrap();
         let log = super::super::io::open_log(&dir.join("log").display().to_string()).unwrap();
         Container {
             dir: dir.to_path_buf(),
@@ -390,9 +409,13 @@ mod tests {
         M::decode(body.as_slice()).unwrap()
     }
 
-    /// Exit status of a process that exited with `code`.
-    fn exited_with(code: i32) -> i32 {
-        code << 8
+    /// A process that exited with `code`.
+    fn exited_with(code: i32) -> ExitStatus {
+        ExitStatus::from_raw(code << 8)
+    }
+
+    fn killed_by(signal: i32) -> ExitStatus {
+        ExitStatus::from_raw(signal)
     }
 
     #[test]
@@ -417,7 +440,7 @@ mod tests {
         let mut exits = vec![(4242, exited_with(3))];
         let mut reaped = Vec::new();
         t.reap_with(
-            || exits.pop(),
+            || Ok(exits.pop()),
             |pid| {
                 // Everything a reader may look at is there while the pid
                 // still belongs to the zombie.
@@ -427,6 +450,7 @@ mod tests {
                 let log = std::fs::read_to_string(tmp.path().join("log")).unwrap();
                 assert!(log.ends_with(" stdout F last words\n"), "{log}");
                 reaped.push(pid);
+                Ok(())
             },
         );
         assert_eq!(reaped, [4242]);
@@ -459,7 +483,7 @@ mod tests {
         conn.set_nonblocking(true).unwrap();
         t.subscribers.push(conn);
         let mut exits = vec![(7, exited_with(0))];
-        t.reap_with(|| exits.pop(), |_| {});
+        t.reap_with(|| Ok(exits.pop()), |_| Ok(()));
         assert_eq!(t.subscribers.len(), 1);
     }
 
@@ -470,7 +494,7 @@ mod tests {
             let (r, mut w) = std::io::pipe().unwrap();
             w.write_all(bytes).unwrap();
             let r = OwnedFd::from(r);
-            sys::set_nonblocking(r.as_raw_fd());
+            sys::set_nonblocking(&r).unwrap();
             Some(r)
         };
         let (mut daemon, conn) = UnixStream::pair().unwrap();
@@ -485,9 +509,15 @@ mod tests {
             conn,
         });
         // An unknown child (a failed set-up's) is reaped and ignored.
-        let mut exits = vec![(77, libc::SIGKILL), (99, exited_with(1))];
+        let mut exits = vec![(77, killed_by(libc::SIGKILL)), (99, exited_with(1))];
         let mut reaped = Vec::new();
-        t.reap_with(|| exits.pop(), |pid| reaped.push(pid));
+        t.reap_with(
+            || Ok(exits.pop()),
+            |pid| {
+                reaped.push(pid);
+                Ok(())
+            },
+        );
         assert_eq!(reaped, [99, 77]);
         assert!(t.execs.is_empty());
         let r: Response = read_frame(&mut daemon);
@@ -534,7 +564,6 @@ mod tests {
 
         t.timers(now + Duration::from_millis(10));
         assert!(t.execs[0].timed_out);
-        use std::os::unix::process::ExitStatusExt;
         assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
         let r: Response = read_frame(&mut late);
         assert!(!r.exited && r.error.is_empty());
@@ -547,7 +576,7 @@ mod tests {
     fn exit_codes_and_oom_verdicts() {
         assert_eq!(exit_code(exited_with(0)), 0);
         assert_eq!(exit_code(exited_with(255)), 255);
-        assert_eq!(exit_code(libc::SIGTERM), 143);
+        assert_eq!(exit_code(killed_by(libc::SIGTERM)), 143);
         let tmp = tempfile::tempdir().unwrap();
         let (v2, v1) = (tmp.path().join("v2"), tmp.path().join("v1"));
         std::fs::create_dir(&v2).unwrap();

@@ -225,10 +225,10 @@ impl Drop for Harness {
 
 /// The forked child: the loop over the fake executor.
 fn monitor_main(listener: &UnixListener) -> Result<(), String> {
-    sys::close_fds_except(&[0, 1, 2, listener.as_raw_fd()]);
+    sys::close_fds_except(&[0, 1, 2, listener.as_raw_fd()]).map_err(|e| e.to_string())?;
     // As the real monitor: orphans of its containers come back to it.
     become_subreaper().map_err(|e| e.to_string())?;
-    let sigchld = sys::sigchld_fd()?;
+    let sigchld = sys::SigChld::block().map_err(|e| e.to_string())?;
     serve(listener, &sigchld, Box::new(Fake))
 }
 
