@@ -10,16 +10,23 @@
 //! `FailedPrecondition`, and the executor's own failure kinds map one to
 //! one (bad spec `InvalidArgument`, refused privilege `PermissionDenied`,
 //! unrunnable program `ExecFailed`). Everything else is `Internal`.
+//!
+//! Here: the dispatch, the failure codes and the container lifecycle
+//! (create, start, kill, wait, reopen-log, forget, subscribe); in [`exec`]
+//! the ops that run something beside a container's process or hand out
+//! its streams (ExecSync, ExecStream, Attach).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+mod exec;
+
 use super::io::{dev_null, open_log, respond, write_atomic};
 use super::logs::{LogWriter, Stream};
 use super::proto::{self, Request, Response, request::Op};
-use super::table::{Container, ExecJob, Output, Table, Waiter, event, exited};
+use super::table::{Container, Output, Table, Waiter, event, exited};
 use super::{VERSION, files, now_nanos};
 use crate::executor::linux::pipe;
 use crate::executor::{CreateOptions, Executor, Stdio, sys};
@@ -147,7 +154,7 @@ impl Monitor {
                 return;
             }
             Some(Op::ExecSync(e)) => {
-                if let Err(msg) = self.exec(e, conn.try_clone().map_err(|e| e.to_string())) {
+                if let Err(msg) = self.exec_sync(e, conn.try_clone().map_err(|e| e.to_string())) {
                     respond(&mut conn, &error(msg));
                 }
                 return;
@@ -378,151 +385,6 @@ impl Monitor {
                 eprintln!("monitor: forgetting {id} (pid {}): {e}", c.pid);
             }
         }
-    }
-
-    fn exec(&mut self, e: proto::Exec, conn: Result<UnixStream, String>) -> Result<(), Failure> {
-        let conn = conn?;
-        let c = self.running(&e.id)?;
-        let process = c.exec_process(&e.cmd, false)?;
-        let (out_r, out_w) = pipe().map_err(|e| e.to_string())?;
-        let (err_r, err_w) = pipe().map_err(|e| e.to_string())?;
-        for r in [&out_r, &err_r] {
-            sys::set_nonblocking(r).map_err(|e| format!("exec output pipe: {e}"))?;
-        }
-        let stdio = Stdio {
-            stdin: dev_null()?,
-            stdout: out_w,
-            stderr: err_w,
-            terminal: false,
-        };
-        let pid = self
-            .executor
-            .exec(c.pid, &c.spec, &process, stdio, &c.opts)?;
-        self.table.execs.push(ExecJob {
-            pid,
-            pipes: vec![(Some(out_r), true), (Some(err_r), false)],
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            status: None,
-            deadline: (e.timeout_ms > 0).then(|| after_ms(e.timeout_ms)),
-            timed_out: false,
-            conn,
-        });
-        Ok(())
-    }
-
-    /// Adds a client's (stdout, stderr) pipes to a running container's
-    /// output and answers with the container's stdin, when it has one;
-    /// with stdin_once the client gets the only copy, so its close is the
-    /// process's EOF.
-    fn attach(&mut self, id: &str, fds: Vec<OwnedFd>, conn: UnixStream) {
-        let resp = self.add_attacher(id, fds).unwrap_or_else(error);
-        let frame = super::frame(&resp);
-        let mut moved = None;
-        let stdin = match self.table.containers.get_mut(id) {
-            Some(c) if resp.error.is_empty() && c.stdin_once && !c.tty_stdin() => {
-                moved = c.stdin.take();
-                moved.as_ref()
-            }
-            Some(c) if resp.error.is_empty() => c.stdin.as_ref(),
-            _ => None,
-        };
-        let fds: Vec<_> = stdin.iter().map(|f| f.as_fd()).collect();
-        // A daemon that hung up is gone with its copy: nothing to undo (the
-        // attacher's pipes see EPIPE and are dropped at the next output).
-        let _ = sys::send_with_fds(&conn, &frame, &fds);
-        drop(moved);
-    }
-
-    fn add_attacher(&mut self, id: &str, fds: Vec<OwnedFd>) -> Result<Response, Failure> {
-        self.running(id)?;
-        let c = self
-            .table
-            .containers
-            .get_mut(id)
-            .ok_or_else(|| no_container(id))?;
-        let mut fds = fds.into_iter();
-        let (Some(out), Some(err)) = (fds.next(), fds.next()) else {
-            return Err(coded(
-                proto::Code::InvalidArgument,
-                "attach needs two descriptors".into(),
-            ));
-        };
-        for fd in [&out, &err] {
-            sys::set_nonblocking(fd).map_err(|e| format!("attach descriptors: {e}"))?;
-        }
-        c.attachers.push([out, err]);
-        Ok(Response::default())
-    }
-
-    /// A started container that has not exited.
-    fn running(&self, id: &str) -> Result<&Container, Failure> {
-        let c = self
-            .table
-            .containers
-            .get(id)
-            .ok_or_else(|| no_container(id))?;
-        if c.exit.is_some() || c.created.is_some() {
-            return Err(coded(
-                proto::Code::FailedPrecondition,
-                format!("container {id} is not running"),
-            ));
-        }
-        Ok(c)
-    }
-
-    /// An interactive exec on the daemon's descriptors.
-    fn exec_stream(
-        &mut self,
-        e: proto::ExecStream,
-        fds: Vec<OwnedFd>,
-        conn: UnixStream,
-    ) -> Result<(), Failure> {
-        let c = self.running(&e.id)?;
-        let process = c.exec_process(&e.cmd, e.tty)?;
-        let pid = if e.tty {
-            // The terminal is made inside the container; its master goes
-            // to the daemon with a first answer (the pid).
-            let (pid, master) = self.executor.exec_tty(c.pid, &c.spec, &process, &c.opts)?;
-            let first = Response {
-                pid,
-                ..Default::default()
-            };
-            let frame = super::frame(&first);
-            if let Err(err) = sys::send_with_fds(&conn, &frame, &[master.as_fd()]) {
-                // Our child, reaped as a stranger once dead.
-                if let Err(e) = sys::kill(pid, libc::SIGKILL) {
-                    eprintln!("monitor: killing exec {pid}: {e}");
-                }
-                return Err(format!("sending the terminal: {err}").into());
-            }
-            pid
-        } else {
-            let mut fds = fds.into_iter();
-            let (Some(stdin), Some(stdout), Some(stderr)) = (fds.next(), fds.next(), fds.next())
-            else {
-                return Err("exec stream needs three descriptors".into());
-            };
-            let stdio = Stdio {
-                stdin,
-                stdout,
-                stderr,
-                terminal: false,
-            };
-            self.executor
-                .exec(c.pid, &c.spec, &process, stdio, &c.opts)?
-        };
-        self.table.execs.push(ExecJob {
-            pid,
-            pipes: Vec::new(),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            status: None,
-            deadline: None,
-            timed_out: false,
-            conn,
-        });
-        Ok(())
     }
 }
 

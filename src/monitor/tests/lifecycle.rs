@@ -56,6 +56,11 @@ async fn create_waits_for_start_then_the_exit_is_recorded() {
 async fn a_signal_death_is_128_plus_the_signal_real_time_ones_too() {
     let h = Harness::start();
     h.run("term", &Spec::sh("exec sleep 30")).await;
+    // A signal the kernel does not know is the request's fault.
+    assert_eq!(
+        code(h.kill("term", 1000, false).await),
+        Code::InvalidArgument
+    );
     h.kill("term", libc::SIGTERM, false).await.unwrap();
     assert_eq!(h.exited("term").await.exit_code, 128 + libc::SIGTERM);
     // SIGRTMIN+3, systemd's stop signal: neither nix's Signal nor its wait
