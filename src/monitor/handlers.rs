@@ -88,6 +88,16 @@ fn no_container(id: &str) -> Failure {
     coded(proto::Code::NotFound, format!("no container {id}"))
 }
 
+/// The container `id`, or `NotFound`.
+fn container<'t>(table: &'t Table, id: &str) -> Result<&'t Container, Failure> {
+    table.containers.get(id).ok_or_else(|| no_container(id))
+}
+
+/// [`container`], to change.
+fn container_mut<'t>(table: &'t mut Table, id: &str) -> Result<&'t mut Container, Failure> {
+    table.containers.get_mut(id).ok_or_else(|| no_container(id))
+}
+
 /// The answer for a failure.
 pub(super) fn error(f: impl Into<Failure>) -> Response {
     let f = f.into();
@@ -297,11 +307,7 @@ impl Monitor {
     }
 
     fn start(&mut self, id: &str) -> Result<Response, Failure> {
-        let c = self
-            .table
-            .containers
-            .get_mut(id)
-            .ok_or_else(|| no_container(id))?;
+        let c = container_mut(&mut self.table, id)?;
         let created = c.created.take().ok_or_else(|| {
             coded(
                 proto::Code::FailedPrecondition,
@@ -323,11 +329,7 @@ impl Monitor {
     /// calls invalid, a process it will not let us signal) is the answer.
     /// A process that is already gone is no failure.
     fn kill(&mut self, k: &proto::Kill) -> Result<Response, Failure> {
-        let c = self
-            .table
-            .containers
-            .get(&k.id)
-            .ok_or_else(|| no_container(&k.id))?;
+        let c = container(&self.table, &k.id)?;
         let mut first_error = None;
         let mut signal = |pid: i32| {
             if let Err(e) = sys::kill(pid, k.signal) {
@@ -360,11 +362,7 @@ impl Monitor {
     }
 
     fn reopen(&mut self, id: &str) -> Result<Response, Failure> {
-        let c = self
-            .table
-            .containers
-            .get_mut(id)
-            .ok_or_else(|| no_container(id))?;
+        let c = container_mut(&mut self.table, id)?;
         for o in &mut c.outputs {
             let sink = open_log(&c.log_path).map_err(|e| format!("reopening log: {e}"))?;
             o.log.reopen(sink);

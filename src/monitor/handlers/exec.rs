@@ -7,7 +7,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use super::{Failure, Monitor, after_ms, coded, error, no_container};
+use super::{Failure, Monitor, after_ms, coded, container, container_mut, error};
 use crate::executor::linux::pipe;
 use crate::executor::{Stdio, sys};
 use crate::monitor::frame;
@@ -78,11 +78,7 @@ impl Monitor {
 
     fn add_attacher(&mut self, id: &str, fds: Vec<OwnedFd>) -> Result<Response, Failure> {
         self.running(id)?;
-        let c = self
-            .table
-            .containers
-            .get_mut(id)
-            .ok_or_else(|| no_container(id))?;
+        let c = container_mut(&mut self.table, id)?;
         let mut fds = fds.into_iter();
         let (Some(out), Some(err)) = (fds.next(), fds.next()) else {
             return Err(coded(
@@ -99,11 +95,7 @@ impl Monitor {
 
     /// A started container that has not exited.
     fn running(&self, id: &str) -> Result<&Container, Failure> {
-        let c = self
-            .table
-            .containers
-            .get(id)
-            .ok_or_else(|| no_container(id))?;
+        let c = container(&self.table, id)?;
         if c.exit.is_some() || c.created.is_some() {
             return Err(coded(
                 proto::Code::FailedPrecondition,

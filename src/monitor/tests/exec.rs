@@ -15,10 +15,41 @@ fn pipe() -> (std::io::PipeReader, OwnedFd) {
     (r, w.into())
 }
 
-#[tokio::test]
-async fn exec_sync_answers_with_each_stream_and_the_exit_code() {
+/// A monitor with a running container `c` to exec in.
+async fn with_running_container() -> Harness {
     let h = Harness::start();
     h.run("c", &Spec::sh("exec sleep 30")).await;
+    h
+}
+
+/// Descriptors for an ExecStream: the process's `[stdin, stdout, stderr]`,
+/// and our ends (stdin's writer, stdout's and stderr's readers).
+struct StreamStdio {
+    theirs: [OwnedFd; 3],
+    _stdin: std::io::PipeWriter,
+    stdout: std::io::PipeReader,
+    _stderr: std::io::PipeReader,
+}
+
+fn stream_stdio() -> StreamStdio {
+    let (stdin_r, stdin_w) = std::io::pipe().unwrap();
+    let (stdout, out_w) = pipe();
+    let (stderr, err_w) = pipe();
+    StreamStdio {
+        theirs: [stdin_r.into(), out_w, err_w],
+        _stdin: stdin_w,
+        stdout,
+        _stderr: stderr,
+    }
+}
+
+fn sh(script: &str) -> Vec<String> {
+    ["/bin/sh", "-c", script].map(String::from).to_vec()
+}
+
+#[tokio::test]
+async fn exec_sync_answers_with_each_stream_and_the_exit_code() {
+    let h = with_running_container().await;
     let r = h
         .exec_sync("c", "echo out; echo err >&2; exit 4", 0)
         .await
@@ -30,8 +61,7 @@ async fn exec_sync_answers_with_each_stream_and_the_exit_code() {
 
 #[tokio::test]
 async fn exec_sync_is_killed_at_its_timeout_and_keeps_its_output() {
-    let h = Harness::start();
-    h.run("c", &Spec::sh("exec sleep 30")).await;
+    let h = with_running_container().await;
     let t = Instant::now();
     let r = h
         .exec_sync("c", "echo before; exec sleep 30", 300)
@@ -46,8 +76,7 @@ async fn exec_sync_is_killed_at_its_timeout_and_keeps_its_output() {
 
 #[tokio::test]
 async fn exec_sync_output_is_capped_and_the_process_is_not_held_up() {
-    let h = Harness::start();
-    h.run("c", &Spec::sh("exec sleep 30")).await;
+    let h = with_running_container().await;
     let r = h
         .exec_sync("c", "head -c 17000000 /dev/zero; exit 0", 20_000)
         .await
@@ -58,8 +87,7 @@ async fn exec_sync_output_is_capped_and_the_process_is_not_held_up() {
 
 #[tokio::test]
 async fn the_loop_serves_other_requests_while_an_exec_runs() {
-    let h = Harness::start();
-    h.run("c", &Spec::sh("exec sleep 30")).await;
+    let h = with_running_container().await;
     let t = Instant::now();
     let (slow, quick) = tokio::join!(h.exec_sync("c", "sleep 1; echo slow", 0), async {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -74,44 +102,30 @@ async fn the_loop_serves_other_requests_while_an_exec_runs() {
 
 #[tokio::test]
 async fn exec_stream_answers_with_the_exit_code() {
-    let h = Harness::start();
-    h.run("c", &Spec::sh("exec sleep 30")).await;
-    let (_stdin_w, stdin_r) = {
-        let (r, w) = std::io::pipe().unwrap();
-        (w, OwnedFd::from(r))
-    };
-    let (mut out, out_w) = pipe();
-    let (_err, err_w) = pipe();
-    let cmd = ["/bin/sh", "-c", "echo streamed; exit 5"].map(String::from);
+    let h = with_running_container().await;
+    let mut io = stream_stdio();
     let (master, waiter) = h
         .client
-        .start_stream("c", cmd.to_vec(), false, Some([stdin_r, out_w, err_w]))
+        .start_stream("c", sh("echo streamed; exit 5"), false, Some(io.theirs))
         .unwrap();
     assert!(master.is_none());
     let (_keep, cancel) = tokio::sync::oneshot::channel();
     assert_eq!(waiter.wait(cancel).await.unwrap(), 5);
     let mut got = String::new();
-    out.read_to_string(&mut got).unwrap();
+    io.stdout.read_to_string(&mut got).unwrap();
     assert_eq!(got, "streamed\n");
 }
 
 #[tokio::test]
 async fn a_daemon_hang_up_kills_the_exec() {
-    let h = Harness::start();
-    h.run("c", &Spec::sh("exec sleep 30")).await;
-    let (_stdin_w, stdin_r) = {
-        let (r, w) = std::io::pipe().unwrap();
-        (w, OwnedFd::from(r))
-    };
-    let (out, out_w) = pipe();
-    let (_err, err_w) = pipe();
-    let cmd = ["/bin/sh", "-c", "echo $$; exec sleep 30"].map(String::from);
+    let h = with_running_container().await;
+    let io = stream_stdio();
     let (_, waiter) = h
         .client
-        .start_stream("c", cmd.to_vec(), false, Some([stdin_r, out_w, err_w]))
+        .start_stream("c", sh("echo $$; exec sleep 30"), false, Some(io.theirs))
         .unwrap();
     let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).unwrap();
+    BufReader::new(io.stdout).read_line(&mut line).unwrap();
     let pid: i32 = line.trim().parse().unwrap();
     let (hang_up, cancel) = tokio::sync::oneshot::channel::<()>();
     drop(hang_up);
@@ -124,8 +138,7 @@ async fn a_daemon_hang_up_kills_the_exec() {
 
 #[tokio::test]
 async fn a_tty_exec_hands_back_the_terminal() {
-    let h = Harness::start();
-    h.run("c", &Spec::sh("exec sleep 30")).await;
+    let h = with_running_container().await;
     let cmd = ["/bin/sh", "-c", "test -t 0 && test -t 1 && echo on-a-tty"].map(String::from);
     let (master, waiter) = h
         .client
