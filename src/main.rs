@@ -74,7 +74,11 @@ enum Command {
 
 fn main() -> ExitCode {
     // Nothing inherited from whatever started us reaches our children.
-    crius::executor::sys::cloexec_from(3);
+    // Without close_range's CLOEXEC (Linux < 5.11) only that guarantee is
+    // lost, so this warns and goes on.
+    if let Err(e) = crius::executor::sys::cloexec_from(3) {
+        eprintln!("crius: marking inherited descriptors close-on-exec: {e}");
+    }
     let cli = Cli::parse();
     if let Some(Command::Monitor { dir }) = &cli.command {
         // Before anything starts a thread: the monitor forks containers.

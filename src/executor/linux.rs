@@ -21,7 +21,6 @@
 //! (`report.rs`), nothing else, until execve replaces the sealed helper
 //! program (see `crate::helper`).
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -112,7 +111,7 @@ fn describe(status: i32) -> String {
 /// Puts the stdio descriptors in place (0, 1, 2), makes a terminal the
 /// controlling one, and closes everything else but the monitor channel.
 /// Answers the channel's new descriptor.
-fn setup_stdio(stdio: &Stdio, terminal: bool, chan: RawFd) -> Result<RawFd, String> {
+pub(super) fn setup_stdio(stdio: &Stdio, terminal: bool, chan: RawFd) -> Result<RawFd, String> {
     // SAFETY: setsid has no arguments.
     unsafe { libc::setsid() };
     let slots = [
@@ -131,7 +130,7 @@ fn setup_stdio(stdio: &Stdio, terminal: bool, chan: RawFd) -> Result<RawFd, Stri
 }
 
 /// Blocks until the monitor writes the start byte; exits if it hung up.
-fn wait_for_start(chan: RawFd) {
+pub(super) fn wait_for_start(chan: RawFd) {
     let mut b = [0u8; 1];
     loop {
         // SAFETY: reading one byte into b.
@@ -197,13 +196,17 @@ fn intermediate(
         fail(chan, "not dumpable", e);
     }
     process::reset_signals();
-    sys::close_fds_except(&keep.setup);
+    if let Err(e) = sys::close_fds_except(&keep.setup) {
+        fail(chan, "closing the monitor's descriptors", e);
+    }
     if let Err(f) = setup() {
         fail_step(chan, "entering the container", f);
     }
     // The namespace files are closed under their `File`s, which this
     // process never drops: it leaves through _exit.
-    sys::close_fds_except(&keep.child);
+    if let Err(e) = sys::close_fds_except(&keep.child) {
+        fail(chan, "closing the set-up's descriptors", e);
+    }
     match fork() {
         Ok(0) => {
             child();
@@ -408,7 +411,7 @@ impl Executor for Embedded {
         })?;
         let pid = self.exec_with(pid, process, opts, None, Some(theirs))?;
         let mut byte = [0u8; 1];
-        let (_, mut fds) = sys::recv_with_fds(ours.as_raw_fd(), &mut byte)
+        let (_, mut fds) = sys::recv_with_fds(&ours, &mut byte)
             .map_err(ExecutorError::sys("receiving the terminal"))?;
         match fds.pop() {
             Some(master) => Ok((pid, master)),
@@ -452,7 +455,7 @@ impl Embedded {
         let child = || {
             let stdio = match (stdio, &console) {
                 (Some(s), _) => s,
-                (None, Some(sock)) => match container_pty(sock.as_raw_fd()) {
+                (None, Some(sock)) => match container_pty(sock) {
                     Ok(s) => s,
                     Err(e) => fail(chan, "terminal", e),
                 },
@@ -477,45 +480,18 @@ impl Embedded {
 /// Opens a pseudo-terminal from the container's own devpts (so the
 /// process sees `/dev/pts/N` as its terminal), sends the master over
 /// `sock` and returns the slave as stdio.
-fn container_pty(sock: RawFd) -> Result<Stdio, String> {
-    let ptmx = CString::new("/dev/ptmx").unwrap_or_default();
-    // SAFETY: open/unlockpt/ptsname_r on descriptors we own; name is a
-    // valid buffer.
-    unsafe {
-        let m = libc::open(
-            ptmx.as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        );
-        if m < 0 {
-            return Err(format!("opening /dev/ptmx: {}", errno()));
-        }
-        let master = OwnedFd::from_raw_fd(m);
-        if libc::unlockpt(m) < 0 {
-            return Err(format!("unlockpt: {}", errno()));
-        }
-        let mut name = [0 as libc::c_char; 64];
-        if libc::ptsname_r(m, name.as_mut_ptr(), name.len()) != 0 {
-            return Err("ptsname".into());
-        }
-        let s = libc::open(
-            name.as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        );
-        if s < 0 {
-            return Err(format!("opening the pty slave: {}", errno()));
-        }
-        let slave = OwnedFd::from_raw_fd(s);
-        sys::send_with_fds(sock, b"m", &[master.as_raw_fd()])
-            .map_err(|e| format!("sending the terminal: {e}"))?;
-        drop(master);
-        let dup = |f: &OwnedFd| f.try_clone().map_err(|e| e.to_string());
-        Ok(Stdio {
-            stdin: dup(&slave)?,
-            stdout: dup(&slave)?,
-            stderr: slave,
-            terminal: true,
-        })
-    }
+fn container_pty(sock: &OwnedFd) -> Result<Stdio, String> {
+    let (master, slave) = sys::pty().map_err(|e| e.to_string())?;
+    sys::send_with_fds(sock, b"m", &[master.as_fd()])
+        .map_err(|e| format!("sending the terminal: {e}"))?;
+    drop(master);
+    let dup = |f: &OwnedFd| f.try_clone().map_err(|e| e.to_string());
+    Ok(Stdio {
+        stdin: dup(&slave)?,
+        stdout: dup(&slave)?,
+        stderr: slave,
+        terminal: true,
+    })
 }
 
 /// Borrowed descriptor helper for callers building [`Stdio`] from files.

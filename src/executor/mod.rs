@@ -6,6 +6,8 @@
 //! The [`Executor`] trait is the seam a RuntimeClass handler could later
 //! map onto an external OCI runtime.
 
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod linux;
 mod namespaces;
 pub mod pod_init;

@@ -48,7 +48,9 @@ pub struct Started {
 impl Drop for Started {
     fn drop(&mut self) {
         if !self.sealed {
-            sys::kill(self.pid, libc::SIGKILL);
+            // Our own unreaped child and a valid signal: the one failure
+            // possible (it is gone) is no failure to kill() already.
+            let _ = sys::kill(self.pid, libc::SIGKILL);
         }
     }
 }
@@ -124,12 +126,10 @@ fn read_until_eof(fd: &OwnedFd, out: &mut Vec<u8>, timeout: Duration) -> Result<
         if left.is_zero() {
             return Err("timed out".into());
         }
-        let mut pfd = [libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        if sys::poll(&mut pfd, left.as_millis().min(60_000) as i32) <= 0 {
+        let mut pfd = [sys::PollFd::new(fd, sys::PollFlags::IN)];
+        let ready = sys::poll(&mut pfd, Some(left.min(Duration::from_secs(60))))
+            .map_err(|e| format!("poll: {e}"))?;
+        if ready == 0 {
             continue;
         }
         let mut buf = [0u8; 512];
@@ -246,7 +246,7 @@ fn seal() -> Result<(), String> {
     step("chdir /", nix::unistd::chdir("/"))?;
     drop_all_capabilities()?;
     step("no_new_privs", nix::sys::prctl::set_no_new_privs())?;
-    sys::close_fds_except(&[REPORT_FD]);
+    sys::close_fds_except(&[REPORT_FD]).map_err(|e| format!("closing descriptors: {e}"))?;
     Ok(())
 }
 

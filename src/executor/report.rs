@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::sys;
@@ -87,22 +87,9 @@ pub fn read_reports(
         if left.is_zero() {
             return Err(ExecutorError::Child("container setup timed out".into()));
         }
-        let mut pfd = [libc::pollfd {
-            fd: chan.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        let n = sys::poll(&mut pfd, left.as_millis().min(60_000) as i32);
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(ExecutorError::Sys {
-                op: "poll",
-                source: e,
-            });
-        }
+        let mut pfd = [sys::PollFd::new(chan, sys::PollFlags::IN)];
+        let n = sys::poll(&mut pfd, Some(left.min(Duration::from_secs(60))))
+            .map_err(ExecutorError::sys("poll"))?;
         if n == 0 {
             continue;
         }
@@ -161,6 +148,8 @@ fn parse_one(buf: &[u8], report: &mut Report) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
     use super::*;
 
     #[test]

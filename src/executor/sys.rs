@@ -1,127 +1,203 @@
-//! Safe wrappers over the process and descriptor syscalls the monitor's
-//! event loop needs, so `unsafe` stays in the executor.
+//! The descriptor and process syscalls the monitor's loop, the executor's
+//! forked children, the pod init and the streaming server need, behind safe
+//! functions, so `unsafe` stays here.
+//!
+//! Which library, call by call:
+//! - **rustix** where it has a safe wrapper over [`AsFd`]: file status flags
+//!   (`fcntl`), `poll`, `sendmsg`/`recvmsg` with SCM_RIGHTS (received
+//!   descriptors come back as [`OwnedFd`], with no `from_raw_fd`), `waitpid`
+//!   (its status stays a number, so any signal decodes) and the terminal
+//!   window size. The monitor reads and writes its pipes with rustix too.
+//! - **nix** where rustix has nothing or nix's wrapper is the one the crate
+//!   already builds: the signal mask and signalfd, pseudo-terminals,
+//!   `setns`, `socket`, `dup2` onto stdout.
+//! - **libc** where neither wraps the call safely for its use here: `kill`
+//!   and `waitid`, because a container's stop signal may be a real-time one
+//!   (systemd's is SIGRTMIN+3), which nix's `Signal` cannot name (its
+//!   `kill` cannot send it, its `waitid` fails to decode such a death) and
+//!   rustix only builds through an unsafe constructor (and its `waitid` does
+//!   not say which child exited); `madvise`, `close_range`, the interface
+//!   flag ioctls, `_exit`; and the raw descriptors of forked children.
+//!
+//! Descriptors a caller owns are passed as [`AsFd`]/[`BorrowedFd`]. Only
+//! the `pub(crate)` helpers for forked children take [`RawFd`]: after
+//! [`arrange_fds`] a child's descriptors are numbers it holds outside
+//! Rust's types until it execs or `_exit`s.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::Duration;
 
-fn last() -> std::io::Error {
-    std::io::Error::last_os_error()
+pub use rustix::event::{PollFd, PollFlags};
+use rustix::io::Errno;
+
+fn last() -> io::Error {
+    io::Error::last_os_error()
+}
+
+/// Adds what failed to an error.
+fn context(op: &'static str) -> impl Fn(io::Error) -> io::Error {
+    move |e| io::Error::new(e.kind(), format!("{op}: {e}"))
 }
 
 /// Sets O_NONBLOCK on a descriptor.
-pub fn set_nonblocking(fd: RawFd) {
-    // SAFETY: fcntl flag manipulation on a descriptor the caller owns.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+pub fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
+    let fd = fd.as_fd();
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK)?;
+    Ok(())
+}
+
+/// `poll(2)` over `fds` for at most `timeout` (`None`: until one is
+/// ready); how many are ready. A poll interrupted by a signal answers 0, as
+/// a timeout does: every caller goes round its loop and recomputes its
+/// deadline either way.
+pub fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> io::Result<usize> {
+    let timeout = timeout
+        .map(rustix::event::Timespec::try_from)
+        .transpose()
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    match rustix::event::poll(fds, timeout.as_ref()) {
+        Err(Errno::INTR) => Ok(0),
+        r => Ok(r?),
     }
 }
 
-/// One `read(2)`: bytes read, 0 at EOF.
-pub fn read_some(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
-    // SAFETY: buf is valid for buf.len() bytes.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 { Err(last()) } else { Ok(n as usize) }
-}
-
-/// `poll(2)` over `fds`; the number ready, or a negative value on error.
-pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> i32 {
-    // SAFETY: fds is a valid slice of pollfds.
-    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) }
-}
-
-/// Sends a signal; a process that is gone is not an error.
-pub fn kill(pid: i32, signal: i32) {
-    if pid > 0 {
-        // SAFETY: kill has no memory effects.
-        unsafe { libc::kill(pid, signal) };
+/// Sends `signal` (any number, real-time ones included) to the process
+/// `pid`. A process that is already gone is not an error; an invalid
+/// signal (`EINVAL`) or a refused one (`EPERM`) is. `pid` must name one
+/// process: 0 and negative values (groups, everything) are refused.
+pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
+    if pid <= 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{pid} is not a process"),
+        ));
+    }
+    // SAFETY: kill(2) takes no pointers and touches no memory of ours.
+    if unsafe { libc::kill(pid, signal) } == 0 {
+        return Ok(());
+    }
+    match last() {
+        e if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        e => Err(e),
     }
 }
 
-/// Reaps a child, blocking until it exits.
-pub fn reap(pid: i32) {
-    let mut status = 0;
-    // SAFETY: status is a valid out-pointer.
-    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
-        && last().raw_os_error() == Some(libc::EINTR)
-    {}
-}
-
-/// An exited child, without reaping it (WNOWAIT): `(pid, wait status)`.
-/// The caller records the exit while the zombie still holds the pid, then
-/// calls [`reap`].
-pub fn peek_exited() -> Option<(i32, i32)> {
-    // SAFETY: siginfo_t is plain data; waitid fills it.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: info is a valid out-pointer.
-    let rc = unsafe {
-        libc::waitid(
-            libc::P_ALL,
-            0,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    // SAFETY: for a CLD_* siginfo from waitid, si_pid/si_status are set.
-    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
-    if rc < 0 || pid == 0 {
-        return None;
-    }
-    let wait_status = if info.si_code == libc::CLD_EXITED {
-        (status & 0xff) << 8
-    } else {
-        status & 0x7f
-    };
-    Some((pid, wait_status))
-}
-
-/// Blocks SIGCHLD and returns a signalfd that becomes readable on it.
-pub fn sigchld_fd() -> Result<OwnedFd, String> {
-    // SAFETY: sigset operations on a local set; signalfd returns a new fd.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
-        if fd < 0 {
-            return Err(format!("signalfd: {}", last()));
+/// Reaps the child `pid`, blocking until it has exited.
+pub fn reap(pid: i32) -> io::Result<()> {
+    let pid = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid 0"))?;
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Err(Errno::INTR) => continue,
+            r => return r.map(drop).map_err(io::Error::from),
         }
-        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// An exited child, without reaping it (`WNOWAIT`): its pid and how it
+/// ended. The caller records the exit while the zombie still holds the
+/// pid, then calls [`reap`]. `None`: no child has exited (or there is no
+/// child at all).
+pub fn peek_exited() -> io::Result<Option<(i32, ExitStatus)>> {
+    loop {
+        // SAFETY: siginfo_t is plain data, for which all zeroes is valid;
+        // waitid leaves it zeroed when no child has exited (WNOHANG).
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: info is a valid, writable siginfo_t.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_ALL,
+                0,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if rc < 0 {
+            let e = last();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ECHILD) => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+        // SAFETY: waitid succeeded: info is zeroed (si_pid 0) or a CLD_*
+        // siginfo, whose si_pid and si_status are set.
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        // Back to a wait status: the code in the second byte for an exit,
+        // the signal in the low 7 bits for a death by signal.
+        let wait_status = if info.si_code == libc::CLD_EXITED {
+            (status & 0xff) << 8
+        } else {
+            status & 0x7f
+        };
+        return Ok(Some((pid, ExitStatus::from_raw(wait_status))));
+    }
+}
+
+/// SIGCHLD as a readable descriptor: blocked in the calling thread and
+/// queued to a non-blocking signalfd instead. The thread must be the
+/// process's only one (the monitor), or another thread may take the signal.
+pub struct SigChld(nix::sys::signalfd::SignalFd);
+
+impl SigChld {
+    pub fn block() -> io::Result<SigChld> {
+        use nix::sys::signal::{SigSet, Signal};
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGCHLD);
+        set.thread_block()
+            .map_err(|e| context("blocking SIGCHLD")(e.into()))?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| context("signalfd")(e.into()))?;
+        Ok(SigChld(fd))
+    }
+
+    /// Consumes what is queued. Notifications coalesce, so the caller
+    /// reaps every exited child afterwards, whatever their number.
+    pub fn clear(&self) -> io::Result<()> {
+        while self.0.read_signal()?.is_some() {}
+        Ok(())
+    }
+}
+
+impl AsFd for SigChld {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
     }
 }
 
 /// Points this process's stdout at `fd`.
-pub fn redirect_stdout(fd: &OwnedFd) {
-    // SAFETY: dup2 onto descriptor 1.
-    unsafe { libc::dup2(fd.as_raw_fd(), 1) };
+pub fn redirect_stdout(fd: impl AsFd) -> io::Result<()> {
+    nix::unistd::dup2_stdout(fd)?;
+    Ok(())
 }
 
-/// A pseudo-terminal pair `(master, slave)`.
-pub fn pty() -> Result<(OwnedFd, OwnedFd), String> {
-    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on the fd we get back;
-    // name is a valid buffer.
-    unsafe {
-        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
-        if m < 0 {
-            return Err(format!("posix_openpt: {}", last()));
-        }
-        let master = OwnedFd::from_raw_fd(m);
-        if libc::grantpt(m) < 0 || libc::unlockpt(m) < 0 {
-            return Err(format!("unlockpt: {}", last()));
-        }
-        let mut name = [0 as libc::c_char; 128];
-        if libc::ptsname_r(m, name.as_mut_ptr(), name.len()) != 0 {
-            return Err("ptsname".into());
-        }
-        let s = libc::open(
-            name.as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        );
-        if s < 0 {
-            return Err(format!("opening pty slave: {}", last()));
-        }
-        Ok((master, OwnedFd::from_raw_fd(s)))
-    }
+/// A pseudo-terminal pair `(master, slave)`, both close-on-exec and
+/// neither the caller's controlling terminal. The master comes from
+/// `/dev/ptmx` as the caller's mount namespace sees it (a container's own
+/// devpts, for a process inside one).
+///
+/// No `grantpt`: on devpts the kernel gives the slave its owner, group and
+/// mode itself; an older glibc's `grantpt` would try to chown it, which a
+/// container's user inside an exec may not be allowed to do.
+pub fn pty() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let master =
+        nix::pty::posix_openpt(flags).map_err(|e| context("opening /dev/ptmx")(e.into()))?;
+    nix::pty::unlockpt(&master).map_err(|e| context("unlockpt")(e.into()))?;
+    let name = nix::pty::ptsname_r(&master).map_err(|e| context("ptsname")(e.into()))?;
+    let slave = nix::fcntl::open(name.as_str(), flags, nix::sys::stat::Mode::empty())
+        .map_err(|e| context("opening the pty slave")(e.into()))?;
+    Ok((master.into(), slave))
 }
 
 /// Drops this process's mapped program text (its own and its libraries')
@@ -129,6 +205,9 @@ pub fn pty() -> Result<(OwnedFd, OwnedFd), String> {
 /// helper keeps running stay resident; the rest stays in the shared page
 /// cache and faults back in on demand. Only executable file mappings are
 /// touched: they are never written, so dropping them loses nothing.
+///
+/// Best effort: a mapping that cannot be read or advised stays resident,
+/// which costs memory and nothing else, so failures are not reported.
 pub fn trim_text() {
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return;
@@ -157,7 +236,8 @@ pub fn trim_text() {
         };
         // SAFETY: [start, end) is a whole never-written file mapping:
         // MADV_RANDOM/MADV_DONTNEED only drop clean file pages,
-        // which fault back in from the page cache when run.
+        // which fault back in from the page cache when run. (No safe
+        // madvise exists: nix's and rustix's are unsafe for this reason.)
         unsafe {
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_RANDOM);
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
@@ -165,61 +245,76 @@ pub fn trim_text() {
     }
 }
 
-/// Receives bytes and any descriptors sent along (SCM_RIGHTS) on a unix
-/// socket; at most 8 descriptors.
-pub fn recv_with_fds(fd: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    let mut iov = [std::io::IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!([RawFd; 8]);
-    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(std::io::Error::from)?;
+/// Most descriptors [`recv_with_fds`] takes with one message.
+pub const MAX_FDS: usize = 8;
+
+/// Receives bytes into `buf` and the descriptors sent along with them
+/// (SCM_RIGHTS, at most [`MAX_FDS`]; close-on-exec).
+pub fn recv_with_fds(sock: impl AsFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let got = loop {
+        match recvmsg(&sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Err(Errno::INTR) => continue,
+            r => break r?,
+        }
+    };
     let mut fds = Vec::new();
-    for c in msg.cmsgs().map_err(std::io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            for r in raw {
-                // SAFETY: the kernel just installed these descriptors for us.
-                fds.push(unsafe { OwnedFd::from_raw_fd(r) });
-            }
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = msg {
+            fds.extend(received);
         }
     }
-    Ok((msg.bytes, fds))
+    Ok((got.bytes, fds))
 }
 
-/// Sends all of `data` with `fds` attached to its first byte.
-pub fn send_with_fds(fd: RawFd, data: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
-    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-    let iov = [std::io::IoSlice::new(data)];
-    let cmsg = [ControlMessage::ScmRights(fds)];
-    let sent =
-        sendmsg::<()>(fd, &iov, &cmsg, MsgFlags::empty(), None).map_err(std::io::Error::from)?;
+/// Sends all of `data` on `sock`, with `fds` attached to its first byte
+/// (SCM_RIGHTS).
+pub fn send_with_fds(sock: impl AsFd, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+    let sock = sock.as_fd();
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "descriptors do not fit the control message",
+        ));
+    }
+    let sent = loop {
+        match sendmsg(
+            sock,
+            &[io::IoSlice::new(data)],
+            &mut control,
+            SendFlags::empty(),
+        ) {
+            Err(Errno::INTR) => continue,
+            r => break r?,
+        }
+    };
     let mut rest = &data[sent..];
     while !rest.is_empty() {
-        // SAFETY: writing from a valid slice.
-        let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
-        if n < 0 {
-            let e = last();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        match rustix::io::write(sock, rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
-        rest = &rest[n as usize..];
     }
     Ok(())
 }
 
 /// Sets a terminal's window size (the pty master of a TTY exec).
-pub fn set_winsize(fd: RawFd, cols: u16, rows: u16) -> std::io::Result<()> {
-    let ws = libc::winsize {
+pub fn set_winsize(fd: impl AsFd, cols: u16, rows: u16) -> io::Result<()> {
+    let size = rustix::termios::Winsize {
         ws_row: rows,
         ws_col: cols,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
-    if unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) } < 0 {
-        return Err(last());
-    }
+    rustix::termios::tcsetwinsize(fd, size)?;
     Ok(())
 }
 
@@ -230,39 +325,38 @@ pub fn set_winsize(fd: RawFd, cols: u16, rows: u16) -> std::io::Result<()> {
 pub fn connect_in_netns(
     netns: Option<&std::path::Path>,
     port: u16,
-) -> std::io::Result<std::net::TcpStream> {
+) -> io::Result<std::net::TcpStream> {
     let ns = netns.map(std::fs::File::open).transpose()?;
     std::thread::spawn(move || {
         if let Some(f) = &ns {
-            // SAFETY: setns on this (new, private) thread only: CLONE_NEWNET
-            // applies per thread.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-                return Err(last());
-            }
+            // On this (new, private) thread only: CLONE_NEWNET applies
+            // per thread.
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?;
         }
         std::net::TcpStream::connect(("127.0.0.1", port))
             .or_else(|_| std::net::TcpStream::connect(("::1", port)))
     })
     .join()
-    .map_err(|_| std::io::Error::other("connect thread panicked"))?
+    .map_err(|_| io::Error::other("connect thread panicked"))?
 }
 
 /// Brings the loopback interface of the caller's network namespace up, as
 /// the CNI `loopback` plugin would, without starting a plugin process (3–4
 /// ms per pod here).
-pub fn set_loopback_up() -> std::io::Result<()> {
-    // SAFETY: a plain datagram socket; the descriptor is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(last());
-    }
-    // SAFETY: fd was just returned by socket(2) and nothing else owns it.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+pub fn set_loopback_up() -> io::Result<()> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     // SAFETY: ifreq is plain data; all zeroes is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo") {
         *dst = *src as libc::c_char;
     }
+    // Neither nix nor rustix wraps SIOCGIFFLAGS/SIOCSIFFLAGS.
     // SAFETY: req is a valid ifreq naming "lo"; the ioctl fills its flags.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
         return Err(last());
@@ -276,24 +370,28 @@ pub fn set_loopback_up() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Marks every descriptor from `first` up close-on-exec, so nothing this
-/// process inherited (from whatever started the daemon, say) reaches the
-/// programs it starts.
-pub fn cloexec_from(first: RawFd) {
-    // SAFETY: only sets the close-on-exec flag; no descriptor is closed.
-    unsafe {
+/// Marks every descriptor numbered `first` and up close-on-exec, so
+/// nothing this process inherited (from whatever started the daemon, say)
+/// reaches the programs it starts. Needs Linux 5.11.
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag; no
+    // descriptor is closed, so nothing Rust owns is invalidated. (rustix's
+    // close_range is unsafe for the closing case; nix has none.)
+    let rc = unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            first.max(0) as u32,
+            first,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
+    if rc < 0 { Err(last()) } else { Ok(()) }
 }
 
 /// Closes every descriptor except `keep` (`close_range` over the gaps).
-/// For a freshly forked child that must hold nothing of its parent's.
-pub fn close_fds_except(keep: &[RawFd]) {
+/// Only for a freshly forked child that must hold nothing of its parent's:
+/// it closes descriptors owned by objects the child never uses again.
+pub(crate) fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
     let mut keep: Vec<u32> = keep
         .iter()
         .filter_map(|&fd| u32::try_from(fd).ok())
@@ -303,19 +401,27 @@ pub fn close_fds_except(keep: &[RawFd]) {
     let mut from = 0u32;
     for k in keep.into_iter().chain(std::iter::once(u32::MAX)) {
         if k > from {
-            // SAFETY: closes descriptors only; the callers own every
-            // descriptor they did not list (forked children).
-            unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0u32) };
+            // SAFETY: closes descriptors only; the callers (forked
+            // children) own every descriptor they did not list and never
+            // touch the objects that held them again.
+            if unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0u32) } < 0 {
+                return Err(context("close_range")(last()));
+            }
         }
         from = k.saturating_add(1);
     }
+    Ok(())
 }
 
 /// Puts `slots[i]` at descriptor `i` (inheritable across exec), copies each
 /// of `keep` above them (close-on-exec) and closes every other descriptor.
 /// Answers the new numbers of `keep`. Sources are first copied above the
 /// slots, so filling a slot never clobbers a source not yet placed.
-pub fn arrange_fds(slots: &[RawFd], keep: &[RawFd]) -> std::io::Result<Vec<RawFd>> {
+///
+/// Only for a forked child about to exec or `_exit`: descriptors are raw
+/// numbers here because the objects that owned them in the parent's image
+/// are never used again once their numbers are closed or moved.
+pub(crate) fn arrange_fds(slots: &[RawFd], keep: &[RawFd]) -> io::Result<Vec<RawFd>> {
     let floor = slots.len() as RawFd;
     let lift = |fd: RawFd| {
         // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor; nothing is touched.
@@ -332,18 +438,19 @@ pub fn arrange_fds(slots: &[RawFd], keep: &[RawFd]) -> std::io::Result<Vec<RawFd
     }
     let mut all: Vec<RawFd> = (0..floor).collect();
     all.extend(&kept);
-    close_fds_except(&all);
+    close_fds_except(&all)?;
     Ok(kept)
 }
 
-/// Writes all of `data` to `fd`, ignoring errors (a report channel whose
-/// reader may be gone).
-pub fn write_all(fd: RawFd, mut data: &[u8]) {
+/// Writes all of `data` to the raw descriptor `fd` of a forked child (a
+/// report channel). Errors are ignored on purpose: they mean the reader is
+/// gone, and a child that cannot report has no one left to tell.
+pub(crate) fn write_all(fd: RawFd, mut data: &[u8]) {
     while !data.is_empty() {
         // SAFETY: writing from a valid slice.
         let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
         if n <= 0 {
-            if n < 0 && last().kind() == std::io::ErrorKind::Interrupted {
+            if n < 0 && last().kind() == io::ErrorKind::Interrupted {
                 continue;
             }
             return;
@@ -352,8 +459,10 @@ pub fn write_all(fd: RawFd, mut data: &[u8]) {
     }
 }
 
-/// Closes a raw descriptor this process owns outside Rust's types.
-pub fn close(fd: RawFd) {
+/// Closes a raw descriptor a process owns outside Rust's types (the pod
+/// init's report channel). A close error is ignored: the descriptor is
+/// released either way, and what was written is already with the reader.
+pub(crate) fn close(fd: RawFd) {
     // SAFETY: closing a descriptor the caller owns and no object holds.
     unsafe { libc::close(fd) };
 }
@@ -365,8 +474,9 @@ pub fn exit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Writes `E<why>` to a report channel and ends the process with 127.
-pub fn report_and_exit(fd: RawFd, why: &str) -> ! {
+/// Writes `E<why>` to a forked child's raw report descriptor and ends the
+/// process with 127.
+pub(crate) fn report_and_exit(fd: RawFd, why: &str) -> ! {
     let mut msg = Vec::with_capacity(1 + why.len());
     msg.push(b'E');
     msg.extend_from_slice(why.as_bytes());
@@ -392,6 +502,19 @@ mod tests {
         }
     }
 
+    /// Runs `f` in a forked child (it may touch process-wide state: other
+    /// tests' children, descriptors) and asserts it returned 0.
+    fn in_child(f: impl FnOnce() -> i32) {
+        // SAFETY: the child only makes syscalls, then _exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => exit(f()),
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
+
     #[test]
     fn arrange_places_slots_keeps_and_closes_the_rest() {
         // In a forked child: it closes descriptors the test harness owns.
@@ -399,38 +522,140 @@ mod tests {
         let extra = std::fs::File::open("/dev/null").unwrap();
         let (a, b, extra) = (a.as_raw_fd(), b.as_raw_fd(), extra.as_raw_fd());
         let (ino_a, ino_b) = (probe(a).unwrap().0, probe(b).unwrap().0);
-        // SAFETY: the child only makes syscalls, then _exits.
-        match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => {
-                let code = match arrange_fds(&[b, a, a], &[extra]) {
-                    Err(_) => 2,
-                    Ok(kept) if kept.len() != 1 => 3,
-                    Ok(kept) => {
-                        let slots = [probe(0), probe(1), probe(2)];
-                        let placed = slots
-                            == [
-                                Some((ino_b, false)),
-                                Some((ino_a, false)),
-                                Some((ino_a, false)),
-                            ];
-                        let keep_ok = probe(kept[0]).is_some_and(|(_, cloexec)| cloexec);
-                        let others = (3..1024)
-                            .filter(|&f| f != kept[0])
-                            .any(|f| probe(f).is_some());
-                        match (placed, keep_ok, others) {
-                            (true, true, false) => 0,
-                            (false, _, _) => 4,
-                            (_, false, _) => 5,
-                            _ => 6,
+        in_child(|| match arrange_fds(&[b, a, a], &[extra]) {
+            Err(_) => 2,
+            Ok(kept) if kept.len() != 1 => 3,
+            Ok(kept) => {
+                let slots = [probe(0), probe(1), probe(2)];
+                let placed = slots
+                    == [
+                        Some((ino_b, false)),
+                        Some((ino_a, false)),
+                        Some((ino_a, false)),
+                    ];
+                let keep_ok = probe(kept[0]).is_some_and(|(_, cloexec)| cloexec);
+                let others = (3..1024)
+                    .filter(|&f| f != kept[0])
+                    .any(|f| probe(f).is_some());
+                match (placed, keep_ok, others) {
+                    (true, true, false) => 0,
+                    (false, _, _) => 4,
+                    (_, false, _) => 5,
+                    _ => 6,
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn an_exit_is_seen_before_the_reap_and_gone_after_it() {
+        // In a forked child: waitid(P_ALL) would see other tests' children.
+        in_child(|| {
+            let spawn = |code: i32, signal: Option<i32>| {
+                // SAFETY: the grandchild only sleeps or exits.
+                match unsafe { nix::unistd::fork() } {
+                    Ok(nix::unistd::ForkResult::Child) => {
+                        if let Some(sig) = signal {
+                            // SAFETY: raising a signal at ourselves.
+                            unsafe { libc::raise(sig) };
                         }
+                        exit(code)
                     }
-                };
-                exit(code);
+                    Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
+                    Err(_) => exit(20),
+                }
+            };
+            let peek = || loop {
+                match peek_exited() {
+                    Ok(Some(e)) => return e,
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                    Err(_) => exit(21),
+                }
+            };
+            let rt = libc::SIGRTMIN() + 3;
+            for (code, signal, want_code, want_signal) in
+                [(7, None, Some(7), None), (0, Some(rt), None, Some(rt))]
+            {
+                let pid = spawn(code, signal);
+                let (got, status) = peek();
+                if got != pid || status.code() != want_code || status.signal() != want_signal {
+                    return 22;
+                }
+                // Still a zombie: seen again, its /proc entry still there.
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    return 23;
+                }
+                if peek().0 != pid || reap(pid).is_err() {
+                    return 24;
+                }
+                if !matches!(peek_exited(), Ok(None)) {
+                    return 25;
+                }
             }
-            nix::unistd::ForkResult::Parent { child } => {
-                let st = nix::sys::wait::waitpid(child, None).unwrap();
-                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
-            }
-        }
+            0
+        });
+    }
+
+    #[test]
+    fn kill_tells_a_gone_process_from_a_bad_signal() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let e = kill(pid, 1000).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        assert_eq!(
+            kill(0, libc::SIGKILL).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        kill(pid, libc::SIGRTMIN() + 3).unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGRTMIN() + 3));
+        // Reaped: gone, and that is no error.
+        kill(pid, libc::SIGKILL).unwrap();
+    }
+
+    #[test]
+    fn descriptors_travel_with_the_bytes() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (r, mut w) = std::io::pipe().unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let data = vec![7u8; 300_000];
+        let sender = std::thread::spawn(move || {
+            send_with_fds(&a, &data, &[r.as_fd(), file.as_fd()]).unwrap();
+        });
+        let mut first = [0u8; 4];
+        let (n, fds) = recv_with_fds(&b, &mut first).unwrap();
+        assert_eq!((n, fds.len()), (4, 2));
+        let mut rest = vec![0u8; 300_000 - 4];
+        std::io::Read::read_exact(&mut &b, &mut rest).unwrap();
+        sender.join().unwrap();
+        assert!(rest.iter().all(|&x| x == 7));
+        // The pipe's read end came across: what we write, it reads.
+        std::io::Write::write_all(&mut w, b"x").unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(rustix::io::read(&fds[0], &mut buf).unwrap(), 1);
+        let flags = rustix::io::fcntl_getfd(&fds[0]).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+    }
+
+    #[test]
+    fn nonblocking_reads_poll_and_terminals() {
+        let (r, w) = std::io::pipe().unwrap();
+        set_nonblocking(&r).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(rustix::io::read(&r, &mut buf), Err(Errno::AGAIN));
+        let mut fds = [PollFd::new(&r, PollFlags::IN)];
+        assert_eq!(poll(&mut fds, Some(Duration::from_millis(10))).unwrap(), 0);
+        rustix::io::write(&w, b"hi").unwrap();
+        assert_eq!(poll(&mut fds, None).unwrap(), 1);
+        assert!(fds[0].revents().contains(PollFlags::IN));
+
+        let (master, slave) = pty().unwrap();
+        set_winsize(&master, 120, 40).unwrap();
+        let size = rustix::termios::tcgetwinsize(&slave).unwrap();
+        assert_eq!((size.ws_col, size.ws_row), (120, 40));
+        rustix::io::write(&slave, b"ok").unwrap();
+        assert_eq!(rustix::io::read(&master, &mut buf).unwrap(), 2);
     }
 }

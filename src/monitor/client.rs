@@ -1,6 +1,6 @@
 //! The daemon's side of the monitor protocol, and starting a monitor.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -214,18 +214,17 @@ impl Client {
     fn call_with_fds(
         &self,
         op: Op,
-        fds: &[RawFd],
+        fds: &[BorrowedFd<'_>],
     ) -> Result<(Response, Vec<OwnedFd>, std::os::unix::net::UnixStream), MonitorError> {
         use std::io::Read as _;
         let path = self.socket();
         let io = io_error(&path);
         let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(&io)?;
-        crate::executor::sys::send_with_fds(stream.as_raw_fd(), &super::frame(&request(op)), fds)
+        crate::executor::sys::send_with_fds(&stream, &super::frame(&request(op)), fds)
             .map_err(&io)?;
         let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
         let mut len = [0u8; 4];
-        let (got, fds) =
-            crate::executor::sys::recv_with_fds(stream.as_raw_fd(), &mut len).map_err(&io)?;
+        let (got, fds) = crate::executor::sys::recv_with_fds(&stream, &mut len).map_err(&io)?;
         if got == 0 {
             return Err(MonitorError::Decode("monitor hung up".into()));
         }
@@ -253,10 +252,10 @@ impl Client {
             cmd,
             tty,
         });
-        let raw: Vec<RawFd> = stdio.iter().flatten().map(|f| f.as_raw_fd()).collect();
+        let passed: Vec<BorrowedFd<'_>> = stdio.iter().flatten().map(|f| f.as_fd()).collect();
         let (stream, master) = if tty {
             // First answer: the pid, with the terminal's master attached.
-            let (_, mut fds, stream) = self.call_with_fds(op, &raw)?;
+            let (_, mut fds, stream) = self.call_with_fds(op, &passed)?;
             let master = fds
                 .pop()
                 .ok_or_else(|| MonitorError::Decode("no terminal from the monitor".into()))?;
@@ -265,12 +264,8 @@ impl Client {
             let path = self.socket();
             let io = io_error(&path);
             let stream = std::os::unix::net::UnixStream::connect(&path).map_err(&io)?;
-            crate::executor::sys::send_with_fds(
-                stream.as_raw_fd(),
-                &super::frame(&request(op)),
-                &raw,
-            )
-            .map_err(&io)?;
+            crate::executor::sys::send_with_fds(&stream, &super::frame(&request(op)), &passed)
+                .map_err(&io)?;
             (stream, None)
         };
         // The monitor has its own copies now.
@@ -285,8 +280,8 @@ impl Client {
     /// output; returns the container's stdin, if it has one.
     pub fn attach(&self, id: &str, outputs: [OwnedFd; 2]) -> Result<Option<OwnedFd>, MonitorError> {
         let op = Op::Attach(super::proto::ContainerRef { id: id.to_string() });
-        let raw: Vec<RawFd> = outputs.iter().map(|f| f.as_raw_fd()).collect();
-        let (_, mut fds, _) = self.call_with_fds(op, &raw)?;
+        let passed: Vec<BorrowedFd<'_>> = outputs.iter().map(|f| f.as_fd()).collect();
+        let (_, mut fds, _) = self.call_with_fds(op, &passed)?;
         Ok(fds.pop())
     }
 }

@@ -5,10 +5,22 @@
 //! reaps them and records exit codes and OOM kills in files under each
 //! container's directory, and runs execs. The daemon talks to it with the
 //! protocol in `proto/monitor.proto` ([`client`]).
+//!
+//! The monitor itself, by concern:
+//! - [`event_loop`]: the process ([`run`]) and its poll loop, which takes
+//!   the executor it drives, so tests can give it a fake one;
+//! - `handlers`: one function per request op, and the failure codes;
+//! - `table`: the containers, execs, waiters and subscribers, and how an
+//!   exit is settled (output drained, `exit.json` written while the
+//!   process is a zombie, events, waiters answered, then reaped);
+//! - `io`: frames, non-blocking drains, fan-out to attachers, log sinks.
 
 pub mod client;
+mod event_loop;
+mod handlers;
+mod io;
 pub mod logs;
-mod server;
+mod table;
 
 /// Generated from `proto/monitor.proto`.
 #[allow(missing_docs, clippy::all)]
@@ -16,7 +28,7 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/crius.monitor.v1.rs"));
 }
 
-pub use server::run;
+pub use event_loop::run;
 
 /// Protocol version spoken by this build.
 pub const VERSION: u32 = 1;
@@ -71,3 +83,6 @@ pub fn now_nanos() -> i64 {
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -36,8 +36,12 @@ pub struct Process {
 impl Process {
     /// Applies a terminal size (from the resize channel).
     pub fn resize(&self, cols: u16, rows: u16) {
-        if let Some(m) = &self.master {
-            let _ = crate::executor::sys::set_winsize(m.as_raw_fd(), cols, rows);
+        if let Some(m) = &self.master
+            && let Err(e) = crate::executor::sys::set_winsize(&**m, cols, rows)
+        {
+            // The process may be gone with its terminal; the session goes
+            // on either way.
+            tracing::debug!(error = %e, "resizing the exec's terminal");
         }
     }
 }
