@@ -3,22 +3,16 @@
 //! would break any test running beside it.
 
 use crius::streaming::{Pending, Streaming};
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 /// Sets the soft RLIMIT_NOFILE, returning the old limits.
-fn set_nofile_soft(soft: libc::rlim_t) -> libc::rlimit {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+fn set_nofile_soft(soft: u64) -> Rlimit {
+    let old = getrlimit(Resource::Nofile);
+    let new = Rlimit {
+        current: Some(soft),
+        maximum: old.maximum,
     };
-    // SAFETY: valid pointers to rlimit structs.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
-        let new = libc::rlimit {
-            rlim_cur: soft,
-            rlim_max: old.rlim_max,
-        };
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &new), 0);
-    }
+    setrlimit(Resource::Nofile, new).expect("setrlimit");
     old
 }
 
@@ -29,7 +23,7 @@ fn tokens_are_random_when_no_descriptor_can_be_opened() {
     let probe = std::fs::File::open("/dev/null").expect("open /dev/null");
     let lowest_free = std::os::fd::AsRawFd::as_raw_fd(&probe);
     drop(probe);
-    let old = set_nofile_soft(lowest_free as libc::rlim_t);
+    let old = set_nofile_soft(lowest_free as u64);
     let exhausted = std::fs::File::open("/dev/urandom").map(drop);
     let urls: Vec<_> = (0..2)
         .map(|_| {
@@ -39,8 +33,7 @@ fn tokens_are_random_when_no_descriptor_can_be_opened() {
             })
         })
         .collect();
-    // SAFETY: restores the limits read above.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) };
+    setrlimit(Resource::Nofile, old).expect("restore RLIMIT_NOFILE");
 
     let err = exhausted.expect_err("the descriptor table is full");
     assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");

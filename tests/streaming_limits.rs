@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::stream::*;
 use common::*;
+use rustix::process::{Resource, Rlimit, getrlimit, prlimit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -212,28 +213,22 @@ fn lowest_free_fd(pid: u32) -> u64 {
     (0..).find(|n| !used.contains(n)).unwrap()
 }
 
-/// Sets `pid`'s soft RLIMIT_NOFILE, returning the old limits.
-fn set_nofile(pid: u32, soft: u64) -> libc::rlimit {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+/// Sets `pid`'s soft RLIMIT_NOFILE, returning the old limits. The daemon
+/// inherits its hard limit from this process and never changes it, so that
+/// hard limit is kept.
+fn set_nofile(pid: u32, soft: u64) -> Rlimit {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a daemon pid");
+    let new = Rlimit {
+        current: Some(soft),
+        maximum: getrlimit(Resource::Nofile).maximum,
     };
-    // SAFETY: valid pointers; a NULL new limit only reads.
-    unsafe {
-        assert_eq!(
-            libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old),
-            0
-        );
-        let new = libc::rlimit {
-            rlim_cur: soft,
-            rlim_max: old.rlim_max,
-        };
-        assert_eq!(
-            libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()),
-            0
-        );
-    }
-    old
+    prlimit(Some(pid), Resource::Nofile, new).expect("lower RLIMIT_NOFILE")
+}
+
+/// Puts back limits [`set_nofile`] returned.
+fn restore_nofile(pid: u32, old: Rlimit) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a daemon pid");
+    prlimit(Some(pid), Resource::Nofile, old).expect("restore RLIMIT_NOFILE");
 }
 
 #[tokio::test]
@@ -263,15 +258,7 @@ async fn accept_failures_back_off_instead_of_spinning() {
     let first = failures();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let in_window = failures() - first;
-    // SAFETY: restores the limits read above.
-    unsafe {
-        libc::prlimit(
-            d.pid() as i32,
-            libc::RLIMIT_NOFILE,
-            &old,
-            std::ptr::null_mut(),
-        )
-    };
+    restore_nofile(d.pid(), old);
     assert!(first > 0, "no accept failure logged within 10 s");
     assert!(
         (1..=15).contains(&in_window),

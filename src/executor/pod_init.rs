@@ -384,9 +384,9 @@ mod tests {
     #[test]
     fn filter_allows_the_loop_and_denies_the_rest() {
         // Run in a forked child: a filter cannot be removed again.
+        let prog = filter().unwrap();
         // SAFETY: the test process may have threads; the child only makes
         // syscalls (no allocation) and leaves with _exit.
-        let prog = filter().unwrap();
         match unsafe { nix::unistd::fork() }.unwrap() {
             nix::unistd::ForkResult::Child => {
                 let code = (|| {

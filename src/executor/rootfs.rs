@@ -628,8 +628,8 @@ fn pivot(rootfd: RawFd) -> Result<(), String> {
     }
     // SAFETY: mkdirat relative to the rootfs directory fd.
     let made = unsafe { libc::mkdirat(rootfd, put_old.as_ptr(), 0o700) } == 0;
-    // SAFETY: pivot_root with two valid paths.
     let rc = if made {
+        // SAFETY: pivot_root with two NUL-terminated paths that outlive the call.
         unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), put_old.as_ptr()) }
     } else {
         -1

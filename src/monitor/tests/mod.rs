@@ -72,6 +72,9 @@ impl Harness {
             .unwrap();
         let listener = UnixListener::bind(dir.path().join(SOCKET)).unwrap();
         listener.set_nonblocking(true).unwrap();
+        // The monitor's own code is safe; forking a test monitor is the one
+        // exception, as in the real daemon (where the executor forks).
+        #[allow(unsafe_code)]
         // SAFETY: the child is single-threaded from here on; glibc's malloc
         // is usable after fork, and the child takes no other lock a test
         // thread could hold. It leaves through _exit, never back into the
