@@ -206,8 +206,13 @@ async fn large_messages_are_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_panic_answers_internal_and_daemon_keeps_serving() {
+    assert!(
+        cfg!(feature = "fault-injection"),
+        "build the tests with `--features fault-injection` (hack/test.sh does): \
+         without it the daemon ignores CRIUS_FAULT_PANIC_METHOD"
+    );
     let d = Daemon::builder()
-        .env("CRIUS_FAULT_PANIC_METHOD", "Version")
+        .env(crius::server::layer::FAULT_PANIC_ENV, "Version")
         .start();
     let mut rt = d.runtime().await;
     let err = rt.version(VersionRequest::default()).await.unwrap_err();

@@ -18,7 +18,8 @@ use tracing::Instrument;
 
 /// Environment variable naming a gRPC method (e.g. `Version`) whose handler
 /// panics on purpose; the integration tests use it to prove panics are
-/// contained. Unset in production.
+/// contained. Read only in a build with the `fault-injection` feature (the
+/// test command's); a production binary ignores it.
 pub const FAULT_PANIC_ENV: &str = "CRIUS_FAULT_PANIC_METHOD";
 
 /// Wraps the gRPC router.
@@ -28,14 +29,17 @@ pub struct RequestLayer {
 }
 
 impl RequestLayer {
-    /// Reads the fault-injection setting from the environment once.
+    /// Reads the fault-injection setting from the environment once, in a
+    /// build with the `fault-injection` feature.
     pub fn from_env() -> Self {
-        RequestLayer {
-            panic_method: std::env::var(FAULT_PANIC_ENV)
-                .ok()
-                .filter(|m| !m.is_empty())
-                .map(Arc::from),
-        }
+        #[cfg(feature = "fault-injection")]
+        let panic_method = std::env::var(FAULT_PANIC_ENV)
+            .ok()
+            .filter(|m| !m.is_empty())
+            .map(Arc::from);
+        #[cfg(not(feature = "fault-injection"))]
+        let panic_method = None;
+        RequestLayer { panic_method }
     }
 }
 
