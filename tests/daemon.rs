@@ -204,10 +204,15 @@ async fn large_messages_are_accepted() {
     assert!(resp.into_inner().items.is_empty());
 }
 
+/// Whether the daemon under test reads CRIUS_FAULT_PANIC_METHOD.
+fn fault_injection_built() -> bool {
+    cfg!(feature = "fault-injection")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_panic_answers_internal_and_daemon_keeps_serving() {
     assert!(
-        cfg!(feature = "fault-injection"),
+        fault_injection_built(),
         "build the tests with `--features fault-injection` (hack/test.sh does): \
          without it the daemon ignores CRIUS_FAULT_PANIC_METHOD"
     );
