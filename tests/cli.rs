@@ -126,3 +126,48 @@ fn check_reports_every_area() {
     let cg = report.lines().find(|l| l.contains("cgroups")).unwrap();
     println!("cgroup layout on this host: {cg}");
 }
+
+/// `(section, key)` of every `key = value` line (commented out or not) in a
+/// TOML text, sections by their `[name]` headers.
+fn toml_keys(text: &str) -> std::collections::BTreeSet<(String, String)> {
+    let mut section = String::new();
+    let mut keys = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let line = line.trim_start_matches('#').trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            if !name.starts_with('[') && !name.contains('"') && !name.contains(' ') {
+                section = name.to_string();
+            }
+            continue;
+        }
+        if let Some((key, _)) = line.split_once(" = ")
+            && !key.is_empty()
+            && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        {
+            keys.insert((section.clone(), key.to_string()));
+        }
+    }
+    keys
+}
+
+#[test]
+fn readme_documents_every_config_key() {
+    let out = crius(&["config"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let effective = toml_keys(&text(&out.stdout));
+    assert!(effective.len() > 10, "{effective:?}");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let reference = readme
+        .split("## Configuration reference")
+        .nth(1)
+        .and_then(|s| s.split("```toml").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("README's configuration reference has a toml block");
+    let documented = toml_keys(reference);
+    let missing: Vec<_> = effective.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "config keys missing from README's configuration reference: {missing:?}"
+    );
+}
