@@ -116,25 +116,7 @@ async fn creates_racing_a_pod_stop_leave_no_running_container() {
         let mut e = env(&format!("race{round}")).await;
         let mut tasks = Vec::new();
         for i in 0..5 {
-            let mut rt = e.d.runtime().await;
-            let pod = e.pod.clone();
-            let cfg = e.config(&format!("c{i}"), "sleep 100");
-            tasks.push(tokio::spawn(async move {
-                let id = rt
-                    .create_container(CreateContainerRequest {
-                        pod_sandbox_id: pod,
-                        config: Some(cfg),
-                        sandbox_config: None,
-                    })
-                    .await?
-                    .into_inner()
-                    .container_id;
-                rt.start_container(StartContainerRequest {
-                    container_id: id.clone(),
-                })
-                .await?;
-                Ok::<_, tonic::Status>(id)
-            }));
+            tasks.push(e.spawn_run(&format!("c{i}"), "sleep 100").await);
         }
         tokio::time::sleep(Duration::from_millis(10 * round)).await;
         e.rt.stop_pod_sandbox(StopPodSandboxRequest {

@@ -232,6 +232,14 @@ async fn bad_container_input_is_invalid_argument_never_internal() {
         f(&mut c);
         c
     };
+    let with_resources = |r: LinuxContainerResources| {
+        with(&|c| {
+            c.linux = Some(LinuxContainerConfig {
+                resources: Some(r.clone()),
+                ..Default::default()
+            })
+        })
+    };
     let cases: Vec<(&str, ContainerConfig, Code)> = vec![
         (
             "name with NUL",
@@ -377,53 +385,33 @@ async fn bad_container_input_is_invalid_argument_never_internal() {
         ),
         (
             "negative cpu shares",
-            with(&|c| {
-                c.linux = Some(LinuxContainerConfig {
-                    resources: Some(LinuxContainerResources {
-                        cpu_shares: -2,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
+            with_resources(LinuxContainerResources {
+                cpu_shares: -2,
+                ..Default::default()
             }),
             Code::InvalidArgument,
         ),
         (
             "negative cpu period",
-            with(&|c| {
-                c.linux = Some(LinuxContainerConfig {
-                    resources: Some(LinuxContainerResources {
-                        cpu_period: -100_000,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
+            with_resources(LinuxContainerResources {
+                cpu_period: -100_000,
+                ..Default::default()
             }),
             Code::InvalidArgument,
         ),
         (
             "negative memory",
-            with(&|c| {
-                c.linux = Some(LinuxContainerConfig {
-                    resources: Some(LinuxContainerResources {
-                        memory_limit_in_bytes: -1,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
+            with_resources(LinuxContainerResources {
+                memory_limit_in_bytes: -1,
+                ..Default::default()
             }),
             Code::InvalidArgument,
         ),
         (
             "1 byte of memory",
-            with(&|c| {
-                c.linux = Some(LinuxContainerConfig {
-                    resources: Some(LinuxContainerResources {
-                        memory_limit_in_bytes: 1,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
+            with_resources(LinuxContainerResources {
+                memory_limit_in_bytes: 1,
+                ..Default::default()
             }),
             Code::InvalidArgument,
         ),
@@ -724,25 +712,7 @@ async fn removing_a_pod_while_containers_are_created_ends_consistent() {
     let mut e = env("racepod").await;
     let mut tasks = Vec::new();
     for i in 0..6 {
-        let mut rt = e.d.runtime().await;
-        let pod = e.pod.clone();
-        let cfg = e.config(&format!("c{i}"), "sleep 100");
-        tasks.push(tokio::spawn(async move {
-            let id = rt
-                .create_container(CreateContainerRequest {
-                    pod_sandbox_id: pod,
-                    config: Some(cfg),
-                    sandbox_config: None,
-                })
-                .await?
-                .into_inner()
-                .container_id;
-            rt.start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await?;
-            Ok::<_, tonic::Status>(id)
-        }));
+        tasks.push(e.spawn_run(&format!("c{i}"), "sleep 100").await);
     }
     tokio::time::sleep(Duration::from_millis(15)).await;
     e.rt.remove_pod_sandbox(RemovePodSandboxRequest {

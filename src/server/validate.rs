@@ -71,6 +71,15 @@ fn max_count(what: &str, n: usize, max: usize) -> Check {
     Ok(())
 }
 
+/// Supplemental group ids: at most [`limits::ENTRIES`], each a valid gid.
+fn supplemental_groups(groups: &[i64]) -> Check {
+    max_count("supplemental groups", groups.len(), limits::ENTRIES)?;
+    if groups.iter().any(|g| !(0..=u32::MAX as i64).contains(g)) {
+        return Err(bad("a supplemental group is out of range"));
+    }
+    Ok(())
+}
+
 /// A name, namespace or uid: 1–253 bytes of letters, digits, `.`, `_`, `-`,
 /// starting with a letter or digit. Kubernetes' names are stricter (no
 /// upper case, no `_`), but CRI clients such as critest use both.
@@ -212,17 +221,7 @@ pub fn pod_config(c: &PodSandboxConfig) -> Check {
                 namespace_mode("pid", ns.pid)?;
                 namespace_mode("ipc", ns.ipc)?;
             }
-            max_count(
-                "supplemental groups",
-                s.supplemental_groups.len(),
-                limits::ENTRIES,
-            )?;
-            if s.supplemental_groups
-                .iter()
-                .any(|g| !(0..=u32::MAX as i64).contains(g))
-            {
-                return Err(bad("a supplemental group is out of range"));
-            }
+            supplemental_groups(&s.supplemental_groups)?;
             for (what, v) in [
                 ("run_as_user", s.run_as_user.as_ref().map(|v| v.value)),
                 ("run_as_group", s.run_as_group.as_ref().map(|v| v.value)),
@@ -542,17 +541,7 @@ fn container_security(s: &LinuxContainerSecurityContext) -> Check {
     }
     max_len("run_as_username", &s.run_as_username, limits::NAME)?;
     printable("run_as_username", &s.run_as_username)?;
-    max_count(
-        "supplemental groups",
-        s.supplemental_groups.len(),
-        limits::ENTRIES,
-    )?;
-    if s.supplemental_groups
-        .iter()
-        .any(|g| !(0..=u32::MAX as i64).contains(g))
-    {
-        return Err(bad("a supplemental group is out of range"));
-    }
+    supplemental_groups(&s.supplemental_groups)?;
     if let Some(caps) = &s.capabilities {
         for c in caps
             .add_capabilities

@@ -118,6 +118,34 @@ impl Env {
             .map(|r| r.into_inner().container_id)
     }
 
+    /// Creates and starts a container `name` running `script` on a client
+    /// of its own, in a task of its own: for races against pod operations.
+    pub async fn spawn_run(
+        &self,
+        name: &str,
+        script: &str,
+    ) -> tokio::task::JoinHandle<Result<String, tonic::Status>> {
+        let mut rt = self.d.runtime().await;
+        let pod = self.pod.clone();
+        let cfg = self.config(name, script);
+        tokio::spawn(async move {
+            let id = rt
+                .create_container(CreateContainerRequest {
+                    pod_sandbox_id: pod,
+                    config: Some(cfg),
+                    sandbox_config: None,
+                })
+                .await?
+                .into_inner()
+                .container_id;
+            rt.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+            Ok(id)
+        })
+    }
+
     pub async fn run(&mut self, name: &str, script: &str) -> String {
         let cfg = self.config(name, script);
         self.run_config(cfg).await
