@@ -144,3 +144,79 @@ async fn creates_racing_a_pod_stop_leave_no_running_container() {
         );
     }
 }
+
+/// Every item of a `Stream*` list RPC's messages, checking each message
+/// holds at least one.
+async fn streamed<T, I>(mut s: tonic::Streaming<T>, items: impl Fn(T) -> Vec<I>) -> Vec<I> {
+    let mut out = Vec::new();
+    while let Some(msg) = s.message().await.expect("stream message") {
+        let batch = items(msg);
+        assert!(!batch.is_empty(), "a message without items");
+        out.extend(batch);
+    }
+    out
+}
+
+#[tokio::test]
+async fn list_streams_answer_what_the_lists_do() {
+    let mut e = env("streams").await;
+    for i in 0..3 {
+        e.run(&format!("c{i}"), "sleep 100").await;
+    }
+    let filter = ContainerFilter {
+        pod_sandbox_id: e.pod.clone(),
+        ..Default::default()
+    };
+    let s =
+        e.rt.stream_containers(StreamContainersRequest {
+            filter: Some(filter.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got: Vec<String> = streamed(s, |m| m.containers)
+        .await
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let mut want: Vec<String> = e.list(filter).await.into_iter().map(|c| c.id).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got, want);
+
+    let s =
+        e.rt.stream_pod_sandboxes(StreamPodSandboxesRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner();
+    let pods = streamed(s, |m| m.pod_sandboxes).await;
+    assert!(pods.iter().any(|p| p.id == e.pod), "{pods:?}");
+
+    let s =
+        e.d.images()
+            .await
+            .stream_images(StreamImagesRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner();
+    let images = streamed(s, |m| m.images).await;
+    assert!(
+        images
+            .iter()
+            .any(|i| i.repo_tags.iter().any(|t| t.contains("busybox"))),
+        "{images:?}"
+    );
+    // A filter that matches nothing: EOF without a message.
+    let s =
+        e.rt.stream_containers(StreamContainersRequest {
+            filter: Some(ContainerFilter {
+                id: "0000".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(streamed(s, |m| m.containers).await.is_empty());
+}

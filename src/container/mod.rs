@@ -59,6 +59,43 @@ pub struct ContainerRecord {
     /// Why StartContainer failed, for the status message.
     #[serde(default)]
     pub start_error: Option<String>,
+    /// Image volumes: the CRI mounts that show an image.
+    #[serde(default)]
+    pub image_volumes: Vec<ImageVolume>,
+}
+
+/// A CRI mount backed by an image (KEP-4639), as the container got it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageVolume {
+    /// Index of the mount in the container config's `mounts`.
+    pub mount: usize,
+    /// The image's id, what PullImage answered for it: ContainerStatus
+    /// reports it as the mount's `image_ref`.
+    pub image_id: String,
+    /// Chain ids of its layers, bottom to top: kept from image removal
+    /// while the container exists.
+    pub layers: Vec<String>,
+}
+
+/// The image volumes `config` asks for, each image found on the node
+/// (kubelet pulls it first, as for the container's own image).
+fn image_volumes(images: &Images, config: &ContainerConfig) -> Result<Vec<ImageVolume>> {
+    let mut out = Vec::new();
+    for (mount, m) in config.mounts.iter().enumerate() {
+        let Some(spec) = &m.image else { continue };
+        let image = images.find(&spec.image)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "image {:?} of the image volume at {} not found; pull it first",
+                spec.image, m.container_path
+            ))
+        })?;
+        out.push(ImageVolume {
+            mount,
+            image_id: image.id.clone(),
+            layers: image.layers.iter().map(|l| l.chain_id.clone()).collect(),
+        });
+    }
+    Ok(out)
 }
 
 /// Where a container is in its life (see `table.rs`).
@@ -136,6 +173,21 @@ fn read_in_root(root: &Path, rel: &str) -> String {
     let mut f = std::fs::File::from(fd);
     let _ = std::io::Read::read_to_string(&mut std::io::Read::take(&mut f, 4 << 20), &mut s);
     s
+}
+
+/// The signal number of a CRI `Signal` (a container's requested stop
+/// signal); `None` for RUNTIME_DEFAULT and signals this platform lacks.
+pub fn signal_number(s: k8s_cri::v1::Signal) -> Option<i32> {
+    parse_signal(s.as_str_name().strip_prefix("SIGNAL_")?)
+}
+
+/// The CRI `Signal` of a signal number (RUNTIME_DEFAULT for one it cannot
+/// name).
+pub fn cri_signal(n: i32) -> k8s_cri::v1::Signal {
+    nix::sys::signal::Signal::try_from(n)
+        .ok()
+        .and_then(|sig| k8s_cri::v1::Signal::from_str_name(&format!("SIGNAL_{}", sig.as_str())))
+        .unwrap_or(k8s_cri::v1::Signal::RuntimeDefault)
 }
 
 /// A signal number from an image STOPSIGNAL (`SIGTERM`, `TERM`, `15`).
@@ -382,6 +434,7 @@ impl Containers {
         let image = images
             .find(&image_name)?
             .ok_or_else(|| Error::NotFound(format!("image {image_name:?} not found")))?;
+        let image_volumes = image_volumes(images, &config)?;
         let pod_cfg = sandbox_config.unwrap_or_else(|| pod.config.clone());
         let log_path = log_path(&pod_cfg, &config, &self.log_dir, &pod.id)?;
         let _one = self
@@ -414,18 +467,26 @@ impl Containers {
             created_at: now_nanos(),
             cgroup: format!("{pod_cgroup}/crius-{}", &id[..12]),
             layers: image.layers.iter().map(|l| l.chain_id.clone()).collect(),
-            stop_signal: image
-                .config
-                .config
-                .stop_signal
-                .as_deref()
-                .and_then(parse_signal)
+            // The container's own stop signal (KEP-4960) wins over the
+            // image's STOPSIGNAL.
+            stop_signal: k8s_cri::v1::Signal::try_from(config.stop_signal)
+                .ok()
+                .and_then(signal_number)
+                .or_else(|| {
+                    image
+                        .config
+                        .config
+                        .stop_signal
+                        .as_deref()
+                        .and_then(parse_signal)
+                })
                 .unwrap_or(libc::SIGTERM),
             uid: 0,
             gid: 0,
             additional_gids: Vec::new(),
             resources: config.linux.as_ref().and_then(|l| l.resources.clone()),
             start_error: None,
+            image_volumes,
         };
         // Recorded first: a crash mid-create leaves something to remove.
         let share = list_bytes(&record);
@@ -473,6 +534,11 @@ impl Containers {
             .iter()
             .map(|c| images.layer_dir(c))
             .collect::<Result<Vec<_>>>()?;
+        let volume_layers = record
+            .image_volumes
+            .iter()
+            .map(|v| v.layers.iter().map(|c| images.layer_dir(c)).collect())
+            .collect::<Result<Vec<Vec<_>>>>()?;
         let privileged = spec::privileged(&record.config);
         let devices = crate::sync::blocking(|| host_devices(&record.config, privileged))?;
         // The cgroup with its limits (before any process joins it) is made
@@ -495,7 +561,16 @@ impl Containers {
         };
         // Mounts, file reads and writes: off the async workers.
         let prepared = crate::sync::blocking(|| {
-            self.write_spec(pods, storage, pod, image, record, &layers, devices, &step)
+            self.write_spec(
+                pods,
+                storage,
+                pod,
+                image,
+                record,
+                (&layers, &volume_layers),
+                devices,
+                &step,
+            )
         });
         let cgroup = cgroup_job.await.map_err(internal).and_then(|r| r);
         let dir = prepared?;
@@ -514,14 +589,21 @@ impl Containers {
         pod: &PodRecord,
         image: &crate::image::record::ImageRecord,
         record: &mut ContainerRecord,
-        layers: &[PathBuf],
+        (layers, volume_layers): (&[PathBuf], &[Vec<PathBuf>]),
         devices: Vec<spec::HostDevice>,
         step: &impl Fn(&str),
     ) -> Result<PathBuf> {
         let id = record.id.clone();
-        let config = &record.config;
         let rootfs = storage.create_rootfs(&id, layers).map_err(internal)?;
         step("rootfs mounted");
+        let with_volumes;
+        let config = if record.image_volumes.is_empty() {
+            &record.config
+        } else {
+            with_volumes = mount_image_volumes(storage, record, volume_layers)?;
+            step("image volumes mounted");
+            &with_volumes
+        };
         let sec = config
             .linux
             .as_ref()
@@ -554,7 +636,12 @@ impl Containers {
         let env_pairs: Vec<(String, String)> = config
             .envs
             .iter()
-            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .map(|kv| {
+                (
+                    kv.key.clone(),
+                    String::from_utf8_lossy(&kv.value).into_owned(),
+                )
+            })
             .collect();
         let env = process::environment(run, &env_pairs);
         let pod_dir = pods.pod_dir(&pod.id);
@@ -917,7 +1004,10 @@ impl Containers {
         let mut out: Vec<String> = self
             .list()?
             .iter()
-            .flat_map(|c| c.layers.iter().cloned())
+            .flat_map(|c| {
+                let volumes = c.image_volumes.iter().flat_map(|v| v.layers.iter());
+                c.layers.iter().chain(volumes).cloned().collect::<Vec<_>>()
+            })
             .collect();
         out.sort();
         out.dedup();
@@ -977,6 +1067,33 @@ fn seccomp_profile(
     serde_json::from_slice(&text)
         .map(Some)
         .map_err(|e| Error::InvalidArgument(format!("seccomp profile {file}: {e}")))
+}
+
+/// Mounts `c`'s image volumes (`layers`: each volume's layer directories)
+/// and returns its config with each image mount's host path set to what
+/// it binds: the volume, or its sub path.
+fn mount_image_volumes(
+    storage: &Storage,
+    c: &ContainerRecord,
+    layers: &[Vec<PathBuf>],
+) -> Result<ContainerConfig> {
+    let mut config = c.config.clone();
+    for (v, dirs) in c.image_volumes.iter().zip(layers) {
+        let m = config
+            .mounts
+            .get_mut(v.mount)
+            .ok_or_else(|| internal(format!("image volume of mount {} lost", v.mount)))?;
+        let path = storage
+            .mount_image_volume(&c.id, v.mount, dirs, &m.image_sub_path)
+            .map_err(|e| match e {
+                crate::storage::StorageError::ImageSubPath { .. } => {
+                    Error::InvalidArgument(e.to_string())
+                }
+                e => internal(e),
+            })?;
+        m.host_path = path.display().to_string();
+    }
+    Ok(config)
 }
 
 /// CRI `devices` (and, privileged, every host device) as spec devices.

@@ -9,7 +9,7 @@ mod images;
 mod pods;
 
 pub use crate::config::CgroupDriver;
-pub use crate::container::{ContainerRecord, RunState};
+pub use crate::container::{ContainerRecord, RunState, cri_signal};
 pub use crate::image::PullAuth;
 pub use crate::image::record::ImageUser;
 pub use crate::sandbox::{PodRecord, PodState};

@@ -256,6 +256,7 @@ mod tests {
             additional_gids: Vec::new(),
             resources: None,
             start_error: None,
+            image_volumes: Vec::new(),
         };
         ContainerView {
             record: Arc::new(record),

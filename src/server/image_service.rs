@@ -60,6 +60,23 @@ fn image_name(spec: Option<&ImageSpec>) -> Result<&str, Status> {
 
 #[tonic::async_trait]
 impl ImageService for ImageServiceHandler {
+    type StreamImagesStream = super::Chunks<StreamImagesResponse>;
+
+    async fn stream_images(
+        &self,
+        req: Request<StreamImagesRequest>,
+    ) -> Reply<Self::StreamImagesStream> {
+        let filter = req.into_inner().filter;
+        let images = self
+            .list_images(Request::new(ListImagesRequest { filter }))
+            .await?
+            .into_inner()
+            .images;
+        Ok(super::chunked(images, |images| StreamImagesResponse {
+            images,
+        }))
+    }
+
     async fn list_images(&self, req: Request<ListImagesRequest>) -> Reply<ListImagesResponse> {
         let filter = req
             .get_ref()

@@ -11,6 +11,7 @@ pub mod validate;
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,6 +185,28 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// A server stream of list chunks (the CRI `Stream*` RPCs).
+pub(crate) type Chunks<T> = Pin<Box<dyn futures::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+/// Items per message of a `Stream*` list RPC: far below a client's 16 MiB
+/// message limit even for large objects (the listing budget bounds an
+/// object's size), and few messages for a whole node.
+const CHUNK: usize = 256;
+
+/// `items` as the messages of a `Stream*` list RPC: each item in exactly
+/// one message of at least one item, then EOF (none for an empty list).
+fn chunked<I: Send + 'static, T: Send + 'static>(
+    items: Vec<I>,
+    wrap: impl Fn(Vec<I>) -> T + Send + 'static,
+) -> tonic::Response<Chunks<T>> {
+    let mut items = items.into_iter().peekable();
+    let messages = std::iter::from_fn(move || {
+        items.peek()?;
+        Some(Ok(wrap(items.by_ref().take(CHUNK).collect())))
+    });
+    tonic::Response::new(Box::pin(futures::stream::iter(messages)))
 }
 
 /// The answer for an RPC that later work will build.

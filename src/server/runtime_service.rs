@@ -11,8 +11,9 @@ use super::encoded_list::{EncodedContainers, EncodedList};
 use super::unimplemented;
 use super::validate;
 use crate::runtime::{
-    CRI_API_VERSION, CgroupDriver as Driver, ContainerFilter as CoreContainerFilter, ContainerView,
-    PodFilter, PodRecord, PodState, RUNTIME_NAME, Runtime,
+    CRI_API_VERSION, CgroupDriver as Driver, ContainerFilter as CoreContainerFilter,
+    ContainerRecord, ContainerView, PodFilter, PodRecord, PodState, RUNTIME_NAME, Runtime,
+    cri_signal,
 };
 
 /// Runs a pod operation to the end even if the client gives up (deadline,
@@ -128,6 +129,18 @@ pub(super) fn listed_container(v: ContainerView) -> Container {
     }
 }
 
+/// A container's mounts as ContainerStatus reports them: as requested, an
+/// image volume's with the image's id as its `image_ref`.
+fn reported_mounts(c: &ContainerRecord) -> Vec<Mount> {
+    let mut mounts = c.config.mounts.clone();
+    for v in &c.image_volumes {
+        if let Some(image) = mounts.get_mut(v.mount).and_then(|m| m.image.as_mut()) {
+            image.image_ref = v.image_id.clone();
+        }
+    }
+    mounts
+}
+
 /// A pod as ListPodSandbox shows it.
 fn listed_pod(p: &PodRecord) -> PodSandbox {
     PodSandbox {
@@ -145,6 +158,77 @@ fn listed_pod(p: &PodRecord) -> PodSandbox {
 impl RuntimeService for RuntimeServiceHandler {
     type GetContainerEventsStream =
         Pin<Box<dyn futures::Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
+    type StreamPodSandboxesStream = super::Chunks<StreamPodSandboxesResponse>;
+    type StreamContainersStream = super::Chunks<StreamContainersResponse>;
+    type StreamContainerStatsStream = super::Chunks<StreamContainerStatsResponse>;
+    type StreamPodSandboxStatsStream = super::Chunks<StreamPodSandboxStatsResponse>;
+    type StreamPodSandboxMetricsStream = super::Chunks<StreamPodSandboxMetricsResponse>;
+
+    async fn stream_pod_sandboxes(
+        &self,
+        req: Request<StreamPodSandboxesRequest>,
+    ) -> Reply<Self::StreamPodSandboxesStream> {
+        let filter = req.into_inner().filter;
+        let items = self
+            .list_pod_sandbox(Request::new(ListPodSandboxRequest { filter }))
+            .await?
+            .into_inner()
+            .items;
+        Ok(super::chunked(items, |pod_sandboxes| {
+            StreamPodSandboxesResponse { pod_sandboxes }
+        }))
+    }
+
+    async fn stream_containers(
+        &self,
+        req: Request<StreamContainersRequest>,
+    ) -> Reply<Self::StreamContainersStream> {
+        let filter = req.into_inner().filter;
+        let (views, _) = self.listed(ListContainersRequest { filter })?;
+        let items = views.into_iter().map(listed_container).collect();
+        Ok(super::chunked(items, |containers| {
+            StreamContainersResponse { containers }
+        }))
+    }
+
+    async fn stream_container_stats(
+        &self,
+        _: Request<StreamContainerStatsRequest>,
+    ) -> Reply<Self::StreamContainerStatsStream> {
+        unimplemented("StreamContainerStats")
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        _: Request<StreamPodSandboxStatsRequest>,
+    ) -> Reply<Self::StreamPodSandboxStatsStream> {
+        unimplemented("StreamPodSandboxStats")
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _: Request<StreamPodSandboxMetricsRequest>,
+    ) -> Reply<Self::StreamPodSandboxMetricsStream> {
+        unimplemented("StreamPodSandboxMetrics")
+    }
+
+    async fn checkpoint_pod(
+        &self,
+        _: Request<CheckpointPodRequest>,
+    ) -> Reply<CheckpointPodResponse> {
+        unimplemented("CheckpointPod")
+    }
+
+    async fn restore_pod(&self, _: Request<RestorePodRequest>) -> Reply<RestorePodResponse> {
+        unimplemented("RestorePod")
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        _: Request<UpdatePodSandboxResourcesRequest>,
+    ) -> Reply<UpdatePodSandboxResourcesResponse> {
+        unimplemented("UpdatePodSandboxResources")
+    }
 
     async fn version(&self, _: Request<VersionRequest>) -> Reply<VersionResponse> {
         Ok(Response::new(VersionResponse {
@@ -184,6 +268,8 @@ impl RuntimeService for RuntimeServiceHandler {
             }],
             features: Some(RuntimeFeatures {
                 supplemental_groups_policy: false,
+                user_namespaces_host_network: false,
+                mount_options: false,
             }),
         }))
     }
@@ -457,7 +543,7 @@ impl RuntimeService for RuntimeServiceHandler {
             message: c.start_error.clone().unwrap_or_default(),
             labels: c.config.labels.clone(),
             annotations: c.config.annotations.clone(),
-            mounts: c.config.mounts.clone(),
+            mounts: reported_mounts(c),
             log_path: c.log_path.clone(),
             resources: Some(ContainerResources {
                 linux: c.resources.clone(),
@@ -471,6 +557,7 @@ impl RuntimeService for RuntimeServiceHandler {
                     supplemental_groups: c.additional_gids.iter().map(|g| *g as i64).collect(),
                 }),
             }),
+            stop_signal: cri_signal(c.stop_signal) as i32,
         };
         Ok(Response::new(ContainerStatusResponse {
             status: Some(status),

@@ -430,7 +430,15 @@ pub fn container_config(c: &ContainerConfig) -> Check {
                 quote(&kv.key)
             )));
         }
-        let entry = format!("{}={}", kv.key, kv.value);
+        // Values are bytes on the wire since CRI 1.35; a process's
+        // environment (and the OCI spec) holds text.
+        let value = std::str::from_utf8(&kv.value).map_err(|_| {
+            bad(format!(
+                "environment variable {} has a value that is not UTF-8",
+                quote(&kv.key)
+            ))
+        })?;
+        let entry = format!("{}={value}", kv.key);
         exec_args("environment variable", std::iter::once(&entry), &mut total)?;
     }
     if !c.working_dir.is_empty() {
@@ -484,9 +492,10 @@ pub fn container_config(c: &ContainerConfig) -> Check {
     Ok(())
 }
 
-/// A CRI mount. Image volumes are not built yet (Unimplemented, so
-/// clients that probe for them know); recursive read-only is not honoured
-/// yet and a field crius does not honour is refused, never ignored.
+/// A CRI mount: a host path, or an image volume (an image named like a
+/// container's, read-only, optionally a relative sub path of it).
+/// Recursive read-only is not honoured yet, and a field crius does not
+/// honour is refused, never ignored.
 fn mount(m: &Mount) -> Check {
     abs_path("mount container path", &m.container_path)?;
     let clean: Vec<&str> = m
@@ -503,10 +512,15 @@ fn mount(m: &Mount) -> Check {
             quote(&m.container_path)
         )));
     }
-    if m.image.is_some() {
-        return Err(Status::unimplemented("image volumes are not supported yet"));
+    match &m.image {
+        Some(image) => image_volume(m, &image.image)?,
+        None if !m.image_sub_path.is_empty() => {
+            return Err(bad(
+                "image_sub_path is set on a mount that is not an image volume",
+            ));
+        }
+        None => abs_path("mount host path", &m.host_path)?,
     }
-    abs_path("mount host path", &m.host_path)?;
     if m.recursive_read_only {
         return Err(bad(
             "recursive read-only mounts are not supported (Status reports recursive_read_only_mounts false)",
@@ -520,6 +534,32 @@ fn mount(m: &Mount) -> Check {
     }
     if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
         return Err(bad("idmapped mounts are not supported"));
+    }
+    Ok(())
+}
+
+/// The image side of an image volume mount (KEP-4639): the image is mounted
+/// read-only, so a writable request is refused, as the CRI asks.
+fn image_volume(m: &Mount, image: &str) -> Check {
+    image_ref(image)?;
+    if !m.host_path.is_empty() {
+        return Err(bad("an image volume mount has no host path"));
+    }
+    if !m.readonly {
+        return Err(bad(format!(
+            "image volume {} at {} must be read-only",
+            quote(image),
+            quote(&m.container_path)
+        )));
+    }
+    let sub = &m.image_sub_path;
+    max_len("image sub path", sub, limits::PATH)?;
+    printable("image sub path", sub)?;
+    if sub.starts_with('/') || sub.split('/').any(|c| c == "..") {
+        return Err(bad(format!(
+            "image sub path {} must be relative and stay inside the image",
+            quote(sub)
+        )));
     }
     Ok(())
 }
@@ -747,9 +787,43 @@ mod tests {
                 image: "busybox".into(),
                 ..Default::default()
             }),
+            host_path: String::new(),
+            readonly: true,
             ..m("/data")
         };
-        assert_eq!(code(mount(&image)), tonic::Code::Unimplemented);
+        assert!(mount(&image).is_ok());
+        for bad in [
+            Mount {
+                readonly: false,
+                ..image.clone()
+            },
+            Mount {
+                host_path: "/srv".into(),
+                ..image.clone()
+            },
+            Mount {
+                image_sub_path: "../etc".into(),
+                ..image.clone()
+            },
+            Mount {
+                image_sub_path: "/etc".into(),
+                ..image.clone()
+            },
+            Mount {
+                image_sub_path: "etc".into(),
+                image: None,
+                ..image.clone()
+            },
+        ] {
+            assert_eq!(code(mount(&bad)), tonic::Code::InvalidArgument, "{bad:?}");
+        }
+        assert!(
+            mount(&Mount {
+                image_sub_path: "etc/ssl".into(),
+                ..image
+            })
+            .is_ok()
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Container root filesystems: an overlay mount of the image's layer
 //! directories with a per-container writable upper directory, under
-//! `root/containers/<id>/{upper,work,merged}`.
+//! `root/containers/<id>/{upper,work,merged}`; and image volumes, read-only
+//! overlays of another image's layers at `root/containers/<id>/iv<n>`.
 //!
 //! overlayfs takes its options in one page (4 KiB), and layer paths are long
 //! (`…/layers/<64 hex>`), so lower directories are given through short
@@ -37,6 +38,11 @@ pub enum StorageError {
     TooManyLayers(usize),
     #[error("a container rootfs needs at least one layer")]
     NoLayers,
+    #[error("image volume sub path {path:?}: {source}")]
+    ImageSubPath {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
@@ -51,6 +57,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
 pub struct Storage {
     containers: PathBuf,
     links: PathBuf,
+    /// An empty directory: the bottom lower of every image volume, since
+    /// overlayfs needs two lowers when it has no upper directory.
+    empty: PathBuf,
     /// The writable layers' usage, sampled (see `usage.rs`).
     sampler: usage::Sampler,
 }
@@ -64,8 +73,9 @@ impl Storage {
             sampler: usage::Sampler::new(move || writable_usage(&walked)),
             containers,
             links: root.join("l"),
+            empty: root.join("empty"),
         };
-        for d in [&s.containers, &s.links] {
+        for d in [&s.containers, &s.links, &s.empty] {
             std::fs::create_dir_all(d).map_err(io(d))?;
         }
         Ok(s)
@@ -149,17 +159,69 @@ impl Storage {
         Ok(merged)
     }
 
-    /// Unmounts and deletes the rootfs and writable layer; missing is fine.
+    /// Mounts image volume `n` of container `id`: a read-only overlay of
+    /// `layers` (bottom to top; nosuid, nodev, but executable as the image
+    /// volume KEP asks), and returns the directory to bind at the mount's
+    /// container path: the overlay's root, or `sub_path` resolved inside it
+    /// (symlinks cannot leave it), which must exist.
+    pub fn mount_image_volume(
+        &self,
+        id: &str,
+        n: usize,
+        layers: &[PathBuf],
+        sub_path: &str,
+    ) -> Result<PathBuf, StorageError> {
+        if layers.is_empty() {
+            return Err(StorageError::NoLayers);
+        }
+        let target = self.dir(id)?.join(format!("iv{n}"));
+        std::fs::create_dir_all(&target).map_err(io(&target))?;
+        let mut lowers = layers
+            .iter()
+            .rev()
+            .map(|l| self.link(l).map(|p| p.display().to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        lowers.push(self.empty.display().to_string());
+        let options = format!("lowerdir={}", lowers.join(":"));
+        if options.len() > MAX_OPTIONS {
+            return Err(StorageError::TooManyLayers(layers.len()));
+        }
+        nix::mount::mount(
+            Some("overlay"),
+            &target,
+            Some("overlay"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(options.as_str()),
+        )
+        .map_err(|source| StorageError::Mount {
+            id: id.into(),
+            source,
+        })?;
+        if sub_path.is_empty() {
+            return Ok(target);
+        }
+        resolve_beneath(&target, sub_path)
+    }
+
+    /// Unmounts and deletes the rootfs, image volumes and writable layer;
+    /// missing is fine.
     pub fn remove_rootfs(&self, id: &str) -> Result<(), StorageError> {
         let dir = self.dir(id)?;
-        let merged = dir.join("merged");
-        match nix::mount::umount2(&merged, MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-            Err(source) => {
-                return Err(StorageError::Mount {
-                    id: id.into(),
-                    source,
-                });
+        let volumes = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("iv"))
+            .map(|e| e.path());
+        for mounted in volumes.chain([dir.join("merged")]) {
+            match nix::mount::umount2(&mounted, MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(source) => {
+                    return Err(StorageError::Mount {
+                        id: id.into(),
+                        source,
+                    });
+                }
             }
         }
         match std::fs::remove_dir_all(&dir) {
@@ -193,6 +255,39 @@ pub fn prune_dangling_links(root: &Path) {
             }
         }
     }
+}
+
+/// `sub_path` inside `root`, resolved as if `root` were `/` (`..` and
+/// symlinks stay inside it): the real path of what it names.
+fn resolve_beneath(root: &Path, sub_path: &str) -> Result<PathBuf, StorageError> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let bad = |source| StorageError::ImageSubPath {
+        path: sub_path.to_string(),
+        source,
+    };
+    let dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io(root)(e.into()))?;
+    let found = rustix::fs::openat2(
+        &dir,
+        sub_path,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| bad(e.into()))?;
+    let real = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&found)
+    ))
+    .map_err(bad)?;
+    if !real.starts_with(root) {
+        return Err(bad(std::io::Error::other("resolves outside the image")));
+    }
+    Ok(real)
 }
 
 /// Bytes and inodes of every writable layer under `containers`.
@@ -301,6 +396,45 @@ mod tests {
             s.create_rootfs("c2", &[]),
             Err(StorageError::NoLayers)
         ));
+    }
+
+    #[test]
+    fn image_volumes_are_read_only_and_sub_paths_stay_inside() {
+        let root = tempfile::tempdir().unwrap();
+        let layers = root.path().join("layers");
+        std::fs::create_dir(&layers).unwrap();
+        let l1 = layer(&layers, &"c".repeat(64), &[("etc/passwd", b"root")]);
+        let s = Storage::open(root.path()).unwrap();
+        s.create_rootfs("c1", std::slice::from_ref(&l1)).unwrap();
+        // One layer is enough (the empty bottom layer makes two).
+        let whole = s
+            .mount_image_volume("c1", 0, std::slice::from_ref(&l1), "")
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(whole.join("etc/passwd")).unwrap(),
+            "root"
+        );
+        let err = std::fs::write(whole.join("x"), "w").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        let etc = s
+            .mount_image_volume("c1", 1, std::slice::from_ref(&l1), "etc")
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(etc.join("passwd")).unwrap(), "root");
+        // `..` cannot climb out of the volume; a missing path is an error.
+        let up = s
+            .mount_image_volume("c1", 2, std::slice::from_ref(&l1), "../../etc")
+            .unwrap();
+        assert!(
+            up.starts_with(root.path().join("containers/c1/iv2")),
+            "{up:?}"
+        );
+        assert!(matches!(
+            s.mount_image_volume("c1", 3, std::slice::from_ref(&l1), "not-there"),
+            Err(StorageError::ImageSubPath { .. })
+        ));
+        s.remove_rootfs("c1").unwrap();
+        assert!(!root.path().join("containers/c1").exists());
+        assert!(l1.join("etc/passwd").exists(), "the layer is untouched");
     }
 
     #[test]
