@@ -51,7 +51,8 @@ pub enum CgroupError {
     /// well-formed systemd slice name.
     #[error("invalid cgroup parent {0:?}")]
     InvalidParent(String),
-    /// CRI resources that cannot be expressed as cgroup values (out of range, malformed cpuset).
+    /// CRI resources that cannot be written as cgroup files: `unified` entries on cgroup v1 or
+    /// with an unsafe key or a newline in the value, a malformed cpuset.
     #[error("invalid container resources: {0}")]
     InvalidResource(String),
     /// Neither a cgroup v1 hierarchy nor a v2 tree is mounted at `/sys/fs/cgroup`.

@@ -16,7 +16,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/crius/crius.toml";
 /// Errors from reading or validating configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The config file or drop-in directory exists but could not be read.
+    /// The config file (also when `required` and missing) or the drop-in directory could not be
+    /// read.
     #[error("reading config file {path}: {source}")]
     Read {
         /// The file or directory that failed.
@@ -54,9 +55,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CgroupDriver {
-    /// Cgroups made directly under the cgroupfs parent, as `<parent>/crius-pod-<id>`.
+    /// Cgroups made directly in the cgroup filesystem, as `<parent>/crius-pod-<short id>`.
     Cgroupfs,
-    /// Cgroups as systemd slices and scopes (`…slice/crius-pod-<id>.scope`); parents use slice
+    /// Cgroups as systemd slices and scopes (`…slice/crius-pod-<short id>.scope`); parents use slice
     /// naming.
     Systemd,
 }
@@ -117,7 +118,7 @@ pub struct ImageConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamingConfig {
-    /// Address the streaming server binds; loopback by default, as kubelet proxies to it.
+    /// Address the streaming server binds; loopback by default (kubelet proxies streams to it).
     pub address: IpAddr,
     /// 0 picks a free port at start.
     pub port: u16,

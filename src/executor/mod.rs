@@ -61,7 +61,7 @@ impl FailureKind {
 /// Why the executor could not create or run a process.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
-    /// A system call in the parent (fork, pipe, socket pair, wait) failed.
+    /// A system call in the parent (`pipe2`, `prctl`, `fork`, `socketpair`) failed.
     #[error("{op}: {source}")]
     Sys {
         /// The call that failed.

@@ -73,7 +73,7 @@ pub enum SeccompError {
         syscall: String,
         /// The rule's action.
         action: String,
-        /// libseccomp's error (unknown syscall name, conflicting rule, …).
+        /// libseccomp's error. (Syscall names it does not know are skipped, not errors.)
         source: libseccomp::error::SeccompError,
     },
     /// libseccomp failed outside of a particular rule.

@@ -97,7 +97,7 @@ pub enum RegistryError {
     /// A manifest that is not JSON, is larger than 4 MiB, or is neither an image manifest nor an index.
     #[error("invalid manifest: {0}")]
     InvalidManifest(String),
-    /// Any other non-success HTTP status (4xx other than 401/403/404/429).
+    /// Any other non-success HTTP status (not 401/403/404/429/5xx), e.g. 400 or 405.
     #[error("{host}/{repository}: registry answered {status}: {message}")]
     Http {
         /// Registry host the request went to.
@@ -137,7 +137,7 @@ pub struct IndexEntry {
     pub media_type: String,
     /// Size of that manifest in bytes.
     pub size: u64,
-    /// `platform.os`, e.g. `linux`; empty when the entry has no platform (attestations).
+    /// `platform.os`, e.g. `linux`; empty when the entry has no platform.
     pub os: String,
     /// `platform.architecture` as a GOARCH name, e.g. `amd64`; empty when absent.
     pub architecture: String,
