@@ -57,8 +57,8 @@ pub enum LogFormat {
 pub enum CgroupDriver {
     /// Cgroups made directly in the cgroup filesystem, as `<parent>/crius-pod-<short id>`.
     Cgroupfs,
-    /// Cgroups as systemd slices and scopes (`…slice/crius-pod-<short id>.scope`); parents use slice
-    /// naming.
+    /// Cgroups as systemd slices and scopes (`…slice/crius-pod-<short id>.scope`); parents use
+    /// slice naming.
     Systemd,
 }
 

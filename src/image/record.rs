@@ -75,7 +75,8 @@ pub struct RunConfig {
     /// `ENTRYPOINT`: argv prefix, dropped when the container spec gives a `command`.
     #[serde(default)]
     pub entrypoint: Option<Vec<String>>,
-    /// `CMD`: default arguments after the entrypoint; dropped when the spec gives `command` or `args`.
+    /// `CMD`: default arguments after the entrypoint; dropped when the spec gives `command` or
+    /// `args`.
     #[serde(default)]
     pub cmd: Option<Vec<String>>,
     /// `WORKDIR`: the process's working directory when the spec gives none.

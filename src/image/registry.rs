@@ -27,7 +27,8 @@ application/vnd.docker.distribution.manifest.v2+json";
 /// How to authenticate to a registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
-    /// No credentials: only registries that allow anonymous pulls (or hand out anonymous bearer tokens).
+    /// No credentials: only registries that allow anonymous pulls (or hand out anonymous bearer
+    /// tokens).
     Anonymous,
     /// A username and password, sent as Basic auth or exchanged for a bearer token.
     Basic {
@@ -94,7 +95,8 @@ pub enum RegistryError {
         /// The sha256 digest of the bytes received.
         actual: String,
     },
-    /// A manifest that is not JSON, is larger than 4 MiB, or is neither an image manifest nor an index.
+    /// A manifest that is not JSON, is larger than 4 MiB, or is neither an image manifest nor an
+    /// index.
     #[error("invalid manifest: {0}")]
     InvalidManifest(String),
     /// Any other non-success HTTP status (not 401/403/404/429/5xx), e.g. 400 or 405.

@@ -23,6 +23,7 @@ pub mod logs;
 mod table;
 
 /// Generated from `proto/monitor.proto`.
+// prost-build output: documented (if at all) in the .proto, not editable here.
 #[allow(missing_docs, clippy::all)]
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/crius.monitor.v1.rs"));

@@ -28,7 +28,8 @@ pub enum CniError {
         plugin: String,
         /// The CNI command run: `ADD`, `CHECK` or `DEL`.
         command: &'static str,
-        /// The plugin's `msg` (and `details`) from its error result, else its raw stdout and stderr, or why it could not be spawned, waited for or parsed.
+        /// The plugin's `msg` (and `details`) from its error result, else its raw stdout and
+        /// stderr, or why it could not be spawned, waited for or parsed.
         message: String,
     },
     /// A plugin ran longer than [`Invoker::timeout`] and was killed.
@@ -41,7 +42,8 @@ pub enum CniError {
         /// The limit it exceeded, in whole seconds.
         secs: u64,
     },
-    /// A network config without a name, plugins or a valid plugin `type`, or an ADD chain that produced no result.
+    /// A network config without a name, plugins or a valid plugin `type`, or an ADD chain that
+    /// produced no result.
     #[error("CNI config: {0}")]
     Config(String),
     /// A `CNI_ARGS` pair that could add or change another pair; refused
@@ -207,7 +209,8 @@ impl NetworkConf {
 /// The per-pod part of a CNI call.
 #[derive(Debug, Clone)]
 pub struct Attachment {
-    /// The pod sandbox's id, passed as `CNI_CONTAINERID`; plugins key their state (e.g. IPAM leases) on it with `ifname`.
+    /// The pod sandbox's id, passed as `CNI_CONTAINERID`; plugins key their state (e.g. IPAM
+    /// leases) on it with `ifname`.
     pub container_id: String,
     /// Path of the pinned network namespace; may be gone on DEL.
     pub netns: String,
@@ -224,7 +227,8 @@ pub struct Attachment {
 pub struct Invoker {
     /// Directories searched, in order, for a plugin's executable.
     pub plugin_dirs: Vec<PathBuf>,
-    /// How long one plugin invocation may run before it is killed and fails with [`CniError::Timeout`].
+    /// How long one plugin invocation may run before it is killed and fails with
+    /// [`CniError::Timeout`].
     pub timeout: Duration,
 }
 
