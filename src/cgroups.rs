@@ -47,15 +47,23 @@ const ROOT: &str = "/sys/fs/cgroup";
 /// Cgroup errors.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
+    /// A cgroup parent that is relative or has `..`/empty components (cgroupfs), or is not a
+    /// well-formed systemd slice name.
     #[error("invalid cgroup parent {0:?}")]
     InvalidParent(String),
+    /// CRI resources that cannot be written as cgroup files: `unified` entries on cgroup v1 or
+    /// with an unsafe key or a newline in the value, a malformed cpuset.
     #[error("invalid container resources: {0}")]
     InvalidResource(String),
+    /// Neither a cgroup v1 hierarchy nor a v2 tree is mounted at `/sys/fs/cgroup`.
     #[error("no cgroup filesystem found under /sys/fs/cgroup")]
     NoCgroups,
+    /// Creating, writing or removing a cgroup file or directory failed.
     #[error("{path}: {source}")]
     Io {
+        /// The cgroup file or directory involved.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
 }
@@ -355,13 +363,21 @@ fn expand_slice(slice: &str) -> Result<String, CgroupError> {
 /// A device node found on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostDevice {
+    /// The device node on the host that is exposed.
     pub host_path: PathBuf,
+    /// Where it appears inside the container.
     pub container_path: PathBuf,
+    /// Character device when true, block device otherwise.
     pub char_device: bool,
+    /// Device major number.
     pub major: i64,
+    /// Device minor number.
     pub minor: i64,
+    /// `st_mode` of the host node; only the permission bits are given to the container's node.
     pub mode: u32,
+    /// Owner uid of the host node, kept for the container's node.
     pub uid: u32,
+    /// Owner gid of the host node, kept for the container's node.
     pub gid: u32,
     /// cgroup device permissions, `rwm` subset.
     pub permissions: String,
@@ -410,7 +426,9 @@ mod tests {
 /// Which cgroup interface files to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
+    /// cgroup v1: one hierarchy per controller; files are named `<controller>/<file>`.
     V1,
+    /// cgroup v2: the unified tree.
     V2,
 }
 

@@ -11,19 +11,24 @@ use crate::network;
 /// How much a finding matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
+    /// Present and working.
     Ok,
     /// Works, but some feature is missing or degraded.
     Warn,
     /// A hard requirement: crius cannot run pods here.
     Fail,
+    /// Worth knowing; neither required nor missing (e.g. whether AppArmor is enabled).
     Info,
 }
 
 /// One line of the report.
 #[derive(Debug, Clone)]
 pub struct Finding {
+    /// How much it matters.
     pub level: Level,
+    /// What was checked, e.g. `cgroups`; a short column label.
     pub item: &'static str,
+    /// What was found, for the operator.
     pub detail: String,
 }
 

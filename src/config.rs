@@ -16,13 +16,26 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/crius/crius.toml";
 /// Errors from reading or validating configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file (also when `required` and missing) or the drop-in directory could not be
+    /// read.
     #[error("reading config file {path}: {source}")]
     Read {
+        /// The file or directory that failed.
         path: PathBuf,
+        /// The I/O error from reading it.
         source: std::io::Error,
     },
+    /// A file is not valid TOML or does not fit the schema (unknown key,
+    /// wrong type); each file is checked on its own before merging.
     #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The offending file (the main file when only the merged result fails).
+        path: PathBuf,
+        /// The TOML parser's message, with line and column.
+        message: String,
+    },
+    /// Values that parse but do not fit together or are out of range (e.g. a TLS cert without a
+    /// key, a zero timeout, a bad `log_level` filter).
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -31,7 +44,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines (tracing's default formatter).
     Text,
+    /// One JSON object per line, event fields flattened to the top level.
     Json,
 }
 
@@ -40,7 +55,10 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CgroupDriver {
+    /// Cgroups made directly in the cgroup filesystem, as `<parent>/crius-pod-<short id>`.
     Cgroupfs,
+    /// Cgroups as systemd slices and scopes (`…slice/crius-pod-<short id>.scope`); parents use
+    /// slice naming.
     Systemd,
 }
 
@@ -56,10 +74,15 @@ pub struct Config {
     pub listen: PathBuf,
     /// A `tracing` filter directive, e.g. `info` or `crius=debug,info`.
     pub log_level: String,
+    /// Output format of the daemon's own log lines.
     pub log_format: LogFormat,
+    /// `[network]`: CNI settings.
     pub network: NetworkConfig,
+    /// `[image]`: image pull settings.
     pub image: ImageConfig,
+    /// `[streaming]`: the exec/attach/port-forward server.
     pub streaming: StreamingConfig,
+    /// `[runtime]`: container runtime settings.
     pub runtime: RuntimeConfig,
 }
 
@@ -95,12 +118,14 @@ pub struct ImageConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamingConfig {
+    /// Address the streaming server binds; loopback by default (kubelet proxies streams to it).
     pub address: IpAddr,
     /// 0 picks a free port at start.
     pub port: u16,
     /// PEM certificate chain and key: both set serves https (ALPN
     /// http/1.1 only: upgrades need HTTP/1.1).
     pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`; set both or neither.
     pub tls_key: Option<PathBuf>,
     /// Seconds a connection has, from accept, to finish its TLS handshake
     /// and send a complete request head; then it is closed.
@@ -125,6 +150,7 @@ pub const MAX_STREAMING_CONNECTIONS: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
+    /// Cgroup manager for pod and container cgroups; must match kubelet's `--cgroup-driver`.
     pub cgroup_driver: CgroupDriver,
     /// Where container logs go when a pod gives no log directory.
     pub log_dir: PathBuf,
@@ -218,10 +244,15 @@ impl Default for RuntimeConfig {
 /// Values given on the command line or in `CRIUS_*` variables; they win over files.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
+    /// `--root` / `CRIUS_ROOT`: replaces the file's `root`.
     pub root: Option<PathBuf>,
+    /// `--runroot` / `CRIUS_RUNROOT`: replaces the file's `runroot`.
     pub runroot: Option<PathBuf>,
+    /// `--listen` / `CRIUS_LISTEN`: replaces the file's `listen`.
     pub listen: Option<PathBuf>,
+    /// `--log-level` / `CRIUS_LOG_LEVEL`: replaces the file's `log_level`.
     pub log_level: Option<String>,
+    /// `--log-format` / `CRIUS_LOG_FORMAT`: replaces the file's `log_format`.
     pub log_format: Option<LogFormat>,
 }
 

@@ -36,6 +36,7 @@ pub enum Error {
     /// The operation is not built yet.
     #[error("{0} is not implemented")]
     Unimplemented(&'static str),
+    /// The metadata store failed; reported as Internal.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Anything else: a fault of the node or of crius.

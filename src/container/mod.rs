@@ -35,8 +35,11 @@ use crate::sync::KeyedLocks;
 /// One container, stored in the `containers` table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerRecord {
+    /// 64 hex digits, random.
     pub id: String,
+    /// The pod sandbox the container belongs to.
     pub pod_id: String,
+    /// The CRI config the container was created with, as kubelet sent it.
     pub config: ContainerConfig,
     /// The image id (`sha256:` of its config).
     pub image_id: String,
@@ -50,9 +53,14 @@ pub struct ContainerRecord {
     pub cgroup: String,
     /// Chain ids of the image layers the rootfs stacks.
     pub layers: Vec<String>,
+    /// Signal that asks the container to stop: the image's STOPSIGNAL, else (absent or unparsable)
+    /// SIGTERM.
     pub stop_signal: i32,
+    /// User id the process runs as, resolved at create from the spec and the image's /etc/passwd.
     pub uid: u32,
+    /// Primary group id, resolved at create.
     pub gid: u32,
+    /// Supplementary group ids, resolved at create.
     pub additional_gids: Vec<u32>,
     /// Current resources (updated by UpdateContainerResources).
     pub resources: Option<LinuxContainerResources>,
@@ -101,9 +109,14 @@ fn image_volumes(images: &Images, config: &ContainerConfig) -> Result<Vec<ImageV
 /// Where a container is in its life (see `table.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunState {
+    /// Created, running or exited, as the CRI reports it.
     pub state: ContainerState,
+    /// The init process's pid in the host PID namespace; absent before start (or if its file is
+    /// gone).
     pub pid: Option<i32>,
+    /// Nanoseconds since the epoch when the process was let go; 0 while never started.
     pub started_at: i64,
+    /// How and when the process ended; absent until it has.
     pub exit: Option<ExitRecord>,
 }
 

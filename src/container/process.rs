@@ -7,14 +7,27 @@ use crate::image::record::RunConfig;
 /// Why no process can be derived.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProcessError {
+    /// Neither the container's `command`/`args` nor the image's ENTRYPOINT/CMD yield a program to
+    /// run.
     #[error("no command specified: neither the container nor the image gives one")]
     NoCommand,
+    /// A user name (from `run_as_username` or the image's USER) has no entry in the image's
+    /// /etc/passwd.
     #[error("user {0:?} not found in the image's /etc/passwd")]
     UnknownUser(String),
+    /// A group name in the image's USER (`user:group`) has no entry in the image's /etc/group.
     #[error("group {0:?} not found in the image's /etc/group")]
     UnknownGroup(String),
+    /// An id that does not fit a `u32` (e.g. a negative `run_as_user`).
     #[error("invalid {what} {value}")]
-    Invalid { what: &'static str, value: String },
+    Invalid {
+        /// Which id: `run_as_user`, `run_as_group` or `supplemental group`.
+        what: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// `run_as_group` without a user: refused (as containerd and CRI-O do) rather than paired with
+    /// the image's user.
     #[error("run_as_group is set without run_as_user or run_as_username")]
     GroupWithoutUser,
 }
@@ -78,18 +91,26 @@ pub enum GroupsPolicy {
 /// The user-related parts of the CRI security context.
 #[derive(Debug, Clone, Default)]
 pub struct UserRequest {
+    /// CRI `run_as_user`: a numeric uid that overrides the image's USER.
     pub run_as_user: Option<i64>,
+    /// CRI `run_as_username`: looked up in the image's /etc/passwd; empty when unset.
     pub run_as_username: String,
+    /// CRI `run_as_group`: primary gid; needs `run_as_user` or `run_as_username`.
     pub run_as_group: Option<i64>,
+    /// CRI `supplemental_groups`, added to whatever `policy` yields.
     pub supplemental_groups: Vec<i64>,
+    /// Whether the image's /etc/group memberships are merged in.
     pub policy: GroupsPolicy,
 }
 
 /// Who the process runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
+    /// User id the process runs as.
     pub uid: u32,
+    /// Primary group id.
     pub gid: u32,
+    /// Supplementary group ids, without `gid`, each once.
     pub additional_gids: Vec<u32>,
     /// From /etc/passwd, else `/`: the default HOME.
     pub home: String,

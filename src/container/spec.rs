@@ -67,8 +67,16 @@ const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 /// Why a spec cannot be built from the request.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
+    /// A request value that cannot go into a spec (unknown capability,
+    /// relative path, bad device permissions, out-of-range oom_score_adj).
     #[error("invalid {what}: {value}")]
-    Invalid { what: &'static str, value: String },
+    Invalid {
+        /// Which value, e.g. `container path`.
+        what: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// oci-spec's builders refused a value.
     #[error("building the OCI spec: {0}")]
     Oci(#[from] oci_spec::OciSpecError),
 }
@@ -88,7 +96,12 @@ pub enum PidNamespace {
     /// The pod's pinned one (`ns`), whose /proc the pod init mounted at
     /// `proc`: the container's /proc is a bind of it, so nothing in the
     /// namespace has to mount one (see `executor::pod_init`).
-    Pod { ns: PathBuf, proc: PathBuf },
+    Pod {
+        /// The pinned PID namespace file.
+        ns: PathBuf,
+        /// The pod init's /proc mount, bound as the container's /proc.
+        proc: PathBuf,
+    },
     /// The host's.
     Node,
     /// Another container's (`TARGET`, ephemeral debug containers).
@@ -99,6 +112,7 @@ pub enum PidNamespace {
 /// rules cannot make themselves.
 #[derive(Debug, Clone)]
 pub struct SpecInput<'a> {
+    /// The CRI container config being built into a spec.
     pub config: &'a ContainerConfig,
     /// argv, from [`super::process::command`].
     pub args: Vec<String>,
@@ -106,11 +120,13 @@ pub struct SpecInput<'a> {
     pub env: Vec<String>,
     /// The image's WORKDIR.
     pub image_workdir: Option<String>,
+    /// Who the process runs as, resolved by [`super::process::resolve_user`].
     pub user: &'a User,
     /// The mounted overlay rootfs.
     pub rootfs: &'a Path,
     /// Pinned namespaces of the pod: net, ipc, uts (absent for host ones).
     pub pod_namespaces: Vec<(LinuxNamespaceType, PathBuf)>,
+    /// Which PID namespace the container joins.
     pub pid: PidNamespace,
     /// The pod's `/etc/resolv.conf`, `/etc/hostname`, `/etc/hosts`.
     pub pod_files: Vec<(&'static str, PathBuf)>,

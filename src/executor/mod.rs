@@ -61,9 +61,12 @@ impl FailureKind {
 /// Why the executor could not create or run a process.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
+    /// A system call in the parent (`pipe2`, `prctl`, `fork`, `socketpair`) failed.
     #[error("{op}: {source}")]
     Sys {
+        /// The call that failed.
         op: &'static str,
+        /// Its errno as an I/O error.
         source: std::io::Error,
     },
     /// The child failed (or died) while setting up or exec'ing.
@@ -71,7 +74,14 @@ pub enum ExecutorError {
     Child(String),
     /// The child reported a failure of a kind the caller maps.
     #[error("{message}")]
-    Refused { kind: FailureKind, message: String },
+    Refused {
+        /// Whose fault it is, for the gRPC status.
+        kind: FailureKind,
+        /// The child's description of the failure.
+        message: String,
+    },
+    /// The spec cannot be run as given (no process, no args, an argument with a NUL, an unusable
+    /// PID namespace peer).
     #[error("invalid spec: {0}")]
     Spec(String),
 }
@@ -102,8 +112,11 @@ impl ExecutorError {
 /// The three standard descriptors of a new process. Pipes or files, never
 /// left unset: a process must not inherit the monitor's.
 pub struct Stdio {
+    /// The process's fd 0.
     pub stdin: OwnedFd,
+    /// The process's fd 1.
     pub stdout: OwnedFd,
+    /// The process's fd 2; the same terminal as stdin/stdout when `terminal`.
     pub stderr: OwnedFd,
     /// stdin is a terminal: the process gets it as controlling terminal.
     pub terminal: bool,
@@ -127,6 +140,7 @@ pub struct CreateOptions {
 
 /// A container whose init is set up and waits for [`Executor::start`].
 pub struct Created {
+    /// The init's pid as the monitor sees it (the host PID namespace).
     pub pid: i32,
     /// The monitor's end of the channel to the waiting init.
     chan: OwnedFd,

@@ -28,33 +28,60 @@ use sha2::{Digest, Sha256};
 pub enum SeccompError {
     /// The profile uses an action this runtime cannot enforce.
     #[error("seccomp action {action} (syscalls {syscalls}) is not supported")]
-    UnsupportedAction { action: String, syscalls: String },
+    UnsupportedAction {
+        /// The action's name in the profile, e.g. `SCMP_ACT_NOTIFY`.
+        action: String,
+        /// The rule's syscall names, comma-separated (`defaultAction` for the default).
+        syscalls: String,
+    },
     /// An `errnoRet` does not fit the 16-bit data field of a seccomp return.
     #[error("seccomp errnoRet {value} for {syscalls} is out of range (max 65535)")]
-    ErrnoRet { value: u32, syscalls: String },
+    ErrnoRet {
+        /// The profile's `errnoRet`.
+        value: u32,
+        /// The rule's syscall names, comma-separated (`defaultAction` for the default).
+        syscalls: String,
+    },
     /// An architecture in the profile could not be added to the filter.
     #[error("seccomp architecture {arch}: {source}")]
     Arch {
+        /// The architecture's OCI name (also libseccomp's), e.g. `SCMP_ARCH_X86_64`.
         arch: String,
+        /// libseccomp's error.
         source: libseccomp::error::SeccompError,
     },
     /// The profile lists architectures, none of which this host can run.
     #[error("seccomp profile architectures [{listed}] do not include host architecture {host}")]
-    NoHostArch { listed: String, host: String },
+    NoHostArch {
+        /// The profile's architectures, comma-separated.
+        listed: String,
+        /// This host's native architecture.
+        host: String,
+    },
     /// A syscall argument comparison is malformed.
     #[error("seccomp rule for {syscall}: {reason}")]
-    BadArg { syscall: String, reason: String },
+    BadArg {
+        /// The syscall whose rule has the comparison.
+        syscall: String,
+        /// What is wrong with it (an argument index outside 0..6).
+        reason: String,
+    },
     /// libseccomp refused a rule.
     #[error("seccomp rule for {syscall} ({action}): {source}")]
     Rule {
+        /// The syscall name the rule is for.
         syscall: String,
+        /// The rule's action.
         action: String,
+        /// libseccomp's error. (Syscall names it does not know are skipped, not errors.)
         source: libseccomp::error::SeccompError,
     },
     /// libseccomp failed outside of a particular rule.
     #[error("seccomp: {what}: {source}")]
     Libseccomp {
+        /// The step that failed, e.g. `creating filter context`.
         what: &'static str,
+        /// libseccomp's error.
         source: libseccomp::error::SeccompError,
     },
     /// Exporting or reading back the BPF program failed.

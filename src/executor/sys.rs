@@ -148,6 +148,7 @@ pub fn peek_exited() -> io::Result<Option<(i32, ExitStatus)>> {
 pub struct SigChld(nix::sys::signalfd::SignalFd);
 
 impl SigChld {
+    /// Blocks SIGCHLD in the calling thread and opens the non-blocking signalfd that receives it.
     pub fn block() -> io::Result<SigChld> {
         use nix::sys::signal::{SigSet, Signal};
         use nix::sys::signalfd::{SfdFlags, SignalFd};

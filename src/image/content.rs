@@ -16,17 +16,27 @@ use sha2::{Digest as _, Sha256};
 /// Errors of the content store.
 #[derive(Debug, thiserror::Error)]
 pub enum ContentError {
+    /// Reading, writing, syncing or renaming a blob file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The blob or partial file involved.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// A digest that is not `sha256:` followed by 64 lowercase hex digits (it would also not be a
+    /// safe file name).
     #[error("unsupported or malformed digest {0:?}")]
     BadDigest(String),
+    /// Written bytes do not hash to the expected digest, or their length differs from the expected
+    /// size; the partial file is deleted.
     #[error("content of {expected} does not match: got {actual} ({size} bytes)")]
     Mismatch {
+        /// The digest the blob was written under.
         expected: String,
+        /// The sha256 digest of what was written.
         actual: String,
+        /// Bytes written.
         size: u64,
     },
 }

@@ -33,16 +33,22 @@ pub use pull::PullAuth;
 /// Size of one unpacked layer, for ImageFsInfo without walking trees.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LayerRecord {
+    /// `sha256:` digest of the layer's uncompressed tar.
     pub diff_id: String,
+    /// `sha256:` digest of the compressed blob it was unpacked from.
     pub digest: String,
+    /// File content bytes written at unpack (not allocated blocks).
     pub bytes: u64,
+    /// Inodes (tar entries) created at unpack.
     pub inodes: u64,
 }
 
 /// Bytes and inodes used by one filesystem area.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Bytes (file content, not allocated blocks).
     pub bytes: u64,
+    /// Inodes (files, directories, links).
     pub inodes: u64,
 }
 

@@ -22,11 +22,15 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Credentials that came with a pull request (CRI `AuthConfig`).
 #[derive(Debug, Clone, Default)]
 pub struct PullAuth {
+    /// Registry user name; used with `password`.
     pub username: String,
+    /// Registry password.
     pub password: String,
     /// base64 of `username:password`.
     pub auth: String,
+    /// An OAuth2 refresh token, exchanged at the registry's token endpoint.
     pub identity_token: String,
+    /// A bearer token sent to the registry as-is.
     pub registry_token: String,
 }
 

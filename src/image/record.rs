@@ -22,6 +22,7 @@ pub struct ImageRecord {
     /// Manifest (and index) blobs this image was pulled through.
     #[serde(default)]
     pub manifests: Vec<String>,
+    /// The parts of the image's config blob that containers need.
     pub config: ImageConfig,
     /// Unix seconds of the (last) pull.
     pub pulled_at: i64,
@@ -36,6 +37,7 @@ pub struct LayerRef {
     pub diff_id: String,
     /// Identity of this layer on top of all below it; names its directory.
     pub chain_id: String,
+    /// Compressed size of the blob in bytes, as the manifest gives it.
     pub size: u64,
 }
 
@@ -43,14 +45,19 @@ pub struct LayerRef {
 /// the fields crius uses; the rest is kept verbatim in `raw`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageConfig {
+    /// GOARCH name the image was built for, e.g. `amd64`.
     #[serde(default)]
     pub architecture: String,
+    /// Operating system the image was built for, e.g. `linux`.
     #[serde(default)]
     pub os: String,
+    /// CPU variant, e.g. `v8` for arm64; absent when the config gives none.
     #[serde(default)]
     pub variant: Option<String>,
+    /// The defaults a container gets from the image (`config` in the JSON).
     #[serde(default)]
     pub config: RunConfig,
+    /// The image's uncompressed layers, as diff ids.
     #[serde(default)]
     pub rootfs: RootFs,
 }
@@ -59,22 +66,32 @@ pub struct ImageConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RunConfig {
+    /// `USER`: `uid`, `name`, `uid:gid` or `name:group`; absent or empty means root.
     #[serde(default)]
     pub user: Option<String>,
+    /// `ENV`: `KEY=value` pairs; the container spec's variables override same-named ones.
     #[serde(default)]
     pub env: Option<Vec<String>>,
+    /// `ENTRYPOINT`: argv prefix, dropped when the container spec gives a `command`.
     #[serde(default)]
     pub entrypoint: Option<Vec<String>>,
+    /// `CMD`: default arguments after the entrypoint; dropped when the spec gives `command` or
+    /// `args`.
     #[serde(default)]
     pub cmd: Option<Vec<String>>,
+    /// `WORKDIR`: the process's working directory when the spec gives none.
     #[serde(default)]
     pub working_dir: Option<String>,
+    /// `LABEL`s; parsed but not used by crius.
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
+    /// `STOPSIGNAL`, as a name (`SIGTERM`) or number; used when stopping a container.
     #[serde(default)]
     pub stop_signal: Option<String>,
+    /// `EXPOSE`d ports, `port/proto` keys with empty objects; parsed but not used.
     #[serde(default)]
     pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
+    /// `VOLUME` paths as keys with empty objects; parsed but not used.
     #[serde(default)]
     pub volumes: Option<BTreeMap<String, serde_json::Value>>,
 }
@@ -82,8 +99,10 @@ pub struct RunConfig {
 /// The layer list of an image config.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RootFs {
+    /// Always `layers` in valid images.
     #[serde(default, rename = "type")]
     pub kind: String,
+    /// Digests of the uncompressed layer tars, base layer first.
     #[serde(default)]
     pub diff_ids: Vec<String>,
 }
@@ -92,8 +111,11 @@ pub struct RootFs {
 /// against the image's /etc/passwd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageUser {
+    /// No `USER`: the container runs as root unless the spec says otherwise.
     Unset,
+    /// A numeric uid.
     Uid(i64),
+    /// A user name, looked up in the image's `/etc/passwd` at create time.
     Name(String),
 }
 

@@ -11,7 +11,9 @@ pub const DOCKER_HUB: &str = "docker.io";
 #[derive(Debug, thiserror::Error)]
 #[error("invalid image reference {input:?}: {reason}")]
 pub struct ReferenceError {
+    /// The reference as given.
     pub input: String,
+    /// What is wrong with it.
     pub reason: String,
 }
 
@@ -22,6 +24,7 @@ pub struct Reference {
     pub registry: String,
     /// Path inside the registry, e.g. `library/busybox`.
     pub repository: String,
+    /// The tag; `latest` when the input gives neither tag nor digest.
     pub tag: Option<String>,
     /// `sha256:<hex>`; wins over the tag when pulling.
     pub digest: Option<String>,

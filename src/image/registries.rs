@@ -15,10 +15,18 @@ use super::registry::Credentials;
 /// Errors of registries.conf and auth files.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistriesError {
+    /// registries.conf or the auth file cannot be read or parsed.
     #[error("{path}: {message}")]
-    File { path: String, message: String },
+    File {
+        /// The file.
+        path: String,
+        /// The read or parse error.
+        message: String,
+    },
+    /// The reference's registry (or a prefix of it) is marked `blocked = true`.
     #[error("registry {0} is blocked in registries.conf")]
     Blocked(String),
+    /// The image name does not parse as a reference.
     #[error(transparent)]
     Reference(#[from] ReferenceError),
 }
@@ -32,6 +40,7 @@ pub struct PullSource {
     pub repository: String,
     /// Plain HTTP allowed.
     pub insecure: bool,
+    /// This source is a mirror from registries.conf, not the image's own registry.
     pub mirror: bool,
 }
 

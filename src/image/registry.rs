@@ -27,9 +27,14 @@ application/vnd.docker.distribution.manifest.v2+json";
 /// How to authenticate to a registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
+    /// No credentials: only registries that allow anonymous pulls (or hand out anonymous bearer
+    /// tokens).
     Anonymous,
+    /// A username and password, sent as Basic auth or exchanged for a bearer token.
     Basic {
+        /// Account name at the registry.
         username: String,
+        /// Password or access token for `username`.
         password: String,
     },
     /// An OAuth2 refresh token, exchanged at the token endpoint.
@@ -41,6 +46,7 @@ pub enum Credentials {
 /// Network time limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientTimeouts {
+    /// Longest wait for a TCP/TLS connection to the registry.
     pub connect: Duration,
     /// No byte for this long fails the request instead of hanging a pull.
     pub stall: Duration,
@@ -49,39 +55,63 @@ pub struct ClientTimeouts {
 /// Registry failures, classified for kubelet.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// The registry could not be reached, stalled, or answered 429/5xx; worth retrying.
     #[error("RegistryUnavailable: {host}/{repository}: {message}")]
     Unavailable {
+        /// Registry host the request went to (the mirror, when pulling through one).
         host: String,
+        /// Repository path at that host.
         repository: String,
+        /// What went wrong: transport error chain, timeout or status and body.
         message: String,
     },
+    /// The registry answered 404 for a manifest or blob.
     #[error("{host}/{repository}: {what} not found")]
     NotFound {
+        /// Registry host the request went to.
         host: String,
+        /// Repository path at that host.
         repository: String,
+        /// The missing object, e.g. `manifest latest` or `blob sha256:…`.
         what: String,
     },
+    /// The registry answered 401/403, demanded credentials we lack, or refused the ones given.
     #[error("{host}/{repository}: unauthorized: {message}")]
     Unauthorized {
+        /// Registry host the request went to.
         host: String,
+        /// Repository path at that host.
         repository: String,
+        /// The registry's answer (body, at most 300 characters) or why auth could not be attempted.
         message: String,
     },
+    /// Content fetched by digest did not hash to that digest.
     #[error("{what}: digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch {
+        /// The object checked, e.g. `manifest of host/repo`.
         what: String,
+        /// The digest asked for.
         expected: String,
+        /// The sha256 digest of the bytes received.
         actual: String,
     },
+    /// A manifest that is not JSON, is larger than 4 MiB, or is neither an image manifest nor an
+    /// index.
     #[error("invalid manifest: {0}")]
     InvalidManifest(String),
+    /// Any other non-success HTTP status (not 401/403/404/429/5xx), e.g. 400 or 405.
     #[error("{host}/{repository}: registry answered {status}: {message}")]
     Http {
+        /// Registry host the request went to.
         host: String,
+        /// Repository path at that host.
         repository: String,
+        /// The HTTP status code.
         status: u16,
+        /// The response body, at most 300 characters.
         message: String,
     },
+    /// The HTTP client could not be built.
     #[error("registry client: {0}")]
     Client(String),
 }
@@ -90,9 +120,12 @@ pub enum RegistryError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
+    /// Media type of the referenced content; empty when the manifest omits it.
     #[serde(default)]
     pub media_type: String,
+    /// Content digest, `algorithm:hex` (e.g. `sha256:…`).
     pub digest: String,
+    /// Size of the content in bytes; 0 when the manifest omits it.
     #[serde(default)]
     pub size: u64,
 }
@@ -100,20 +133,30 @@ pub struct Descriptor {
 /// One image of an index, with its platform.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexEntry {
+    /// Digest of the platform's image manifest.
     pub digest: String,
+    /// Media type of that manifest.
     pub media_type: String,
+    /// Size of that manifest in bytes.
     pub size: u64,
+    /// `platform.os`, e.g. `linux`; empty when the entry has no platform.
     pub os: String,
+    /// `platform.architecture` as a GOARCH name, e.g. `amd64`; empty when absent.
     pub architecture: String,
+    /// `platform.variant`, e.g. `v8` for arm64; absent when the index gives none.
     pub variant: Option<String>,
 }
 
 /// What a manifest describes.
 #[derive(Debug, Clone)]
 pub enum ManifestKind {
+    /// A multi-platform index (OCI index or Docker manifest list): one entry per listed manifest.
     Index(Vec<IndexEntry>),
+    /// A single-platform image manifest.
     Image {
+        /// The image config blob.
         config: Descriptor,
+        /// The layer blobs, base layer first.
         layers: Vec<Descriptor>,
     },
 }
@@ -121,8 +164,11 @@ pub enum ManifestKind {
 /// A fetched, digest-checked manifest.
 #[derive(Debug, Clone)]
 pub struct Manifest {
+    /// The manifest exactly as served; its sha256 is `digest`.
     pub bytes: Vec<u8>,
+    /// Media type from the manifest's `mediaType` field, else the response's `Content-Type`.
     pub media_type: String,
+    /// `sha256:` digest of `bytes`.
     pub digest: String,
 }
 

@@ -23,8 +23,11 @@ const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 /// Compression of a layer blob, from its media type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
+    /// A plain tar.
     None,
+    /// A gzip-compressed tar.
     Gzip,
+    /// A zstd-compressed tar.
     Zstd,
 }
 
@@ -54,6 +57,7 @@ impl Compression {
 pub struct UnpackLimits {
     /// Uncompressed tar bytes.
     pub max_bytes: u64,
+    /// Tar entries (inodes) created.
     pub max_entries: u64,
 }
 
@@ -80,14 +84,32 @@ pub struct UnpackStats {
 /// Why an unpack failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
+    /// A filesystem operation on the destination failed.
     #[error("{path}: {source}")]
-    Io { path: String, source: io::Error },
+    Io {
+        /// Path inside the layer (or the destination) being written.
+        path: String,
+        /// The underlying I/O error.
+        source: io::Error,
+    },
+    /// An entry that would write outside the layer or through a link: `..`
+    /// or absolute names, symlinked parents, hardlinks out of the layer. The
+    /// partial unpack is removed.
     #[error("hostile layer entry {path:?}: {reason}")]
-    Hostile { path: String, reason: String },
+    Hostile {
+        /// The entry's name as the tar gives it.
+        path: String,
+        /// Which check it failed.
+        reason: String,
+    },
+    /// The layer would exceed [`UnpackLimits`]; the message names which limit.
     #[error("layer exceeds the limit of {0}")]
     Limit(String),
+    /// The compressed stream or the tar itself is malformed (bad header, bad number field, link
+    /// without a target).
     #[error("corrupt layer: {0}")]
     Corrupt(String),
+    /// A layer media type or tar entry type crius does not handle.
     #[error("unsupported: {0}")]
     Unsupported(String),
 }

@@ -14,11 +14,16 @@ use super::{MAX_FRAME, SOCKET, VERSION};
 /// Why talking to a monitor failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
+    /// Creating the monitor's directory, or connecting to, writing to or reading from its socket
+    /// failed.
     #[error("monitor {path}: {source}")]
     Io {
+        /// The monitor's directory or socket.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// The monitor hung up mid-answer or sent bytes that are not a valid response.
     #[error("monitor answer malformed: {0}")]
     Decode(String),
     /// The monitor carried out the request and reports a failure.
@@ -26,6 +31,7 @@ pub enum MonitorError {
     Remote {
         /// Who must act on it.
         code: super::proto::Code,
+        /// The monitor's description of the failure.
         message: String,
     },
     /// The caller gave up on the call (its client went away).
@@ -35,6 +41,7 @@ pub enum MonitorError {
     /// hung (a dead one refuses the connection instead).
     #[error("the pod's monitor did not answer within {0:?} (stopped or hung?)")]
     Timeout(Duration),
+    /// The monitor process could not be spawned or did not report itself ready in time.
     #[error("starting the monitor: {0}")]
     Spawn(String),
 }
@@ -42,6 +49,7 @@ pub enum MonitorError {
 /// What a ping found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
+    /// It answers.
     Alive,
     /// Nothing listens: it exited or was killed.
     Dead,

@@ -8,7 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Which output a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
+    /// The process's standard output (`stdout` in the log line).
     Stdout,
+    /// The process's standard error (`stderr` in the log line).
     Stderr,
 }
 

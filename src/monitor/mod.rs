@@ -23,6 +23,7 @@ pub mod logs;
 mod table;
 
 /// Generated from `proto/monitor.proto`.
+// prost-build output: documented (if at all) in the .proto, not editable here.
 #[allow(missing_docs, clippy::all)]
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/crius.monitor.v1.rs"));
@@ -64,9 +65,11 @@ pub mod files {
 /// How a container ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExitRecord {
+    /// Exit status; `128 + signal` for a process killed by a signal, 255 when neither is known.
     pub exit_code: i32,
     /// Nanoseconds since the epoch.
     pub finished_at: i64,
+    /// The container's memory cgroup recorded an OOM kill (checked only for non-zero exits).
     pub oom_killed: bool,
 }
 

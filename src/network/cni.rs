@@ -13,37 +13,61 @@ use crate::error::shown;
 /// Errors of a CNI operation; the plugin's own message is kept.
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
+    /// A chain names a plugin `type` with no executable of that name in any plugin directory.
     #[error("CNI plugin {plugin:?} not found in {dirs:?}")]
-    PluginNotFound { plugin: String, dirs: Vec<PathBuf> },
+    PluginNotFound {
+        /// The plugin's `type` as the config gives it.
+        plugin: String,
+        /// The directories searched, in order.
+        dirs: Vec<PathBuf>,
+    },
+    /// A plugin could not be spawned, exited non-zero, or printed a result that is not JSON.
     #[error("CNI plugin {plugin} {command} failed: {message}")]
     Plugin {
+        /// The plugin's `type` (its executable's name).
         plugin: String,
+        /// The CNI command run: `ADD`, `CHECK` or `DEL`.
         command: &'static str,
+        /// The plugin's `msg` (and `details`) from its error result, else its raw stdout and
+        /// stderr, or why it could not be spawned, waited for or parsed.
         message: String,
     },
+    /// A plugin ran longer than [`Invoker::timeout`] and was killed.
     #[error("CNI plugin {plugin} {command} timed out after {secs}s")]
     Timeout {
+        /// The plugin's `type`.
         plugin: String,
+        /// The CNI command run: `ADD`, `CHECK` or `DEL`.
         command: &'static str,
+        /// The limit it exceeded, in whole seconds.
         secs: u64,
     },
+    /// A network config without a name, plugins or a valid plugin `type`, or an ADD chain that
+    /// produced no result.
     #[error("CNI config: {0}")]
     Config(String),
     /// A `CNI_ARGS` pair that could add or change another pair; refused
     /// before any plugin runs. Only a short, escaped prefix of the input is kept.
     #[error("CNI_ARGS {part} of {key} {input} {reason}")]
     InvalidArg {
+        /// The pair's key, shortened and escaped for display.
         key: String,
+        /// Which side of the pair was refused: `"key"` or `"value"`.
         part: &'static str,
+        /// The refused key or value, shortened and escaped for display.
         input: String,
+        /// What is wrong with it, e.g. `contains ';'` or `is already set`.
         reason: String,
     },
     /// More than one plugin of a chain failed (DEL keeps going after a
     /// failure); each error in the order the plugins ran.
     #[error("CNI {command} of network {network}: {} plugins failed: {}", .errors.len(), join(.errors))]
     Several {
+        /// The CNI command run; DEL is the only one that keeps going after a failure.
         command: &'static str,
+        /// The network config's name.
         network: String,
+        /// One error per failed plugin, in the order they ran.
         errors: Vec<CniError>,
     },
 }
@@ -146,8 +170,11 @@ const IGNORE_UNKNOWN: &str = "IgnoreUnknown";
 /// A network config ready to run: its name, version and plugin chain.
 #[derive(Debug, Clone)]
 pub struct NetworkConf {
+    /// The network's `name` from its config.
     pub name: String,
+    /// The config's `cniVersion`; `0.4.0` when the file gives none.
     pub cni_version: String,
+    /// Each plugin's own config object, in chain order (a single-plugin `.conf` is a chain of one).
     pub plugins: Vec<Value>,
 }
 
@@ -182,9 +209,12 @@ impl NetworkConf {
 /// The per-pod part of a CNI call.
 #[derive(Debug, Clone)]
 pub struct Attachment {
+    /// The pod sandbox's id, passed as `CNI_CONTAINERID`; plugins key their state (e.g. IPAM
+    /// leases) on it with `ifname`.
     pub container_id: String,
     /// Path of the pinned network namespace; may be gone on DEL.
     pub netns: String,
+    /// Interface name to create inside the namespace (`CNI_IFNAME`), e.g. `eth0`.
     pub ifname: String,
     /// `K8S_POD_*` arguments, checked when they were built.
     pub args: CniArgs,
@@ -195,7 +225,10 @@ pub struct Attachment {
 /// Where plugins are and how long one may run.
 #[derive(Debug, Clone)]
 pub struct Invoker {
+    /// Directories searched, in order, for a plugin's executable.
     pub plugin_dirs: Vec<PathBuf>,
+    /// How long one plugin invocation may run before it is killed and fails with
+    /// [`CniError::Timeout`].
     pub timeout: Duration,
 }
 

@@ -15,8 +15,11 @@ use serde::Serialize;
 /// A CNI network config file that parsed and names at least one plugin.
 #[derive(Debug, Clone, Serialize)]
 pub struct NetworkFile {
+    /// The config file, the lexically first usable one in the config directory.
     pub path: PathBuf,
+    /// The network's `name`.
     pub name: String,
+    /// The file's `cniVersion`; empty when it gives none.
     pub cni_version: String,
     /// Plugin types in chain order.
     pub plugins: Vec<String>,
@@ -28,7 +31,9 @@ pub struct NetworkFile {
 /// Whether pods can get a network right now, and why not.
 #[derive(Debug, Clone)]
 pub enum Readiness {
+    /// The default network's config file.
     Ready(NetworkFile),
+    /// Why not: no usable config file, or the directory could not be read.
     NotReady(String),
 }
 
@@ -41,6 +46,7 @@ pub struct Network {
 }
 
 impl Network {
+    /// Settings from `[network]`; `pod_cidr` as last stored by UpdateRuntimeConfig.
     pub fn new(
         conf_dir: PathBuf,
         plugin_dirs: Vec<PathBuf>,
@@ -72,6 +78,7 @@ impl Network {
         self.pod_cidr.read().map(|g| g.clone()).unwrap_or_default()
     }
 
+    /// Stores the pod CIDR from UpdateRuntimeConfig (`None` clears it).
     pub fn set_pod_cidr(&self, cidr: Option<String>) {
         if let Ok(mut g) = self.pod_cidr.write() {
             *g = cidr;

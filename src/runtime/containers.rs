@@ -22,6 +22,7 @@ pub struct ContainerFilter {
     pub id: String,
     /// A pod id or id prefix; empty: any.
     pub pod: String,
+    /// Only containers in this state; `None`: any.
     pub state: Option<ContainerState>,
     /// Every label here must be on the container.
     pub labels: HashMap<String, String>,
@@ -30,16 +31,20 @@ pub struct ContainerFilter {
 /// A container with where it is in its life.
 #[derive(Debug, Clone)]
 pub struct ContainerView {
+    /// The stored container.
     pub record: Arc<ContainerRecord>,
+    /// Its current run state.
     pub run: RunState,
 }
 
 /// A container as ContainerStatus shows it.
 #[derive(Debug, Clone)]
 pub struct ContainerStatus {
+    /// The container and its run state.
     pub view: ContainerView,
     /// Kubernetes' words: Completed, Error, OOMKilled, StartError, Unknown.
     pub reason: &'static str,
+    /// Exit code; 255 for an exited container with no exit record, 0 while it runs.
     pub exit_code: i32,
     /// Nanoseconds since the epoch; 0 while it runs.
     pub finished_at: i64,
@@ -50,8 +55,11 @@ pub struct ContainerStatus {
 /// The outcome of an ExecSync.
 #[derive(Debug, Clone)]
 pub struct ExecOutput {
+    /// Everything the command wrote to stdout.
     pub stdout: Vec<u8>,
+    /// Everything the command wrote to stderr (a timeout note is appended when it timed out).
     pub stderr: Vec<u8>,
+    /// The command's exit code.
     pub exit_code: i32,
 }
 

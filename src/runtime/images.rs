@@ -10,6 +10,7 @@ use crate::image::record::ImageRecord;
 /// An image as ListImages and ImageStatus show it.
 #[derive(Debug, Clone)]
 pub struct ImageView {
+    /// The stored image.
     pub record: ImageRecord,
     /// kubelet's image GC must keep it (the pause image).
     pub pinned: bool,
@@ -18,8 +19,11 @@ pub struct ImageView {
 /// Space used on one filesystem, for ImageFsInfo.
 #[derive(Debug, Clone)]
 pub struct FsUsage {
+    /// The directory the usage is reported for (image layers, or container writable layers).
     pub mountpoint: PathBuf,
+    /// Bytes used (file content, not allocated blocks).
     pub bytes: u64,
+    /// Inodes used.
     pub inodes: u64,
     /// When the numbers were measured.
     pub at: std::time::SystemTime,

@@ -36,9 +36,13 @@ const POD_CIDR_KEY: &str = "pod_cidr";
 /// A runtime condition as kubelet reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Condition {
+    /// The condition type: `RuntimeReady` or `NetworkReady`.
     pub kind: &'static str,
+    /// Whether it holds.
     pub ready: bool,
+    /// CamelCase reason when not ready (e.g. `NetworkPluginNotReady`); empty when ready.
     pub reason: String,
+    /// Human-readable detail when not ready; empty when ready.
     pub message: String,
 }
 

@@ -16,6 +16,7 @@ use crate::sandbox::{PodRecord, PodState, labels_match};
 pub struct PodFilter {
     /// An id or id prefix; empty: any.
     pub id: String,
+    /// Only pods in this state; `None`: any.
     pub state: Option<PodState>,
     /// Every label here must be on the pod.
     pub labels: HashMap<String, String>,
@@ -24,6 +25,7 @@ pub struct PodFilter {
 /// A pod as PodSandboxStatus shows it.
 #[derive(Debug, Clone)]
 pub struct PodStatus {
+    /// The stored pod.
     pub record: Arc<PodRecord>,
     /// With verbose: what the debugging details need.
     pub verbose: Option<PodDetails>,

@@ -19,7 +19,9 @@ use crate::error::shown;
 /// A port forwarded from the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostPort {
+    /// TCP, UDP or SCTP.
     pub protocol: Protocol,
+    /// Host port, never 0.
     pub port: u16,
     /// `None`: every address of both families (an empty CRI `host_ip`).
     pub ip: Option<IpAddr>,
@@ -65,8 +67,11 @@ impl std::fmt::Display for HostPort {
 #[derive(Debug, thiserror::Error)]
 #[error("host port {wanted} is already held by pod {} ({holder}) as {held}", short_id(.holder_id))]
 pub struct PortConflict {
+    /// The port the new pod asked for.
     pub wanted: HostPort,
+    /// The overlapping port the other pod holds.
     pub held: HostPort,
+    /// The holding pod's id.
     pub holder_id: String,
     /// `namespace/name` of the holder, quoted for a message.
     pub holder: String,

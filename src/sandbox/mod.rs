@@ -32,7 +32,9 @@ pub const SHM_SIZE_KIB: u64 = 64 * 1024;
 /// Whether a pod is usable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PodState {
+    /// Namespaces, network and cgroup are set up; containers may be created in it.
     Ready,
+    /// Still being set up, or stopped (StopPodSandbox ran); kept until RemovePodSandbox.
     NotReady,
 }
 
@@ -40,21 +42,33 @@ pub enum PodState {
 /// or a change of the CNI config.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NetworkAttachment {
+    /// The network config (name, version, plugin chain) ADD ran with, as
+    /// [`crate::network::cni::NetworkConf::to_json`] gives it.
     pub conf: Value,
+    /// The final ADD result, passed to DEL and CHECK as `prevResult`; `null` while ADD has not
+    /// finished.
     pub result: Value,
 }
 
 /// One pod, stored in the `pods` table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PodRecord {
+    /// 64 hex digits, random.
     pub id: String,
+    /// The CRI config the pod was created with, as kubelet sent it.
     pub config: PodSandboxConfig,
+    /// The `runtime_handler` kubelet asked for; empty for the default (the only one supported).
     pub runtime_handler: String,
+    /// Ready or not; see [`PodState`].
     pub state: PodState,
     /// Nanoseconds since the epoch.
     pub created_at: i64,
+    /// Pod IPs from the CNI result, IPv4 first; empty for host-network pods and once the network is
+    /// torn down.
     pub ips: Vec<String>,
+    /// The pod uses the node's network namespace: no CNI, no pinned netns.
     pub host_network: bool,
+    /// The pod uses the node's IPC namespace: no pinned ipc namespace.
     pub host_ipc: bool,
     /// Set while the pod holds an IP.
     pub network: Option<NetworkAttachment>,

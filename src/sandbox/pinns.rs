@@ -11,8 +11,11 @@ use nix::sched::CloneFlags;
 /// A namespace kind crius pins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NsKind {
+    /// Network namespace; the one CNI configures.
     Net,
+    /// IPC namespace (System V IPC, POSIX message queues), shared by the pod's containers.
     Ipc,
+    /// UTS namespace, carrying the pod's hostname.
     Uts,
     /// Needs a process: the pod init (`crius-helper pod-init`) is its PID 1.
     Pid,
@@ -53,21 +56,33 @@ impl NsKind {
 /// Errors while pinning or unpinning.
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
+    /// A namespace syscall (`unshare`, `sethostname`, the bind mount of a pin) failed.
     #[error("{what}: {source}")]
     Sys {
+        /// The step that failed.
         what: String,
+        /// The errno.
         source: nix::errno::Errno,
     },
+    /// Creating a pin file or directory, or bringing up loopback, failed.
     #[error("{path}: {source}")]
     Io {
+        /// The path involved.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// The pod init (PID 1 of the pod's PID namespace) failed to start or to seal itself.
     #[error("pod init: {0}")]
     PodInit(#[source] crate::executor::ExecutorError),
     /// A sysctl the kernel does not know, or a value it refuses: bad input.
     #[error("sysctl {key}: {source}")]
-    Sysctl { key: String, source: std::io::Error },
+    Sysctl {
+        /// The sysctl name, e.g. `net.ipv4.ip_unprivileged_port_start`.
+        key: String,
+        /// The error writing it under `/proc/sys`.
+        source: std::io::Error,
+    },
 }
 
 /// `pinns`'s exit status when a sysctl was refused (the daemon answers

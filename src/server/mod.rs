@@ -30,15 +30,22 @@ pub const MAX_MESSAGE_SIZE: usize = 80 * 1024 * 1024;
 /// Errors setting up or running the gRPC server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// Creating the socket's directory, inspecting, removing or binding the socket failed.
     #[error("{path}: {source}")]
     Io {
+        /// The path involved.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// The listen path exists and is something other than a socket (never deleted, in case it is a
+    /// misconfiguration).
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
+    /// A live server already accepts connections on the socket (or its listener was already taken).
     #[error("another process is serving on {0}")]
     InUse(PathBuf),
+    /// tonic's server failed while serving.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }

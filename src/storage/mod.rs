@@ -22,20 +22,31 @@ const MAX_OPTIONS: usize = 4000;
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// Creating, linking or removing a layer or rootfs directory failed (also a short-link
+    /// collision).
     #[error("{path}: {source}")]
     Io {
+        /// The path involved.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// Mounting or unmounting a container's overlay rootfs failed.
     #[error("mounting the rootfs of {id}: {source}")]
     Mount {
+        /// The container whose rootfs it was.
         id: String,
+        /// The errno from mount(2) or umount2(2).
         source: nix::errno::Errno,
     },
+    /// A container id that is empty or not ASCII letters, digits, `-` and `_`: it would escape the
+    /// containers directory.
     #[error("invalid container id {0:?}")]
     BadId(String),
+    /// The overlay options (lower dirs) exceed one page, the limit of a mount option string.
     #[error("{0} layers do not fit one overlay mount")]
     TooManyLayers(usize),
+    /// A rootfs was asked for with no image layers.
     #[error("a container rootfs needs at least one layer")]
     NoLayers,
     #[error("image volume sub path {path:?}: {source}")]

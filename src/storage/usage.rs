@@ -15,7 +15,10 @@ pub const MAX_AGE: Duration = Duration::from_secs(10);
 /// One measurement of the writable layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sample {
+    /// File content bytes in all writable layers (apparent sizes, not allocated blocks; hardlinks
+    /// counted per link).
     pub bytes: u64,
+    /// Entries (files, directories, links) in all writable layers.
     pub inodes: u64,
     /// When the walk that measured it ended.
     pub at: SystemTime,

@@ -18,29 +18,56 @@ use serde::de::DeserializeOwned;
 /// Errors from the metadata store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The redb database failed to open, begin, read or commit a transaction.
     #[error("store database: {0}")]
     Db(#[from] redb::Error),
+    /// A stored record no longer decodes as its type (damaged, or written by an incompatible
+    /// build).
     #[error("record {table}/{key} is corrupt: {source}")]
     Corrupt {
+        /// The table holding it.
         table: &'static str,
+        /// The record's key.
         key: String,
+        /// The JSON decode error.
         source: serde_json::Error,
     },
+    /// A value could not be serialised to JSON for storing.
     #[error("encoding record {table}/{key}: {source}")]
     Encode {
+        /// The table it was going into.
         table: &'static str,
+        /// The record's key.
         key: String,
+        /// The JSON encode error.
         source: serde_json::Error,
     },
+    /// The database was written by a newer crius; it is not opened, so no
+    /// older code rewrites records it does not understand.
     #[error("store schema version {found} is newer than this crius understands ({supported})")]
-    Schema { found: u32, supported: u32 },
+    Schema {
+        /// Schema version recorded in the database.
+        found: u32,
+        /// The newest schema this build reads.
+        supported: u32,
+    },
+    /// A file operation on the state root failed (the root lock file).
     #[error("{path}: {source}")]
     Io {
+        /// The file involved.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// Another process holds the exclusive lock on the same state root.
     #[error("another crius (pid {pid}) already owns root {root}; stop it or use another --root")]
-    Locked { root: PathBuf, pid: String },
+    Locked {
+        /// The state root (`--root`) that is taken.
+        root: PathBuf,
+        /// The holder's pid as written in `crius.lock`; may be empty if it
+        /// had not written it yet.
+        pid: String,
+    },
 }
 
 macro_rules! db_err {
@@ -63,8 +90,11 @@ db_err!(
 /// The kinds of records, one table each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
+    /// Pod sandbox records, by pod id.
     Pods,
+    /// Container records, by container id.
     Containers,
+    /// Pulled image records, by image id (config digest).
     Images,
     /// Unpacked layers by chain id: size and inode counts for ImageFsInfo.
     Layers,

@@ -14,8 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::monitor::client::Client;
 
-/// Output channel numbers (the remotecommand stream ids).
+/// Standard output's channel number (a remotecommand stream id).
 pub const STDOUT: u8 = 1;
+/// Standard error's channel number.
 pub const STDERR: u8 = 2;
 
 /// A running interactive process.

@@ -17,18 +17,24 @@ pub const MAX_OUTSTANDING: usize = 1000;
 pub enum Pending {
     /// An exec in a running container, through its pod's monitor.
     Exec {
+        /// The validated CRI request.
         req: ExecRequest,
+        /// The pod monitor that runs the exec.
         monitor: crate::monitor::client::Client,
     },
     /// The main process of a running container, through its pod's monitor.
     Attach {
+        /// The validated CRI request.
         req: AttachRequest,
+        /// The pod monitor that owns the container's output and stdin.
         monitor: crate::monitor::client::Client,
     },
     /// Ports of a pod: `localhost` in its network namespace (`None`: the
     /// host's, for host-network pods).
     PortForward {
+        /// The validated CRI request (pod id and ports).
         req: PortForwardRequest,
+        /// The pod's pinned network namespace; `None` for host-network pods.
         netns: Option<std::path::PathBuf>,
     },
 }
@@ -47,6 +53,7 @@ impl Pending {
 /// Why no token was issued.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
+    /// [`MAX_OUTSTANDING`] unexpired URLs are already waiting for their clients.
     #[error("maximum number of in-flight requests exceeded")]
     TooMany,
     /// The kernel gave no random bytes. A token is the only credential of

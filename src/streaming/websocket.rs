@@ -25,7 +25,9 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// What a negotiated subprotocol means on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Protocol {
+    /// The subprotocol name as offered in `Sec-WebSocket-Protocol`, e.g. `v5.channel.k8s.io`.
     pub name: &'static str,
+    /// Messages are text: the channel as an ASCII digit, then the payload in base64.
     pub base64: bool,
     /// The error channel carries a JSON Status, always (v4+).
     pub status_json: bool,
