@@ -49,9 +49,13 @@ pub enum StorageError {
     /// A rootfs was asked for with no image layers.
     #[error("a container rootfs needs at least one layer")]
     NoLayers,
+    /// An image volume's `image_sub_path` names nothing in the image (or
+    /// resolves outside it): the request's fault.
     #[error("image volume sub path {path:?}: {source}")]
     ImageSubPath {
+        /// The sub path as requested.
         path: String,
+        /// Why it does not resolve.
         source: std::io::Error,
     },
 }
