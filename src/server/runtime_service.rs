@@ -212,17 +212,6 @@ impl RuntimeService for RuntimeServiceHandler {
         unimplemented("StreamPodSandboxMetrics")
     }
 
-    async fn checkpoint_pod(
-        &self,
-        _: Request<CheckpointPodRequest>,
-    ) -> Reply<CheckpointPodResponse> {
-        unimplemented("CheckpointPod")
-    }
-
-    async fn restore_pod(&self, _: Request<RestorePodRequest>) -> Reply<RestorePodResponse> {
-        unimplemented("RestorePod")
-    }
-
     async fn update_pod_sandbox_resources(
         &self,
         _: Request<UpdatePodSandboxResourcesRequest>,
@@ -269,7 +258,6 @@ impl RuntimeService for RuntimeServiceHandler {
             features: Some(RuntimeFeatures {
                 supplemental_groups_policy: false,
                 user_namespaces_host_network: false,
-                mount_options: false,
             }),
         }))
     }

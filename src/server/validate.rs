@@ -430,7 +430,7 @@ pub fn container_config(c: &ContainerConfig) -> Check {
                 quote(&kv.key)
             )));
         }
-        // Values are bytes on the wire since CRI 1.35; a process's
+        // Values are bytes on the wire since CRI v0.36; a process's
         // environment (and the OCI spec) holds text.
         let value = std::str::from_utf8(&kv.value).map_err(|_| {
             bad(format!(
