@@ -166,6 +166,10 @@ pub struct RuntimeConfig {
     /// Off by default, as in containerd (same name): a value is applied or
     /// refused, never silently changed.
     pub restrict_oom_score_adj: bool,
+    /// A container that names no seccomp profile gets the RuntimeDefault
+    /// one (as cri-o does; containerd leaves it unconfined). `Unconfined`
+    /// must then be asked for; privileged containers are never filtered.
+    pub seccomp_use_default_when_empty: bool,
 }
 
 impl Default for Config {
@@ -237,6 +241,7 @@ impl Default for RuntimeConfig {
             log_dir: "/var/log/crius/pods".into(),
             cgroup_favor_dynmods: false,
             restrict_oom_score_adj: false,
+            seccomp_use_default_when_empty: true,
         }
     }
 }
@@ -516,6 +521,13 @@ impl Config {
             "restrict_oom_score_adj",
             Some(toml::Value::Boolean(self.runtime.restrict_oom_score_adj)),
         );
+        line(
+            "A container that names no seccomp profile runs under the RuntimeDefault\nprofile; Unconfined must be asked for. false: no profile means unconfined.",
+            "seccomp_use_default_when_empty",
+            Some(toml::Value::Boolean(
+                self.runtime.seccomp_use_default_when_empty,
+            )),
+        );
         out
     }
 }
@@ -735,6 +747,7 @@ mod tests {
                 log_dir: "/logs".into(),
                 cgroup_favor_dynmods: true,
                 restrict_oom_score_adj: true,
+                seccomp_use_default_when_empty: false,
             },
         };
         let text = c.render();

@@ -620,6 +620,10 @@ async fn seccomp_runtime_default_and_localhost_profiles() {
     let id = e.run_config(cfg).await;
     let (out, _) = e.sh(&id, "grep Seccomp: /proc/1/status").await;
     assert!(out.contains("\t0"), "{out}");
+    // No profile at all: RuntimeDefault (seccomp_use_default_when_empty).
+    let id = e.run("unset", "sleep 1000").await;
+    let (out, _) = e.sh(&id, "grep Seccomp: /proc/1/status").await;
+    assert!(out.contains("\t2"), "filtered by default: {out}");
     // A missing localhost profile is the caller's error.
     let mut cfg = e.config("missing", "true");
     cfg.linux = Some(sec(SecurityProfile {
@@ -630,6 +634,17 @@ async fn seccomp_runtime_default_and_localhost_profiles() {
         e.create(cfg).await.unwrap_err().code(),
         Code::InvalidArgument
     );
+}
+
+#[tokio::test]
+async fn no_seccomp_profile_is_unconfined_when_the_node_says_so() {
+    let mut e = env_built("seccompoff", NamespaceMode::Container, |b| {
+        b.config("[runtime]\nseccomp_use_default_when_empty = false")
+    })
+    .await;
+    let id = e.run("unset", "sleep 1000").await;
+    let (out, _) = e.sh(&id, "grep Seccomp: /proc/1/status").await;
+    assert!(out.contains("\t0"), "{out}");
 }
 
 #[tokio::test]

@@ -131,6 +131,8 @@ pub struct Containers {
     listed: crate::listing::Budget,
     /// `[runtime] restrict_oom_score_adj`.
     restrict_oom_score_adj: bool,
+    /// `[runtime] seccomp_use_default_when_empty`.
+    seccomp_default: bool,
     /// Stops under way, by container id (see `stop.rs`).
     stopping: std::sync::Mutex<HashMap<String, Arc<stop::Stopping>>>,
     /// Every container with its run state, in memory (see `table.rs`).
@@ -314,6 +316,7 @@ impl Containers {
             locks: KeyedLocks::default(),
             listed,
             restrict_oom_score_adj: config.restrict_oom_score_adj,
+            seccomp_default: config.seccomp_use_default_when_empty,
             stopping: Default::default(),
             watchers: Default::default(),
         }
@@ -742,7 +745,7 @@ impl Containers {
         let mut oci = spec::build(&input).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let dir = self.state_dir(&id);
         std::fs::create_dir_all(&dir).map_err(internal)?;
-        if let Some(profile) = seccomp_profile(&sec)? {
+        if let Some(profile) = seccomp_profile(&sec, self.seccomp_default)? {
             let program = crate::executor::seccomp::compile(&profile)
                 .map_err(|e| Error::InvalidArgument(format!("seccomp profile: {e}")))?;
             std::fs::write(dir.join("seccomp.bpf"), program.to_bytes()).map_err(internal)?;
@@ -1029,11 +1032,13 @@ impl Containers {
 }
 
 /// The seccomp profile a container asked for: RuntimeDefault (also the
-/// deprecated `runtime/default`, `docker/default` paths), Localhost (an
-/// absolute path to an OCI profile), or none (Unconfined, unset,
-/// privileged).
+/// deprecated `runtime/default`, `docker/default` paths, and nothing at all
+/// when `default_when_empty`), Localhost (an absolute path to an OCI
+/// profile), or none (Unconfined, privileged, or unset without
+/// `default_when_empty`).
 fn seccomp_profile(
     sec: &k8s_cri::v1::LinuxContainerSecurityContext,
+    default_when_empty: bool,
 ) -> Result<Option<oci_spec::runtime::LinuxSeccomp>> {
     use k8s_cri::v1::security_profile::ProfileType;
     if sec.privileged {
@@ -1054,6 +1059,7 @@ fn seccomp_profile(
             }
         },
         None => match path.as_str() {
+            "" if default_when_empty => None,
             "" | "unconfined" => return Ok(None),
             "runtime/default" | "docker/default" => None,
             p => match p.strip_prefix("localhost/") {
