@@ -41,19 +41,21 @@ echo "guest: $(systemctl --version | head -n1), AppArmor $(cat /sys/module/appar
   "$(nproc) CPUs, $(free -m | awk '/^Mem:/ { print $2 }') MiB"
 cd "$WORKTREE"
 
+# The test images' blobs, built on the host, so that hack/testenv/up.sh (run
+# by the tests, or by hand in --shell-cmd) only uploads them to the guest's
+# own registries (on its loopback).
+mkdir -p /var/lib/crius-testenv/cache
+share testenv /mnt/testenv
+cp -a /mnt/testenv/. /var/lib/crius-testenv/cache/
+umount /mnt/testenv
+
 if [ -n "$SHELL_CMD" ]; then
   echo "guest: running: $SHELL_CMD"
   bash -c "$SHELL_CMD"
   status $?
 fi
 
-# The test registries (hack/testenv) run in the guest, on its loopback; the
-# image blobs the host built are copied in so only the uploads happen here.
 start=$SECONDS
-mkdir -p /var/lib/crius-testenv/cache
-share testenv /mnt/testenv
-cp -a /mnt/testenv/. /var/lib/crius-testenv/cache/
-umount /mnt/testenv
 if ! hack/testenv/up.sh >/tmp/testenv.log 2>&1; then
   cat /tmp/testenv.log
   echo "guest: hack/testenv/up.sh failed"
