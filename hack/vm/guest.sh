@@ -80,7 +80,7 @@ for driver in $DRIVERS; do
     echo
     echo "======== driver $driver: tests/$name.rs ${FILTER:+(filter $FILTER)}"
     start=$SECONDS
-    timeout --kill-after=30 "$TEST_TIMEOUT" "$bin" ${FILTER:+"$FILTER"} 2>&1 | tee /tmp/test.out
+    timeout --kill-after=30 "$TEST_TIMEOUT" "$bin" --show-output ${FILTER:+"$FILTER"} 2>&1 | tee /tmp/test.out
     trc=${PIPESTATUS[0]}
     took=$((SECONDS - start))
     result=$(grep -a '^test result:' /tmp/test.out | tail -n1)
