@@ -190,7 +190,8 @@ status=""
 [ -f "$share/status" ] && status=$(cat "$share/status")
 if [ -z "$status" ]; then
   echo "lane: the guest gave no exit status (QEMU exited $qemu_rc${timed_out:+, killed after $timeout_min min}); end of its console:" >&2
-  tail -n 40 "$tmp/console.log" >&2 || true
+  # (without systemd's progress spinner)
+  grep -av 'Job .* running (' "$tmp/console.log" | tail -n 40 >&2 || true
   status=1
 fi
 echo "lane: rootfs $rootfs_s s, host build $build_s s, boot ${boot_s:-?} s (QEMU start to the lane unit), guest $guest_s s, total $((SECONDS - lane_start)) s; guest exit status $status"
