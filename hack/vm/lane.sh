@@ -71,9 +71,14 @@ tmp=$(mktemp -d /tmp/crius-vm.XXXXXX)
 share=$tmp/share
 mkdir -p "$share"
 qemu_pid="" tail_pid=""
+stop() { # stop PID: end a child this script started
+  [ -n "$1" ] || return 0
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
 cleanup() {
-  [ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null
-  [ -n "$tail_pid" ] && kill "$tail_pid" 2>/dev/null && wait "$tail_pid" 2>/dev/null
+  stop "$qemu_pid"
+  stop "$tail_pid"
   if [ -n "$keep" ]; then
     echo "lane: kept $tmp" >&2
   else
