@@ -9,6 +9,7 @@
 set -uo pipefail
 
 set -a
+# shellcheck source=/dev/null
 . /lane/lane.env
 set +a
 echo "guest: systemd started the lane $(cut -d' ' -f1 /proc/uptime) s after the kernel"
@@ -39,7 +40,7 @@ echo "guest: kernel $(uname -r), /sys/fs/cgroup is $(stat -fc %T /sys/fs/cgroup)
   "controllers: $(cat /sys/fs/cgroup/cgroup.controllers 2>/dev/null)"
 echo "guest: $(systemctl --version | head -n1), AppArmor $(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)," \
   "$(nproc) CPUs, $(free -m | awk '/^Mem:/ { print $2 }') MiB"
-cd "$WORKTREE"
+cd "$WORKTREE" || status 2
 
 # The test images' blobs, built on the host, so that hack/testenv/up.sh (run
 # by the tests, or by hand in --shell-cmd) only uploads them to the guest's
@@ -69,7 +70,7 @@ for driver in $DRIVERS; do
   export CRIUS_TEST_CGROUP_DRIVER=$driver
   echo
   echo "======== cgroup $(stat -fc %T /sys/fs/cgroup), driver $driver: crius check"
-  printf '[runtime]\ncgroup_driver = "%s"\n' "$driver" >/tmp/check-$driver.toml
+  printf '[runtime]\ncgroup_driver = "%s"\n' "$driver" >"/tmp/check-$driver.toml"
   if "$TARGET/debug/crius" --config "/tmp/check-$driver.toml" check; then
     summary+=("$(printf '%-9s %-16s %6s  %s' "$driver" "crius check" "" ok)")
   else
