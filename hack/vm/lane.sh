@@ -66,16 +66,25 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || die "needs root (apt-get, debootstrap, the guest's image cache)"
 
+test_args=()
+for t in $tests; do
+  [ -f "$repo/tests/$t.rs" ] ||
+    die "no tests/$t.rs; test binaries: $(cd "$repo/tests" && printf '%s\n' *.rs | sed 's/\.rs$//' | xargs)"
+  test_args+=(--test "$t")
+done
+
 lane_start=$SECONDS
 tmp=$(mktemp -d /tmp/crius-vm.XXXXXX)
 share=$tmp/share
 mkdir -p "$share"
 qemu_pid="" tail_pid=""
+# shellcheck disable=SC2317 # stop and cleanup run from the EXIT trap
 stop() { # stop PID: end a child this script started
   [ -n "$1" ] || return 0
   kill "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
 }
+# shellcheck disable=SC2317
 cleanup() {
   stop "$qemu_pid"
   stop "$tail_pid"
@@ -101,8 +110,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 qemu-system-x86_64 -accel help 2>/dev/null | grep -qx tcg || die "this QEMU cannot run TCG guests"
-kernel=$(ls /boot/vmlinuz-*-amd64 2>/dev/null | sort -V | tail -n1)
-[ -n "$kernel" ] || die "no /boot/vmlinuz-*-amd64 (linux-image-amd64)"
+kernel=$(printf '%s\n' /boot/vmlinuz-*-amd64 | sort -V | tail -n1)
+[ -f "$kernel" ] || die "no /boot/vmlinuz-*-amd64 (linux-image-amd64)"
 kver=${kernel#/boot/vmlinuz-}
 [ -d "/lib/modules/$kver" ] || die "no /lib/modules/$kver for $kernel"
 
@@ -121,12 +130,8 @@ echo "lane: building $repo into $target" >&2
 cargo build --bins
 : >"$share/tests.list"
 if [ -z "$shell_cmd" ] || [ -n "$tests_given" ]; then
-  args=()
-  for t in $tests; do
-    [ -f "tests/$t.rs" ] || die "no tests/$t.rs; test binaries: $(cd tests && ls -- *.rs | sed 's/\.rs$//' | xargs)"
-    args+=(--test "$t")
-  done
-  cargo test --no-run --message-format=json "${args[@]}" >"$tmp/cargo.json"
+  cargo test --no-run --message-format=json "${test_args[@]}" >"$tmp/cargo.json"
+  # shellcheck disable=SC2086 # one argument per test binary
   python3 - "$tmp/cargo.json" $tests >"$share/tests.list" <<'EOF'
 import json, sys
 exes = {}
