@@ -101,8 +101,9 @@ impl DaemonBuilder {
             paths.cni_dir.display(),
             self.network,
             registries.display(),
-            self.config
+            with_test_cgroup_driver(&self.config)
         );
+        eprintln!("crius under test: {}", cgroup_setup(&config));
         std::fs::write(&paths.config, config).expect("write config");
         let mut d = Daemon {
             child: None,
@@ -115,6 +116,54 @@ impl DaemonBuilder {
         d.restart();
         d
     }
+}
+
+/// The `[runtime] cgroup_driver` every daemon under test uses:
+/// `CRIUS_TEST_CGROUP_DRIVER` (`cgroupfs` or `systemd`), unset for the
+/// daemon's default. The VM lane (hack/vm) runs the tests with each.
+pub fn test_cgroup_driver() -> Option<String> {
+    let driver = std::env::var("CRIUS_TEST_CGROUP_DRIVER").ok()?;
+    assert!(
+        matches!(driver.as_str(), "cgroupfs" | "systemd"),
+        "CRIUS_TEST_CGROUP_DRIVER={driver:?}: want cgroupfs or systemd"
+    );
+    Some(driver)
+}
+
+/// A test's extra config with `cgroup_driver` from [`test_cgroup_driver`]
+/// added: into its `[runtime]` table when it has one (TOML allows a table
+/// once), unless the test picks a driver itself.
+fn with_test_cgroup_driver(extra: &str) -> String {
+    let Some(driver) = test_cgroup_driver() else {
+        return extra.to_string();
+    };
+    let key = format!("cgroup_driver = \"{driver}\"");
+    if extra.contains("cgroup_driver") {
+        extra.to_string()
+    } else if extra.lines().any(|l| l.trim() == "[runtime]") {
+        extra.replacen("[runtime]", &format!("[runtime]\n{key}"), 1)
+    } else {
+        format!("{extra}\n[runtime]\n{key}\n")
+    }
+}
+
+/// "cgroup v2, driver systemd": what a daemon with `config` (its generated
+/// TOML) runs on, printed when it starts so every test's output says so.
+pub fn cgroup_setup(config: &str) -> String {
+    let version = match crius::cgroups::cgroup_mode() {
+        Some(crius::cgroups::CgroupMode::Unified) => "cgroup v2",
+        Some(crius::cgroups::CgroupMode::Hybrid) => "cgroup v1 (hybrid)",
+        Some(crius::cgroups::CgroupMode::Legacy) => "cgroup v1",
+        None => "no cgroups",
+    };
+    let parsed: toml::Table = config.parse().unwrap_or_default();
+    let driver = parsed
+        .get("runtime")
+        .and_then(|r| r.get("cgroup_driver"))
+        .and_then(|d| d.as_str())
+        .unwrap_or("cgroupfs")
+        .to_string();
+    format!("{version}, driver {driver}")
 }
 
 /// Where a daemon under test keeps its files.
