@@ -289,7 +289,12 @@ async fn exec_sync_output_user_caps_and_timeout() {
     let (init, _) = e.sh(&id, "cat /proc/1/cmdline | tr '\\0' ' '").await;
     assert_eq!(init.trim(), "sleep 1000");
     let (cg, _) = e.sh(&id, "cat /proc/self/cgroup").await;
-    assert!(cg.contains(&format!("crius-{}", &id[..12])), "{cg}");
+    if cgroup_version() == "v2" {
+        // Its own cgroup namespace, joined by the exec: its cgroup is the root.
+        assert_eq!(cg.trim(), "0::/", "{cg}");
+    } else {
+        assert!(cg.contains(&format!("crius-{}", &id[..12])), "{cg}");
+    }
     // Timeout: a non-zero code in about the timeout, and the process is gone.
     let t = Instant::now();
     let r = e.exec(&id, &["/bin/sh", "-c", "sleep 60"], 1).await;
@@ -363,6 +368,25 @@ async fn isolation_defaults_and_readonly_rootfs() {
             .sh(&id, "mknod /dev/shm/sda b 8 0 && head -c1 /dev/shm/sda")
             .await;
         assert_ne!(code, 0, "devices cgroup must refuse block devices");
+    } else {
+        // v2: a private cgroup namespace whose root is the container's
+        // cgroup, mounted read-only with nothing of the host's tree.
+        let (out, _) = e.sh(&id, "cat /proc/self/cgroup").await;
+        assert_eq!(out.trim(), "0::/", "its own cgroup namespace");
+        let (out, _) = e.sh(&id, "cat /sys/fs/cgroup/memory.max").await;
+        assert_eq!(out.trim(), (64u64 << 20).to_string());
+        let (_, code) = e
+            .sh(&id, "echo 999999999 > /sys/fs/cgroup/memory.max")
+            .await;
+        assert_ne!(code, 0, "cgroup must be read-only");
+        let (out, _) = e
+            .sh(&id, "grep ' /sys/fs/cgroup ' /proc/self/mountinfo")
+            .await;
+        assert!(out.contains(" / /sys/fs/cgroup ro,"), "{out}");
+        let (out, _) = e
+            .sh(&id, "ls -R /sys/fs/cgroup | grep -c crius- || true")
+            .await;
+        assert_eq!(out.trim(), "0", "only its own cgroup is visible");
     }
     let host = e.container_cgroup(&id, "memory");
     let limit_file = if cgroup_version() == "v2" {
@@ -532,6 +556,33 @@ async fn image_in_use_keeps_its_layers() {
         .filter(|d| !d.file_name().to_string_lossy().starts_with("tmp-"))
         .count();
     assert!(layers > 0, "layers freed under a running container");
+}
+
+#[tokio::test]
+async fn device_rules_refuse_host_block_devices() {
+    let mut e = env("devices").await;
+    println!("cgroup {}", cgroup_version());
+    let id = e.run("devices", "sleep 1000").await;
+    // CAP_MKNOD makes the node (as v1's `b *:* m`); the device rules (v1
+    // controller, v2 eBPF program) refuse opening it. /tmp is on the
+    // rootfs, which allows device nodes.
+    let (out, code) = e
+        .sh(&id, "mknod /tmp/sda b 8 0 && head -c1 /tmp/sda 2>&1")
+        .await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+    let (out, code) = e
+        .sh(&id, "mknod /tmp/mem c 1 1 && head -c1 /tmp/mem 2>&1")
+        .await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("Operation not permitted"), "/dev/mem: {out}");
+    let (out, code) = e
+        .sh(
+            &id,
+            "echo x > /dev/null && head -c4 /dev/zero | wc -c && head -c1 /dev/urandom | wc -c",
+        )
+        .await;
+    assert_eq!((out.as_str(), code), ("4\n1\n", 0), "standard devices work");
 }
 
 #[tokio::test]
