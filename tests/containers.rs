@@ -435,6 +435,113 @@ async fn oom_kill_is_reported() {
 }
 
 #[tokio::test]
+async fn limits_land_in_the_cgroup_files() {
+    let mut e = env("limits").await;
+    let v2 = cgroup_version() == "v2";
+    println!("cgroup {}", cgroup_version());
+    let mut res = LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        cpu_shares: 1024,
+        memory_limit_in_bytes: 96 << 20,
+        cpuset_cpus: "0".into(),
+        cpuset_mems: "0".into(),
+        ..Default::default()
+    };
+    if v2 {
+        res.memory_swap_limit_in_bytes = 96 << 20;
+        res.unified = [
+            ("pids.max", "64"),
+            ("memory.oom.group", "1"),
+            ("memory.high", "max"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    }
+    let mut cfg = e.config("limits", "sleep 1000");
+    cfg.linux = Some(LinuxContainerConfig {
+        resources: Some(res),
+        ..Default::default()
+    });
+    let id = e.run_config(cfg).await;
+    let dirs: HashMap<&str, std::path::PathBuf> = ["cpu", "memory", "pids", "cpuset"]
+        .into_iter()
+        .map(|c| (c, e.container_cgroup(&id, c)))
+        .collect();
+    let read = |controller: &str, file: &str| {
+        let p = dirs[controller].join(file);
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|err| panic!("{}: {err}", p.display()))
+            .trim()
+            .to_string()
+    };
+    let expect: &[(&str, &str, &str)] = if v2 {
+        &[
+            ("cpu", "cpu.weight", "39"),
+            ("cpu", "cpu.max", "50000 100000"),
+            ("memory", "memory.max", "100663296"),
+            ("memory", "memory.swap.max", "0"),
+            ("memory", "memory.oom.group", "1"),
+            ("memory", "memory.high", "max"),
+            ("pids", "pids.max", "64"),
+            ("cpuset", "cpuset.cpus", "0"),
+            ("cpuset", "cpuset.mems", "0"),
+        ]
+    } else {
+        &[
+            ("cpu", "cpu.shares", "1024"),
+            ("cpu", "cpu.cfs_quota_us", "50000"),
+            ("cpu", "cpu.cfs_period_us", "100000"),
+            ("memory", "memory.limit_in_bytes", "100663296"),
+            ("cpuset", "cpuset.cpus", "0"),
+            ("cpuset", "cpuset.mems", "0"),
+        ]
+    };
+    for (controller, file, want) in expect {
+        assert_eq!(read(controller, file), *want, "{file}");
+    }
+    // Live updates.
+    e.rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(LinuxContainerResources {
+            cpu_quota: 20_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 128 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    if v2 {
+        assert_eq!(read("cpu", "cpu.max"), "20000 100000");
+        assert_eq!(read("memory", "memory.max"), (128u64 << 20).to_string());
+    } else {
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "20000");
+        assert_eq!(
+            read("memory", "memory.limit_in_bytes"),
+            (128u64 << 20).to_string()
+        );
+    }
+    // A unified key that is a path or a core cgroup file: InvalidArgument.
+    for key in ["cgroup.procs", "memory.max/../../x"] {
+        let err =
+            e.rt.update_container_resources(UpdateContainerResourcesRequest {
+                container_id: id.clone(),
+                linux: Some(LinuxContainerResources {
+                    unified: [(key.to_string(), "1".to_string())].into_iter().collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{key}: {err:?}");
+    }
+}
+
+#[tokio::test]
 async fn stop_signal_timeout_then_sigkill() {
     let mut e = env("stopsig").await;
     // Ignores SIGTERM: stop must fall back to SIGKILL after the timeout.
