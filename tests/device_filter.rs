@@ -94,7 +94,8 @@ fn the_ebpf_device_filter_refuses_block_devices_and_allows_the_standard_ones() {
     );
     let root = cgroup2_root();
     println!("cgroup2 at {} ({:?})", root.display(), cgroup_mode());
-    let tmp = tempdir();
+    let tmpdir = tempdir();
+    let tmp = tmpdir.path();
     let filtered = TestCgroup::new(&root, "devices");
     let open_cg = TestCgroup::new(&root, "nodevices");
     devices::attach_filter(&filtered.0, &devices::rules(&[]).expect("rules"))
@@ -132,7 +133,6 @@ fn the_ebpf_device_filter_refuses_block_devices_and_allows_the_standard_ones() {
     // ENXIO, never EPERM).
     let control = open_in(&open_cg.0, &blk, OFlag::O_RDONLY, None);
     println!("loop node without the filter: {control:?}");
-    let _ = std::fs::remove_dir_all(&tmp);
     match control {
         Ok(()) => {}
         Err(e) => assert_ne!(
@@ -144,11 +144,11 @@ fn the_ebpf_device_filter_refuses_block_devices_and_allows_the_standard_ones() {
     }
 }
 
-/// A directory for device nodes on a filesystem that allows them.
-fn tempdir() -> PathBuf {
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("devices-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// A directory for the device nodes, in the temp dir (the target dir may be
+/// read-only, as in the VM lane).
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("crius-devices-")
+        .tempdir()
+        .expect("temp dir")
 }
