@@ -244,57 +244,69 @@ struct ProgAttachAttr {
     replace_bpf_fd: u32,
 }
 
-/// Loads `insns` as a cgroup device program; on a refusal, loads it again
-/// with the verifier's log to return it.
+/// Loads `insns` as a cgroup device program; on a refusal other than
+/// EPERM, loads it again with the verifier's log to return it.
 fn load(insns: &[Insn]) -> Result<OwnedFd, (io::Error, String)> {
-    let license = c"Apache";
-    let mut log = vec![0u8; 0];
-    for attempt in 0..2 {
-        if attempt == 1 {
-            log = vec![0u8; 64 * 1024];
-        }
-        let mut name = [0u8; 16];
-        name[..12].copy_from_slice(b"crius_device");
-        let mut attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
-            insn_cnt: insns.len() as u32,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            log_level: u32::from(attempt == 1),
-            log_size: log.len() as u32,
-            log_buf: if log.is_empty() {
-                0
-            } else {
-                log.as_mut_ptr() as u64
-            },
-            kern_version: 0,
-            prog_flags: 0,
-            prog_name: name,
-            prog_ifindex: 0,
-            expected_attach_type: BPF_CGROUP_DEVICE,
-        };
-        // SAFETY: attr is a fully initialised prefix of union bpf_attr for
-        // BPF_PROG_LOAD with its size; insns, license and log point to
-        // live buffers of the lengths given, which outlive the call.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_LOAD,
-                &mut attr as *mut ProgLoadAttr,
-                std::mem::size_of::<ProgLoadAttr>() as u32,
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: the kernel returned a new descriptor nobody else owns.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-        }
-        let err = io::Error::last_os_error();
-        if attempt == 1 || err.raw_os_error() == Some(libc::EPERM) {
-            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            return Err((err, String::from_utf8_lossy(&log[..end]).trim().to_string()));
+    match load_once(insns, &mut []) {
+        Ok(fd) => Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Err((e, String::new())),
+        Err(first) => {
+            let mut log = vec![0u8; 64 * 1024];
+            match load_once(insns, &mut log) {
+                Ok(fd) => Ok(fd),
+                Err(_) => {
+                    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+                    Err((
+                        first,
+                        String::from_utf8_lossy(&log[..end]).trim().to_string(),
+                    ))
+                }
+            }
         }
     }
-    Err((io::Error::from(io::ErrorKind::Other), String::new()))
+}
+
+/// One BPF_PROG_LOAD; a non-empty `log` asks for the verifier's log in it.
+fn load_once(insns: &[Insn], log: &mut [u8]) -> io::Result<OwnedFd> {
+    let license = c"Apache";
+    let mut name = [0u8; 16];
+    name[..12].copy_from_slice(b"crius_device");
+    let attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: u32::from(!log.is_empty()),
+        log_size: log.len() as u32,
+        log_buf: if log.is_empty() {
+            0
+        } else {
+            log.as_mut_ptr() as u64
+        },
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name: name,
+        prog_ifindex: 0,
+        expected_attach_type: BPF_CGROUP_DEVICE,
+    };
+    // SAFETY: attr is a fully initialised prefix of union bpf_attr for
+    // BPF_PROG_LOAD with its size; insns, license and log point to live
+    // buffers of the lengths given, which outlive the call (the kernel
+    // writes only into log, which we borrow mutably).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const ProgLoadAttr,
+            std::mem::size_of::<ProgLoadAttr>() as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel returned a new descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Attaches `prog` to the cgroup open as `cgroup`, beside any others.
