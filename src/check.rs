@@ -80,7 +80,32 @@ pub fn run(config: &Config) -> Vec<Finding> {
     );
 
     match cgroup_mode() {
-        Some(CgroupMode::Unified) => add(Level::Ok, "cgroups", "v2 (unified)".into()),
+        Some(CgroupMode::Unified) => {
+            // The controllers crius delegates down its tree, as the root offers them.
+            let offered =
+                std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+            let missing: Vec<&str> = crate::cgroups::v2::CONTROLLERS
+                .iter()
+                .copied()
+                .filter(|c| !offered.split_whitespace().any(|o| o == *c))
+                .collect();
+            if missing.is_empty() {
+                add(
+                    Level::Ok,
+                    "cgroups",
+                    format!("v2 (unified), controllers {}", offered.trim()),
+                );
+            } else {
+                add(
+                    Level::Warn,
+                    "cgroups",
+                    format!(
+                        "v2 (unified), without the {} controller(s): limits on them fail",
+                        missing.join(", ")
+                    ),
+                );
+            }
+        }
         Some(CgroupMode::Hybrid) => add(
             Level::Ok,
             "cgroups",

@@ -289,7 +289,12 @@ async fn exec_sync_output_user_caps_and_timeout() {
     let (init, _) = e.sh(&id, "cat /proc/1/cmdline | tr '\\0' ' '").await;
     assert_eq!(init.trim(), "sleep 1000");
     let (cg, _) = e.sh(&id, "cat /proc/self/cgroup").await;
-    assert!(cg.contains(&format!("crius-{}", &id[..12])), "{cg}");
+    if cgroup_version() == "v2" {
+        // Its own cgroup namespace, joined by the exec: its cgroup is the root.
+        assert_eq!(cg.trim(), "0::/", "{cg}");
+    } else {
+        assert!(cg.contains(&format!("crius-{}", &id[..12])), "{cg}");
+    }
     // Timeout: a non-zero code in about the timeout, and the process is gone.
     let t = Instant::now();
     let r = e.exec(&id, &["/bin/sh", "-c", "sleep 60"], 1).await;
@@ -363,6 +368,25 @@ async fn isolation_defaults_and_readonly_rootfs() {
             .sh(&id, "mknod /dev/shm/sda b 8 0 && head -c1 /dev/shm/sda")
             .await;
         assert_ne!(code, 0, "devices cgroup must refuse block devices");
+    } else {
+        // v2: a private cgroup namespace whose root is the container's
+        // cgroup, mounted read-only with nothing of the host's tree.
+        let (out, _) = e.sh(&id, "cat /proc/self/cgroup").await;
+        assert_eq!(out.trim(), "0::/", "its own cgroup namespace");
+        let (out, _) = e.sh(&id, "cat /sys/fs/cgroup/memory.max").await;
+        assert_eq!(out.trim(), (64u64 << 20).to_string());
+        let (_, code) = e
+            .sh(&id, "echo 999999999 > /sys/fs/cgroup/memory.max")
+            .await;
+        assert_ne!(code, 0, "cgroup must be read-only");
+        let (out, _) = e
+            .sh(&id, "grep ' /sys/fs/cgroup ' /proc/self/mountinfo")
+            .await;
+        assert!(out.contains(" / /sys/fs/cgroup ro,"), "{out}");
+        let (out, _) = e
+            .sh(&id, "ls -R /sys/fs/cgroup | grep -c crius- || true")
+            .await;
+        assert_eq!(out.trim(), "0", "only its own cgroup is visible");
     }
     let host = e.container_cgroup(&id, "memory");
     let limit_file = if cgroup_version() == "v2" {
@@ -408,6 +432,113 @@ async fn oom_kill_is_reported() {
     let s = e.wait_exit(&id).await;
     assert_eq!(s.reason, "OOMKilled", "{s:?}");
     assert_eq!(s.exit_code, 137);
+}
+
+#[tokio::test]
+async fn limits_land_in_the_cgroup_files() {
+    let mut e = env("limits").await;
+    let v2 = cgroup_version() == "v2";
+    println!("cgroup {}", cgroup_version());
+    let mut res = LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        cpu_shares: 1024,
+        memory_limit_in_bytes: 96 << 20,
+        cpuset_cpus: "0".into(),
+        cpuset_mems: "0".into(),
+        ..Default::default()
+    };
+    if v2 {
+        res.memory_swap_limit_in_bytes = 96 << 20;
+        res.unified = [
+            ("pids.max", "64"),
+            ("memory.oom.group", "1"),
+            ("memory.high", "max"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    }
+    let mut cfg = e.config("limits", "sleep 1000");
+    cfg.linux = Some(LinuxContainerConfig {
+        resources: Some(res),
+        ..Default::default()
+    });
+    let id = e.run_config(cfg).await;
+    let dirs: HashMap<&str, std::path::PathBuf> = ["cpu", "memory", "pids", "cpuset"]
+        .into_iter()
+        .map(|c| (c, e.container_cgroup(&id, c)))
+        .collect();
+    let read = |controller: &str, file: &str| {
+        let p = dirs[controller].join(file);
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|err| panic!("{}: {err}", p.display()))
+            .trim()
+            .to_string()
+    };
+    let expect: &[(&str, &str, &str)] = if v2 {
+        &[
+            ("cpu", "cpu.weight", "39"),
+            ("cpu", "cpu.max", "50000 100000"),
+            ("memory", "memory.max", "100663296"),
+            ("memory", "memory.swap.max", "0"),
+            ("memory", "memory.oom.group", "1"),
+            ("memory", "memory.high", "max"),
+            ("pids", "pids.max", "64"),
+            ("cpuset", "cpuset.cpus", "0"),
+            ("cpuset", "cpuset.mems", "0"),
+        ]
+    } else {
+        &[
+            ("cpu", "cpu.shares", "1024"),
+            ("cpu", "cpu.cfs_quota_us", "50000"),
+            ("cpu", "cpu.cfs_period_us", "100000"),
+            ("memory", "memory.limit_in_bytes", "100663296"),
+            ("cpuset", "cpuset.cpus", "0"),
+            ("cpuset", "cpuset.mems", "0"),
+        ]
+    };
+    for (controller, file, want) in expect {
+        assert_eq!(read(controller, file), *want, "{file}");
+    }
+    // Live updates.
+    e.rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(LinuxContainerResources {
+            cpu_quota: 20_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 128 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    if v2 {
+        assert_eq!(read("cpu", "cpu.max"), "20000 100000");
+        assert_eq!(read("memory", "memory.max"), (128u64 << 20).to_string());
+    } else {
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "20000");
+        assert_eq!(
+            read("memory", "memory.limit_in_bytes"),
+            (128u64 << 20).to_string()
+        );
+    }
+    // A unified key that is a path or a core cgroup file: InvalidArgument.
+    for key in ["cgroup.procs", "memory.max/../../x"] {
+        let err =
+            e.rt.update_container_resources(UpdateContainerResourcesRequest {
+                container_id: id.clone(),
+                linux: Some(LinuxContainerResources {
+                    unified: [(key.to_string(), "1".to_string())].into_iter().collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{key}: {err:?}");
+    }
 }
 
 #[tokio::test]
@@ -532,6 +663,33 @@ async fn image_in_use_keeps_its_layers() {
         .filter(|d| !d.file_name().to_string_lossy().starts_with("tmp-"))
         .count();
     assert!(layers > 0, "layers freed under a running container");
+}
+
+#[tokio::test]
+async fn device_rules_refuse_host_block_devices() {
+    let mut e = env("devices").await;
+    println!("cgroup {}", cgroup_version());
+    let id = e.run("devices", "sleep 1000").await;
+    // CAP_MKNOD makes the node (as v1's `b *:* m`); the device rules (v1
+    // controller, v2 eBPF program) refuse opening it. /tmp is on the
+    // rootfs, which allows device nodes.
+    let (out, code) = e
+        .sh(&id, "mknod /tmp/sda b 8 0 && head -c1 /tmp/sda 2>&1")
+        .await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+    let (out, code) = e
+        .sh(&id, "mknod /tmp/mem c 1 1 && head -c1 /tmp/mem 2>&1")
+        .await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("Operation not permitted"), "/dev/mem: {out}");
+    let (out, code) = e
+        .sh(
+            &id,
+            "echo x > /dev/null && head -c4 /dev/zero | wc -c && head -c1 /dev/urandom | wc -c",
+        )
+        .await;
+    assert_eq!((out.as_str(), code), ("4\n1\n", 0), "standard devices work");
 }
 
 #[tokio::test]

@@ -145,6 +145,17 @@ fn internal(e: impl std::fmt::Display) -> Error {
     Error::Internal(e.to_string())
 }
 
+/// A cgroup failure by who must act: the request (a malformed or refused
+/// value), the node (a controller it does not offer), or crius.
+fn cgroup_err(e: crate::cgroups::CgroupError) -> Error {
+    use crate::cgroups::CgroupError;
+    match e {
+        e if e.is_invalid_argument() => Error::InvalidArgument(e.to_string()),
+        e @ CgroupError::MissingFile { .. } => Error::FailedPrecondition(e.to_string()),
+        e => Error::Internal(e.to_string()),
+    }
+}
+
 /// A monitor's answer as a core error: its code says who must act.
 fn monitor_err(e: MonitorError) -> Error {
     use crate::monitor::proto::Code;
@@ -566,13 +577,11 @@ impl Containers {
             let resources = record.resources.clone().unwrap_or_default();
             let devices = devices.clone();
             tokio::task::spawn_blocking(move || -> Result<()> {
-                cgroups.create(&path).map_err(internal)?;
-                cgroups
-                    .apply(&path, &resources)
-                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                cgroups.create(&path).map_err(cgroup_err)?;
+                cgroups.apply(&path, &resources).map_err(cgroup_err)?;
                 cgroups
                     .restrict_devices(&path, privileged, &devices)
-                    .map_err(internal)
+                    .map_err(cgroup_err)
             })
         };
         // Mounts, file reads and writes: off the async workers.
@@ -938,9 +947,8 @@ impl Containers {
                 c.id
             )));
         }
-        self.cgroups
-            .apply(&c.cgroup, &resources)
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        // Interface file writes: off the async workers.
+        crate::sync::blocking(|| self.cgroups.apply(&c.cgroup, &resources)).map_err(cgroup_err)?;
         let mut c = (*c).clone();
         c.resources = Some(resources);
         self.store.put(Table::Containers, &c.id, &c)?;

@@ -296,12 +296,13 @@ impl Executor for Embedded {
             }
             _ => None,
         };
+        let join = namespaces::join_file(crate::cgroups::detected_mode());
         let (ours, theirs) = report::channel()?;
         let chan = theirs.as_raw_fd();
         let inside = ns.new_pid();
         let setup = || -> Result<(), Failure> {
             process::limits(&prepared, chan)?;
-            namespaces::join_cgroups(&opts.cgroup_dirs)?;
+            namespaces::join_cgroups(&opts.cgroup_dirs, join)?;
             let proc = match (&peer, ns.joined_pid()) {
                 (Some(peer), Some(pid_ns)) => Some(namespaces::clone_peer_proc(peer, pid_ns)?),
                 _ => None,
@@ -436,6 +437,7 @@ impl Embedded {
     ) -> Result<i32, ExecutorError> {
         let prepared = process::prepare(process, opts)?;
         let ns = namespaces::process_namespaces(pid)?;
+        let join = namespaces::join_file(crate::cgroups::detected_mode());
         let (ours, theirs) = report::channel()?;
         let chan = theirs.as_raw_fd();
         let keep = Keep {
@@ -448,7 +450,7 @@ impl Embedded {
         };
         let setup = || -> Result<(), Failure> {
             process::limits(&prepared, chan)?;
-            namespaces::join_cgroups(&opts.cgroup_dirs)?;
+            namespaces::join_cgroups(&opts.cgroup_dirs, join)?;
             namespaces::enter(&ns)?;
             process::become_process(&prepared)
         };

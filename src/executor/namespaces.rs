@@ -108,25 +108,31 @@ pub(super) fn process_namespaces(pid: i32) -> Result<Namespaces, ExecutorError> 
     Ok(Namespaces { join, unshare: 0 })
 }
 
-/// Joins the cgroup in every hierarchy.
+/// Joins the cgroup in every hierarchy through `file`, the one the host's
+/// cgroup version has ([`join_file`], decided before the fork).
 ///
 /// On v1 the calling thread is moved through `tasks`: the kernel moves a
 /// lone `current` thread without write-locking the global threadgroup
 /// rwsem, whose RCU grace period made a `cgroup.procs` write cost 10–14 ms
 /// here (0.6 ms through `tasks`). Callers are single-threaded (forked
-/// from the monitor), so the thread is the whole process. A v2 directory
-/// has no `tasks` file and gets `cgroup.procs`.
-pub(super) fn join_cgroups(dirs: &[PathBuf]) -> Result<(), String> {
+/// from the monitor), so the thread is the whole process. v2 has no
+/// `tasks` (and answers EACCES for it): there it is `cgroup.procs`.
+pub(super) fn join_cgroups(dirs: &[PathBuf], file: &str) -> Result<(), String> {
     for d in dirs {
-        let joined = match std::fs::write(d.join("tasks"), "0") {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::write(d.join("cgroup.procs"), "0")
-            }
-            other => other,
-        };
-        joined.map_err(|e| format!("joining cgroup {}: {e}", d.display()))?;
+        std::fs::write(d.join(file), "0")
+            .map_err(|e| format!("joining cgroup {} through {file}: {e}", d.display()))?;
     }
     Ok(())
+}
+
+/// The file a process joins a cgroup through: `tasks` on v1 (also in the
+/// hybrid layout, whose cgroup2 holds no container cgroups), `cgroup.procs`
+/// on v2.
+pub(super) fn join_file(mode: Option<crate::cgroups::CgroupMode>) -> &'static str {
+    match mode {
+        Some(crate::cgroups::CgroupMode::Unified) => "cgroup.procs",
+        _ => "tasks",
+    }
 }
 
 pub(super) fn enter(ns: &Namespaces) -> Result<(), String> {

@@ -245,7 +245,11 @@ impl Env {
             PathBuf::from("/sys/fs/cgroup").join(controller)
         };
         let pattern = format!("crius-{}", &id[..12]);
-        find_dir(&base.join("crius"), &pattern).expect("container cgroup")
+        // The default parent of each driver: /crius, crius.slice.
+        ["crius", "crius.slice"]
+            .iter()
+            .find_map(|parent| find_dir(&base.join(parent), &pattern))
+            .expect("container cgroup")
     }
 }
 

@@ -6,8 +6,17 @@
 //! (`a-b.slice` → `a.slice/a-b.slice`) as systemd would place it; crius
 //! creates the directories itself, so it also works where systemd does not
 //! run.
+//!
+//! On v2 (`v2`) controllers are enabled down the tree and limits written
+//! through the [`fs::CgroupFs`] seam; device rules (`devices`) are v1
+//! `devices.allow` lines or a v2 eBPF program.
+
+pub mod devices;
+pub mod fs;
+pub mod v2;
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use crate::config::CgroupDriver;
 
@@ -42,6 +51,13 @@ pub fn cgroup_mode() -> Option<CgroupMode> {
     }
 }
 
+/// The layout detected once per process (the daemon's, a monitor's):
+/// what the executor's join and the daemon's writes go by.
+pub fn detected_mode() -> Option<CgroupMode> {
+    static MODE: OnceLock<Option<CgroupMode>> = OnceLock::new();
+    *MODE.get_or_init(cgroup_mode)
+}
+
 const ROOT: &str = "/sys/fs/cgroup";
 
 /// Cgroup errors.
@@ -66,6 +82,54 @@ pub enum CgroupError {
         /// The underlying I/O error.
         source: std::io::Error,
     },
+    #[error("enabling controllers ({wanted}) in {path}: {source}{hint}")]
+    Controllers {
+        path: PathBuf,
+        wanted: String,
+        hint: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} does not exist: the {controller} controller is not available to this cgroup")]
+    MissingFile { path: PathBuf, controller: String },
+    #[error("writing {value:?} to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("device filter for {path}: {op}: {source}{}", verifier_log(.log))]
+    DeviceFilter {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+        log: String,
+    },
+}
+
+fn verifier_log(log: &str) -> String {
+    if log.is_empty() {
+        String::new()
+    } else {
+        format!(" (verifier: {log})")
+    }
+}
+
+impl CgroupError {
+    /// Whether the request is at fault (a malformed resource, or a value
+    /// the kernel refused as such), rather than the node.
+    pub fn is_invalid_argument(&self) -> bool {
+        match self {
+            CgroupError::InvalidParent(_) | CgroupError::InvalidResource(_) => true,
+            CgroupError::Write { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::EINVAL) | Some(libc::ERANGE) | Some(libc::EBUSY)
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// The node's cgroup layout and naming driver.
@@ -131,8 +195,12 @@ impl Cgroups {
         }
     }
 
-    /// Creates the cgroup in every hierarchy (parents too).
+    /// Creates the cgroup in every hierarchy (parents too); on v2 with
+    /// the controllers enabled from the root down to its parent.
     pub fn create(&self, rel: &str) -> Result<(), CgroupError> {
+        if self.mode == Some(CgroupMode::Unified) {
+            return v2::create(&fs::RealCgroupFs, Path::new(ROOT), rel);
+        }
         for dir in self.dirs(rel)? {
             create_with_parents(&dir)?;
         }
@@ -145,36 +213,53 @@ impl Cgroups {
         rel: &str,
         r: &k8s_cri::v1::LinuxContainerResources,
     ) -> Result<(), CgroupError> {
-        let (version, base) = match self.mode {
-            None => return Err(CgroupError::NoCgroups),
-            Some(CgroupMode::Unified) => (Version::V2, Path::new(ROOT).to_path_buf()),
-            Some(_) => (Version::V1, Path::new(ROOT).to_path_buf()),
-        };
-        for (file, value) in resource_files(version, r)? {
-            let path = match (version, file.split_once('/')) {
-                (Version::V1, Some((ctrl, f))) => base.join(ctrl).join(rel).join(f),
-                _ => base.join(rel).join(&file),
-            };
-            std::fs::write(&path, &value).map_err(|source| CgroupError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        match self.mode {
+            None => Err(CgroupError::NoCgroups),
+            Some(CgroupMode::Unified) => v2::apply(
+                &fs::RealCgroupFs,
+                &v2::dir(Path::new(ROOT), rel),
+                &resource_files(Version::V2, r)?,
+            ),
+            Some(_) => {
+                let base = Path::new(ROOT);
+                for (file, value) in resource_files(Version::V1, r)? {
+                    let path = match file.split_once('/') {
+                        Some((ctrl, f)) => base.join(ctrl).join(rel).join(f),
+                        None => base.join(rel).join(&file),
+                    };
+                    std::fs::write(&path, &value).map_err(|source| CgroupError::Write {
+                        path: path.clone(),
+                        value,
+                        source,
+                    })?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 
-    /// v1 devices controller: deny every device but the standard ones and
-    /// those given (a privileged container gets all). A container with
-    /// CAP_MKNOD can otherwise open host disks. (v2 needs an eBPF program,
-    /// not built yet.)
+    /// Device rules: deny every device but the standard ones and those
+    /// given (a privileged container gets all). A container with
+    /// CAP_MKNOD can otherwise open host disks. v1 writes them into the
+    /// devices controller; v2 attaches them as an eBPF program (none for a
+    /// privileged container: nothing to refuse).
     pub fn restrict_devices(
         &self,
         rel: &str,
         privileged: bool,
         devices: &[HostDevice],
     ) -> Result<(), CgroupError> {
+        if self.mode == Some(CgroupMode::Unified) {
+            if privileged {
+                return Ok(());
+            }
+            return devices::attach_filter(
+                &v2::dir(Path::new(ROOT), rel),
+                &devices::rules(devices)?,
+            );
+        }
         let dir = Path::new(ROOT).join("devices").join(rel);
-        if self.mode == Some(CgroupMode::Unified) || !dir.join("devices.allow").exists() {
+        if !dir.join("devices.allow").exists() {
             return Ok(());
         }
         let write = |f: &str, v: &str| {
@@ -187,23 +272,7 @@ impl Cgroups {
             return write("devices.allow", "a");
         }
         write("devices.deny", "a")?;
-        let mut allow: Vec<String> = [
-            "c *:* m",
-            "b *:* m",
-            "c 1:3 rwm",
-            "c 1:5 rwm",
-            "c 1:7 rwm",
-            "c 1:8 rwm",
-            "c 1:9 rwm",
-            "c 5:0 rwm",
-            "c 5:1 rwm",
-            "c 5:2 rwm",
-            "c 136:* rwm",
-            "c 10:200 rwm",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut allow = devices::standard_v1_lines();
         for d in devices {
             let perms = if d.permissions.is_empty() {
                 "rwm"
@@ -515,8 +584,9 @@ pub fn resource_files(
             let mut unified: Vec<_> = r.unified.iter().collect();
             unified.sort();
             for (k, v) in unified {
-                if k.contains('/') || k.starts_with('.') || k.is_empty() || v.contains('\n') {
-                    return Err(invalid(&format!("unified key {k:?}")));
+                v2::check_unified_key(k)?;
+                if v.contains('\n') {
+                    return Err(invalid(&format!("unified value for {k:?}")));
                 }
                 put(k, v.clone());
             }
