@@ -75,6 +75,9 @@ fn open_in(
         drop(open(node, flags | OFlag::O_CLOEXEC, Mode::empty())?);
         Ok(())
     };
+    // The test must act between fork and exec (join the cgroup, then
+    // mknod and open) in a child of its own: pre_exec is the way.
+    #[allow(unsafe_code)]
     // SAFETY: between fork and exec the closure only makes syscalls
     // (open, write, mknod, close) on C strings built before the fork; it
     // allocates nothing and takes no lock.

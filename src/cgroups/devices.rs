@@ -19,7 +19,9 @@ use super::{CgroupError, HostDevice};
 /// mknod, read, write: the v1 `m`, `r`, `w` and the kernel's
 /// `BPF_DEVCG_ACC_*` bits.
 pub const ACC_MKNOD: u32 = 1;
+/// See [`ACC_MKNOD`].
 pub const ACC_READ: u32 = 2;
+/// See [`ACC_MKNOD`].
 pub const ACC_WRITE: u32 = 4;
 const ACC_ALL: u32 = ACC_MKNOD | ACC_READ | ACC_WRITE;
 
@@ -32,16 +34,22 @@ const DEV_CHAR: i32 = 2;
 pub enum Kind {
     /// v1 `a`.
     All,
+    /// Character devices (v1 `c`).
     Char,
+    /// Block devices (v1 `b`).
     Block,
 }
 
 /// One allow rule; `None` is the v1 `*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
+    /// Character, block or both.
     pub kind: Kind,
+    /// The device's major number; `None` matches any.
     pub major: Option<u32>,
+    /// The device's minor number; `None` matches any.
     pub minor: Option<u32>,
+    /// `ACC_*` bits allowed.
     pub access: u32,
 }
 
@@ -133,22 +141,33 @@ pub fn standard_v1_lines() -> Vec<String> {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Insn {
+    /// The opcode (class | size/op | source).
     pub code: u8,
     /// dst in the low nibble, src in the high one.
     pub regs: u8,
+    /// Memory offset or jump distance.
     pub off: i16,
+    /// Immediate operand.
     pub imm: i32,
 }
 
 // Opcodes used (class | size/op | source).
-pub const LDX_MEM_W: u8 = 0x61; // dst = *(u32 *)(src + off)
-pub const ALU32_AND_K: u8 = 0x54; // dst &= imm
-pub const ALU32_RSH_K: u8 = 0x74; // dst >>= imm
-pub const ALU32_MOV_K: u8 = 0xb4; // dst = imm
-pub const ALU32_MOV_X: u8 = 0xbc; // dst = src
-pub const JNE_K: u8 = 0x55; // if dst != imm: pc += off
-pub const JNE_X: u8 = 0x5d; // if dst != src: pc += off
-pub const EXIT: u8 = 0x95; // return r0
+/// `dst = *(u32 *)(src + off)`
+pub const LDX_MEM_W: u8 = 0x61;
+/// `dst &= imm`
+pub const ALU32_AND_K: u8 = 0x54;
+/// `dst >>= imm`
+pub const ALU32_RSH_K: u8 = 0x74;
+/// `dst = imm`
+pub const ALU32_MOV_K: u8 = 0xb4;
+/// `dst = src`
+pub const ALU32_MOV_X: u8 = 0xbc;
+/// `if dst != imm: pc += off`
+pub const JNE_K: u8 = 0x55;
+/// `if dst != src: pc += off`
+pub const JNE_X: u8 = 0x5d;
+/// `return r0`
+pub const EXIT: u8 = 0x95;
 
 fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
     Insn {

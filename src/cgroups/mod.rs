@@ -11,6 +11,10 @@
 //! through the [`fs::CgroupFs`] seam; device rules (`devices`) are v1
 //! `devices.allow` lines or a v2 eBPF program.
 
+// bpf(2) has no safe wrapper in nix or rustix: the device program is
+// loaded and attached with raw syscalls, each block with its SAFETY
+// argument. The only `unsafe` outside the executor.
+#[allow(unsafe_code)]
 pub mod devices;
 pub mod fs;
 pub mod v2;
@@ -82,29 +86,50 @@ pub enum CgroupError {
         /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// cgroup v2 refused to enable controllers for a level's children.
     #[error("enabling controllers ({wanted}) in {path}: {source}{hint}")]
     Controllers {
+        /// The `cgroup.subtree_control` written.
         path: PathBuf,
+        /// The controllers asked for, as written (`+cpu +memory …`).
         wanted: String,
+        /// Why, when the error has a usual cause (processes in the level).
         hint: &'static str,
+        /// The kernel's answer.
         #[source]
         source: std::io::Error,
     },
+    /// A limit's interface file is missing: its controller is not enabled
+    /// for (or not offered to) this cgroup.
     #[error("{path} does not exist: the {controller} controller is not available to this cgroup")]
-    MissingFile { path: PathBuf, controller: String },
+    MissingFile {
+        /// The interface file.
+        path: PathBuf,
+        /// The controller that provides it.
+        controller: String,
+    },
+    /// The kernel refused a limit's value.
     #[error("writing {value:?} to {path}: {source}")]
     Write {
+        /// The interface file.
         path: PathBuf,
+        /// What was written.
         value: String,
+        /// The kernel's answer (EINVAL, ERANGE, EBUSY: the value's fault).
         #[source]
         source: std::io::Error,
     },
+    /// Loading or attaching the v2 device program failed.
     #[error("device filter for {path}: {op}: {source}{}", verifier_log(.log))]
     DeviceFilter {
+        /// `load` or `attach`.
         op: &'static str,
+        /// The container's cgroup.
         path: PathBuf,
+        /// The bpf(2) error.
         #[source]
         source: std::io::Error,
+        /// The verifier's log, when it said anything.
         log: String,
     },
 }
