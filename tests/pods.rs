@@ -356,8 +356,18 @@ async fn sysctls_cgroup_and_shm_belong_to_the_pod() {
     let (d, _net, bridge) = daemon(14);
     let mut rt = d.runtime().await;
     let mut cfg = pod_config("s", "ns5");
+    // A parent in the driver's own form, as kubelet gives it.
+    let systemd = test_cgroup_driver().as_deref() == Some("systemd");
+    let (parent, pod_dir) = if systemd {
+        (
+            "crius_test-pod_s.slice",
+            "crius_test.slice/crius_test-pod_s.slice",
+        )
+    } else {
+        ("/crius-test/pod-s", "crius-test/pod-s")
+    };
     cfg.linux = Some(LinuxPodSandboxConfig {
-        cgroup_parent: "/crius-test/pod-s".into(),
+        cgroup_parent: parent.into(),
         sysctls: HashMap::from([
             (
                 "net.ipv4.ping_group_range".to_string(),
@@ -393,7 +403,12 @@ async fn sysctls_cgroup_and_shm_belong_to_the_pod() {
         "1234"
     );
 
-    let cg = cgroup_dir(&format!("crius-test/pod-s/crius-pod-{}", &id[..12]));
+    let pod_cgroup = if systemd {
+        format!("{pod_dir}/crius-pod-{}.scope", &id[..12])
+    } else {
+        format!("{pod_dir}/crius-pod-{}", &id[..12])
+    };
+    let cg = cgroup_dir(&pod_cgroup);
     let version = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         "v2"
     } else {
@@ -421,7 +436,8 @@ async fn sysctls_cgroup_and_shm_belong_to_the_pod() {
     assert!(!cg.exists());
     assert!(!mounted(&id));
     // The parents belong to kubelet; the test made them.
-    for rel in ["crius-test/pod-s", "crius-test"] {
+    let top = pod_dir.split('/').next().unwrap_or(pod_dir);
+    for rel in [pod_dir, top] {
         for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
             let _ = std::fs::remove_dir(h.path().join(rel));
         }
