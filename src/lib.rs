@@ -21,6 +21,7 @@ pub mod network;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
+pub mod stats;
 pub mod storage;
 pub mod store;
 pub mod streaming;

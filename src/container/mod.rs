@@ -4,6 +4,7 @@
 //! `runroot/containers/<id>/`, so it is right after a daemon restart and
 //! for containers that exited while the daemon was down.
 
+pub mod events;
 pub mod process;
 pub mod spec;
 mod stop;
@@ -85,6 +86,8 @@ pub struct Containers {
     stopping: std::sync::Mutex<HashMap<String, Arc<stop::Stopping>>>,
     /// Every container with its run state, in memory (see `table.rs`).
     table: Arc<table::Table>,
+    /// GetContainerEvents' subscribers, fed by the table.
+    events: Arc<events::Events>,
     /// Per pod with containers: the task that follows its monitor's exits.
     watchers: std::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
@@ -240,10 +243,12 @@ impl Containers {
         for c in &records {
             listed.count_existing(list_bytes(c));
         }
+        let events = Arc::new(events::Events::new(config.container_events_buffer));
         Containers {
             log_dir: log_dir.to_path_buf(),
             store,
-            table: Arc::new(table::Table::load(&dir, records)),
+            table: Arc::new(table::Table::load(&dir, records, events.clone())),
+            events,
             dir,
             cgroups,
             locks: KeyedLocks::default(),
@@ -328,6 +333,16 @@ impl Containers {
     /// All containers.
     pub fn list(&self) -> Result<Vec<Arc<ContainerRecord>>> {
         Ok(self.table.all()?.into_iter().map(|(c, _)| c).collect())
+    }
+
+    /// A new GetContainerEvents subscriber.
+    pub fn subscribe(&self) -> events::Subscription {
+        self.events.subscribe()
+    }
+
+    /// GetContainerEvents subscribers now.
+    pub fn event_subscribers(&self) -> usize {
+        self.events.subscribers()
     }
 
     /// All containers with their run state.
@@ -442,6 +457,7 @@ impl Containers {
             Ok(()) => {
                 self.store.put(Table::Containers, &id, &record)?;
                 self.table.put_record(record)?;
+                self.table.announce_created(&id);
                 tracing::info!(container_id = %id, pod_id = %pod.id, name = %name, "container created");
                 Ok(id)
             }

@@ -6,6 +6,7 @@ mod encoded_list;
 mod image_service;
 pub mod layer;
 mod runtime_service;
+mod stats;
 pub mod validate;
 
 use std::future::Future;
