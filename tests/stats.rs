@@ -434,7 +434,97 @@ async fn traffic_between_two_pods_shows_in_both() {
     )
     .await;
     println!("server rx {s0:?}→{s1:?}, client tx {c0:?}→{c1:?}");
+    // The same counters as KEP-2371 metrics.
+    let metrics = env
+        .rt
+        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let server_metrics = metrics.iter().find(|m| m.pod_sandbox_id == server).unwrap();
+    let rx = server_metrics
+        .metrics
+        .iter()
+        .find(|m| {
+            m.name == "container_network_receive_bytes_total"
+                && m.label_values.last().is_some_and(|i| i == "eth0")
+        })
+        .expect("receive bytes metric");
+    assert!(v(&rx.value) >= s0.0 + sent, "{rx:?}");
     // TCP and IP headers add a few percent, not more.
     assert!(s1.0 - s0.0 < sent + sent / 10, "{s0:?} {s1:?}");
     assert!(c1.1 - c0.1 < sent + sent / 10, "{c0:?} {c1:?}");
+}
+
+#[tokio::test]
+async fn metrics_match_descriptors_and_stats() {
+    let mut env = fast_env("stats-metrics").await;
+    let id = env
+        .run(
+            "mem",
+            "awk 'BEGIN { s = sprintf(\"%33554432s\", \"x\"); system(\"sleep 1000\"); print length(s) }'",
+        )
+        .await;
+    let descs = env
+        .rt
+        .list_metric_descriptors(ListMetricDescriptorsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .descriptors;
+    let keys: std::collections::HashMap<String, usize> = descs
+        .iter()
+        .map(|d| (d.name.clone(), d.label_keys.len()))
+        .collect();
+    for name in [
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+        "container_memory_rss",
+        "container_network_receive_bytes_total",
+        "container_fs_usage_bytes",
+    ] {
+        assert!(keys.contains_key(name), "no descriptor {name}");
+    }
+    let working_set = wait_for("32 MiB in the metrics", Duration::from_secs(30), || {
+        let mut rt = env.rt.clone();
+        let (pod, id, keys) = (env.pod.clone(), id.clone(), keys.clone());
+        async move {
+            let all = rt
+                .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .pod_metrics;
+            let p = all.iter().find(|m| m.pod_sandbox_id == pod)?;
+            let c = p.container_metrics.iter().find(|c| c.container_id == id)?;
+            let ws = c
+                .metrics
+                .iter()
+                .find(|m| m.name == "container_memory_working_set_bytes")?;
+            (v(&ws.value) >= 30 * MIB).then_some(())?;
+            for m in p
+                .metrics
+                .iter()
+                .chain(p.container_metrics.iter().flat_map(|c| c.metrics.iter()))
+            {
+                assert_eq!(
+                    keys.get(&m.name),
+                    Some(&m.label_values.len()),
+                    "{m:?}"
+                );
+                assert!(m.timestamp > 0, "{m:?}");
+            }
+            assert_eq!(ws.label_values[0], id);
+            assert_eq!(ws.label_values[1], "mem");
+            Some(v(&ws.value))
+        }
+    })
+    .await;
+    let s = stats(&mut env, &id).await;
+    let stat_ws = v(&s.memory.unwrap().working_set_bytes);
+    assert!(
+        working_set.abs_diff(stat_ws) < 4 * MIB,
+        "{working_set} vs {stat_ws}"
+    );
 }

@@ -7,6 +7,7 @@
 mod containers;
 mod events;
 mod images;
+mod metrics;
 mod pods;
 mod stats;
 
@@ -15,10 +16,14 @@ pub use crate::container::{ContainerRecord, RunState};
 pub use crate::image::PullAuth;
 pub use crate::image::record::ImageUser;
 pub use crate::sandbox::{PodRecord, PodState};
+pub use crate::stats::metrics::{
+    BASE_LABELS, Descriptor as MetricDescriptor, Kind as MetricKind, Value as MetricValue,
+};
 pub use crate::stats::{CgroupSample, Cost as CollectorCost, Interface, Memory, Pids, Sample};
 pub use containers::{ContainerFilter, ContainerStatus, ContainerView, ExecOutput};
 pub use events::ContainerEvent;
 pub use images::{FsUsage, ImageView};
+pub use metrics::{ContainerMetrics, PodMetrics};
 pub use pods::{PodDetails, PodFilter, PodStatus};
 pub use stats::{ContainerStatsView, LayerUsage, PodStatsView};
 

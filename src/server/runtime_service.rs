@@ -663,12 +663,22 @@ impl RuntimeService for RuntimeServiceHandler {
         &self,
         _: Request<ListMetricDescriptorsRequest>,
     ) -> Reply<ListMetricDescriptorsResponse> {
-        unimplemented("ListMetricDescriptors")
+        let descriptors = self
+            .rt
+            .metric_descriptors()
+            .iter()
+            .map(super::stats::descriptor)
+            .collect();
+        Ok(Response::new(ListMetricDescriptorsResponse { descriptors }))
     }
+
     async fn list_pod_sandbox_metrics(
         &self,
         _: Request<ListPodSandboxMetricsRequest>,
     ) -> Reply<ListPodSandboxMetricsResponse> {
-        unimplemented("ListPodSandboxMetrics")
+        let pods = self.rt.list_pod_metrics().await?;
+        Ok(Response::new(ListPodSandboxMetricsResponse {
+            pod_metrics: pods.iter().map(super::stats::pod_metrics).collect(),
+        }))
     }
 }

@@ -2,7 +2,10 @@
 
 use k8s_cri::v1::*;
 
-use crate::runtime::{ContainerStatsView, Interface, PodStatsView, Sample};
+use crate::runtime::{
+    BASE_LABELS, ContainerStatsView, Interface, MetricDescriptor, MetricKind, MetricValue,
+    PodMetrics as CorePodMetrics, PodStatsView, Sample,
+};
 
 fn val(v: u64) -> Option<UInt64Value> {
     Some(UInt64Value { value: v })
@@ -118,5 +121,47 @@ pub fn pod(v: &PodStatsView) -> PodSandboxStats {
             containers: v.containers.iter().map(container).collect(),
         }),
         windows: None,
+    }
+}
+
+/// A metric family as ListMetricDescriptors shows it.
+pub fn descriptor(d: &MetricDescriptor) -> k8s_cri::v1::MetricDescriptor {
+    k8s_cri::v1::MetricDescriptor {
+        name: d.name.into(),
+        help: d.help.into(),
+        label_keys: BASE_LABELS
+            .iter()
+            .chain(d.extra_labels)
+            .map(|s| s.to_string())
+            .collect(),
+    }
+}
+
+fn metric(v: &MetricValue, at: i64) -> Metric {
+    Metric {
+        name: v.name.into(),
+        timestamp: at,
+        metric_type: match v.kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
+        } as i32,
+        label_values: v.labels.clone(),
+        value: val(v.value),
+    }
+}
+
+/// A pod's metrics message, its containers' included.
+pub fn pod_metrics(p: &CorePodMetrics) -> PodSandboxMetrics {
+    PodSandboxMetrics {
+        pod_sandbox_id: p.pod_id.clone(),
+        metrics: p.metrics.iter().map(|v| metric(v, p.at)).collect(),
+        container_metrics: p
+            .containers
+            .iter()
+            .map(|c| ContainerMetrics {
+                container_id: c.container_id.clone(),
+                metrics: c.metrics.iter().map(|v| metric(v, c.at)).collect(),
+            })
+            .collect(),
     }
 }

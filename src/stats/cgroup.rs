@@ -17,6 +17,27 @@ pub struct CgroupSample {
     pub cpu_ns: Option<u64>,
     pub memory: Option<Memory>,
     pub pids: Option<Pids>,
+    /// CPU detail for the cAdvisor metrics.
+    pub cpu_detail: Option<CpuDetail>,
+    /// Open descriptors of the cgroup's processes.
+    pub fds: Option<Fds>,
+}
+
+/// CPU time by mode and CFS throttling.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CpuDetail {
+    pub user_ns: u64,
+    pub system_ns: u64,
+    pub periods: u64,
+    pub throttled_periods: u64,
+    pub throttled_ns: u64,
+}
+
+/// Descriptors the cgroup's processes hold, and how many are sockets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fds {
+    pub open: u64,
+    pub sockets: u64,
 }
 
 /// Memory as kubelet reads it (cAdvisor's definitions).
@@ -36,6 +57,13 @@ pub struct Memory {
     pub swap: Option<u64>,
     /// The swap limit (swap alone); `None` when unlimited or unaccounted.
     pub swap_limit: Option<u64>,
+    /// Times the limit was hit (v1 failcnt, v2 `max` events).
+    pub failcnt: u64,
+    pub kernel: u64,
+    pub mapped_file: u64,
+    /// The highest usage seen (v2 without `memory.peak`: none).
+    pub max_usage: Option<u64>,
+    pub oom_kills: u64,
 }
 
 impl Memory {
@@ -86,6 +114,8 @@ pub fn read_v2(dir: &Path) -> CgroupSample {
     let memory = number(dir, "memory.current").map(|usage| {
         let stat = read(dir, "memory.stat").unwrap_or_default();
         let stat = flat_keyed(&stat);
+        let events = read(dir, "memory.events").unwrap_or_default();
+        let events = flat_keyed(&events);
         let get = |k: &str| stat.get(k).copied().unwrap_or(0);
         Memory {
             usage,
@@ -97,22 +127,74 @@ pub fn read_v2(dir: &Path) -> CgroupSample {
             limit: limit(dir, "memory.max"),
             swap: number(dir, "memory.swap.current"),
             swap_limit: limit(dir, "memory.swap.max"),
+            failcnt: events.get("max").copied().unwrap_or(0),
+            kernel: stat.get("kernel").copied().unwrap_or_else(|| {
+                get("kernel_stack") + get("pagetables") + get("slab") + get("sock")
+            }),
+            mapped_file: get("file_mapped"),
+            max_usage: number(dir, "memory.peak"),
+            oom_kills: events.get("oom_kill").copied().unwrap_or(0),
         }
     });
     let pids = number(dir, "pids.current").map(|current| Pids {
         current,
         limit: limit(dir, "pids.max"),
     });
+    let cpu_detail = read(dir, "cpu.stat").map(|t| {
+        let stat = flat_keyed(&t);
+        let us = |k: &str| stat.get(k).copied().unwrap_or(0).saturating_mul(1000);
+        CpuDetail {
+            user_ns: us("user_usec"),
+            system_ns: us("system_usec"),
+            periods: stat.get("nr_periods").copied().unwrap_or(0),
+            throttled_periods: stat.get("nr_throttled").copied().unwrap_or(0),
+            throttled_ns: us("throttled_usec"),
+        }
+    });
     CgroupSample {
         cpu_ns,
         memory,
         pids,
+        cpu_detail,
+        fds: fds(dir),
     }
 }
 
-/// The v1 cgroup whose controller directories are `cpuacct`, `memory`
-/// and `pids`.
-pub fn read_v1(cpuacct: &Path, memory: &Path, pids: &Path) -> CgroupSample {
+/// USER_HZ: the unit of v1's cpuacct.stat (100 on every Linux ABI).
+const USER_HZ: u64 = 100;
+
+/// Counts the descriptors of the processes in the cgroup at `dir`.
+fn fds(dir: &Path) -> Option<Fds> {
+    let procs = read(dir, "cgroup.procs")?;
+    let mut out = Fds::default();
+    for pid in procs.lines().filter(|l| !l.is_empty()) {
+        let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            out.open += 1;
+            if std::fs::read_link(e.path())
+                .is_ok_and(|t| t.as_os_str().as_encoded_bytes().starts_with(b"socket:"))
+            {
+                out.sockets += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The v1 controller directories of one cgroup.
+#[derive(Debug, Clone)]
+pub struct V1Dirs {
+    pub cpu: std::path::PathBuf,
+    pub cpuacct: std::path::PathBuf,
+    pub memory: std::path::PathBuf,
+    pub pids: std::path::PathBuf,
+}
+
+/// The v1 cgroup in `dirs`.
+pub fn read_v1(dirs: &V1Dirs) -> CgroupSample {
+    let (cpuacct, memory, pids) = (&dirs.cpuacct, &dirs.memory, &dirs.pids);
     let cpu_ns = number(cpuacct, "cpuacct.usage");
     let mem = number(memory, "memory.usage_in_bytes").map(|usage| {
         let stat = read(memory, "memory.stat").unwrap_or_default();
@@ -134,16 +216,44 @@ pub fn read_v1(cpuacct: &Path, memory: &Path, pids: &Path) -> CgroupSample {
             limit: limit_v,
             swap,
             swap_limit,
+            failcnt: number(memory, "memory.failcnt").unwrap_or(0),
+            kernel: number(memory, "memory.kmem.usage_in_bytes").unwrap_or(0),
+            mapped_file: get("total_mapped_file"),
+            max_usage: number(memory, "memory.max_usage_in_bytes"),
+            oom_kills: read(memory, "memory.oom_control")
+                .and_then(|t| flat_keyed(&t).get("oom_kill").copied())
+                .unwrap_or(0),
         }
     });
     let pids = number(pids, "pids.current").map(|current| Pids {
         current,
         limit: limit(pids, "pids.max"),
     });
+    let modes = read(cpuacct, "cpuacct.stat").unwrap_or_default();
+    let modes = flat_keyed(&modes);
+    let ticks = |k: &str| {
+        modes
+            .get(k)
+            .copied()
+            .unwrap_or(0)
+            .saturating_mul(1_000_000_000 / USER_HZ)
+    };
+    let cpu_detail = read(&dirs.cpu, "cpu.stat").map(|t| {
+        let stat = flat_keyed(&t);
+        CpuDetail {
+            user_ns: ticks("user"),
+            system_ns: ticks("system"),
+            periods: stat.get("nr_periods").copied().unwrap_or(0),
+            throttled_periods: stat.get("nr_throttled").copied().unwrap_or(0),
+            throttled_ns: stat.get("throttled_time").copied().unwrap_or(0),
+        }
+    });
     CgroupSample {
         cpu_ns,
         memory: mem,
         pids,
+        cpu_detail,
+        fds: fds(&dirs.pids),
     }
 }
 
@@ -164,12 +274,14 @@ mod tests {
         let d = fixture(&[
             (
                 "cpu.stat",
-                "usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n",
+                "usage_usec 2500\nuser_usec 2000\nsystem_usec 500\nnr_periods 7\nnr_throttled 1\nthrottled_usec 30\n",
             ),
+            ("memory.events", "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n"),
+            ("memory.peak", "209715200\n"),
             ("memory.current", "104857600\n"),
             (
                 "memory.stat",
-                "anon 67108864\nfile 33554432\ninactive_file 20971520\npgfault 1234\npgmajfault 5\n",
+                "anon 67108864\nfile 33554432\nkernel 4096\nfile_mapped 8192\ninactive_file 20971520\npgfault 1234\npgmajfault 5\n",
             ),
             ("memory.max", "268435456\n"),
             ("memory.swap.current", "4096\n"),
@@ -187,6 +299,17 @@ mod tests {
         assert_eq!(m.limit, Some(256 << 20));
         assert_eq!(m.available(), Some(176 << 20));
         assert_eq!((m.swap, m.swap_limit), (Some(4096), None));
+        assert_eq!(
+            (m.failcnt, m.oom_kills, m.kernel, m.mapped_file),
+            (4, 1, 4096, 8192)
+        );
+        assert_eq!(m.max_usage, Some(200 << 20));
+        let c = s.cpu_detail.clone().unwrap();
+        assert_eq!((c.user_ns, c.system_ns), (2_000_000, 500_000));
+        assert_eq!(
+            (c.periods, c.throttled_periods, c.throttled_ns),
+            (7, 1, 30_000)
+        );
         assert_eq!(
             s.pids,
             Some(Pids {
@@ -225,8 +348,25 @@ mod tests {
             ("memory.memsw.usage_in_bytes", "1500\n"),
             ("pids.current", "2\n"),
             ("pids.max", "100\n"),
+            ("cpuacct.stat", "user 150\nsystem 50\n"),
+            (
+                "cpu.stat",
+                "nr_periods 10\nnr_throttled 4\nthrottled_time 2000\n",
+            ),
+            ("memory.failcnt", "3\n"),
+            (
+                "memory.oom_control",
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+            ),
+            ("cgroup.procs", ""),
         ]);
-        let s = read_v1(d.path(), d.path(), d.path());
+        let p = d.path().to_path_buf();
+        let s = read_v1(&V1Dirs {
+            cpu: p.clone(),
+            cpuacct: p.clone(),
+            memory: p.clone(),
+            pids: p,
+        });
         assert_eq!(s.cpu_ns, Some(123_456_789));
         let m = s.memory.unwrap();
         assert_eq!(
@@ -235,5 +375,17 @@ mod tests {
         );
         assert_eq!((m.limit, m.swap), (None, Some(500)));
         assert_eq!(s.pids.unwrap().limit, Some(100));
+        assert_eq!(
+            s.cpu_detail,
+            Some(CpuDetail {
+                user_ns: 1_500_000_000,
+                system_ns: 500_000_000,
+                periods: 10,
+                throttled_periods: 4,
+                throttled_ns: 2000,
+            })
+        );
+        assert_eq!((m.failcnt, m.oom_kills), (3, 2));
+        assert_eq!(s.fds, Some(Fds::default()));
     }
 }

@@ -245,8 +245,15 @@ impl Shared {
         let cgroup = if self.cgroups.version() == "v2" {
             dir("").map(|d| cgroup::read_v2(&d)).unwrap_or_default()
         } else {
-            match (dir("cpuacct"), dir("memory"), dir("pids")) {
-                (Some(c), Some(m), Some(p)) => cgroup::read_v1(&c, &m, &p),
+            match (dir("cpu"), dir("cpuacct"), dir("memory"), dir("pids")) {
+                (Some(cpu), Some(cpuacct), Some(memory), Some(pids)) => {
+                    cgroup::read_v1(&cgroup::V1Dirs {
+                        cpu,
+                        cpuacct,
+                        memory,
+                        pids,
+                    })
+                }
                 _ => CgroupSample::default(),
             }
         };

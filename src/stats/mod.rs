@@ -7,6 +7,7 @@
 
 pub mod cgroup;
 pub mod collector;
+pub mod metrics;
 pub mod net;
 
 pub use cgroup::{CgroupSample, Memory, Pids};
