@@ -26,3 +26,4 @@ pub mod storage;
 pub mod store;
 pub mod streaming;
 pub mod sync;
+pub mod telemetry;

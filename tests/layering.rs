@@ -155,6 +155,7 @@ fn layers_go_one_way() {
         "store",
         "cgroups",
         "stats",
+        "telemetry",
     ] {
         assert!(!reaches(sub).contains("runtime"), "{sub} reaches the core");
         assert!(!reaches(sub).contains("server"), "{sub} reaches the server");

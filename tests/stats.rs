@@ -508,11 +508,7 @@ async fn metrics_match_descriptors_and_stats() {
                 .iter()
                 .chain(p.container_metrics.iter().flat_map(|c| c.metrics.iter()))
             {
-                assert_eq!(
-                    keys.get(&m.name),
-                    Some(&m.label_values.len()),
-                    "{m:?}"
-                );
+                assert_eq!(keys.get(&m.name), Some(&m.label_values.len()), "{m:?}");
                 assert!(m.timestamp > 0, "{m:?}");
             }
             assert_eq!(ws.label_values[0], id);

@@ -340,6 +340,11 @@ impl Containers {
         self.events.subscribe()
     }
 
+    /// Pod monitors whose events the daemon receives now.
+    pub fn monitors_followed(&self) -> usize {
+        self.table.subscribed()
+    }
+
     /// GetContainerEvents subscribers now.
     pub fn event_subscribers(&self) -> usize {
         self.events.subscribers()

@@ -290,6 +290,11 @@ impl Table {
         }
     }
 
+    /// Pods whose monitor subscription is live.
+    pub fn subscribed(&self) -> usize {
+        self.subscribed.read().map_or(0, |s| s.len())
+    }
+
     /// Whether `pod_id`'s containers are kept current by its monitor. Going
     /// watched, each takes the state its files hold now; the subscription
     /// brings what changes after.

@@ -10,6 +10,7 @@ mod images;
 mod metrics;
 mod pods;
 mod stats;
+mod telemetry;
 
 pub use crate::config::CgroupDriver;
 pub use crate::container::{ContainerRecord, RunState};
@@ -20,6 +21,7 @@ pub use crate::stats::metrics::{
     BASE_LABELS, Descriptor as MetricDescriptor, Kind as MetricKind, Value as MetricValue,
 };
 pub use crate::stats::{CgroupSample, Cost as CollectorCost, Interface, Memory, Pids, Sample};
+pub use crate::telemetry::Telemetry;
 pub use containers::{ContainerFilter, ContainerStatus, ContainerView, ExecOutput};
 pub use events::ContainerEvent;
 pub use images::{FsUsage, ImageView};
@@ -64,6 +66,8 @@ pub struct Runtime {
     streaming: Arc<crate::streaming::Streaming>,
     /// Samples container and pod usage in the background (see `stats.rs`).
     collector: crate::stats::Collector,
+    /// The daemon's own metrics (see `telemetry.rs` here).
+    telemetry: Arc<Telemetry>,
 }
 
 impl Runtime {
@@ -111,6 +115,7 @@ impl Runtime {
             containers,
             streaming: Arc::new(crate::streaming::Streaming::new(streaming_url)),
             collector,
+            telemetry: Arc::default(),
         })
     }
 
