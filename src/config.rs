@@ -84,6 +84,7 @@ pub struct Config {
     pub streaming: StreamingConfig,
     /// `[runtime]`: container runtime settings.
     pub runtime: RuntimeConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// CNI settings.
@@ -146,6 +147,28 @@ pub const MAX_STREAMING_TIMEOUT: u64 = 365 * 24 * 3600;
 /// `fs.nr_open`, so no process could hold more descriptors.
 pub const MAX_STREAMING_CONNECTIONS: usize = 1 << 20;
 
+/// Stats and the daemon's own metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where the Prometheus endpoint (`/metrics`) listens; unset: none.
+    pub address: Option<std::net::SocketAddr>,
+    /// Seconds between two samples of every container's and pod's usage
+    /// (stats calls answer from the latest; nano-cores span two samples).
+    pub stats_interval: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            address: None,
+            // Twice per kubelet housekeeping period (10 s), so each of its
+            // reads finds a sample at most 5 s old.
+            stats_interval: 5,
+        }
+    }
+}
+
 /// Container runtime settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -170,6 +193,10 @@ pub struct RuntimeConfig {
     /// one (as cri-o does; containerd leaves it unconfined). `Unconfined`
     /// must then be asked for; privileged containers are never filtered.
     pub seccomp_use_default_when_empty: bool,
+    /// Container events one GetContainerEvents subscriber may have waiting;
+    /// one that falls further behind has its stream ended with an error
+    /// (kubelet then re-lists), so a slow client never holds the runtime.
+    pub container_events_buffer: usize,
 }
 
 impl Default for Config {
@@ -184,6 +211,7 @@ impl Default for Config {
             image: ImageConfig::default(),
             streaming: StreamingConfig::default(),
             runtime: RuntimeConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -242,6 +270,8 @@ impl Default for RuntimeConfig {
             cgroup_favor_dynmods: false,
             restrict_oom_score_adj: false,
             seccomp_use_default_when_empty: true,
+            // cri-o's and containerd's channel size.
+            container_events_buffer: 1000,
         }
     }
 }
@@ -371,6 +401,18 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "streaming.max_connections must be between 1 and {MAX_STREAMING_CONNECTIONS}, got {}",
                 st.max_connections
+            )));
+        }
+        if !(1..=1_000_000).contains(&self.runtime.container_events_buffer) {
+            return Err(ConfigError::Invalid(format!(
+                "runtime.container_events_buffer must be between 1 and 1000000, got {}",
+                self.runtime.container_events_buffer
+            )));
+        }
+        if !(1..=3600).contains(&self.metrics.stats_interval) {
+            return Err(ConfigError::Invalid(format!(
+                "metrics.stats_interval must be between 1 and 3600 seconds, got {}",
+                self.metrics.stats_interval
             )));
         }
         if self.network.plugin_dirs.is_empty() {
@@ -527,6 +569,24 @@ impl Config {
             Some(toml::Value::Boolean(
                 self.runtime.seccomp_use_default_when_empty,
             )),
+        );
+        line(
+            "Container events a GetContainerEvents client may have waiting; a slower one\nhas its stream ended with an error (kubelet re-lists).",
+            "container_events_buffer",
+            Some(toml::Value::Integer(
+                self.runtime.container_events_buffer as i64,
+            )),
+        );
+        line("", "[metrics]", None);
+        line(
+            "host:port of the Prometheus endpoint (/metrics) for crius's own metrics;\nunset: off.",
+            "address",
+            self.metrics.address.map(|a| a.to_string().into()),
+        );
+        line(
+            "Seconds between two samples of every container's and pod's usage; stats\ncalls answer from the latest sample.",
+            "stats_interval",
+            Some(toml::Value::Integer(self.metrics.stats_interval as i64)),
         );
         out
     }
@@ -748,6 +808,11 @@ mod tests {
                 cgroup_favor_dynmods: true,
                 restrict_oom_score_adj: true,
                 seccomp_use_default_when_empty: false,
+                container_events_buffer: 9,
+            },
+            metrics: MetricsConfig {
+                address: Some("127.0.0.1:9090".parse().unwrap()),
+                stats_interval: 2,
             },
         };
         let text = c.render();

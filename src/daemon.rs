@@ -50,6 +50,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(store),
         streaming_url.clone(),
     )?);
+    if let Some(addr) = config.metrics.address {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
+        let rt = runtime.clone();
+        tokio::spawn(crate::telemetry::serve::serve(listener, move || {
+            rt.metrics_page()
+        }));
+        tracing::info!(%addr, "metrics endpoint at /metrics");
+    }
     tokio::spawn(crate::streaming::server::serve(
         streaming,
         runtime.streaming(),

@@ -179,11 +179,11 @@ async fn rpcs_not_built_yet_answer_unimplemented_by_name() {
     let err = d
         .runtime()
         .await
-        .list_pod_sandbox_stats(ListPodSandboxStatsRequest::default())
+        .checkpoint_container(CheckpointContainerRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("ListPodSandboxStats"), "{err:?}");
+    assert!(err.message().contains("CheckpointContainer"), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! The crate's layering, read from its source: which top-level module
 //! reaches which (`crate::<module>` outside comments and tests). Layers go
 //! one way: server → runtime (the core) → sandbox/container/image/network/
-//! storage/store/cgroups/streaming → monitor client ‖ monitor → executor.
+//! storage/store/cgroups/stats/streaming → monitor client ‖ monitor → executor.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -134,6 +134,13 @@ fn layers_go_one_way() {
         "server reaches {:?}",
         server.difference(&allowed).collect::<Vec<_>>()
     );
+    // Stats read cgroups and namespaces by path; what to sample is the
+    // core's business.
+    let stats = reaches("stats");
+    assert!(
+        stats.iter().all(|m| m == "cgroups"),
+        "stats reaches {stats:?}"
+    );
     // Images know nothing of pods and containers.
     for m in ["sandbox", "container", "runtime"] {
         assert!(!reaches("image").contains(m), "image reaches {m}");
@@ -147,6 +154,8 @@ fn layers_go_one_way() {
         "storage",
         "store",
         "cgroups",
+        "stats",
+        "telemetry",
     ] {
         assert!(!reaches(sub).contains("runtime"), "{sub} reaches the core");
         assert!(!reaches(sub).contains("server"), "{sub} reaches the server");

@@ -220,6 +220,19 @@ impl Cgroups {
         }
     }
 
+    /// The directory holding `controller`'s files of cgroup `rel`: the one
+    /// v2 directory, or that controller's v1 hierarchy (`cpuacct`, `memory`,
+    /// `pids`: the kernel's names, which hybrid layouts link to merged
+    /// hierarchies such as `cpu,cpuacct`). For readers such as the stats
+    /// collector.
+    pub fn controller_dir(&self, controller: &str, rel: &str) -> Option<PathBuf> {
+        let rel = rel.trim_start_matches('/');
+        match self.mode? {
+            CgroupMode::Unified => Some(Path::new(ROOT).join(rel)),
+            _ => Some(Path::new(ROOT).join(controller).join(rel)),
+        }
+    }
+
     /// Creates the cgroup in every hierarchy (parents too); on v2 with
     /// the controllers enabled from the root down to its parent.
     pub fn create(&self, rel: &str) -> Result<(), CgroupError> {

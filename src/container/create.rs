@@ -108,6 +108,7 @@ impl Containers {
             Ok(()) => {
                 self.store.put(Table::Containers, &id, &record)?;
                 self.table.put_record(record)?;
+                self.table.announce_created(&id);
                 tracing::info!(container_id = %id, pod_id = %pod.id, name = %name, "container created");
                 Ok(id)
             }

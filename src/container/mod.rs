@@ -5,6 +5,7 @@
 //! for containers that exited while the daemon was down.
 
 mod create;
+pub mod events;
 mod lifecycle;
 pub mod process;
 mod record;
@@ -57,6 +58,8 @@ pub struct Containers {
     stopping: std::sync::Mutex<HashMap<String, Arc<stop::Stopping>>>,
     /// Every container with its run state, in memory (see `table.rs`).
     table: Arc<table::Table>,
+    /// GetContainerEvents' subscribers, fed by the table.
+    events: Arc<events::Events>,
     /// Per pod with containers: the task that follows its monitor's exits.
     watchers: std::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
@@ -119,10 +122,12 @@ impl Containers {
         for c in &records {
             listed.count_existing(list_bytes(c));
         }
+        let events = Arc::new(events::Events::new(config.container_events_buffer));
         Containers {
             log_dir: log_dir.to_path_buf(),
             store,
-            table: Arc::new(table::Table::load(&dir, records)),
+            table: Arc::new(table::Table::load(&dir, records, events.clone())),
+            events,
             dir,
             cgroups,
             locks: KeyedLocks::default(),
@@ -208,6 +213,21 @@ impl Containers {
     /// All containers.
     pub fn list(&self) -> Result<Vec<Arc<ContainerRecord>>> {
         Ok(self.table.all()?.into_iter().map(|(c, _)| c).collect())
+    }
+
+    /// A new GetContainerEvents subscriber.
+    pub fn subscribe(&self) -> events::Subscription {
+        self.events.subscribe()
+    }
+
+    /// Pod monitors whose events the daemon receives now.
+    pub fn monitors_followed(&self) -> usize {
+        self.table.subscribed()
+    }
+
+    /// GetContainerEvents subscribers now.
+    pub fn event_subscribers(&self) -> usize {
+        self.events.subscribers()
     }
 
     /// All containers with their run state.

@@ -12,8 +12,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use k8s_cri::v1::ContainerState;
+use k8s_cri::v1::{ContainerEventType, ContainerState};
 
+use super::events::{Event, Events};
 use super::{ContainerRecord, RunState};
 use crate::error::{Error, Result};
 use crate::monitor::{ExitRecord, files};
@@ -32,6 +33,8 @@ pub struct Table {
     map: RwLock<HashMap<String, Entry>>,
     /// Pods whose monitor subscription is live.
     subscribed: RwLock<std::collections::HashSet<String>>,
+    /// Where lifecycle changes go (GetContainerEvents).
+    events: Arc<Events>,
 }
 
 /// The run state as the monitor's files tell it: `pid`, `started`,
@@ -70,7 +73,7 @@ fn poisoned() -> Error {
 
 impl Table {
     /// The containers of the store, their state from the files.
-    pub fn load(dir: &Path, records: Vec<ContainerRecord>) -> Table {
+    pub fn load(dir: &Path, records: Vec<ContainerRecord>, events: Arc<Events>) -> Table {
         let map = records
             .into_iter()
             .map(|r| {
@@ -87,6 +90,37 @@ impl Table {
             dir: dir.to_path_buf(),
             map: RwLock::new(map),
             subscribed: Default::default(),
+            events,
+        }
+    }
+
+    /// Tells subscribers of a change to `id` (in pod `pod_id`); called with
+    /// the map locked, so events leave in the order the changes were made.
+    fn emit(&self, map: &HashMap<String, Entry>, kind: ContainerEventType, id: &str, pod_id: &str) {
+        if !self.events.wanted() {
+            return;
+        }
+        let containers = map
+            .values()
+            .filter(|e| e.record.pod_id == pod_id)
+            .map(|e| (e.record.clone(), self.state(e)))
+            .collect();
+        self.events.send(Event {
+            kind,
+            id: id.to_string(),
+            pod_id: pod_id.to_string(),
+            at: crate::monitor::now_nanos(),
+            containers,
+        });
+    }
+
+    /// Announces a container whose create finished.
+    pub fn announce_created(&self, id: &str) {
+        if let Ok(map) = self.map.read()
+            && let Some(e) = map.get(id)
+        {
+            let pod = e.record.pod_id.clone();
+            self.emit(&map, ContainerEventType::ContainerCreatedEvent, id, &pod);
         }
     }
 
@@ -182,44 +216,83 @@ impl Table {
         Ok(())
     }
 
-    /// Applies `f` to a container's run state (a no-op for an unknown id).
-    fn update(&self, id: &str, f: impl FnOnce(&mut RunState)) {
+    /// Applies `f` to a container's run state (a no-op for an unknown id),
+    /// announcing `kind` when the state becomes `to`.
+    fn update(
+        &self,
+        id: &str,
+        to: ContainerState,
+        kind: ContainerEventType,
+        f: impl FnOnce(&mut RunState),
+    ) {
         if let Ok(mut map) = self.map.write()
             && let Some(e) = map.get_mut(id)
         {
+            let before = e.run.state;
             f(&mut e.run);
+            if before != to && e.run.state == to {
+                let pod = e.record.pod_id.clone();
+                self.emit(&map, kind, id, &pod);
+            }
         }
     }
 
     /// The monitor made the init (it waits for start).
     pub fn created(&self, id: &str, pid: i32) {
-        self.update(id, |r| r.pid = Some(pid));
+        // Not an event: CREATED is announced when the create finishes.
+        if let Ok(mut map) = self.map.write()
+            && let Some(e) = map.get_mut(id)
+        {
+            e.run.pid = Some(pid);
+        }
     }
 
     /// The init was let go at `started_at`.
     pub fn started(&self, id: &str, started_at: i64) {
-        self.update(id, |r| {
-            if r.exit.is_none() {
-                r.state = ContainerState::ContainerRunning;
-            }
-            r.started_at = started_at;
-        });
+        self.update(
+            id,
+            ContainerState::ContainerRunning,
+            ContainerEventType::ContainerStartedEvent,
+            |r| {
+                if r.exit.is_none() {
+                    r.state = ContainerState::ContainerRunning;
+                }
+                r.started_at = started_at;
+            },
+        );
     }
 
     /// The container exited (from the monitor, or recorded by the daemon
     /// when the monitor is gone).
     pub fn exited(&self, id: &str, exit: ExitRecord) {
-        self.update(id, |r| {
-            r.state = ContainerState::ContainerExited;
-            r.exit = Some(exit);
-        });
+        self.update(
+            id,
+            ContainerState::ContainerExited,
+            ContainerEventType::ContainerStoppedEvent,
+            |r| {
+                r.state = ContainerState::ContainerExited;
+                r.exit = Some(exit);
+            },
+        );
     }
 
     /// Forgets a removed container.
     pub fn remove(&self, id: &str) {
-        if let Ok(mut map) = self.map.write() {
-            map.remove(id);
+        if let Ok(mut map) = self.map.write()
+            && let Some(e) = map.remove(id)
+        {
+            self.emit(
+                &map,
+                ContainerEventType::ContainerDeletedEvent,
+                id,
+                &e.record.pod_id,
+            );
         }
+    }
+
+    /// Pods whose monitor subscription is live.
+    pub fn subscribed(&self) -> usize {
+        self.subscribed.read().map_or(0, |s| s.len())
     }
 
     /// Whether `pod_id`'s containers are kept current by its monitor. Going
@@ -234,11 +307,28 @@ impl Table {
             }
         }
         if let Ok(mut map) = self.map.write() {
+            let mut changed = Vec::new();
             for e in map.values_mut().filter(|e| e.record.pod_id == pod_id) {
                 if watched && !e.watched {
+                    let before = e.run.state;
                     e.run = run_state_from_files(&self.dir, &e.record);
+                    // What happened while nobody watched is told now.
+                    let kind = match e.run.state {
+                        s if s == before => None,
+                        ContainerState::ContainerRunning => {
+                            Some(ContainerEventType::ContainerStartedEvent)
+                        }
+                        ContainerState::ContainerExited => {
+                            Some(ContainerEventType::ContainerStoppedEvent)
+                        }
+                        _ => None,
+                    };
+                    changed.extend(kind.map(|k| (k, e.record.id.clone())));
                 }
                 e.watched = watched;
+            }
+            for (kind, id) in changed {
+                self.emit(&map, kind, &id, pod_id);
             }
         }
     }

@@ -71,7 +71,7 @@ fn matches(c: &ContainerRecord, run: &RunState, f: &ContainerFilter) -> bool {
 }
 
 /// The status words for a container's run state.
-fn reason(c: &ContainerRecord, run: &RunState) -> (&'static str, i32, i64) {
+pub(super) fn reason(c: &ContainerRecord, run: &RunState) -> (&'static str, i32, i64) {
     let (reason, code, finished) = match run.exit {
         Some(e) if e.oom_killed => ("OOMKilled", e.exit_code, e.finished_at),
         Some(e) if e.exit_code == 0 => ("Completed", 0, e.finished_at),

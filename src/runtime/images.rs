@@ -52,7 +52,14 @@ impl Runtime {
 
     /// PullImage: the pulled image's id.
     pub async fn pull_image(&self, name: &str, auth: &PullAuth) -> Result<String> {
-        self.images.pull(name, auth).await
+        let started = std::time::Instant::now();
+        let pulled = self.images.pull(name, auth).await;
+        let size = match &pulled {
+            Ok(id) => Some(self.images.find(id)?.map_or(0, |r| r.size)),
+            Err(_) => None,
+        };
+        self.telemetry.observe_pull(started.elapsed(), size);
+        pulled
     }
 
     /// RemoveImage, keeping layers containers stack; an unknown image is fine.

@@ -5,17 +5,29 @@
 //! map its typed error; they reach nothing else of the node.
 
 mod containers;
+mod events;
 mod images;
+mod metrics;
 mod pods;
+mod stats;
+mod telemetry;
 
 pub use crate::config::CgroupDriver;
 pub use crate::container::{ContainerRecord, RunState, cri_signal};
 pub use crate::image::PullAuth;
 pub use crate::image::record::ImageUser;
 pub use crate::sandbox::{PodRecord, PodState};
+pub use crate::stats::metrics::{
+    BASE_LABELS, Descriptor as MetricDescriptor, Kind as MetricKind, Value as MetricValue,
+};
+pub use crate::stats::{CgroupSample, Cost as CollectorCost, Interface, Memory, Pids, Sample};
+pub use crate::telemetry::Telemetry;
 pub use containers::{ContainerFilter, ContainerStatus, ContainerView, ExecOutput};
+pub use events::ContainerEvent;
 pub use images::{FsUsage, ImageView};
+pub use metrics::{ContainerMetrics, PodMetrics};
 pub use pods::{PodDetails, PodFilter, PodStatus};
+pub use stats::{ContainerStatsView, LayerUsage, PodStatsView};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,6 +68,10 @@ pub struct Runtime {
     storage: crate::storage::Storage,
     containers: crate::container::Containers,
     streaming: Arc<crate::streaming::Streaming>,
+    /// Samples container and pod usage in the background (see `stats.rs`).
+    collector: crate::stats::Collector,
+    /// The daemon's own metrics (see `telemetry.rs` here).
+    telemetry: Arc<Telemetry>,
 }
 
 impl Runtime {
@@ -84,6 +100,11 @@ impl Runtime {
             cgroups.clone(),
             &config.runtime,
         );
+        let collector = crate::stats::Collector::start(
+            cgroups.clone(),
+            std::time::Duration::from_secs(config.metrics.stats_interval),
+        )
+        .map_err(|e| crate::error::Error::Internal(format!("starting the stats collector: {e}")))?;
         let pods = Pods::new(store.clone(), &config.runroot, cgroups)?;
         containers.watch_all(&pods);
         let storage = crate::storage::Storage::open(&config.root)
@@ -97,6 +118,8 @@ impl Runtime {
             storage,
             containers,
             streaming: Arc::new(crate::streaming::Streaming::new(streaming_url)),
+            collector,
+            telemetry: Arc::default(),
         })
     }
 

@@ -16,6 +16,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tracing::Instrument;
 
+use crate::runtime::Telemetry;
+
 /// Environment variable naming a gRPC method (e.g. `Version`) whose handler
 /// panics on purpose; the integration tests use it to prove panics are
 /// contained. Read only in a build with the `fault-injection` feature (the
@@ -26,6 +28,7 @@ pub const FAULT_PANIC_ENV: &str = "CRIUS_FAULT_PANIC_METHOD";
 #[derive(Clone, Default)]
 pub struct RequestLayer {
     panic_method: Option<Arc<str>>,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl RequestLayer {
@@ -39,7 +42,18 @@ impl RequestLayer {
             .map(Arc::from);
         #[cfg(not(feature = "fault-injection"))]
         let panic_method = None;
-        RequestLayer { panic_method }
+        RequestLayer {
+            panic_method,
+            telemetry: None,
+        }
+    }
+
+    /// Records each call's method, code and time in `telemetry`.
+    pub fn with_telemetry(self, telemetry: Arc<Telemetry>) -> Self {
+        RequestLayer {
+            telemetry: Some(telemetry),
+            ..self
+        }
     }
 }
 
@@ -50,6 +64,7 @@ impl<S> tower::Layer<S> for RequestLayer {
         RequestService {
             inner,
             panic_method: self.panic_method.clone(),
+            telemetry: self.telemetry.clone(),
         }
     }
 }
@@ -59,6 +74,7 @@ impl<S> tower::Layer<S> for RequestLayer {
 pub struct RequestService<S> {
     inner: S,
     panic_method: Option<Arc<str>>,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 type HttpResponse = http::Response<tonic::body::Body>;
@@ -91,6 +107,12 @@ where
         let method = path.rsplit('/').next().unwrap_or(path).to_string();
         let span = tracing::info_span!("cri", method = %method);
         let inject_panic = self.panic_method.as_deref() == Some(method.as_str());
+        let (telemetry, observed) = (self.telemetry.clone(), method.clone());
+        let observe = move |code: &str, took: std::time::Duration| {
+            if let Some(t) = &telemetry {
+                t.observe_rpc(&observed, code, took);
+            }
+        };
         // The ready service is the one that must be called; keep a fresh clone.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -129,12 +151,14 @@ where
                             elapsed_us = start.elapsed().as_micros() as u64,
                             "response"
                         );
+                        observe(code, start.elapsed());
                         Ok(resp)
                     }
                     Ok(Err(e)) => Err(e),
                     Err(panic) => {
                         let what = panic_message(panic.as_ref());
                         tracing::error!(panic = %what, "handler panicked; answering Internal");
+                        observe("13", start.elapsed());
                         Ok(tonic::Status::internal(format!(
                             "internal error: handler panicked: {what}"
                         ))

@@ -6,6 +6,7 @@ mod encoded_list;
 mod image_service;
 pub mod layer;
 mod runtime_service;
+mod stats;
 pub mod validate;
 
 use std::future::Future;
@@ -158,6 +159,7 @@ pub async fn serve(
         .listener
         .take()
         .ok_or_else(|| ServerError::InUse(socket.path.clone()))?;
+    let telemetry = runtime.telemetry();
     let handler = Arc::new(runtime_service::RuntimeServiceHandler::new(runtime.clone()));
     let rt = RuntimeServiceServer::from_arc(handler.clone())
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -173,7 +175,7 @@ pub async fn serve(
         let _ = stopping_tx.send(());
     };
     let server = tonic::transport::Server::builder()
-        .layer(layer::RequestLayer::from_env())
+        .layer(layer::RequestLayer::from_env().with_telemetry(telemetry))
         .add_service(rt)
         .add_service(img)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal);

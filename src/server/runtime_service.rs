@@ -141,6 +141,68 @@ fn reported_mounts(c: &ContainerRecord) -> Vec<Mount> {
     mounts
 }
 
+/// A container's status message (ContainerStatus, GetContainerEvents).
+fn container_status_message(st: &crate::runtime::ContainerStatus) -> ContainerStatus {
+    let (c, run) = (&st.view.record, &st.view.run);
+    ContainerStatus {
+        id: c.id.clone(),
+        metadata: c.config.metadata.clone(),
+        state: run.state as i32,
+        created_at: c.created_at,
+        started_at: run.started_at,
+        finished_at: st.finished_at,
+        exit_code: st.exit_code,
+        image: c.config.image.clone(),
+        image_ref: c.image_ref.clone(),
+        reason: st.reason.into(),
+        message: c.start_error.clone().unwrap_or_default(),
+        labels: c.config.labels.clone(),
+        annotations: c.config.annotations.clone(),
+        mounts: reported_mounts(c),
+        log_path: c.log_path.clone(),
+        resources: Some(ContainerResources {
+            linux: c.resources.clone(),
+            windows: None,
+        }),
+        image_id: c.image_id.clone(),
+        user: Some(ContainerUser {
+            linux: Some(LinuxContainerUser {
+                uid: c.uid as i64,
+                gid: c.gid as i64,
+                supplemental_groups: c.additional_gids.iter().map(|g| *g as i64).collect(),
+            }),
+        }),
+        stop_signal: cri_signal(c.stop_signal) as i32,
+    }
+}
+
+/// A pod's status message (PodSandboxStatus, GetContainerEvents).
+fn pod_status_message(pod: &PodRecord) -> PodSandboxStatus {
+    let ns_opts = pod
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
+    let mut ips = pod.ips.iter();
+    PodSandboxStatus {
+        id: pod.id.clone(),
+        metadata: pod.config.metadata.clone(),
+        state: pod_state(pod.state),
+        created_at: pod.created_at,
+        network: Some(PodSandboxNetworkStatus {
+            ip: ips.next().cloned().unwrap_or_default(),
+            additional_ips: ips.map(|ip| PodIp { ip: ip.clone() }).collect(),
+        }),
+        linux: Some(LinuxPodSandboxStatus {
+            namespaces: Some(Namespace { options: ns_opts }),
+        }),
+        labels: pod.config.labels.clone(),
+        annotations: pod.config.annotations.clone(),
+        runtime_handler: pod.runtime_handler.clone(),
+    }
+}
+
 /// A pod as ListPodSandbox shows it.
 fn listed_pod(p: &PodRecord) -> PodSandbox {
     PodSandbox {
@@ -362,29 +424,7 @@ impl RuntimeService for RuntimeServiceHandler {
             });
             info.insert("info".to_string(), v.to_string());
         }
-        let ns_opts = pod
-            .config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref())
-            .and_then(|s| s.namespace_options.clone());
-        let mut ips = pod.ips.iter();
-        let status = PodSandboxStatus {
-            id: pod.id.clone(),
-            metadata: pod.config.metadata.clone(),
-            state: pod_state(pod.state),
-            created_at: pod.created_at,
-            network: Some(PodSandboxNetworkStatus {
-                ip: ips.next().cloned().unwrap_or_default(),
-                additional_ips: ips.map(|ip| PodIp { ip: ip.clone() }).collect(),
-            }),
-            linux: Some(LinuxPodSandboxStatus {
-                namespaces: Some(Namespace { options: ns_opts }),
-            }),
-            labels: pod.config.labels.clone(),
-            annotations: pod.config.annotations.clone(),
-            runtime_handler: pod.runtime_handler.clone(),
-        };
+        let status = pod_status_message(&pod);
         Ok(Response::new(PodSandboxStatusResponse {
             status: Some(status),
             info,
@@ -421,7 +461,18 @@ impl RuntimeService for RuntimeServiceHandler {
         &self,
         _: Request<GetEventsRequest>,
     ) -> Reply<Self::GetContainerEventsStream> {
-        unimplemented("GetContainerEvents")
+        use futures::StreamExt;
+        let events = self.rt.container_events().map(|ev| {
+            let ev = ev?;
+            Ok(ContainerEventResponse {
+                container_id: ev.id,
+                container_event_type: ev.kind as i32,
+                created_at: ev.at,
+                pod_sandbox_status: ev.pod.as_deref().map(pod_status_message),
+                containers_statuses: ev.containers.iter().map(container_status_message).collect(),
+            })
+        });
+        Ok(Response::new(Box::pin(events)))
     }
 
     #[tracing::instrument(skip_all, fields(pod_id = %req.get_ref().pod_sandbox_id, name = ?req.get_ref().config.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| &m.name)))]
@@ -517,36 +568,7 @@ impl RuntimeService for RuntimeServiceHandler {
             });
             info.insert("info".to_string(), v.to_string());
         }
-        let status = ContainerStatus {
-            id: c.id.clone(),
-            metadata: c.config.metadata.clone(),
-            state: run.state as i32,
-            created_at: c.created_at,
-            started_at: run.started_at,
-            finished_at: st.finished_at,
-            exit_code: st.exit_code,
-            image: c.config.image.clone(),
-            image_ref: c.image_ref.clone(),
-            reason: st.reason.into(),
-            message: c.start_error.clone().unwrap_or_default(),
-            labels: c.config.labels.clone(),
-            annotations: c.config.annotations.clone(),
-            mounts: reported_mounts(c),
-            log_path: c.log_path.clone(),
-            resources: Some(ContainerResources {
-                linux: c.resources.clone(),
-                windows: None,
-            }),
-            image_id: c.image_id.clone(),
-            user: Some(ContainerUser {
-                linux: Some(LinuxContainerUser {
-                    uid: c.uid as i64,
-                    gid: c.gid as i64,
-                    supplemental_groups: c.additional_gids.iter().map(|g| *g as i64).collect(),
-                }),
-            }),
-            stop_signal: cri_signal(c.stop_signal) as i32,
-        };
+        let status = container_status_message(&st);
         Ok(Response::new(ContainerStatusResponse {
             status: Some(status),
             info,
@@ -635,29 +657,76 @@ impl RuntimeService for RuntimeServiceHandler {
         let url = self.rt.port_forward_url(req)?;
         Ok(Response::new(PortForwardResponse { url }))
     }
+    #[tracing::instrument(skip_all, fields(container_id = %req.get_ref().container_id))]
     async fn container_stats(
         &self,
-        _: Request<ContainerStatsRequest>,
+        req: Request<ContainerStatsRequest>,
     ) -> Reply<ContainerStatsResponse> {
-        unimplemented("ContainerStats")
+        let id = req.into_inner().container_id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("container id is empty"));
+        }
+        validate::id("container id", &id)?;
+        let view = self.rt.container_stats(&id).await?;
+        Ok(Response::new(ContainerStatsResponse {
+            stats: Some(super::stats::container(&view)),
+        }))
     }
+
     async fn list_container_stats(
         &self,
-        _: Request<ListContainerStatsRequest>,
+        req: Request<ListContainerStatsRequest>,
     ) -> Reply<ListContainerStatsResponse> {
-        unimplemented("ListContainerStats")
+        let filter = req.into_inner().filter.unwrap_or_default();
+        validate::id("container id filter", &filter.id)?;
+        validate::id("pod sandbox id filter", &filter.pod_sandbox_id)?;
+        let views = self
+            .rt
+            .list_container_stats(&CoreContainerFilter {
+                id: filter.id,
+                pod: filter.pod_sandbox_id,
+                state: None,
+                labels: filter.label_selector,
+            })
+            .await?;
+        Ok(Response::new(ListContainerStatsResponse {
+            stats: views.iter().map(super::stats::container).collect(),
+        }))
     }
+
+    #[tracing::instrument(skip_all, fields(pod_id = %req.get_ref().pod_sandbox_id))]
     async fn pod_sandbox_stats(
         &self,
-        _: Request<PodSandboxStatsRequest>,
+        req: Request<PodSandboxStatsRequest>,
     ) -> Reply<PodSandboxStatsResponse> {
-        unimplemented("PodSandboxStats")
+        let id = req.into_inner().pod_sandbox_id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("pod sandbox id is empty"));
+        }
+        validate::id("pod sandbox id", &id)?;
+        let view = self.rt.pod_stats(&id).await?;
+        Ok(Response::new(PodSandboxStatsResponse {
+            stats: Some(super::stats::pod(&view)),
+        }))
     }
+
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<ListPodSandboxStatsRequest>,
+        req: Request<ListPodSandboxStatsRequest>,
     ) -> Reply<ListPodSandboxStatsResponse> {
-        unimplemented("ListPodSandboxStats")
+        let filter = req.into_inner().filter.unwrap_or_default();
+        validate::id("pod sandbox id filter", &filter.id)?;
+        let views = self
+            .rt
+            .list_pod_stats(&PodFilter {
+                id: filter.id,
+                state: None,
+                labels: filter.label_selector,
+            })
+            .await?;
+        Ok(Response::new(ListPodSandboxStatsResponse {
+            stats: views.iter().map(super::stats::pod).collect(),
+        }))
     }
     async fn checkpoint_container(
         &self,
@@ -669,12 +738,22 @@ impl RuntimeService for RuntimeServiceHandler {
         &self,
         _: Request<ListMetricDescriptorsRequest>,
     ) -> Reply<ListMetricDescriptorsResponse> {
-        unimplemented("ListMetricDescriptors")
+        let descriptors = self
+            .rt
+            .metric_descriptors()
+            .iter()
+            .map(super::stats::descriptor)
+            .collect();
+        Ok(Response::new(ListMetricDescriptorsResponse { descriptors }))
     }
+
     async fn list_pod_sandbox_metrics(
         &self,
         _: Request<ListPodSandboxMetricsRequest>,
     ) -> Reply<ListPodSandboxMetricsResponse> {
-        unimplemented("ListPodSandboxMetrics")
+        let pods = self.rt.list_pod_metrics().await?;
+        Ok(Response::new(ListPodSandboxMetricsResponse {
+            pod_metrics: pods.iter().map(super::stats::pod_metrics).collect(),
+        }))
     }
 }

@@ -245,8 +245,8 @@ impl Storage {
         }
     }
 
-    /// Bytes and inodes of the writable layers, for ImageFsInfo: the
-    /// latest sample (see `usage.rs`).
+    /// Bytes and inodes of the writable layers, in all (ImageFsInfo) and
+    /// by container (stats): the latest sample (see `usage.rs`).
     pub async fn usage(&self) -> usage::Sample {
         self.sampler.sample().await
     }
@@ -305,14 +305,17 @@ fn resolve_beneath(root: &Path, sub_path: &str) -> Result<PathBuf, StorageError>
     Ok(real)
 }
 
-/// Bytes and inodes of every writable layer under `containers`.
-fn writable_usage(containers: &Path) -> (u64, u64) {
-    let mut total = (0, 0);
+/// Bytes and inodes of every writable layer under `containers`, in all
+/// and by container id.
+fn writable_usage(containers: &Path) -> usage::Usage {
+    let mut total = usage::Usage::default();
     if let Ok(entries) = std::fs::read_dir(containers) {
         for e in entries.flatten() {
             let (b, i) = tree_usage(&e.path().join("upper"));
-            total.0 += b;
-            total.1 += i;
+            total.bytes += b;
+            total.inodes += i;
+            let id = e.file_name().to_string_lossy().into_owned();
+            total.by_container.insert(id, (b, i));
         }
     }
     total
@@ -399,7 +402,8 @@ mod tests {
         std::fs::write(merged.join("etc/keep"), "changed").unwrap();
         // The image layer is untouched; the change lives in the upper dir.
         assert_eq!(std::fs::read_to_string(l1.join("etc/keep")).unwrap(), "1");
-        assert!(writable_usage(&s.containers).0 >= 7);
+        assert!(writable_usage(&s.containers).bytes >= 7);
+        assert!(writable_usage(&s.containers).by_container["c1"].0 >= 7);
         s.remove_rootfs("c1").unwrap();
         s.remove_rootfs("c1").unwrap();
         assert!(!root.path().join("containers/c1").exists());

@@ -6,20 +6,32 @@
 //! containerd's snapshot usage syncer does), starting a walk in the
 //! background when that sample is old, and only the very first call waits.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// How old a sample may be before a call starts a new walk.
 pub const MAX_AGE: Duration = Duration::from_secs(10);
 
+/// What one walk measures: the total and each container's share.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub inodes: u64,
+    /// Bytes and inodes by container id (for container stats).
+    pub by_container: HashMap<String, (u64, u64)>,
+}
+
 /// One measurement of the writable layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
     /// File content bytes in all writable layers (apparent sizes, not allocated blocks; hardlinks
     /// counted per link).
     pub bytes: u64,
     /// Entries (files, directories, links) in all writable layers.
     pub inodes: u64,
+    /// Bytes and inodes by container id.
+    pub by_container: Arc<HashMap<String, (u64, u64)>>,
     /// When the walk that measured it ended.
     pub at: SystemTime,
 }
@@ -30,7 +42,7 @@ struct State {
     walking: bool,
 }
 
-type Walk = Arc<dyn Fn() -> (u64, u64) + Send + Sync>;
+type Walk = Arc<dyn Fn() -> Usage + Send + Sync>;
 
 /// Samples of one measurement (`walk`: bytes and inodes), shared by clones.
 #[derive(Clone)]
@@ -51,7 +63,7 @@ impl std::fmt::Debug for Sampler {
 
 impl Sampler {
     /// Samples of `walk`.
-    pub fn new(walk: impl Fn() -> (u64, u64) + Send + Sync + 'static) -> Sampler {
+    pub fn new(walk: impl Fn() -> Usage + Send + Sync + 'static) -> Sampler {
         Sampler {
             walk: Arc::new(walk),
             state: Arc::default(),
@@ -67,7 +79,7 @@ impl Sampler {
     pub async fn sample(&self) -> Sample {
         {
             let mut st = self.state();
-            if let Some((taken, sample)) = st.last {
+            if let Some((taken, sample)) = st.last.clone() {
                 if taken.elapsed() >= MAX_AGE && !st.walking {
                     st.walking = true;
                     let me = self.clone();
@@ -78,8 +90,8 @@ impl Sampler {
         }
         // No sample yet: one caller walks, the others wait for it.
         let _first = self.first.lock().await;
-        if let Some((_, sample)) = self.state().last {
-            return sample;
+        if let Some((_, sample)) = &self.state().last {
+            return sample.clone();
         }
         let me = self.clone();
         match tokio::task::spawn_blocking(move || me.walk_and_record()).await {
@@ -89,6 +101,7 @@ impl Sampler {
             Err(_) => Sample {
                 bytes: 0,
                 inodes: 0,
+                by_container: Arc::default(),
                 at: SystemTime::now(),
             },
         }
@@ -97,14 +110,16 @@ impl Sampler {
     /// Measures and stores the numbers (on a blocking thread).
     fn walk_and_record(&self) -> Sample {
         let started = Instant::now();
-        let (bytes, inodes) = (self.walk)();
+        let usage = (self.walk)();
+        let (bytes, inodes) = (usage.bytes, usage.inodes);
         let sample = Sample {
             bytes,
             inodes,
+            by_container: Arc::new(usage.by_container),
             at: SystemTime::now(),
         };
         let mut st = self.state();
-        st.last = Some((Instant::now(), sample));
+        st.last = Some((Instant::now(), sample.clone()));
         st.walking = false;
         tracing::debug!(
             bytes,
@@ -128,7 +143,11 @@ mod tests {
         let sampler = Sampler::new(move || {
             let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
             std::thread::sleep(Duration::from_millis(50));
-            (n * 100, n)
+            Usage {
+                bytes: n * 100,
+                inodes: n,
+                by_container: HashMap::new(),
+            }
         });
         let first = futures::future::join_all((0..8).map(|_| sampler.sample())).await;
         assert!(first.iter().all(|s| s.bytes == 100), "{first:?}");
