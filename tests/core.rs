@@ -207,6 +207,37 @@ async fn list_streams_answer_what_the_lists_do() {
             .any(|i| i.repo_tags.iter().any(|t| t.contains("busybox"))),
         "{images:?}"
     );
+    let s =
+        e.rt.stream_container_stats(StreamContainerStatsRequest {
+            filter: Some(ContainerStatsFilter {
+                pod_sandbox_id: e.pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stats: Vec<String> = streamed(s, |m| m.container_stats)
+        .await
+        .into_iter()
+        .filter_map(|c| c.attributes.map(|a| a.id))
+        .collect();
+    stats.sort();
+    assert_eq!(
+        stats, want,
+        "StreamContainerStats covers the pod's containers"
+    );
+    let s =
+        e.rt.stream_pod_sandbox_stats(StreamPodSandboxStatsRequest {
+            filter: Some(PodSandboxStatsFilter {
+                id: e.pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(streamed(s, |m| m.pod_sandbox_stats).await.len(), 1);
     // A filter that matches nothing: EOF without a message.
     let s =
         e.rt.stream_containers(StreamContainersRequest {

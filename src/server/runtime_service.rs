@@ -255,23 +255,48 @@ impl RuntimeService for RuntimeServiceHandler {
 
     async fn stream_container_stats(
         &self,
-        _: Request<StreamContainerStatsRequest>,
+        req: Request<StreamContainerStatsRequest>,
     ) -> Reply<Self::StreamContainerStatsStream> {
-        unimplemented("StreamContainerStats")
+        let filter = req.into_inner().filter;
+        let stats = self
+            .list_container_stats(Request::new(ListContainerStatsRequest { filter }))
+            .await?
+            .into_inner()
+            .stats;
+        Ok(super::chunked(stats, |container_stats| {
+            StreamContainerStatsResponse { container_stats }
+        }))
     }
 
     async fn stream_pod_sandbox_stats(
         &self,
-        _: Request<StreamPodSandboxStatsRequest>,
+        req: Request<StreamPodSandboxStatsRequest>,
     ) -> Reply<Self::StreamPodSandboxStatsStream> {
-        unimplemented("StreamPodSandboxStats")
+        let filter = req.into_inner().filter;
+        let stats = self
+            .list_pod_sandbox_stats(Request::new(ListPodSandboxStatsRequest { filter }))
+            .await?
+            .into_inner()
+            .stats;
+        Ok(super::chunked(stats, |pod_sandbox_stats| {
+            StreamPodSandboxStatsResponse { pod_sandbox_stats }
+        }))
     }
 
     async fn stream_pod_sandbox_metrics(
         &self,
         _: Request<StreamPodSandboxMetricsRequest>,
     ) -> Reply<Self::StreamPodSandboxMetricsStream> {
-        unimplemented("StreamPodSandboxMetrics")
+        let metrics = self
+            .list_pod_sandbox_metrics(Request::new(ListPodSandboxMetricsRequest {}))
+            .await?
+            .into_inner()
+            .pod_metrics;
+        Ok(super::chunked(metrics, |pod_sandbox_metrics| {
+            StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            }
+        }))
     }
 
     async fn update_pod_sandbox_resources(
