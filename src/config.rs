@@ -84,6 +84,7 @@ pub struct Config {
     pub streaming: StreamingConfig,
     /// `[runtime]`: container runtime settings.
     pub runtime: RuntimeConfig,
+    /// `[metrics]`: the Prometheus endpoint and the stats sampling interval.
     pub metrics: MetricsConfig,
 }
 

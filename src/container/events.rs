@@ -15,8 +15,11 @@ use super::{ContainerRecord, RunState};
 /// One change, with the pod's containers as they were right after it.
 #[derive(Debug, Clone)]
 pub struct Event {
+    /// Created, started, stopped or deleted.
     pub kind: ContainerEventType,
+    /// The container that changed.
     pub id: String,
+    /// Its pod sandbox's id.
     pub pod_id: String,
     /// Nanoseconds since the epoch.
     pub at: i64,

@@ -15,7 +15,9 @@ use crate::sandbox::PodRecord;
 /// One event as GetContainerEvents sends it.
 #[derive(Debug, Clone)]
 pub struct ContainerEvent {
+    /// Created, started, stopped or deleted.
     pub kind: ContainerEventType,
+    /// The container that changed.
     pub id: String,
     /// Nanoseconds since the epoch.
     pub at: i64,

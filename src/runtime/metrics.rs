@@ -9,18 +9,24 @@ use crate::stats::metrics::{self, Descriptor, Fs, Spec, Value};
 /// One pod's metrics and its containers'.
 #[derive(Debug, Clone)]
 pub struct PodMetrics {
+    /// The pod sandbox's id.
     pub pod_id: String,
     /// Nanoseconds since the epoch of the values' sample.
     pub at: i64,
+    /// The pod's own metrics: its interfaces' counters.
     pub metrics: Vec<Value>,
+    /// Each of its containers' metrics.
     pub containers: Vec<ContainerMetrics>,
 }
 
 /// One container's metrics.
 #[derive(Debug, Clone)]
 pub struct ContainerMetrics {
+    /// The container's id.
     pub container_id: String,
+    /// Nanoseconds since the epoch of the values' sample; 0 without one.
     pub at: i64,
+    /// Its cgroup, writable layer and spec metrics.
     pub metrics: Vec<Value>,
 }
 

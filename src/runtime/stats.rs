@@ -20,25 +20,35 @@ use crate::stats::{Sample, Target};
 pub struct LayerUsage {
     /// Where writable layers live (the CRI `fs_id`).
     pub mountpoint: PathBuf,
+    /// File content bytes in the layer (apparent sizes; hardlinks counted
+    /// per link).
     pub bytes: u64,
+    /// Entries (files, directories, links) in the layer.
     pub inodes: u64,
+    /// When the walk that measured it ended.
     pub at: SystemTime,
 }
 
 /// One container's stats.
 #[derive(Debug, Clone)]
 pub struct ContainerStatsView {
+    /// The container's record (id, pod, config, cgroup).
     pub record: Arc<ContainerRecord>,
     /// `None` while its cgroup has not been sampled (gone, or too slow).
     pub sample: Option<Arc<Sample>>,
+    /// Its writable layer; `None` when the latest walk did not measure it.
     pub layer: Option<LayerUsage>,
 }
 
 /// One pod's stats: its cgroup and network, and its containers'.
 #[derive(Debug, Clone)]
 pub struct PodStatsView {
+    /// The pod's record.
     pub record: Arc<PodRecord>,
+    /// Its pod cgroup and network namespace; `None` without a cgroup
+    /// parent or while not sampled.
     pub sample: Option<Arc<Sample>>,
+    /// Each of its containers' stats.
     pub containers: Vec<ContainerStatsView>,
 }
 

@@ -15,7 +15,9 @@ const UNLIMITED: u64 = 1 << 62;
 pub struct CgroupSample {
     /// Cumulative CPU time, nanoseconds.
     pub cpu_ns: Option<u64>,
+    /// Memory and swap, from the memory controller.
     pub memory: Option<Memory>,
+    /// Task count and limit, from the pids controller.
     pub pids: Option<Pids>,
     /// CPU detail for the cAdvisor metrics.
     pub cpu_detail: Option<CpuDetail>,
@@ -26,30 +28,46 @@ pub struct CgroupSample {
 /// CPU time by mode and CFS throttling.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CpuDetail {
+    /// Nanoseconds of CPU time in user mode: cpu.stat user_usec (v2) or
+    /// cpuacct.stat `user` ticks (v1).
     pub user_ns: u64,
+    /// Nanoseconds of CPU time in kernel mode: cpu.stat system_usec (v2)
+    /// or cpuacct.stat `system` ticks (v1).
     pub system_ns: u64,
+    /// CFS enforcement periods elapsed (cpu.stat nr_periods).
     pub periods: u64,
+    /// Periods in which the cgroup was throttled (cpu.stat nr_throttled).
     pub throttled_periods: u64,
+    /// Nanoseconds spent throttled: cpu.stat throttled_usec (v2) or
+    /// throttled_time (v1).
     pub throttled_ns: u64,
 }
 
 /// Descriptors the cgroup's processes hold, and how many are sockets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fds {
+    /// Entries of `/proc/<pid>/fd` over the processes in cgroup.procs.
     pub open: u64,
+    /// Of those, the ones that are sockets (link target `socket:[…]`).
     pub sockets: u64,
 }
 
 /// Memory as kubelet reads it (cAdvisor's definitions).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Memory {
+    /// Bytes in use, page cache included: memory.current (v2) or
+    /// memory.usage_in_bytes (v1).
     pub usage: u64,
     /// usage − inactive file pages: what eviction counts.
     pub working_set: u64,
     /// Anonymous memory (and swap cache).
     pub rss: u64,
+    /// Page cache bytes: memory.stat `file` (v2) or `total_cache` (v1).
     pub cache: u64,
+    /// Page faults, minor and major: memory.stat `pgfault` (v1:
+    /// `total_pgfault`).
     pub page_faults: u64,
+    /// Major page faults: memory.stat `pgmajfault` (v1: `total_pgmajfault`).
     pub major_page_faults: u64,
     /// The limit; `None` when unlimited.
     pub limit: Option<u64>,
@@ -59,10 +77,17 @@ pub struct Memory {
     pub swap_limit: Option<u64>,
     /// Times the limit was hit (v1 failcnt, v2 `max` events).
     pub failcnt: u64,
+    /// Kernel memory bytes: memory.stat `kernel` (v2; on older kernels the
+    /// sum of kernel_stack, pagetables, slab and sock) or
+    /// memory.kmem.usage_in_bytes (v1).
     pub kernel: u64,
+    /// Bytes of memory-mapped files: memory.stat `file_mapped` (v2) or
+    /// `total_mapped_file` (v1).
     pub mapped_file: u64,
     /// The highest usage seen (v2 without `memory.peak`: none).
     pub max_usage: Option<u64>,
+    /// Processes the OOM killer killed: `oom_kill` in memory.events (v2)
+    /// or memory.oom_control (v1).
     pub oom_kills: u64,
 }
 
@@ -76,7 +101,9 @@ impl Memory {
 /// Processes (threads, as the kernel counts tasks) in the cgroup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pids {
+    /// Tasks in the cgroup now (pids.current).
     pub current: u64,
+    /// pids.max; `None` when unlimited.
     pub limit: Option<u64>,
 }
 
@@ -186,9 +213,14 @@ fn fds(dir: &Path) -> Option<Fds> {
 /// The v1 controller directories of one cgroup.
 #[derive(Debug, Clone)]
 pub struct V1Dirs {
+    /// The cpu controller's directory (cpu.stat: CFS throttling).
     pub cpu: std::path::PathBuf,
+    /// The cpuacct controller's directory (total, user and system time).
     pub cpuacct: std::path::PathBuf,
+    /// The memory controller's directory.
     pub memory: std::path::PathBuf,
+    /// The pids controller's directory; its cgroup.procs also lists the
+    /// processes whose descriptors are counted.
     pub pids: std::path::PathBuf,
 }
 

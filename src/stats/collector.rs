@@ -33,7 +33,10 @@ pub struct Target {
 /// One target's numbers at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Sample {
+    /// When it was taken (after its cgroup was read); `None` only in a
+    /// default, empty sample.
     pub at: Option<SystemTime>,
+    /// The target's cgroup numbers.
     pub cgroup: CgroupSample,
     /// CPU nanoseconds per second between the previous sample and this
     /// one; `None` for a target's first sample.
@@ -61,9 +64,11 @@ pub struct Cost {
     pub samples: u64,
     /// CPU time of the collector thread, all rounds.
     pub cpu: Duration,
-    /// The last round: targets, wall time, thread CPU time.
+    /// Targets sampled in the last round.
     pub last_targets: usize,
+    /// Wall time of the last round.
     pub last_wall: Duration,
+    /// CPU time of the collector thread in the last round.
     pub last_cpu: Duration,
 }
 

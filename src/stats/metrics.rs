@@ -9,15 +9,20 @@ use super::collector::Sample;
 /// How Prometheus treats a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A cumulative total that only grows.
     Counter,
+    /// A current value that goes up and down.
     Gauge,
 }
 
 /// One metric family.
 #[derive(Debug, Clone, Copy)]
 pub struct Descriptor {
+    /// cAdvisor's metric name, e.g. `container_cpu_usage_seconds_total`.
     pub name: &'static str,
+    /// cAdvisor's help text.
     pub help: &'static str,
+    /// Whether it is a counter or a gauge.
     pub kind: Kind,
     /// Label keys after [`BASE_LABELS`].
     pub extra_labels: &'static [&'static str],
@@ -301,19 +306,27 @@ pub const DESCRIPTORS: &[Descriptor] = &[
 /// One value of one metric.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Value {
+    /// The metric's name, as in its [`Descriptor`].
     pub name: &'static str,
+    /// Its descriptor's kind.
     pub kind: Kind,
     /// Base label values, then the descriptor's extra ones.
     pub labels: Vec<String>,
+    /// The value in the metric's unit (bytes, a count, or whole seconds).
     pub value: u64,
 }
 
 /// What a container's spec metrics read: its resources and start.
 #[derive(Debug, Clone, Default)]
 pub struct Spec {
+    /// CFS period in microseconds, from the CRI resources; 0 when unset.
     pub cpu_period: u64,
+    /// CPU shares (relative weight), from the CRI resources; 0 when unset.
     pub cpu_shares: u64,
+    /// Memory limit in bytes, from the CRI resources; 0 when none.
     pub memory_limit: u64,
+    /// The CRI `memory_swap_limit_in_bytes` (memory plus swap), bytes; 0
+    /// when unset.
     pub swap_limit: u64,
     /// Nanoseconds since the epoch; 0 before it started.
     pub started_at: i64,
@@ -322,10 +335,17 @@ pub struct Spec {
 /// The writable layer's filesystem and the container's share of it.
 #[derive(Debug, Clone, Default)]
 pub struct Fs {
+    /// The `device` label: the path of the storage root.
     pub device: String,
+    /// Bytes in the container's writable layer, from the latest layer walk
+    /// (0 when it has not measured the container).
     pub usage_bytes: u64,
+    /// Size in bytes of the filesystem holding the layers (statvfs blocks
+    /// × fragment size).
     pub limit_bytes: u64,
+    /// Inodes of that filesystem (statvfs `f_files`).
     pub inodes_total: u64,
+    /// Free inodes of that filesystem (statvfs `f_ffree`).
     pub inodes_free: u64,
 }
 

@@ -12,29 +12,46 @@ use nix::sched::{CloneFlags, setns};
 /// One interface's counters since it was made.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Interface {
+    /// The interface's name in the pod's namespace, e.g. `eth0`.
     pub name: String,
+    /// Bytes received, /proc/net/dev's receive `bytes`.
     pub rx_bytes: u64,
+    /// Packets received, /proc/net/dev's receive `packets`.
     pub rx_packets: u64,
+    /// Receive errors, /proc/net/dev's receive `errs`.
     pub rx_errors: u64,
+    /// Received packets dropped, /proc/net/dev's receive `drop`.
     pub rx_drops: u64,
+    /// Bytes sent, /proc/net/dev's transmit `bytes`.
     pub tx_bytes: u64,
+    /// Packets sent, /proc/net/dev's transmit `packets`.
     pub tx_packets: u64,
+    /// Transmit errors, /proc/net/dev's transmit `errs`.
     pub tx_errors: u64,
+    /// Packets dropped while sending, /proc/net/dev's transmit `drop`.
     pub tx_drops: u64,
 }
 
 /// Why a namespace's counters could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// A namespace file or /proc/thread-self/net/dev could not be opened
+    /// or read.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What opening or reading it returned.
         #[source]
         source: std::io::Error,
     },
+    /// setns into the pod's namespace failed; the thread is still in its
+    /// own.
     #[error("entering {path}: {source}")]
     Enter {
+        /// The pinned namespace.
         path: PathBuf,
+        /// setns's error.
         #[source]
         source: nix::errno::Errno,
     },

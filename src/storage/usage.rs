@@ -16,7 +16,10 @@ pub const MAX_AGE: Duration = Duration::from_secs(10);
 /// What one walk measures: the total and each container's share.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// File content bytes in all writable layers (apparent sizes; hardlinks
+    /// counted per link).
     pub bytes: u64,
+    /// Entries (files, directories, links) in all writable layers.
     pub inodes: u64,
     /// Bytes and inodes by container id (for container stats).
     pub by_container: HashMap<String, (u64, u64)>,

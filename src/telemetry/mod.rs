@@ -47,12 +47,18 @@ pub struct Counts {
     pub containers: Vec<(&'static str, i64)>,
     /// Pod monitors the daemon is subscribed to.
     pub monitors: i64,
+    /// GetContainerEvents streams open.
     pub event_subscribers: i64,
-    /// The stats collector: timer rounds, samples, CPU, last round.
+    /// Timer rounds of the stats collector so far.
     pub collector_rounds: u64,
+    /// Target samples the collector has taken so far (on its timer and at
+    /// first sight).
     pub collector_samples: u64,
+    /// CPU time of the collector's thread over all its rounds.
     pub collector_cpu: Duration,
+    /// Wall time of the collector's last round.
     pub collector_last_round: Duration,
+    /// Containers and pods sampled in the collector's last round.
     pub collector_targets: i64,
 }
 
