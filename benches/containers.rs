@@ -21,7 +21,6 @@ use std::time::Instant;
 
 use common::testenv::testenv;
 use common::{Daemon, Runtime, bridge_conflist, channel, container_config, pod_config};
-use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use support::{Containerd, pids_matching, remove_pods, rss_kib, summary};
@@ -80,19 +79,8 @@ async fn load(
     name: &str,
     memory: impl Fn() -> (i32, Vec<i32>),
 ) -> Result<Report, String> {
-    let image = testenv().image("busybox:latest");
-    let ch = channel(sock).await;
-    ImageServiceClient::new(ch.clone())
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("pull: {}", e.message()))?;
-    let mut rt = RuntimeServiceClient::new(ch);
+    let image = support::pull_busybox(sock).await?;
+    let mut rt = RuntimeServiceClient::new(channel(sock).await);
     // Warm-up (first pod pays for the pause image, page cache, bridge).
     let (warm, _) = pod_with_container(rt.clone(), image.clone(), format!("{name}-warm")).await?;
     remove_pods(&mut rt, vec![warm]).await;

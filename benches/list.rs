@@ -37,7 +37,6 @@ use std::time::{Duration, Instant};
 
 use common::testenv::testenv;
 use common::{Daemon, Runtime, bridge_conflist, channel, pod_config};
-use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use prost::Message;
@@ -525,17 +524,9 @@ struct Side {
 impl Side {
     /// Connects and pulls the image.
     async fn new(sock: &Path, name: &str) -> Result<Side, String> {
-        let image = testenv().image("busybox:latest");
-        ImageServiceClient::new(channel(sock).await)
-            .pull_image(PullImageRequest {
-                image: Some(ImageSpec {
-                    image: image.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
+        let image = support::pull_busybox(sock)
             .await
-            .map_err(|e| format!("{name}: pull {image}: {}", e.message()))?;
+            .map_err(|e| format!("{name}: {e}"))?;
         Ok(Side {
             name: name.to_string(),
             sock: sock.to_path_buf(),
@@ -818,7 +809,7 @@ async fn main() {
                 "containerd 1.6 log: {}",
                 ctrd_dir.join("containerd.log").display()
             );
-        } else if support::mounts_under(&ctrd_dir).is_empty() {
+        } else if common::mounts_under(&ctrd_dir).is_empty() {
             let _ = std::fs::remove_dir_all(&ctrd_dir);
         } else {
             println!("{} still has mounts; left in place", ctrd_dir.display());

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use common::testenv::testenv;
 use common::{Daemon, Runtime, channel, container_config, pod_config};
-use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use support::{Containerd, remove_pods};
@@ -61,17 +60,7 @@ fn host_pod(i: usize) -> PodSandboxConfig {
 
 /// Pulls busybox and runs `n` containers; returns the pod ids.
 async fn fill(rt: &mut Runtime, sock: &Path, n: usize, name: &str) -> Result<Vec<String>, String> {
-    let image = testenv().image("busybox:latest");
-    ImageServiceClient::new(channel(sock).await)
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("pull: {}", e.message()))?;
+    let image = support::pull_busybox(sock).await?;
     let (mut pods, start) = (Vec::new(), Instant::now());
     for i in 0..n.div_ceil(PER_POD) {
         let cfg = host_pod(i);

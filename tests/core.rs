@@ -65,16 +65,7 @@ async fn a_stopped_monitor_never_wedges_stop_container() {
     );
     // The pod goes too; its stopped monitor is killed with it.
     let t = Instant::now();
-    e.rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: e.pod.clone(),
-    })
-    .await
-    .unwrap();
-    e.rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: e.pod.clone(),
-    })
-    .await
-    .unwrap();
+    e.stop_and_remove_pod().await;
     assert!(
         t.elapsed() < Duration::from_secs(30),
         "teardown took {:?}",

@@ -528,16 +528,7 @@ async fn removed_pods_leave_no_monitor_directory() {
     let mdir = e.d.paths.runroot.join("m");
     assert_eq!(std::fs::read_dir(&mdir).unwrap().count(), 1);
     let _ = id;
-    e.rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: e.pod.clone(),
-    })
-    .await
-    .unwrap();
-    e.rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: e.pod.clone(),
-    })
-    .await
-    .unwrap();
+    e.stop_and_remove_pod().await;
     let left: Vec<_> = std::fs::read_dir(&mdir)
         .unwrap()
         .flatten()
@@ -604,16 +595,7 @@ async fn a_later_stop_takes_over_one_with_a_huge_timeout() {
     );
     let t = Instant::now();
     e.remove(&other).await;
-    e.rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: e.pod.clone(),
-    })
-    .await
-    .unwrap();
-    e.rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: e.pod.clone(),
-    })
-    .await
-    .unwrap();
+    e.stop_and_remove_pod().await;
     assert!(
         t.elapsed() < Duration::from_secs(5),
         "teardown took {:?}",

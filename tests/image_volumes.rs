@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::mounts_under;
 use common::pod::*;
 use k8s_cri::v1::*;
 use tonic::Code;
@@ -28,18 +29,6 @@ fn with_volume(
         ..Default::default()
     }];
     c
-}
-
-/// Mount points of the host under `dir`.
-fn mounts_under(dir: &std::path::Path) -> Vec<String> {
-    let dir = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| p.starts_with(&dir))
-        .map(str::to_string)
-        .collect()
 }
 
 #[tokio::test]
@@ -116,7 +105,7 @@ async fn a_sub_path_shows_one_directory_and_bad_ones_are_refused() {
     let containers = e.d.paths.root.join("containers");
     let left: Vec<_> = mounts_under(&containers)
         .into_iter()
-        .filter(|m| !m.contains(&id))
+        .filter(|m| !m.to_string_lossy().contains(&id))
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }

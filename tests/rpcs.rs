@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// RPCs not built yet: they answer `Unimplemented` naming themselves.
 const NOT_BUILT: &[&str] = &["CheckpointContainer", "UpdatePodSandboxResources"];
@@ -36,13 +35,15 @@ fn proto_rpcs() -> Vec<(String, String)> {
 /// `(code, message)`, or `None` for a stream still open after 2 s (a
 /// handler answered it).
 async fn status_of(
-    send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    send: &mut hyper::client::conn::http2::SendRequest<tonic::body::Body>,
     path: &str,
 ) -> Option<(String, String)> {
     let req = http::Request::post(format!("http://localhost{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .body(tonic::body::Body::new(Full::new(Bytes::from_static(&[
+            0, 0, 0, 0, 0,
+        ]))))
         .expect("request");
     let resp = send.send_request(req).await.expect("send");
     let field = |h: &http::HeaderMap, k: &str| {
@@ -73,14 +74,7 @@ async fn every_proto_rpc_is_served_and_the_unbuilt_ones_say_so() {
         rpcs.len()
     );
     let d = Daemon::start();
-    let stream = tokio::net::UnixStream::connect(&d.paths.socket)
-        .await
-        .expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("HTTP/2 handshake");
-    tokio::spawn(conn);
+    let mut send = h2_connection(&d.paths.socket).await;
     let mut unimplemented = Vec::new();
     for (service, rpc) in &rpcs {
         let path = format!("/runtime.v1.{service}/{rpc}");

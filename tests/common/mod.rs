@@ -339,14 +339,21 @@ impl Drop for Daemon {
         kill_containers(&self.paths.runroot);
         kill_pod_inits(&self.paths.runroot.join("pods"));
         remove_pod_cgroups(&self.paths.runroot.join("pods"));
-        let base = self.paths.base.display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
-            if point.starts_with(&base) {
-                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
-            }
+        for point in mounts_under(&self.paths.base) {
+            let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
         }
     }
+}
+
+/// Mount points at or under `dir`, as this process sees them.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect()
 }
 
 /// Mounts a fresh tmpfs on `dir` (created if missing).
@@ -489,6 +496,16 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 /// `Channel`, it keeps no deadline of its own, so what an expired
 /// `grpc-timeout` answers is the server's answer alone.
 pub async fn bare_runtime(socket: &Path) -> RuntimeServiceClient<BareService> {
+    RuntimeServiceClient::with_origin(
+        BareService(h2_connection(socket).await),
+        "http://localhost".parse().expect("origin"),
+    )
+}
+
+/// One HTTP/2 connection to the daemon's socket, driven by a task of its own.
+pub async fn h2_connection(
+    socket: &Path,
+) -> hyper::client::conn::http2::SendRequest<tonic::body::Body> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .expect("connect");
@@ -499,10 +516,7 @@ pub async fn bare_runtime(socket: &Path) -> RuntimeServiceClient<BareService> {
     .await
     .expect("HTTP/2 handshake");
     tokio::spawn(conn);
-    RuntimeServiceClient::with_origin(
-        BareService(send),
-        "http://localhost".parse().expect("origin"),
-    )
+    send
 }
 
 /// See [`bare_runtime`].

@@ -118,6 +118,22 @@ impl Env {
             .map(|r| r.into_inner().container_id)
     }
 
+    /// Stops and removes the pod (both must succeed).
+    pub async fn stop_and_remove_pod(&mut self) {
+        self.rt
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: self.pod.clone(),
+            })
+            .await
+            .expect("StopPodSandbox");
+        self.rt
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: self.pod.clone(),
+            })
+            .await
+            .expect("RemovePodSandbox");
+    }
+
     /// Creates and starts a container `name` running `script` on a client
     /// of its own, in a task of its own: for races against pod operations.
     pub async fn spawn_run(
