@@ -440,17 +440,7 @@ pub(super) fn image_volumes(images: &Images, config: &ContainerConfig) -> Result
 /// Reads a file of the image inside the rootfs, resolving symlinks as the
 /// container would (never out of the rootfs); missing → empty.
 pub(super) fn read_in_root(root: &Path, rel: &str) -> String {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
-    let Ok(dir) = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()) else {
-        return String::new();
-    };
-    let Ok(fd) = rustix::fs::openat2(
-        &dir,
-        rel,
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    ) else {
+    let Ok(fd) = crate::storage::open_in_root(root, rel, rustix::fs::OFlags::RDONLY) else {
         return String::new();
     };
     let mut s = String::new();

@@ -272,28 +272,38 @@ pub fn prune_dangling_links(root: &Path) {
     }
 }
 
-/// `sub_path` inside `root`, resolved as if `root` were `/` (`..` and
-/// symlinks stay inside it): the real path of what it names.
-fn resolve_beneath(root: &Path, sub_path: &str) -> Result<PathBuf, StorageError> {
+/// Opens `rel` inside the directory `root` as if `root` were `/`: `..`
+/// and symlinks (absolute ones too) stay inside it, magic links are
+/// refused. How a path an image or a request names is opened in a rootfs or
+/// image volume.
+pub fn open_in_root(
+    root: &Path,
+    rel: &str,
+    flags: rustix::fs::OFlags,
+) -> std::io::Result<std::os::fd::OwnedFd> {
     use rustix::fs::{Mode, OFlags, ResolveFlags};
-    let bad = |source| StorageError::ImageSubPath {
-        path: sub_path.to_string(),
-        source,
-    };
     let dir = rustix::fs::open(
         root,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
-    )
-    .map_err(|e| io(root)(e.into()))?;
-    let found = rustix::fs::openat2(
+    )?;
+    Ok(rustix::fs::openat2(
         &dir,
-        sub_path,
-        OFlags::PATH | OFlags::CLOEXEC,
+        rel,
+        flags | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    )
-    .map_err(|e| bad(e.into()))?;
+    )?)
+}
+
+/// `sub_path` inside `root`, resolved as if `root` were `/` (`..` and
+/// symlinks stay inside it): the real path of what it names.
+fn resolve_beneath(root: &Path, sub_path: &str) -> Result<PathBuf, StorageError> {
+    let bad = |source| StorageError::ImageSubPath {
+        path: sub_path.to_string(),
+        source,
+    };
+    let found = open_in_root(root, sub_path, rustix::fs::OFlags::PATH).map_err(bad)?;
     let real = std::fs::read_link(format!(
         "/proc/self/fd/{}",
         std::os::fd::AsRawFd::as_raw_fd(&found)
