@@ -79,7 +79,7 @@ async fn load(
     name: &str,
     memory: impl Fn() -> (i32, Vec<i32>),
 ) -> Result<Report, String> {
-    let image = support::pull_busybox(sock).await?;
+    let image = common::pull_busybox_at(sock).await?;
     let mut rt = RuntimeServiceClient::new(channel(sock).await);
     // Warm-up (first pod pays for the pause image, page cache, bridge).
     let (warm, _) = pod_with_container(rt.clone(), image.clone(), format!("{name}-warm")).await?;

@@ -182,16 +182,7 @@ fn bench_pod(prefix: &str, i: usize) -> PodSandboxConfig {
         ),
         ("kubernetes.io/config.source".into(), "api".into()),
     ]);
-    p.linux = Some(LinuxPodSandboxConfig {
-        security_context: Some(LinuxSandboxSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                network: NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    common::host_network(&mut p);
     p
 }
 
@@ -524,7 +515,7 @@ struct Side {
 impl Side {
     /// Connects and pulls the image.
     async fn new(sock: &Path, name: &str) -> Result<Side, String> {
-        let image = support::pull_busybox(sock)
+        let image = common::pull_busybox_at(sock)
             .await
             .map_err(|e| format!("{name}: {e}"))?;
         Ok(Side {

@@ -45,22 +45,13 @@ fn percentiles(ms: &[f64]) -> (f64, f64, f64, f64, f64) {
 fn host_pod(i: usize) -> PodSandboxConfig {
     let mut p = pod_config(&format!("stats-{i}"), "bench-stats");
     p.hostname = String::new();
-    p.linux = Some(LinuxPodSandboxConfig {
-        security_context: Some(LinuxSandboxSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                network: NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    common::host_network(&mut p);
     p
 }
 
 /// Pulls busybox and runs `n` containers; returns the pod ids.
 async fn fill(rt: &mut Runtime, sock: &Path, n: usize, name: &str) -> Result<Vec<String>, String> {
-    let image = support::pull_busybox(sock).await?;
+    let image = common::pull_busybox_at(sock).await?;
     let (mut pods, start) = (Vec::new(), Instant::now());
     for i in 0..n.div_ceil(PER_POD) {
         let cfg = host_pod(i);

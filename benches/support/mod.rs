@@ -7,9 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::testenv::testenv;
-use crate::common::{Runtime, bridge_conflist, channel, mounts_under, wait_timeout};
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::{ImageSpec, PullImageRequest, RemovePodSandboxRequest, StopPodSandboxRequest};
+use crate::common::{Runtime, bridge_conflist, mounts_under, wait_timeout};
+use k8s_cri::v1::{RemovePodSandboxRequest, StopPodSandboxRequest};
 
 /// (min, median, p90) of milliseconds.
 pub fn summary(mut ms: Vec<f64>) -> (f64, f64, f64) {
@@ -116,23 +115,6 @@ impl Drop for Containerd {
             let _ = std::fs::remove_dir(self.dir.join("state"));
         }
     }
-}
-
-/// Pulls the test registry's busybox through the CRI endpoint at `sock`;
-/// returns its reference.
-pub async fn pull_busybox(sock: &Path) -> Result<String, String> {
-    let image = testenv().image("busybox:latest");
-    ImageServiceClient::new(channel(sock).await)
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("pull {image}: {}", e.message()))?;
-    Ok(image)
 }
 
 /// Resident memory of a process, KiB.

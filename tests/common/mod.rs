@@ -345,6 +345,37 @@ impl Drop for Daemon {
     }
 }
 
+/// Pulls the test registry's busybox through the CRI endpoint at `sock`;
+/// returns its reference.
+pub async fn pull_busybox_at(sock: &Path) -> Result<String, String> {
+    let image = testenv::testenv().image("busybox:latest");
+    ImageServiceClient::new(channel(sock).await)
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("pull {image}: {}", e.message()))?;
+    Ok(image)
+}
+
+/// Makes `pod` share the host's network namespace (no CNI).
+pub fn host_network(pod: &mut PodSandboxConfig) {
+    pod.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                network: NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+}
+
 /// Mount points at or under `dir`, as this process sees them.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_to_string("/proc/self/mountinfo")

@@ -45,16 +45,7 @@ pub async fn env_built(
 
 /// [`env`] on a daemon already started (with the test registry configured).
 pub async fn env_on(d: Daemon, name: &str, pid: NamespaceMode) -> Env {
-    let image = testenv().image("busybox:latest");
-    let mut images = d.images().await;
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+    let image = pull_busybox_at(&d.paths.socket)
         .await
         .expect("pull busybox");
     let mut rt = d.runtime().await;

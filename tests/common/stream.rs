@@ -103,19 +103,7 @@ pub fn held_connection_inodes(d: &Daemon) -> std::collections::HashSet<String> {
 
 /// Pulls busybox into `d`.
 pub async fn pull_busybox(d: &Daemon) -> String {
-    let image = testenv().image("busybox:latest");
-    d.images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    image
+    pull_busybox_at(&d.paths.socket).await.unwrap()
 }
 
 /// Creates and starts `cfg` in `pod`.
@@ -143,16 +131,7 @@ pub async fn running_container(d: &Daemon) -> (Runtime, String) {
     let image = pull_busybox(d).await;
     let mut rt = d.runtime().await;
     let mut pod = pod_config("stream", "streaming");
-    pod.linux = Some(LinuxPodSandboxConfig {
-        security_context: Some(LinuxSandboxSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                network: NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    host_network(&mut pod);
     let pod_id = rt
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(pod),
