@@ -11,6 +11,7 @@ packages=(
   iputils-ping                 # pod-to-pod reachability in tests
   libseccomp-dev               # seccomp profiles compiled to BPF
   pkg-config                   # finds libseccomp at build time
+  python3-venv                 # the gRPC interop test installs grpcio (PyPI) in a venv
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -7,9 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http_body_util::{BodyExt, Full};
 
 /// RPCs not built yet: they answer `Unimplemented` naming themselves.
 const NOT_BUILT: &[&str] = &["CheckpointContainer", "UpdatePodSandboxResources"];
@@ -31,40 +29,6 @@ fn proto_rpcs() -> Vec<(String, String)> {
     out
 }
 
-/// The gRPC status of calling `path` with an empty request message:
-/// `(code, message)`, or `None` for a stream still open after 2 s (a
-/// handler answered it).
-async fn status_of(
-    send: &mut hyper::client::conn::http2::SendRequest<tonic::body::Body>,
-    path: &str,
-) -> Option<(String, String)> {
-    let req = http::Request::post(format!("http://localhost{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(tonic::body::Body::new(Full::new(Bytes::from_static(&[
-            0, 0, 0, 0, 0,
-        ]))))
-        .expect("request");
-    let resp = send.send_request(req).await.expect("send");
-    let field = |h: &http::HeaderMap, k: &str| {
-        h.get(k)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-    };
-    if let Some(code) = field(resp.headers(), "grpc-status") {
-        let msg = field(resp.headers(), "grpc-message").unwrap_or_default();
-        return Some((code, msg));
-    }
-    let body = tokio::time::timeout(Duration::from_secs(2), resp.into_body().collect())
-        .await
-        .ok()?
-        .expect("body");
-    let trailers = body.trailers().cloned().unwrap_or_default();
-    Some((
-        field(&trailers, "grpc-status").unwrap_or_default(),
-        field(&trailers, "grpc-message").unwrap_or_default(),
-    ))
-}
-
 #[tokio::test]
 async fn every_proto_rpc_is_served_and_the_unbuilt_ones_say_so() {
     let rpcs = proto_rpcs();
@@ -78,7 +42,7 @@ async fn every_proto_rpc_is_served_and_the_unbuilt_ones_say_so() {
     let mut unimplemented = Vec::new();
     for (service, rpc) in &rpcs {
         let path = format!("/runtime.v1.{service}/{rpc}");
-        match status_of(&mut send, &path).await {
+        match grpc_status(&mut send, &path, &[], None, Duration::from_secs(2)).await {
             // tonic's answer for a path no handler serves: no message.
             Some((code, msg)) if code == "12" && msg.is_empty() => {
                 panic!("{path} is not served (unknown method)")

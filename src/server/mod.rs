@@ -2,6 +2,7 @@
 //! core errors to gRPC statuses. Handlers stay thin; the work is in
 //! [`crate::runtime`] and the modules it uses.
 
+mod authority;
 mod encoded_list;
 mod image_service;
 pub mod layer;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::net::UnixListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::error::Error;
@@ -178,7 +180,12 @@ pub async fn serve(
         .layer(layer::RequestLayer::from_env().with_telemetry(telemetry))
         .add_service(rt)
         .add_service(img)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(
+            // Every connection through authority::Conn: any client's
+            // `:authority` is accepted on the unix socket.
+            UnixListenerStream::new(listener).map(|c| c.map(authority::Conn::new)),
+            signal,
+        );
     tokio::pin!(server);
     tokio::select! {
         r = &mut server => return r.map_err(ServerError::from),

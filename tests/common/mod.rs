@@ -550,6 +550,53 @@ pub async fn h2_connection(
     send
 }
 
+/// The gRPC status of calling `path` with `message` (a serialized request)
+/// on a bare HTTP/2 connection, with `grpc-timeout: timeout` when given:
+/// `(code, message)`, or `None` for an answer still open after `open_for`
+/// (a stream a handler answered).
+pub async fn grpc_status(
+    send: &mut hyper::client::conn::http2::SendRequest<tonic::body::Body>,
+    path: &str,
+    message: &[u8],
+    timeout: Option<&str>,
+    open_for: Duration,
+) -> Option<(String, String)> {
+    use http_body_util::BodyExt;
+    let len = u32::try_from(message.len()).expect("message under 4 GiB");
+    let mut body = vec![0];
+    body.extend_from_slice(&len.to_be_bytes());
+    body.extend_from_slice(message);
+    let mut req = http::Request::post(format!("http://localhost{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(t) = timeout {
+        req = req.header("grpc-timeout", t);
+    }
+    let req = req
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(body),
+        )))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("send");
+    let field = |h: &http::HeaderMap, k: &str| {
+        h.get(k)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    if let Some(code) = field(resp.headers(), "grpc-status") {
+        let msg = field(resp.headers(), "grpc-message").unwrap_or_default();
+        return Some((code, msg));
+    }
+    let body = tokio::time::timeout(open_for, resp.into_body().collect())
+        .await
+        .ok()?
+        .expect("body");
+    let trailers = body.trailers().cloned().unwrap_or_default();
+    Some((
+        field(&trailers, "grpc-status").unwrap_or_default(),
+        field(&trailers, "grpc-message").unwrap_or_default(),
+    ))
+}
+
 /// See [`bare_runtime`].
 #[derive(Clone)]
 pub struct BareService(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
