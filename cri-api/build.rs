@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // crius stores CRI configs in its records as JSON.
         .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
+        // The schema itself, for tools that walk every message (the fuzz test).
+        .file_descriptor_set_path(out.join("descriptor.bin"))
         .compile_protos(&[out.join("api.proto")], &[out])?;
     Ok(())
 }

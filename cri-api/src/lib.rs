@@ -9,3 +9,9 @@
 pub mod v1 {
     tonic::include_proto!("runtime.v1");
 }
+
+/// The API's schema as a serialized `google.protobuf.FileDescriptorSet`, so
+/// a tool can walk every service, message and field (the fuzz test builds
+/// random requests for every RPC from it).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/cri/descriptor.bin"));

@@ -195,7 +195,12 @@ impl Runtime {
 
 /// Accepts `a.b.c.d/n` and `v6::/n` only.
 fn validate_cidr(cidr: &str) -> Result<()> {
-    let bad = || crate::error::Error::InvalidArgument(format!("invalid pod CIDR {cidr:?}"));
+    let bad = || {
+        crate::error::Error::InvalidArgument(format!(
+            "invalid pod CIDR {}",
+            crate::error::shown(cidr)
+        ))
+    };
     let (addr, len) = cidr.split_once('/').ok_or_else(bad)?;
     let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
     let len: u8 = len.parse().map_err(|_| bad())?;

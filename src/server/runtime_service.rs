@@ -374,6 +374,7 @@ impl RuntimeService for RuntimeServiceHandler {
             .and_then(|c| c.network_config)
             .map(|n| n.pod_cidr)
             .unwrap_or_default();
+        validate::pod_cidr(&cidr)?;
         self.rt.update_pod_cidr(&cidr)?;
         Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }

@@ -613,6 +613,13 @@ fn capability(c: &str) -> Check {
         .map_err(|_| bad(format!("capability {} is unknown", quote(c))))
 }
 
+/// UpdateRuntimeConfig's pod CIDR: a short printable string (the core
+/// parses it; a dual-stack pair of IPv6 CIDRs is under 100 bytes).
+pub fn pod_cidr(s: &str) -> Check {
+    max_len("pod CIDR", s, 256)?;
+    printable("pod CIDR", s)
+}
+
 /// An image reference: not empty, bounded, no blanks or control characters
 /// (the parser says whether it is well-formed).
 pub fn image_ref(s: &str) -> Check {

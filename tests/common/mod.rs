@@ -553,7 +553,8 @@ pub async fn h2_connection(
 /// The gRPC status of calling `path` with `message` (a serialized request)
 /// on a bare HTTP/2 connection, with `grpc-timeout: timeout` when given:
 /// `(code, message)`, or `None` for an answer still open after `open_for`
-/// (a stream a handler answered).
+/// (a stream a handler answered); a connection that failed answers code
+/// `transport` with hyper's error.
 pub async fn grpc_status(
     send: &mut hyper::client::conn::http2::SendRequest<tonic::body::Body>,
     path: &str,
@@ -577,7 +578,10 @@ pub async fn grpc_status(
             bytes::Bytes::from(body),
         )))
         .expect("request");
-    let resp = send.send_request(req).await.expect("send");
+    let resp = match send.send_request(req).await {
+        Ok(resp) => resp,
+        Err(e) => return Some(("transport".into(), e.to_string())),
+    };
     let field = |h: &http::HeaderMap, k: &str| {
         h.get(k)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
