@@ -326,6 +326,19 @@ impl Cgroups {
         Ok(())
     }
 
+    /// SIGKILLs every process in the cgroup and its descendants, then
+    /// removes them all, deepest first; missing ones are fine. Processes
+    /// that outlived a container's init (in a shared PID namespace) or that
+    /// a crash left keep a cgroup busy until they are gone, so a busy
+    /// directory is killed and tried again for up to [`EMPTY_WAIT`].
+    /// Blocking: run it off the async workers.
+    pub fn kill_and_remove(&self, rel: &str) -> Result<(), CgroupError> {
+        for dir in self.dirs(rel)? {
+            kill_and_remove_tree(&dir)?;
+        }
+        Ok(())
+    }
+
     /// Removes the cgroup's own directories; missing ones are fine.
     pub fn remove(&self, rel: &str) -> Result<(), CgroupError> {
         for dir in self.dirs(rel)? {
@@ -340,6 +353,48 @@ impl Cgroups {
             }
         }
         Ok(())
+    }
+}
+
+/// How long [`Cgroups::kill_and_remove`] waits for killed processes to
+/// leave a cgroup (exit takes a moment, more for a process in D state).
+pub const EMPTY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn kill_and_remove_tree(dir: &Path) -> Result<(), CgroupError> {
+    let io = |source| CgroupError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let children = match std::fs::read_dir(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    };
+    for child in children.flatten() {
+        if child.file_type().is_ok_and(|t| t.is_dir()) {
+            kill_and_remove_tree(&child.path())?;
+        }
+    }
+    let deadline = std::time::Instant::now() + EMPTY_WAIT;
+    loop {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e)
+                if e.raw_os_error() == Some(libc::EBUSY)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(io(e)),
+        }
     }
 }
 

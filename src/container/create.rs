@@ -404,12 +404,14 @@ impl Containers {
             .call(Op::Forget(proto::ContainerRef { id: c.id.clone() }))
             .await;
         crate::sync::blocking(|| {
+            // Whatever still runs in the container goes first (processes
+            // that outlived its init in the pod's PID namespace), then the
+            // rootfs it ran in.
+            if let Err(e) = self.cgroups.kill_and_remove(&c.cgroup) {
+                tracing::warn!(container_id = %c.id, error = %e, "removing cgroup");
+            }
             if let Err(e) = storage.remove_rootfs(&c.id) {
                 tracing::warn!(container_id = %c.id, error = %e, "removing rootfs");
-            }
-            self.kill_cgroup(c);
-            if let Err(e) = self.cgroups.remove(&c.cgroup) {
-                tracing::warn!(container_id = %c.id, error = %e, "removing cgroup");
             }
             let _ = std::fs::remove_dir_all(self.state_dir(&c.id));
         });

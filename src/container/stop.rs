@@ -196,6 +196,9 @@ impl Containers {
                 }
                 tokio::select! {
                     exited = self.wait(&monitor, c, left.min(WAIT_SLICE)) => {
+                        if let Err(Error::NotFound(_)) = exited {
+                            return self.stop_forgotten(c).await;
+                        }
                         if exited? {
                             self.kill_cgroup(c);
                             tracing::info!(container_id = %c.id, "container stopped");
@@ -207,9 +210,12 @@ impl Containers {
                 }
             }
         }
-        self.kill(&monitor, c, libc::SIGKILL, true)
-            .await
-            .map_err(monitor_err)?;
+        if let Err(e) = self.kill(&monitor, c, libc::SIGKILL, true).await {
+            return match monitor_err(e) {
+                Error::NotFound(_) => self.stop_forgotten(c).await,
+                e => Err(e),
+            };
+        }
         if !self.wait(&monitor, c, KILL_WAIT).await? {
             return Err(Error::Internal(format!(
                 "container {} did not die after SIGKILL",
@@ -235,6 +241,15 @@ impl Containers {
                 all,
             }))
             .await
+    }
+
+    /// Stops a container its (live) monitor no longer knows: a removal that
+    /// a daemon crash cut short after the monitor forgot it but before the
+    /// record went. Only the cgroup is left to act on, as for a dead monitor.
+    async fn stop_forgotten(&self, c: &ContainerRecord) -> Result<Stopped> {
+        tracing::info!(container_id = %c.id, "monitor no longer knows the container");
+        self.stop_orphan(c).await?;
+        Ok(Stopped::Normally)
     }
 
     /// Stops a container whose monitor is gone: SIGKILL to its cgroup until

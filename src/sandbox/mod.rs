@@ -585,7 +585,8 @@ impl Pods {
                     .ok()
             });
             if let Some(cg) = cgroup {
-                step(self.cgroups.remove(&cg).map_err(internal));
+                // With what is left in it: a container cgroup a crash left.
+                step(self.cgroups.kill_and_remove(&cg).map_err(internal));
             }
             match std::fs::remove_dir_all(self.pod_dir(&pod.id)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => step(Err(internal(e))),

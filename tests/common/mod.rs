@@ -2,6 +2,7 @@
 //! socket, and talks CRI to it over the unix socket like kubelet does.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod net;
 pub mod pod;
 pub mod stream;
 pub mod testenv;
@@ -446,36 +447,43 @@ pub fn monitor_pids(runroot: &Path) -> Vec<i32> {
     out
 }
 
-/// Removes the cgroups of the pods a test left (a killed daemon never
-/// removed them), named and placed as crius does for either driver.
-fn remove_pod_cgroups(pods: &Path) {
+/// The cgroup directories pod `id` has or would have, named and placed as
+/// crius does for either driver.
+pub fn pod_cgroup_dirs(id: &str) -> Vec<PathBuf> {
     use crius::cgroups::Cgroups;
     use crius::config::CgroupDriver;
+    let mut out = Vec::new();
+    for driver in [CgroupDriver::Cgroupfs, CgroupDriver::Systemd] {
+        let cgroups = Cgroups::detect(driver);
+        if let Ok(rel) = cgroups.pod_path("", id) {
+            out.extend(cgroups.dirs(&rel).unwrap_or_default());
+        }
+    }
+    out
+}
+
+/// Removes the cgroups of the pods a test left (a killed daemon never
+/// removed them).
+fn remove_pod_cgroups(pods: &Path) {
     let ids = std::fs::read_dir(pods)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned());
     for id in ids {
-        for driver in [CgroupDriver::Cgroupfs, CgroupDriver::Systemd] {
-            let cgroups = Cgroups::detect(driver);
-            let Ok(rel) = cgroups.pod_path("", &id) else {
-                continue;
-            };
-            for pod in cgroups.dirs(&rel).unwrap_or_default() {
-                // Killed processes may take a moment to leave.
-                for _ in 0..50 {
-                    if !pod.is_dir() {
-                        break;
-                    }
-                    for child in std::fs::read_dir(&pod).into_iter().flatten().flatten() {
-                        let _ = std::fs::remove_dir(child.path());
-                    }
-                    if std::fs::remove_dir(&pod).is_ok() {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(20));
+        for pod in pod_cgroup_dirs(&id) {
+            // Killed processes may take a moment to leave.
+            for _ in 0..50 {
+                if !pod.is_dir() {
+                    break;
                 }
+                for child in std::fs::read_dir(&pod).into_iter().flatten().flatten() {
+                    let _ = std::fs::remove_dir(child.path());
+                }
+                if std::fs::remove_dir(&pod).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
         }
     }
