@@ -405,7 +405,11 @@ async fn every_rpc_survives_random_requests() {
                     wrong.push(format!("{case}: code {code}: {}", shown(&msg)));
                 }
                 if msg.len() >= 1024 {
-                    wrong.push(format!("{case}: {} byte message echoes input", msg.len()));
+                    wrong.push(format!(
+                        "{case}: {} byte message echoes input: {}",
+                        msg.len(),
+                        shown(&msg)
+                    ));
                 }
                 code
             }

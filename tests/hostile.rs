@@ -477,6 +477,22 @@ async fn bad_container_input_is_invalid_argument_never_internal() {
         })
         .await;
     v.check("1 MiB image reference", answer(r), Code::InvalidArgument);
+    // Within the length limit, but malformed twice over (found by
+    // tests/fuzz.rs): the message quotes neither whole.
+    let r = images
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: format!("{}x:{}", "../".repeat(330), "!".repeat(20)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    v.check(
+        "1000-byte malformed image reference",
+        answer(r),
+        Code::InvalidArgument,
+    );
     v.assert_all();
 }
 

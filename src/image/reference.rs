@@ -9,7 +9,7 @@ pub const DOCKER_HUB: &str = "docker.io";
 
 /// Why a reference was refused.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid image reference {input:?}: {reason}")]
+#[error("invalid image reference {}: {reason}", crate::error::shown(.input))]
 pub struct ReferenceError {
     /// The reference as given.
     pub input: String,
@@ -143,7 +143,10 @@ impl fmt::Display for Reference {
 fn validate_digest(d: &str) -> Result<(), String> {
     let (algo, hex) = d.split_once(':').ok_or("digest must be algorithm:hex")?;
     if algo != "sha256" {
-        return Err(format!("unsupported digest algorithm {algo:?}"));
+        return Err(format!(
+            "unsupported digest algorithm {}",
+            crate::error::shown(algo)
+        ));
     }
     if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return Err("a sha256 digest has 64 lowercase hex digits".into());
@@ -162,7 +165,7 @@ fn validate_tag(t: &str) -> Result<(), String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
     {
-        return Err(format!("invalid tag {t:?}"));
+        return Err(format!("invalid tag {}", crate::error::shown(t)));
     }
     Ok(())
 }
@@ -175,14 +178,17 @@ fn validate_host(h: &str) -> Result<(), String> {
     if let Some(p) = port
         && p.parse::<u16>().is_err()
     {
-        return Err(format!("invalid registry port in {h:?}"));
+        return Err(format!(
+            "invalid registry port in {}",
+            crate::error::shown(h)
+        ));
     }
     let host_ok = !host.is_empty()
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'));
     if !host_ok {
-        return Err(format!("invalid registry host {h:?}"));
+        return Err(format!("invalid registry host {}", crate::error::shown(h)));
     }
     Ok(())
 }
@@ -206,7 +212,8 @@ fn validate_path(p: &str) -> Result<(), String> {
                 .is_some_and(|b| b.is_ascii_alphanumeric());
         if !valid {
             return Err(format!(
-                "repository component {comp:?} must be lowercase letters, digits and separators"
+                "repository component {} must be lowercase letters, digits and separators",
+                crate::error::shown(comp)
             ));
         }
     }
