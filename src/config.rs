@@ -105,6 +105,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// `[metrics]`: the Prometheus endpoint and the stats sampling interval.
     pub metrics: MetricsConfig,
+    /// `[policy]`: what this node refuses to run (off by default).
+    pub policy: PolicyConfig,
 }
 
 /// CNI settings.
@@ -170,6 +172,38 @@ pub const MAX_STREAMING_CONNECTIONS: usize = 1 << 20;
 /// The kernel's most pids (`PID_MAX_LIMIT` on 64-bit): a larger
 /// `pids.max` is refused, so a larger `runtime.pids_limit` could never work.
 pub const PID_MAX_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// The node policy: pods and containers refused with `PermissionDenied`
+/// whatever kubelet admitted, except in exempt namespaces. Every rule is
+/// off by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Refuse privileged pods and containers.
+    pub refuse_privileged: bool,
+    /// Refuse pods in the host's network, PID or IPC namespace, and
+    /// containers in the host's PID namespace.
+    pub refuse_host_namespaces: bool,
+    /// Refuse host-path mounts of `/`, of crius's socket, root and
+    /// runroot, of Docker's socket, of `/proc`, `/sys` and `/etc`: in
+    /// them or above them, symlinks followed.
+    pub refuse_sensitive_host_paths: bool,
+    /// Kubernetes namespaces (pod metadata) the rules do not apply to.
+    pub exempt_namespaces: Vec<String>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            refuse_privileged: false,
+            refuse_host_namespaces: false,
+            refuse_sensitive_host_paths: false,
+            // CNI plugins and kube-proxy run there privileged, on the
+            // host's network, with host paths.
+            exempt_namespaces: vec!["kube-system".into()],
+        }
+    }
+}
 
 /// Stats and the daemon's own metrics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,6 +278,7 @@ impl Default for Config {
             streaming: StreamingConfig::default(),
             runtime: RuntimeConfig::default(),
             metrics: MetricsConfig::default(),
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -661,6 +696,33 @@ impl Config {
             "stats_interval",
             Some(toml::Value::Integer(self.metrics.stats_interval as i64)),
         );
+        line("", "[policy]", None);
+        let p = &self.policy;
+        line(
+            "Node policy, each rule off by default; a refusal is PermissionDenied naming it.\nRefuse privileged pods and containers.",
+            "refuse_privileged",
+            Some(toml::Value::Boolean(p.refuse_privileged)),
+        );
+        line(
+            "Refuse pods in the host's network, PID or IPC namespace (and containers in its PID one).",
+            "refuse_host_namespaces",
+            Some(toml::Value::Boolean(p.refuse_host_namespaces)),
+        );
+        line(
+            "Refuse host-path mounts in or above /, /proc, /sys, /etc, Docker's socket and\ncrius's socket, root and runroot (symlinks followed).",
+            "refuse_sensitive_host_paths",
+            Some(toml::Value::Boolean(p.refuse_sensitive_host_paths)),
+        );
+        line(
+            "Kubernetes namespaces (pod metadata) the rules do not apply to.",
+            "exempt_namespaces",
+            Some(toml::Value::Array(
+                p.exempt_namespaces
+                    .iter()
+                    .map(|n| toml::Value::String(n.clone()))
+                    .collect(),
+            )),
+        );
         out
     }
 }
@@ -916,6 +978,12 @@ mod tests {
             metrics: MetricsConfig {
                 address: Some("127.0.0.1:9090".parse().unwrap()),
                 stats_interval: 2,
+            },
+            policy: PolicyConfig {
+                refuse_privileged: true,
+                refuse_host_namespaces: true,
+                refuse_sensitive_host_paths: true,
+                exempt_namespaces: vec!["kube-system".into(), "infra".into()],
             },
         };
         let text = c.render();

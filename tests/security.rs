@@ -588,3 +588,108 @@ async fn supplemental_groups_policy_and_the_reported_user() {
     let err = e.create(secured(&e, "bad", "true", sec)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 }
+
+fn policy_err(r: Result<impl std::fmt::Debug, tonic::Status>, rule: &str) {
+    let err = r.expect_err("refused by the node policy");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains(rule), "{rule}: {}", err.message());
+    println!("{rule}: {}", err.message());
+}
+
+#[tokio::test]
+async fn node_policy_refuses_pods_outside_exempt_namespaces() {
+    // The test pod's namespace ("containers") is exempt: it runs on the
+    // host network, and its containers may be privileged.
+    let mut e = env_built("policy", NamespaceMode::Container, |b| {
+        b.config(
+            "[policy]\nrefuse_privileged = true\nrefuse_host_namespaces = true\n\
+             refuse_sensitive_host_paths = true\nexempt_namespaces = [\"containers\"]",
+        )
+    })
+    .await;
+    let sec = LinuxContainerSecurityContext {
+        privileged: true,
+        ..Default::default()
+    };
+    let id = e.run_config(secured(&e, "exempt", "sleep 1000", sec)).await;
+    assert_eq!(
+        e.status(&id).await.state,
+        ContainerState::ContainerRunning as i32
+    );
+    let mut host = pod_config("hostnet", "default");
+    host_network(&mut host);
+    let run = |config| RunPodSandboxRequest {
+        config: Some(config),
+        ..Default::default()
+    };
+    policy_err(
+        e.rt.run_pod_sandbox(run(host)).await,
+        "refuse_host_namespaces",
+    );
+    let mut privileged = pod_config("privileged", "default");
+    privileged.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    policy_err(
+        e.rt.run_pod_sandbox(run(privileged)).await,
+        "refuse_privileged",
+    );
+}
+
+#[tokio::test]
+async fn node_policy_refuses_privileged_containers_and_sensitive_host_paths() {
+    let mut e = env_built("policyc", NamespaceMode::Container, |b| {
+        b.config(
+            "[policy]\nrefuse_privileged = true\nrefuse_sensitive_host_paths = true\n\
+             exempt_namespaces = []",
+        )
+    })
+    .await;
+    let sec = LinuxContainerSecurityContext {
+        privileged: true,
+        ..Default::default()
+    };
+    policy_err(
+        e.create(secured(&e, "priv", "true", sec)).await,
+        "refuse_privileged",
+    );
+    let base = e.d.paths.base.clone();
+    let link = base.join("innocent");
+    std::os::unix::fs::symlink("/etc", &link).unwrap();
+    let data = base.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let socket = e.d.paths.socket.display().to_string();
+    for host in [
+        "/",
+        "/etc",
+        "/proc/1",
+        "/var/run/docker.sock",
+        &socket,
+        &link.display().to_string(),
+    ] {
+        let mut cfg = e.config("mount", "true");
+        cfg.mounts = vec![Mount {
+            host_path: host.to_string(),
+            container_path: "/x".into(),
+            readonly: true,
+            ..Default::default()
+        }];
+        policy_err(e.create(cfg).await, "refuse_sensitive_host_paths");
+    }
+    // What runs the node stays out; ordinary data goes in.
+    let mut cfg = e.config("data", "ls /x && sleep 1000");
+    cfg.mounts = vec![Mount {
+        host_path: data.display().to_string(),
+        container_path: "/x".into(),
+        ..Default::default()
+    }];
+    let id = e.run_config(cfg).await;
+    assert_eq!(
+        e.status(&id).await.state,
+        ContainerState::ContainerRunning as i32
+    );
+}

@@ -9,6 +9,7 @@ mod events;
 mod images;
 mod metrics;
 mod pods;
+mod policy;
 mod stats;
 mod telemetry;
 
@@ -97,6 +98,8 @@ pub struct Runtime {
     collector: crate::stats::Collector,
     /// The daemon's own metrics (see `telemetry.rs` here).
     telemetry: Arc<Telemetry>,
+    /// What this node refuses to run (`[policy]`, see `policy.rs`).
+    policy: policy::NodePolicy,
 }
 
 impl Runtime {
@@ -135,6 +138,7 @@ impl Runtime {
         let storage = crate::storage::Storage::open(&config.root)
             .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
         Ok(Runtime {
+            policy: policy::NodePolicy::new(&config),
             config,
             store,
             network,
