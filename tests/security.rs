@@ -522,44 +522,60 @@ async fn supplemental_groups_policy_and_the_reported_user() {
             .unwrap()
             .into_inner();
     assert!(status.features.unwrap().supplemental_groups_policy);
-    // busybox's /etc/group lists root in some groups: Merge adds them.
-    let id = e.run("etc-group", "cat /etc/group; sleep 1000").await;
-    let (group, _) = e.sh(&id, "cat /etc/group").await;
-    let mut image_groups: Vec<i64> = group
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            let members = f.get(3)?;
-            members
-                .split(',')
-                .any(|m| m == "root")
-                .then(|| f[2].parse().ok())?
+    // critest's case: the image's default-user (1000) is also in group
+    // 50000 of its /etc/group; Merge adds it, Strict does not.
+    let image = common::testenv::testenv().image("groups:latest");
+    e.d.images()
+        .await
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
         })
-        .collect();
-    image_groups.sort();
-    println!("groups of root in busybox's /etc/group: {image_groups:?}");
+        .await
+        .expect("pull the groups image");
     let cases = [
-        ("merge", SupplementalGroupsPolicy::Merge, 0, 0),
-        ("strict", SupplementalGroupsPolicy::Strict, 0, 0),
-        ("user-strict", SupplementalGroupsPolicy::Strict, 1000, 3000),
+        (
+            "merge",
+            SupplementalGroupsPolicy::Merge,
+            None,
+            vec![1000, 1234, 50000],
+        ),
+        (
+            "strict",
+            SupplementalGroupsPolicy::Strict,
+            None,
+            vec![1000, 1234],
+        ),
+        (
+            "group-strict",
+            SupplementalGroupsPolicy::Strict,
+            Some(3000),
+            vec![1234, 3000],
+        ),
+        (
+            "group-merge",
+            SupplementalGroupsPolicy::Merge,
+            Some(3000),
+            vec![1234, 3000, 50000],
+        ),
     ];
-    for (name, policy, uid, gid) in cases {
+    for (name, policy, group, want) in cases {
         let sec = LinuxContainerSecurityContext {
-            run_as_user: as_user(uid),
-            run_as_group: (gid != 0).then_some(Int64Value { value: gid }),
+            run_as_user: as_user(1000),
+            run_as_group: group.map(|value| Int64Value { value }),
             supplemental_groups: vec![1234],
             supplemental_groups_policy: policy as i32,
             ..Default::default()
         };
-        let id = e
-            .run_config(secured(&e, name, "id -G; sleep 1000", sec))
-            .await;
-        let mut want = vec![gid, 1234];
-        if policy == SupplementalGroupsPolicy::Merge {
-            want.extend(&image_groups);
-        }
-        want.sort();
-        want.dedup();
+        let mut cfg = secured(&e, name, "id -G; sleep 1000", sec);
+        cfg.image = Some(ImageSpec {
+            image: image.clone(),
+            ..Default::default()
+        });
+        let id = e.run_config(cfg).await;
         let seen = groups_seen(&mut e, name, &id).await;
         assert_eq!(seen, want, "{name}: id -G");
         let user = e
@@ -574,7 +590,11 @@ async fn supplemental_groups_policy_and_the_reported_user() {
             "{name}: uid {} gid {} groups {reported:?}",
             user.uid, user.gid
         );
-        assert_eq!((user.uid, user.gid), (uid, gid), "{name}");
+        assert_eq!(
+            (user.uid, user.gid),
+            (1000, group.unwrap_or(1000)),
+            "{name}"
+        );
         assert_eq!(
             reported, want,
             "{name}: ContainerStatus reports what id -G sees"
