@@ -326,7 +326,10 @@ async fn a_fork_bomb_is_held_by_the_pids_limit() {
     println!(
         "bomb at {full} tasks (limit {LIMIT}); host probe: {rounds} round trips + forks, worst {worst:?} (before: {before:?})"
     );
-    assert!(worst < Duration::from_secs(2), "host probe took {worst:?}");
+    // 2 s, or 4 times the unloaded round trip where everything is slow
+    // (the VM lane under TCG: about 1 s before the bomb).
+    let bound = Duration::from_secs(2).max(before * 4);
+    assert!(worst < bound, "host probe took {worst:?} (bound {bound:?})");
     // The kernel refused the container's forks: EAGAIN, counted by the
     // pids controller and printed by the shell into the container's log.
     let events = std::fs::read_to_string(dir.join("pids.events")).unwrap_or_default();
