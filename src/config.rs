@@ -13,6 +13,25 @@ use serde::{Deserialize, Serialize};
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/crius/crius.toml";
 
+/// The capabilities a container gets unless it asks otherwise: Docker's
+/// 14, as containerd and cri-o (`[runtime] default_capabilities`).
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
 /// Errors from reading or validating configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -86,6 +105,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// `[metrics]`: the Prometheus endpoint and the stats sampling interval.
     pub metrics: MetricsConfig,
+    /// `[policy]`: what this node refuses to run (off by default).
+    pub policy: PolicyConfig,
 }
 
 /// CNI settings.
@@ -148,6 +169,42 @@ pub const MAX_STREAMING_TIMEOUT: u64 = 365 * 24 * 3600;
 /// `fs.nr_open`, so no process could hold more descriptors.
 pub const MAX_STREAMING_CONNECTIONS: usize = 1 << 20;
 
+/// The kernel's most pids (`PID_MAX_LIMIT` on 64-bit): a larger
+/// `pids.max` is refused, so a larger `runtime.pids_limit` could never work.
+pub const PID_MAX_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// The node policy: pods and containers refused with `PermissionDenied`
+/// whatever kubelet admitted, except in exempt namespaces. Every rule is
+/// off by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Refuse privileged pods and containers.
+    pub refuse_privileged: bool,
+    /// Refuse pods in the host's network, PID or IPC namespace, and
+    /// containers in the host's PID namespace.
+    pub refuse_host_namespaces: bool,
+    /// Refuse host-path mounts of `/`, of crius's socket, root and
+    /// runroot, of Docker's socket, of `/proc`, `/sys` and `/etc`: in
+    /// them or above them, symlinks followed.
+    pub refuse_sensitive_host_paths: bool,
+    /// Kubernetes namespaces (pod metadata) the rules do not apply to.
+    pub exempt_namespaces: Vec<String>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            refuse_privileged: false,
+            refuse_host_namespaces: false,
+            refuse_sensitive_host_paths: false,
+            // CNI plugins and kube-proxy run there privileged, on the
+            // host's network, with host paths.
+            exempt_namespaces: vec!["kube-system".into()],
+        }
+    }
+}
+
 /// Stats and the daemon's own metrics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -194,6 +251,14 @@ pub struct RuntimeConfig {
     /// one (as cri-o does; containerd leaves it unconfined). `Unconfined`
     /// must then be asked for; privileged containers are never filtered.
     pub seccomp_use_default_when_empty: bool,
+    /// Capabilities a container gets unless it drops or adds some (names
+    /// with or without `CAP_`); `add_capabilities = ["ALL"]` and
+    /// `drop_capabilities = ["ALL"]` in a request replace them.
+    pub default_capabilities: Vec<String>,
+    /// Most processes (tasks) one container may have (`pids.max` of its
+    /// cgroup), so a fork bomb is held inside it; 0 = no limit. A
+    /// `pids.max` in the request's `unified` resources wins.
+    pub pids_limit: u64,
     /// Container events one GetContainerEvents subscriber may have waiting;
     /// one that falls further behind has its stream ended with an error
     /// (kubelet then re-lists), so a slow client never holds the runtime.
@@ -213,6 +278,7 @@ impl Default for Config {
             streaming: StreamingConfig::default(),
             runtime: RuntimeConfig::default(),
             metrics: MetricsConfig::default(),
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -271,6 +337,10 @@ impl Default for RuntimeConfig {
             cgroup_favor_dynmods: false,
             restrict_oom_score_adj: false,
             seccomp_use_default_when_empty: true,
+            default_capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            // Far above what a service needs (kubelet's pod limit is often
+            // 1024-4096 per pod), far below the node's pid_max.
+            pids_limit: 4096,
             // cri-o's and containerd's channel size.
             container_events_buffer: 1000,
         }
@@ -408,6 +478,25 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "runtime.container_events_buffer must be between 1 and 1000000, got {}",
                 self.runtime.container_events_buffer
+            )));
+        }
+        for c in &self.runtime.default_capabilities {
+            let upper = c.trim().to_ascii_uppercase();
+            let full = if upper.starts_with("CAP_") {
+                upper
+            } else {
+                format!("CAP_{upper}")
+            };
+            if full.parse::<caps::Capability>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "runtime.default_capabilities: {c:?} is not a capability"
+                )));
+            }
+        }
+        if self.runtime.pids_limit > PID_MAX_LIMIT {
+            return Err(ConfigError::Invalid(format!(
+                "runtime.pids_limit must be at most {PID_MAX_LIMIT} (the kernel's PID_MAX_LIMIT) or 0 for none, got {}",
+                self.runtime.pids_limit
             )));
         }
         if !(1..=3600).contains(&self.metrics.stats_interval) {
@@ -572,6 +661,24 @@ impl Config {
             )),
         );
         line(
+            "Capabilities a container gets unless it adds or drops some (CAP_ prefix\noptional); a request's add or drop of \"ALL\" replaces them.",
+            "default_capabilities",
+            Some(toml::Value::Array(
+                self.runtime
+                    .default_capabilities
+                    .iter()
+                    .map(|c| toml::Value::String(c.clone()))
+                    .collect(),
+            )),
+        );
+        line(
+            "Most processes (tasks) one container may have (pids.max of its cgroup);\n0: no limit. A pids.max in the request's unified resources wins.",
+            "pids_limit",
+            Some(toml::Value::Integer(
+                i64::try_from(self.runtime.pids_limit).unwrap_or(i64::MAX),
+            )),
+        );
+        line(
             "Container events a GetContainerEvents client may have waiting; a slower one\nhas its stream ended with an error (kubelet re-lists).",
             "container_events_buffer",
             Some(toml::Value::Integer(
@@ -588,6 +695,33 @@ impl Config {
             "Seconds between two samples of every container's and pod's usage; stats\ncalls answer from the latest sample.",
             "stats_interval",
             Some(toml::Value::Integer(self.metrics.stats_interval as i64)),
+        );
+        line("", "[policy]", None);
+        let p = &self.policy;
+        line(
+            "Node policy, each rule off by default; a refusal is PermissionDenied naming it.\nRefuse privileged pods and containers.",
+            "refuse_privileged",
+            Some(toml::Value::Boolean(p.refuse_privileged)),
+        );
+        line(
+            "Refuse pods in the host's network, PID or IPC namespace (and containers in its PID one).",
+            "refuse_host_namespaces",
+            Some(toml::Value::Boolean(p.refuse_host_namespaces)),
+        );
+        line(
+            "Refuse host-path mounts in or above /, /proc, /sys, /etc, Docker's socket and\ncrius's socket, root and runroot (symlinks followed).",
+            "refuse_sensitive_host_paths",
+            Some(toml::Value::Boolean(p.refuse_sensitive_host_paths)),
+        );
+        line(
+            "Kubernetes namespaces (pod metadata) the rules do not apply to.",
+            "exempt_namespaces",
+            Some(toml::Value::Array(
+                p.exempt_namespaces
+                    .iter()
+                    .map(|n| toml::Value::String(n.clone()))
+                    .collect(),
+            )),
         );
         out
     }
@@ -775,6 +909,34 @@ mod tests {
     }
 
     #[test]
+    fn capabilities_and_pids_limit_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, key) in [
+            (
+                "default_capabilities = [\"FLY\"]",
+                "runtime.default_capabilities",
+            ),
+            ("pids_limit = 99999999", "runtime.pids_limit"),
+        ] {
+            let main = write(dir.path(), "crius.toml", &format!("[runtime]\n{text}\n"));
+            let err = Config::load(&main, true, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let main = write(
+            dir.path(),
+            "crius.toml",
+            "[runtime]\ndefault_capabilities = [\"cap_chown\", \"KILL\"]\npids_limit = 0\n",
+        );
+        let c = Config::load(&main, true, &Overrides::default()).unwrap();
+        assert_eq!(c.runtime.default_capabilities, vec!["cap_chown", "KILL"]);
+        assert_eq!(c.runtime.pids_limit, 0);
+        assert_eq!(Config::default().runtime.default_capabilities.len(), 14);
+        assert_eq!(Config::default().runtime.pids_limit, 4096);
+    }
+
+    #[test]
     fn render_round_trips_every_field() {
         let c = Config {
             root: "/r".into(),
@@ -809,11 +971,19 @@ mod tests {
                 cgroup_favor_dynmods: true,
                 restrict_oom_score_adj: true,
                 seccomp_use_default_when_empty: false,
+                default_capabilities: vec!["CAP_CHOWN".into(), "kill".into()],
+                pids_limit: 0,
                 container_events_buffer: 9,
             },
             metrics: MetricsConfig {
                 address: Some("127.0.0.1:9090".parse().unwrap()),
                 stats_interval: 2,
+            },
+            policy: PolicyConfig {
+                refuse_privileged: true,
+                refuse_host_namespaces: true,
+                refuse_sensitive_host_paths: true,
+                exempt_namespaces: vec!["kube-system".into(), "infra".into()],
             },
         };
         let text = c.render();

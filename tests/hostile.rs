@@ -327,12 +327,12 @@ async fn bad_container_input_is_invalid_argument_never_internal() {
             Code::InvalidArgument,
         ),
         (
-            "recursive read-only mount",
+            "recursive read-only mount that is read-write",
             with(&|c| {
                 c.mounts = vec![Mount {
                     container_path: "/data".into(),
                     host_path: "/tmp".into(),
-                    readonly: true,
+                    readonly: false,
                     recursive_read_only: true,
                     ..Default::default()
                 }]

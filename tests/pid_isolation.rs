@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use common::pod::*;
+use common::status_fields;
 use k8s_cri::v1::*;
 
 /// A secret only the host has: a file the containers must not reach and
@@ -70,14 +71,6 @@ fn section<'a>(text: &'a str, from: &str, to: &str) -> Vec<&'a str> {
         .skip_while(|l| *l != from)
         .skip(1)
         .take_while(|l| *l != to)
-        .collect()
-}
-
-/// `Name:\tvalue` fields of a /proc status text.
-fn status_fields(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect()
 }
 

@@ -111,6 +111,18 @@ def etc_entries():
     ]
 
 
+def groups_etc_entries():
+    """/etc/passwd and /etc/group of critest's predefined-group image: user
+    default-user (1000:1000) is also a member of group 50000 in /etc/group."""
+    return [
+        D("etc"),
+        F("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"
+          "default-user:x:1000:1000:default-user:/home/default-user:/bin/sh\n"),
+        F("etc/group", "root:x:0:\ndefault-user:x:1000:\n"
+          "group-defined-in-image:x:50000:default-user\n"),
+    ]
+
+
 # ---------------------------------------------------------------- tar
 
 
@@ -441,7 +453,7 @@ def hostile_layers(kind):
 
 
 NAMES = ["busybox", "busybox-docker", "layers", "multiarch", "zstd", "uncompressed", "big",
-         "hostile-traversal", "hostile-symlink", "hostile-hardlink", "private"]
+         "hostile-traversal", "hostile-symlink", "hostile-hardlink", "private", "groups"]
 
 
 def build_all(b, only):
@@ -486,6 +498,9 @@ def build_all(b, only):
     if want("uncompressed"):
         out.append((REGISTRY, "crius/uncompressed", ["latest"],
                     b.image([busybox_entries(), etc_entries()], sh, comp="none")))
+    if want("groups"):
+        out.append((REGISTRY, "crius/groups", ["latest"], b.image(
+            [busybox_entries(), groups_etc_entries()], dict(sh, User="default-user"))))
     if want("big"):
         out.append((REGISTRY, "crius/big", ["latest"], b.image(
             big_layers(), {"Cmd": ["busybox", "sha256sum", "-c", "/big/SHA256SUMS"]}, level=1)))

@@ -245,26 +245,32 @@ impl Cgroups {
         Ok(())
     }
 
-    /// Writes CRI resources into the cgroup `rel` (which must exist).
+    /// Writes CRI resources into the cgroup `rel` (which must exist), and
+    /// `pids_limit` (the node's default, 0: none) as `pids.max` unless the
+    /// resources set it or the pids controller is not there.
     pub fn apply(
         &self,
         rel: &str,
         r: &k8s_cri::v1::LinuxContainerResources,
+        pids_limit: u64,
     ) -> Result<(), CgroupError> {
+        let base = Path::new(ROOT);
+        let path_of = |file: &str| match file.split_once('/') {
+            Some((ctrl, f)) => base.join(ctrl).join(rel).join(f),
+            None => v2::dir(base, rel).join(file),
+        };
         match self.mode {
             None => Err(CgroupError::NoCgroups),
-            Some(CgroupMode::Unified) => v2::apply(
-                &fs::RealCgroupFs,
-                &v2::dir(Path::new(ROOT), rel),
-                &resource_files(Version::V2, r)?,
-            ),
+            Some(CgroupMode::Unified) => {
+                let mut files = resource_files(Version::V2, r)?;
+                add_pids_limit(Version::V2, &mut files, pids_limit, |f| path_of(f).exists());
+                v2::apply(&fs::RealCgroupFs, &v2::dir(base, rel), &files)
+            }
             Some(_) => {
-                let base = Path::new(ROOT);
-                for (file, value) in resource_files(Version::V1, r)? {
-                    let path = match file.split_once('/') {
-                        Some((ctrl, f)) => base.join(ctrl).join(rel).join(f),
-                        None => base.join(rel).join(&file),
-                    };
+                let mut files = resource_files(Version::V1, r)?;
+                add_pids_limit(Version::V1, &mut files, pids_limit, |f| path_of(f).exists());
+                for (file, value) in files {
+                    let path = path_of(&file);
                     std::fs::write(&path, &value).map_err(|source| CgroupError::Write {
                         path: path.clone(),
                         value,
@@ -594,6 +600,27 @@ pub enum Version {
     V2,
 }
 
+/// Adds the node's pids limit (`pids_limit`, 0: none) to `files` as
+/// `pids.max` unless they set it already (a `pids.max` in the request's
+/// `unified` map wins) or the controller is missing (`exists` says whether
+/// the file is there: a node without the pids controller still runs
+/// containers, unlimited).
+pub fn add_pids_limit(
+    version: Version,
+    files: &mut Vec<(String, String)>,
+    pids_limit: u64,
+    exists: impl Fn(&str) -> bool,
+) {
+    let file = match version {
+        Version::V1 => "pids/pids.max",
+        Version::V2 => "pids.max",
+    };
+    if pids_limit == 0 || files.iter().any(|(f, _)| f == file) || !exists(file) {
+        return;
+    }
+    files.push((file.to_string(), pids_limit.to_string()));
+}
+
 /// The cgroup files (relative name, value) that apply CRI container
 /// resources, for v1 controllers (`cpu/cpu.shares`) or the v2 tree
 /// (`cpu.weight`). Unset (zero) fields write nothing.
@@ -749,6 +776,31 @@ mod resource_tests {
         let mut u = res();
         u.unified.insert("memory.high".into(), "1".into());
         assert!(resource_files(Version::V1, &u).is_err());
+    }
+
+    #[test]
+    fn node_pids_limit_unless_the_request_sets_one() {
+        let there = |_: &str| true;
+        let mut f = resource_files(Version::V1, &res()).unwrap();
+        add_pids_limit(Version::V1, &mut f, 4096, there);
+        assert_eq!(get(&f, "pids/pids.max").as_deref(), Some("4096"));
+        let mut r = res();
+        r.unified.insert("pids.max".into(), "100".into());
+        let mut f = resource_files(Version::V2, &r).unwrap();
+        add_pids_limit(Version::V2, &mut f, 4096, there);
+        assert_eq!(
+            f.iter().filter(|(k, _)| k == "pids.max").count(),
+            1,
+            "{f:?}"
+        );
+        assert_eq!(get(&f, "pids.max").as_deref(), Some("100"));
+        let mut f = resource_files(Version::V2, &res()).unwrap();
+        add_pids_limit(Version::V2, &mut f, 0, there);
+        assert_eq!(get(&f, "pids.max"), None, "0: no limit");
+        add_pids_limit(Version::V2, &mut f, 4096, |_| false);
+        assert_eq!(get(&f, "pids.max"), None, "no pids controller");
+        add_pids_limit(Version::V2, &mut f, 4096, there);
+        assert_eq!(get(&f, "pids.max").as_deref(), Some("4096"));
     }
 
     #[test]

@@ -39,6 +39,14 @@ impl Containers {
         let image = images
             .find(&image_name)?
             .ok_or_else(|| Error::NotFound(format!("image {image_name:?} not found")))?;
+        if !self.recursive_readonly
+            && let Some(m) = config.mounts.iter().find(|m| m.recursive_read_only)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "recursive read-only mount at {:?}: this kernel has no mount_setattr (Linux 5.12+); Status reports recursive_read_only_mounts false",
+                m.container_path
+            )));
+        }
         let image_volumes = image_volumes(images, &config)?;
         let pod_cfg = sandbox_config.unwrap_or_else(|| pod.config.clone());
         let log_path = log_path(&pod_cfg, &config, &self.log_dir, &pod.id)?;
@@ -154,10 +162,13 @@ impl Containers {
         let cgroup_job = {
             let (cgroups, path) = (self.cgroups.clone(), record.cgroup.clone());
             let resources = record.resources.clone().unwrap_or_default();
+            let pids_limit = self.pids_limit;
             let devices = devices.clone();
             tokio::task::spawn_blocking(move || -> Result<()> {
                 cgroups.create(&path).map_err(cgroup_err)?;
-                cgroups.apply(&path, &resources).map_err(cgroup_err)?;
+                cgroups
+                    .apply(&path, &resources, pids_limit)
+                    .map_err(cgroup_err)?;
                 cgroups
                     .restrict_devices(&path, privileged, &devices)
                     .map_err(cgroup_err)
@@ -219,10 +230,12 @@ impl Containers {
             run_as_username: sec.run_as_username.clone(),
             run_as_group: sec.run_as_group.as_ref().map(|v| v.value),
             supplemental_groups: sec.supplemental_groups.clone(),
-            policy: if sec.supplemental_groups_policy == 1 {
-                process::GroupsPolicy::Strict
-            } else {
-                process::GroupsPolicy::Merge
+            // Unknown values were refused at the edge.
+            policy: match k8s_cri::v1::SupplementalGroupsPolicy::try_from(
+                sec.supplemental_groups_policy,
+            ) {
+                Ok(k8s_cri::v1::SupplementalGroupsPolicy::Strict) => process::GroupsPolicy::Strict,
+                _ => process::GroupsPolicy::Merge,
             },
         };
         let user = process::resolve_user(
@@ -329,11 +342,14 @@ impl Containers {
             cgroups_path: record.cgroup.clone(),
             cgroup_namespace: v2,
             devices,
+            default_capabilities: &self.default_capabilities,
         };
         let mut oci = spec::build(&input).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let dir = self.state_dir(&id);
         std::fs::create_dir_all(&dir).map_err(internal)?;
-        if let Some(profile) = seccomp_profile(&sec, self.seccomp_default)? {
+        if let Some(profile) =
+            seccomp_profile(&sec, self.seccomp_default, &self.default_capabilities)?
+        {
             let program = crate::executor::seccomp::compile(&profile)
                 .map_err(|e| Error::InvalidArgument(format!("seccomp profile: {e}")))?;
             std::fs::write(dir.join("seccomp.bpf"), program.to_bytes()).map_err(internal)?;
@@ -492,10 +508,13 @@ pub(super) fn log_path(
 /// deprecated `runtime/default`, `docker/default` paths, and nothing at all
 /// when `default_when_empty`), Localhost (an absolute path to an OCI
 /// profile), or none (Unconfined, privileged, or unset without
-/// `default_when_empty`).
+/// `default_when_empty`). The RuntimeDefault profile allows the syscalls of
+/// the capabilities the container gets (from the node's
+/// `default_capabilities` and the request).
 pub(super) fn seccomp_profile(
     sec: &k8s_cri::v1::LinuxContainerSecurityContext,
     default_when_empty: bool,
+    default_capabilities: &[String],
 ) -> Result<Option<oci_spec::runtime::LinuxSeccomp>> {
     use k8s_cri::v1::security_profile::ProfileType;
     if sec.privileged {
@@ -530,8 +549,11 @@ pub(super) fn seccomp_profile(
         },
     };
     let Some(file) = localhost else {
-        let caps = spec::capabilities(sec).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        return Ok(Some(crate::executor::seccomp::runtime_default(&caps)));
+        let caps = spec::capabilities(sec, default_capabilities)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        return Ok(Some(crate::executor::seccomp::runtime_default(
+            &caps.granted,
+        )));
     };
     if !file.starts_with('/') {
         return Err(Error::InvalidArgument(format!(

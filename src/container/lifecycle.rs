@@ -115,8 +115,10 @@ impl Containers {
                 c.id
             )));
         }
-        // Interface file writes: off the async workers.
-        crate::sync::blocking(|| self.cgroups.apply(&c.cgroup, &resources)).map_err(cgroup_err)?;
+        // Interface file writes: off the async workers. The node's pids
+        // limit stays as create wrote it unless the update sets pids.max.
+        crate::sync::blocking(|| self.cgroups.apply(&c.cgroup, &resources, 0))
+            .map_err(cgroup_err)?;
         let mut c = (*c).clone();
         c.resources = Some(resources);
         self.store.put(Table::Containers, &c.id, &c)?;

@@ -54,6 +54,13 @@ pub struct Containers {
     restrict_oom_score_adj: bool,
     /// `[runtime] seccomp_use_default_when_empty`.
     seccomp_default: bool,
+    /// `[runtime] default_capabilities`.
+    default_capabilities: Vec<String>,
+    /// `[runtime] pids_limit` (0: none).
+    pids_limit: u64,
+    /// Whether the kernel lets the executor make mounts recursively
+    /// read-only (`mount_setattr`), probed once at start.
+    recursive_readonly: bool,
     /// Stops under way, by container id (see `stop.rs`).
     stopping: std::sync::Mutex<HashMap<String, Arc<stop::Stopping>>>,
     /// Every container with its run state, in memory (see `table.rs`).
@@ -134,9 +141,18 @@ impl Containers {
             listed,
             restrict_oom_score_adj: config.restrict_oom_score_adj,
             seccomp_default: config.seccomp_use_default_when_empty,
+            default_capabilities: config.default_capabilities.clone(),
+            pids_limit: config.pids_limit,
+            recursive_readonly: crate::executor::mount_attr::recursive_readonly_supported(),
             stopping: Default::default(),
             watchers: Default::default(),
         }
+    }
+
+    /// Whether CRI mounts may be recursive read-only on this node (Status
+    /// advertises it as `recursive_read_only_mounts`).
+    pub fn recursive_readonly_supported(&self) -> bool {
+        self.recursive_readonly
     }
 
     /// Follows the monitors of every pod that has containers (at start).

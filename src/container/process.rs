@@ -110,7 +110,10 @@ pub struct User {
     pub uid: u32,
     /// Primary group id.
     pub gid: u32,
-    /// Supplementary group ids, without `gid`, each once.
+    /// Supplementary group ids, each once: `gid` first (as cri-o sets
+    /// them, so ContainerStatus's `supplemental_groups` are exactly what
+    /// getgroups(2) returns in the container), then the image's groups of
+    /// the user (Merge), then the requested ones.
     pub additional_gids: Vec<u32>,
     /// From /etc/passwd, else `/`: the default HOME.
     pub home: String,
@@ -211,12 +214,12 @@ pub fn resolve_user(
         entry.as_ref().map(|e| e.gid).unwrap_or(0)
     };
 
-    let mut additional: Vec<u32> = Vec::new();
+    let mut additional: Vec<u32> = vec![gid];
     if req.policy == GroupsPolicy::Merge
         && let Some(e) = &entry
     {
         for (_, g, members) in group_entries(group) {
-            if members.contains(&e.name) && g != gid && !additional.contains(&g) {
+            if members.contains(&e.name) && !additional.contains(&g) {
                 additional.push(g);
             }
         }
@@ -355,12 +358,31 @@ mod tests {
         };
         assert_eq!(
             user(merge.clone(), "").unwrap().additional_gids,
-            vec![50000, 60000, 1234]
+            vec![1000, 50000, 60000, 1234]
         );
         let strict = UserRequest {
             policy: GroupsPolicy::Strict,
             ..merge
         };
-        assert_eq!(user(strict, "").unwrap().additional_gids, vec![1234, 50000]);
+        assert_eq!(
+            user(strict, "").unwrap().additional_gids,
+            vec![1000, 1234, 50000]
+        );
+        // critest's case: the primary group, the requested one, and (Merge
+        // only) the image's group of the user.
+        let one = |policy| UserRequest {
+            run_as_user: Some(1000),
+            supplemental_groups: vec![1234],
+            policy,
+            ..Default::default()
+        };
+        let mut merged = user(one(GroupsPolicy::Merge), "").unwrap().additional_gids;
+        merged.sort();
+        assert_eq!(merged, vec![1000, 1234, 50000, 60000]);
+        let mut strict = user(one(GroupsPolicy::Strict), "").unwrap().additional_gids;
+        strict.sort();
+        assert_eq!(strict, vec![1000, 1234]);
+        let root = user(UserRequest::default(), "").unwrap();
+        assert_eq!(root.additional_gids, vec![0, 60000]);
     }
 }

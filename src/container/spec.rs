@@ -19,25 +19,6 @@ pub use crate::cgroups::HostDevice;
 
 use super::process::User;
 
-/// Capabilities a container gets unless it asks otherwise (containerd's and
-/// cri-o's default set).
-pub const DEFAULT_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
 /// Paths hidden from unprivileged containers when kubelet sends none.
 pub const DEFAULT_MASKED_PATHS: &[&str] = &[
     "/proc/acpi",
@@ -139,6 +120,8 @@ pub struct SpecInput<'a> {
     /// Host devices `(path, type, major, minor, mode, uid, gid)` for CRI
     /// `devices` and privileged containers, resolved by the caller.
     pub devices: Vec<HostDevice>,
+    /// The node's default capability set (`[runtime] default_capabilities`).
+    pub default_capabilities: &'a [String],
 }
 
 fn security(config: &ContainerConfig) -> LinuxContainerSecurityContext {
@@ -155,65 +138,93 @@ pub fn privileged(config: &ContainerConfig) -> bool {
 }
 
 fn parse_capability(name: &str) -> Result<Capability, SpecError> {
+    let full = capability_name(name);
+    Capability::from_str(&full["CAP_".len()..]).map_err(|_| invalid("capability", name))
+}
+
+/// `net_admin`, `NET_ADMIN` and `CAP_NET_ADMIN` as `CAP_NET_ADMIN`.
+pub fn capability_name(name: &str) -> String {
     let upper = name.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("CAP_") {
+    if upper.starts_with("CAP_") {
         upper
     } else {
         format!("CAP_{upper}")
-    };
-    let short = &full["CAP_".len()..];
-    Capability::from_str(short).map_err(|_| invalid("capability", name))
+    }
 }
 
-/// The capability set: the defaults (or all, privileged), plus adds, minus
-/// drops; "ALL" works in both lists as in Docker.
-pub fn capabilities(sec: &LinuxContainerSecurityContext) -> Result<Vec<String>, SpecError> {
-    let all: Vec<String> = all_capabilities();
-    if sec.privileged {
-        return Ok(all);
-    }
+/// A container's capability sets, by name (`CAP_…`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CapabilitySets {
+    /// Bounding, effective and permitted. For a non-root user the kernel
+    /// empties effective and permitted at execve unless ambient keeps them.
+    pub granted: Vec<String>,
+    /// Inheritable and ambient: only what `add_ambient_capabilities` asks,
+    /// so a non-root process keeps exactly those across execve.
+    pub ambient: Vec<String>,
+}
+
+/// The capability sets, in cri-o's order: the node's `defaults` (or every
+/// capability, privileged), `ALL` in `add_capabilities` for every one and
+/// in `drop_capabilities` for none (the defaults are then not used), then
+/// the named adds, then the named drops. `add_ambient_capabilities` (as
+/// the CRI defines it) adds each to every set, ambient and inheritable
+/// included; `ALL` is refused there: ambient capabilities are named.
+/// cri-o and containerd ignore the ambient list; crius honours it.
+pub fn capabilities(
+    sec: &LinuxContainerSecurityContext,
+    defaults: &[String],
+) -> Result<CapabilitySets, SpecError> {
     let caps = sec.capabilities.clone().unwrap_or_default();
-    let mut set: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect();
-    let norm = |c: &String| -> Result<String, SpecError> {
-        if c.eq_ignore_ascii_case("ALL") {
-            return Ok("ALL".into());
-        }
-        parse_capability(c).map(|_| {
-            let u = c.trim().to_ascii_uppercase();
-            if u.starts_with("CAP_") {
-                u
-            } else {
-                format!("CAP_{u}")
-            }
-        })
+    let is_all = |c: &String| c.trim().eq_ignore_ascii_case("ALL");
+    let named = |list: &[String]| -> Result<Vec<String>, SpecError> {
+        list.iter()
+            .filter(|c| !is_all(c))
+            .map(|c| parse_capability(c).map(|_| capability_name(c)))
+            .collect()
     };
-    for c in &caps.add_capabilities {
-        match norm(c)?.as_str() {
-            "ALL" => set = all.clone(),
-            n if !set.iter().any(|s| s == n) => set.push(n.to_string()),
-            _ => {}
+    let (adds, drops) = (
+        named(&caps.add_capabilities)?,
+        named(&caps.drop_capabilities)?,
+    );
+    let mut ambient = Vec::new();
+    for c in &caps.add_ambient_capabilities {
+        if is_all(c) {
+            return Err(invalid(
+                "ambient capability",
+                "ALL (ambient capabilities must be named)",
+            ));
+        }
+        parse_capability(c)?;
+        push_new(&mut ambient, capability_name(c));
+    }
+    let mut set: Vec<String> = Vec::new();
+    if sec.privileged || caps.add_capabilities.iter().any(is_all) {
+        set = all_capabilities();
+    } else if !caps.drop_capabilities.iter().any(is_all) {
+        for d in defaults {
+            parse_capability(d)?;
+            push_new(&mut set, capability_name(d));
         }
     }
-    for c in &caps.drop_capabilities {
-        match norm(c)?.as_str() {
-            "ALL" => set.clear(),
-            n => set.retain(|s| s != n),
+    if !sec.privileged {
+        for a in adds {
+            push_new(&mut set, a);
         }
+        set.retain(|c| !drops.contains(c));
     }
-    // Explicit adds survive a drop of ALL (Docker's rule).
-    if caps
-        .drop_capabilities
-        .iter()
-        .any(|c| c.eq_ignore_ascii_case("ALL"))
-    {
-        for c in &caps.add_capabilities {
-            let n = norm(c)?;
-            if n != "ALL" && !set.contains(&n) {
-                set.push(n);
-            }
-        }
+    for a in &ambient {
+        push_new(&mut set, a.clone());
     }
-    Ok(set)
+    Ok(CapabilitySets {
+        granted: set,
+        ambient,
+    })
+}
+
+fn push_new(v: &mut Vec<String>, c: String) {
+    if !v.contains(&c) {
+        v.push(c);
+    }
 }
 
 /// Every capability the runtime itself may hand out: its own bounding set
@@ -353,12 +364,16 @@ fn mounts(input: &SpecInput, privileged: bool) -> Result<(Vec<Mount>, Option<Str
             }
         };
         out.retain(|x| x.destination() != Path::new(dest));
-        out.push(bind(
-            dest,
-            Path::new(&m.host_path),
-            m.readonly,
-            propagation,
-        )?);
+        let mut mount = bind(dest, Path::new(&m.host_path), m.readonly, propagation)?;
+        if m.recursive_read_only {
+            // OCI's recursive read-only option (runc, crun): the executor
+            // makes every mount beneath read-only too. The server checked
+            // that the mount is read-only and private.
+            let mut opts = mount.options().clone().unwrap_or_default();
+            opts.push("rro".into());
+            mount.set_options(Some(opts));
+        }
+        out.push(mount);
     }
     // Stable sort: a parent is mounted before anything beneath it.
     out.sort_by_key(|m| m.destination().components().count());
@@ -413,11 +428,11 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     let config = input.config;
     let sec = security(config);
     let privileged = sec.privileged;
-    let caps = capabilities(&sec)?;
-    let cap_set: HashSet<Capability> = caps
-        .iter()
-        .map(|c| parse_capability(c))
-        .collect::<Result<_, _>>()?;
+    let caps = capabilities(&sec, input.default_capabilities)?;
+    let to_set = |names: &[String]| -> Result<HashSet<Capability>, SpecError> {
+        names.iter().map(|c| parse_capability(c)).collect()
+    };
+    let (cap_set, ambient) = (to_set(&caps.granted)?, to_set(&caps.ambient)?);
     let cwd = if !config.working_dir.is_empty() {
         config.working_dir.clone()
     } else {
@@ -450,9 +465,11 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         .bounding(cap_set.clone())
         .effective(cap_set.clone())
         .permitted(cap_set)
-        // oci-spec's defaults would give these sets three capabilities.
-        .inheritable(HashSet::new())
-        .ambient(HashSet::new())
+        // Never oci-spec's defaults (three capabilities): only what the
+        // request names as ambient (CVE-2022-27652: nothing inheritable
+        // unless asked).
+        .inheritable(ambient.clone())
+        .ambient(ambient)
         .build()?;
     let resources = config
         .linux
@@ -661,7 +678,18 @@ mod tests {
             cgroups_path: "crius/crius-pod-1/crius-abc".into(),
             cgroup_namespace: false,
             devices: vec![],
+            default_capabilities: defaults(),
         }
+    }
+
+    fn defaults() -> &'static [String] {
+        static D: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        D.get_or_init(|| {
+            crate::config::DEFAULT_CAPABILITIES
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        })
     }
 
     fn with_security(sec: LinuxContainerSecurityContext) -> ContainerConfig {
@@ -704,7 +732,7 @@ mod tests {
             .bounding()
             .clone()
             .unwrap();
-        assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len());
+        assert_eq!(caps.len(), crate::config::DEFAULT_CAPABILITIES.len());
         assert!(!caps.contains(&Capability::SysAdmin));
         let c = p.capabilities().as_ref().unwrap();
         assert!(c.ambient().as_ref().is_none_or(|a| a.is_empty()));
@@ -755,36 +783,89 @@ mod tests {
         assert!(sys.options().as_ref().unwrap().contains(&"ro".to_string()));
     }
 
-    #[test]
-    fn capabilities_add_drop_all() {
-        let mut sec = LinuxContainerSecurityContext {
+    fn caps(add: &[&str], drop: &[&str], ambient: &[&str]) -> LinuxContainerSecurityContext {
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+        LinuxContainerSecurityContext {
             capabilities: Some(CriCaps {
-                add_capabilities: vec!["SYS_ADMIN".into()],
-                drop_capabilities: vec!["CAP_NET_RAW".into()],
-                ..Default::default()
+                add_capabilities: v(add),
+                drop_capabilities: v(drop),
+                add_ambient_capabilities: v(ambient),
             }),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn capabilities_add_drop_all() {
+        let granted = |sec: &LinuxContainerSecurityContext| {
+            let mut g = capabilities(sec, defaults()).unwrap().granted;
+            g.sort();
+            g
         };
-        let c = capabilities(&sec).unwrap();
+        let c = granted(&caps(&["SYS_ADMIN"], &["CAP_NET_RAW"], &[]));
         assert!(c.contains(&"CAP_SYS_ADMIN".to_string()));
         assert!(!c.contains(&"CAP_NET_RAW".to_string()));
-        sec.capabilities = Some(CriCaps {
-            add_capabilities: vec!["NET_BIND_SERVICE".into()],
-            drop_capabilities: vec!["ALL".into()],
-            ..Default::default()
-        });
-        assert_eq!(capabilities(&sec).unwrap(), vec!["CAP_NET_BIND_SERVICE"]);
-        sec.capabilities = Some(CriCaps {
-            add_capabilities: vec!["NOT_A_CAP".into()],
-            ..Default::default()
-        });
-        assert!(capabilities(&sec).is_err());
-        sec.capabilities = None;
-        sec.privileged = true;
+        assert_eq!(c.len(), crate::config::DEFAULT_CAPABILITIES.len());
+        // drop ALL + add X: only X (the defaults are not used).
+        assert_eq!(
+            granted(&caps(&["net_bind_service"], &["ALL"], &[])),
+            vec!["CAP_NET_BIND_SERVICE"]
+        );
+        assert!(granted(&caps(&[], &["all"], &[])).is_empty());
+        // add ALL: every capability the runtime holds, less named drops.
+        let all = all_capabilities();
+        assert_eq!(granted(&caps(&["ALL"], &[], &[])), all);
+        let no_chown = granted(&caps(&["ALL"], &["CHOWN"], &[]));
+        assert_eq!(no_chown.len(), all.len() - 1);
+        assert!(!no_chown.contains(&"CAP_CHOWN".to_string()));
+        // A named drop after a named add wins (cri-o's order).
+        assert!(granted(&caps(&["SYS_ADMIN"], &["ALL", "SYS_ADMIN"], &[])).is_empty());
+        assert!(capabilities(&caps(&["NOT_A_CAP"], &[], &[]), defaults()).is_err());
+        let privileged = LinuxContainerSecurityContext {
+            privileged: true,
+            ..caps(&[], &["ALL"], &[])
+        };
+        assert_eq!(granted(&privileged), all);
+    }
+
+    #[test]
+    fn node_defaults_and_ambient_capabilities() {
+        let node = vec!["CHOWN".to_string(), "CAP_KILL".to_string()];
+        let sets = capabilities(&caps(&[], &[], &[]), &node).unwrap();
+        assert_eq!(sets.granted, vec!["CAP_CHOWN", "CAP_KILL"]);
+        assert!(sets.ambient.is_empty());
+        let bad = vec!["FLY".to_string()];
+        assert!(capabilities(&caps(&[], &[], &[]), &bad).is_err());
+        // Ambient capabilities join every set, dropped or not.
+        let sets = capabilities(&caps(&[], &["ALL"], &["NET_BIND_SERVICE"]), &node).unwrap();
+        assert_eq!(sets.granted, vec!["CAP_NET_BIND_SERVICE"]);
+        assert_eq!(sets.ambient, vec!["CAP_NET_BIND_SERVICE"]);
+        assert!(capabilities(&caps(&[], &[], &["ALL"]), &node).is_err());
+        // In the spec: inheritable and ambient hold only the ambient ones.
+        let c = with_security(caps(&[], &[], &["NET_ADMIN"]));
+        let u = user();
+        let s = build(&input(&c, &u)).unwrap();
+        let pc = s
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .clone()
+            .unwrap();
+        let one: HashSet<Capability> = [Capability::NetAdmin].into();
+        assert_eq!(pc.ambient().as_ref(), Some(&one));
+        assert_eq!(pc.inheritable().as_ref(), Some(&one));
         assert!(
-            capabilities(&sec)
+            pc.bounding()
+                .as_ref()
                 .unwrap()
-                .contains(&"CAP_SYS_ADMIN".to_string())
+                .contains(&Capability::NetAdmin)
+        );
+        assert!(
+            pc.effective()
+                .as_ref()
+                .unwrap()
+                .contains(&Capability::NetAdmin)
         );
     }
 
@@ -824,6 +905,13 @@ mod tests {
                     propagation: MountPropagation::PropagationHostToContainer as i32,
                     ..Default::default()
                 },
+                k8s_cri::v1::Mount {
+                    container_path: "/rro".into(),
+                    host_path: "/srv".into(),
+                    readonly: true,
+                    recursive_read_only: true,
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         };
@@ -860,6 +948,22 @@ mod tests {
             s.linux().as_ref().unwrap().rootfs_propagation().as_deref(),
             Some("rslave")
         );
+        let opts = |dest: &str| {
+            ms.iter()
+                .find(|m| m.destination() == Path::new(dest))
+                .unwrap()
+                .options()
+                .clone()
+                .unwrap()
+        };
+        let rro = opts("/rro");
+        assert!(
+            ["ro", "rro", "rprivate"]
+                .iter()
+                .all(|o| rro.contains(&o.to_string())),
+            "{rro:?}"
+        );
+        assert!(!opts("/data").contains(&"rro".to_string()));
     }
 
     #[test]

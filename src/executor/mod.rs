@@ -9,6 +9,7 @@
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod linux;
+pub mod mount_attr;
 mod namespaces;
 pub mod pod_init;
 mod process;

@@ -39,6 +39,9 @@ struct PlannedMount {
     kind: Kind,
     flags: libc::c_ulong,
     propagation: libc::c_ulong,
+    /// `rro`: the bind and every mount beneath it read-only
+    /// (`mount_setattr`, see `mount_attr`), not only its top.
+    recursive_readonly: bool,
     data: String,
 }
 
@@ -122,6 +125,8 @@ fn parse_options(opts: &[String]) -> (libc::c_ulong, libc::c_ulong, bool, String
             "rshared" => prop = libc::MS_SHARED | libc::MS_REC,
             "unbindable" => prop = libc::MS_UNBINDABLE,
             "runbindable" => prop = libc::MS_UNBINDABLE | libc::MS_REC,
+            // Handled by `plan` (recursive read-only): no mount(2) flag.
+            "rro" => {}
             other => data.push(other.to_string()),
         }
     }
@@ -173,11 +178,23 @@ pub fn plan(spec: &Spec, cgroup_dirs: &[PathBuf]) -> Result<Plan, ExecutorError>
                     .unwrap_or_else(|| "none".into()),
             }
         };
+        let recursive_readonly = m.options().iter().flatten().any(|o| o == "rro");
+        if recursive_readonly && !matches!(kind, Kind::Bind { .. }) {
+            return Err(spec_err(format!(
+                "rro on {}: recursive read-only is for bind mounts",
+                dest.display()
+            )));
+        }
         mounts.push(PlannedMount {
             dest,
             kind,
-            flags,
+            flags: if recursive_readonly {
+                flags | libc::MS_RDONLY
+            } else {
+                flags
+            },
             propagation,
+            recursive_readonly,
             data,
         });
     }
@@ -523,6 +540,13 @@ fn mount_one(
         let top = reopen(rootfd, &m.dest)?;
         mount_raw(None, &fd_path(&top), None, m.propagation, None)?;
     }
+    if m.recursive_readonly {
+        // After the propagation change: with a private mount nothing the
+        // host mounts later appears beneath it writable.
+        let top = reopen(rootfd, &m.dest)?;
+        super::mount_attr::make_recursively_readonly(&top)
+            .map_err(|e| format!("recursive read-only (mount_setattr): {e}"))?;
+    }
     Ok(())
 }
 
@@ -717,6 +741,30 @@ mod tests {
         assert_eq!(f & libc::MS_REC, libc::MS_REC);
         assert_eq!(p, libc::MS_SLAVE | libc::MS_REC);
         assert_eq!(d, "mode=755,size=10k");
+    }
+
+    #[test]
+    fn rro_is_a_read_only_bind() {
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "/r"},
+            "mounts": [{"destination": "/data", "type": "bind", "source": "/srv",
+                        "options": ["rbind", "rro", "rprivate"]}],
+        }))
+        .unwrap();
+        let p = plan(&spec, &[]).unwrap();
+        let m = &p.mounts[0];
+        assert!(m.recursive_readonly);
+        assert_eq!(m.flags & libc::MS_RDONLY, libc::MS_RDONLY);
+        assert!(m.data.is_empty(), "rro is no mount data: {:?}", m.data);
+        let tmpfs: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "/r"},
+            "mounts": [{"destination": "/t", "type": "tmpfs", "source": "tmpfs",
+                        "options": ["rro"]}],
+        }))
+        .unwrap();
+        assert!(plan(&tmpfs, &[]).is_err());
     }
 
     #[test]

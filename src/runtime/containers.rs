@@ -94,6 +94,14 @@ impl Runtime {
         config: ContainerConfig,
         sandbox_config: Option<PodSandboxConfig>,
     ) -> Result<String> {
+        // The node policy judges the stored pod (its namespace), and host
+        // paths where they really lead (file system reads: off the async
+        // workers).
+        let pod = self.pods.get(pod_id)?;
+        crate::sync::blocking(|| {
+            self.policy
+                .check_container(&pod.config, &config, |p| std::fs::canonicalize(p).ok())
+        })?;
         self.containers
             .create(
                 &self.pods,

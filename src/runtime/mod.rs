@@ -9,6 +9,7 @@ mod events;
 mod images;
 mod metrics;
 mod pods;
+mod policy;
 mod stats;
 mod telemetry;
 
@@ -58,6 +59,31 @@ pub struct Condition {
     pub message: String,
 }
 
+/// What this runtime supports beyond the CRI's baseline, as `Status`
+/// reports it (kubelet and critest turn features on or off by it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Features {
+    /// The runtime handlers (RuntimeClass names; `""` is the default), each
+    /// with what it supports.
+    pub handlers: Vec<HandlerFeatures>,
+    /// `SupplementalGroupsPolicy` Merge and Strict work, and ContainerStatus
+    /// reports the process's user and groups.
+    pub supplemental_groups_policy: bool,
+    /// User namespaces work for pods on the host network.
+    pub user_namespaces_host_network: bool,
+}
+
+/// What one runtime handler supports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerFeatures {
+    /// The RuntimeClass handler name; empty for the default.
+    pub name: String,
+    /// CRI mounts may be recursive read-only (the kernel has mount_setattr).
+    pub recursive_read_only_mounts: bool,
+    /// Pods may run in user namespaces.
+    pub user_namespaces: bool,
+}
+
 /// The core: private state, one method per operation.
 pub struct Runtime {
     config: Config,
@@ -72,6 +98,8 @@ pub struct Runtime {
     collector: crate::stats::Collector,
     /// The daemon's own metrics (see `telemetry.rs` here).
     telemetry: Arc<Telemetry>,
+    /// What this node refuses to run (`[policy]`, see `policy.rs`).
+    policy: policy::NodePolicy,
 }
 
 impl Runtime {
@@ -110,6 +138,7 @@ impl Runtime {
         let storage = crate::storage::Storage::open(&config.root)
             .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
         Ok(Runtime {
+            policy: policy::NodePolicy::new(&config),
             config,
             store,
             network,
@@ -137,6 +166,19 @@ impl Runtime {
     /// The cgroup driver, which kubelet's must match.
     pub fn cgroup_driver(&self) -> CgroupDriver {
         self.config.runtime.cgroup_driver
+    }
+
+    /// The features `Status` advertises: what works on this node.
+    pub fn features(&self) -> Features {
+        Features {
+            handlers: vec![HandlerFeatures {
+                name: String::new(),
+                recursive_read_only_mounts: self.containers.recursive_readonly_supported(),
+                user_namespaces: false,
+            }],
+            supplemental_groups_policy: true,
+            user_namespaces_host_network: false,
+        }
     }
 
     /// RuntimeReady and NetworkReady, evaluated now.

@@ -43,7 +43,9 @@ pub struct PodDetails {
 impl Runtime {
     /// RunPodSandbox: a ready pod, or the one already made for the same
     /// name, namespace, uid and attempt (a retry).
+    /// The node policy may refuse it (PermissionDenied).
     pub async fn run_pod(&self, config: PodSandboxConfig, handler: &str) -> Result<String> {
+        self.policy.check_pod(&config)?;
         self.pods.run(config, handler, &self.network).await
     }
 

@@ -494,8 +494,8 @@ pub fn container_config(c: &ContainerConfig) -> Check {
 
 /// A CRI mount: a host path, or an image volume (an image named like a
 /// container's, read-only, optionally a relative sub path of it).
-/// Recursive read-only is not honoured yet, and a field crius does not
-/// honour is refused, never ignored.
+/// Recursive read-only only with read-only and private propagation; a
+/// field crius does not honour is refused, never ignored.
 fn mount(m: &Mount) -> Check {
     abs_path("mount container path", &m.container_path)?;
     let clean: Vec<&str> = m
@@ -521,15 +521,22 @@ fn mount(m: &Mount) -> Check {
         }
         None => abs_path("mount host path", &m.host_path)?,
     }
-    if m.recursive_read_only {
-        return Err(bad(
-            "recursive read-only mounts are not supported (Status reports recursive_read_only_mounts false)",
-        ));
-    }
-    if MountPropagation::try_from(m.propagation).is_err() {
+    let propagation = MountPropagation::try_from(m.propagation)
+        .map_err(|_| bad(format!("mount propagation {} is unknown", m.propagation)))?;
+    // cri-o's and containerd's rules: a recursive read-only mount is
+    // read-only, and private (a slave or shared mount would receive the
+    // host's later mounts writable).
+    if m.recursive_read_only && !m.readonly {
         return Err(bad(format!(
-            "mount propagation {} is unknown",
-            m.propagation
+            "recursive read-only mount at {} must also be read-only (readonly: true)",
+            quote(&m.container_path)
+        )));
+    }
+    if m.recursive_read_only && propagation != MountPropagation::PropagationPrivate {
+        return Err(bad(format!(
+            "recursive read-only mount at {} needs private propagation, not {}",
+            quote(&m.container_path),
+            propagation.as_str_name()
         )));
     }
     if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
@@ -582,6 +589,12 @@ fn container_security(s: &LinuxContainerSecurityContext) -> Check {
     max_len("run_as_username", &s.run_as_username, limits::NAME)?;
     printable("run_as_username", &s.run_as_username)?;
     supplemental_groups(&s.supplemental_groups)?;
+    if SupplementalGroupsPolicy::try_from(s.supplemental_groups_policy).is_err() {
+        return Err(bad(format!(
+            "supplemental_groups_policy {} is unknown",
+            s.supplemental_groups_policy
+        )));
+    }
     if let Some(caps) = &s.capabilities {
         for c in caps
             .add_capabilities
@@ -788,7 +801,23 @@ mod tests {
             recursive_read_only: true,
             ..m("/data")
         };
-        assert_eq!(code(mount(&rro)), tonic::Code::InvalidArgument);
+        assert!(mount(&rro).is_ok());
+        for bad in [
+            Mount {
+                readonly: false,
+                ..rro.clone()
+            },
+            Mount {
+                propagation: MountPropagation::PropagationHostToContainer as i32,
+                ..rro.clone()
+            },
+            Mount {
+                propagation: MountPropagation::PropagationBidirectional as i32,
+                ..rro.clone()
+            },
+        ] {
+            assert_eq!(code(mount(&bad)), tonic::Code::InvalidArgument, "{bad:?}");
+        }
         let image = Mount {
             image: Some(ImageSpec {
                 image: "busybox".into(),
@@ -863,6 +892,15 @@ mod tests {
         assert!(capability("CAP_SYS_PTRACE").is_ok());
         assert!(capability("ALL").is_ok());
         assert!(capability("FLY").is_err());
+        let policy = |p| LinuxContainerSecurityContext {
+            supplemental_groups_policy: p,
+            ..Default::default()
+        };
+        assert!(container_security(&policy(SupplementalGroupsPolicy::Strict as i32)).is_ok());
+        assert_eq!(
+            code(container_security(&policy(7))),
+            tonic::Code::InvalidArgument
+        );
         assert!(id("id", "abc123").is_ok());
         assert!(id("id", "5e8b33a4-8d1c-4b0e-9a43-0c2f6c4d7a51").is_ok());
         assert!(id("id", "../etc").is_err());

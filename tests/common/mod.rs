@@ -377,6 +377,14 @@ pub fn host_network(pod: &mut PodSandboxConfig) {
     });
 }
 
+/// `Name:\tvalue` fields of a /proc status text (`CapEff`, `Seccomp`, …).
+pub fn status_fields(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
 /// Mount points at or under `dir`, as this process sees them.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_to_string("/proc/self/mountinfo")
