@@ -542,6 +542,180 @@ async fn limits_land_in_the_cgroup_files() {
 }
 
 #[tokio::test]
+async fn pod_resize_rewrites_the_pod_cgroup() {
+    let mut e = env("resize").await;
+    let v2 = cgroup_version() == "v2";
+    println!(
+        "cgroup {}, driver {:?}",
+        cgroup_version(),
+        test_cgroup_driver()
+    );
+    // A running container below the pod cgroup, as in a real resize.
+    let ctr = e.run("sleeper", "sleep 1000").await;
+    let dirs: HashMap<&str, std::path::PathBuf> = ["cpu", "memory"]
+        .into_iter()
+        .map(|c| (c, e.pod_cgroup(c)))
+        .collect();
+    let read = |controller: &str, file: &str| {
+        let p = dirs[controller].join(file);
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|err| panic!("{}: {err}", p.display()))
+            .trim()
+            .to_string()
+    };
+    // (controller, file) of CPU weight, CPU quota and memory limit.
+    let files: [(&str, &str); 3] = if v2 {
+        [
+            ("cpu", "cpu.weight"),
+            ("cpu", "cpu.max"),
+            ("memory", "memory.max"),
+        ]
+    } else {
+        [
+            ("cpu", "cpu.shares"),
+            ("cpu", "cpu.cfs_quota_us"),
+            ("memory", "memory.limit_in_bytes"),
+        ]
+    };
+    let now = || files.map(|(c, f)| read(c, f));
+    let before = now();
+    println!("pod cgroup {} before: {before:?}", dirs["cpu"].display());
+    let unlimited = if v2 {
+        ["100", "max 100000", "max"]
+    } else {
+        ["1024", "-1", "9223372036854771712"]
+    };
+    assert_eq!(before, unlimited.map(String::from));
+
+    let res = |shares, quota, memory| LinuxContainerResources {
+        cpu_shares: shares,
+        cpu_quota: quota,
+        cpu_period: if quota > 0 { 100_000 } else { 0 },
+        memory_limit_in_bytes: memory,
+        ..Default::default()
+    };
+    let mut rt = e.d.runtime().await;
+    let mut resize = async |id: &str, resources, overhead| {
+        rt.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: id.to_string(),
+            resources,
+            overhead,
+        })
+        .await
+    };
+    // The containers' sum plus the sandbox's overhead.
+    resize(
+        &e.pod,
+        Some(res(512, 50_000, 256 << 20)),
+        Some(res(102, 10_000, 32 << 20)),
+    )
+    .await
+    .expect("resize");
+    let after = now();
+    println!("after: {after:?}");
+    let mem = (288u64 << 20).to_string();
+    if v2 {
+        // runc's shares → weight mapping of 614.
+        assert_eq!(after, ["24", "60000 100000", mem.as_str()]);
+    } else {
+        assert_eq!(after, ["614", "60000", mem.as_str()]);
+    }
+
+    // Refused input changes nothing.
+    let cases = [
+        (
+            "cpu_shares 1",
+            e.pod.clone(),
+            Some(res(1, 0, 0)),
+            None,
+            Code::InvalidArgument,
+        ),
+        (
+            "memory 1 byte",
+            e.pod.clone(),
+            Some(res(0, 0, 1)),
+            None,
+            Code::InvalidArgument,
+        ),
+        (
+            "overhead quota 5",
+            e.pod.clone(),
+            None,
+            Some(res(0, 5, 0)),
+            Code::InvalidArgument,
+        ),
+        (
+            "empty id",
+            String::new(),
+            Some(res(512, 0, 0)),
+            None,
+            Code::InvalidArgument,
+        ),
+        (
+            "unknown pod",
+            "f".repeat(64),
+            Some(res(512, 0, 0)),
+            None,
+            Code::NotFound,
+        ),
+    ];
+    for (what, id, r, o, code) in cases {
+        let err = resize(&id, r, o).await.unwrap_err();
+        assert_eq!(err.code(), code, "{what}: {err:?}");
+    }
+    assert_eq!(now(), after);
+
+    // The resources are recorded with the pod: after a restart an update
+    // of the overhead alone keeps the containers' part.
+    e.d.terminate();
+    e.d.restart();
+    let mut rt = e.d.runtime().await;
+    rt.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: e.pod.clone(),
+        resources: None,
+        overhead: Some(res(0, 0, 64 << 20)),
+    })
+    .await
+    .expect("resize after restart");
+    let mem = (320u64 << 20).to_string();
+    let after = now();
+    println!("after a restart, overhead 64 MiB: {after:?}");
+    if v2 {
+        assert_eq!(after, ["20", "50000 100000", mem.as_str()]);
+    } else {
+        assert_eq!(after, ["512", "50000", mem.as_str()]);
+    }
+
+    // Containers without limits: the pod's limits are lifted.
+    rt.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: e.pod.clone(),
+        resources: Some(res(1024, 0, 0)),
+        overhead: Some(LinuxContainerResources::default()),
+    })
+    .await
+    .expect("resize to unlimited");
+    assert_eq!(now(), unlimited.map(String::from));
+
+    // A stopped pod has no limits to change.
+    e.rt = rt;
+    e.stop(&ctr, 0).await;
+    e.rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: e.pod.clone(),
+    })
+    .await
+    .expect("stop pod");
+    let err =
+        e.rt.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: e.pod.clone(),
+            resources: Some(res(512, 0, 0)),
+            overhead: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+}
+
+#[tokio::test]
 async fn stop_signal_timeout_then_sigkill() {
     let mut e = env("stopsig").await;
     // Ignores SIGTERM: stop must fall back to SIGKILL after the timeout.

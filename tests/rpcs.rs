@@ -12,7 +12,7 @@ use common::*;
 use http_body_util::{BodyExt, Full};
 
 /// RPCs not built yet: they answer `Unimplemented` naming themselves.
-const NOT_BUILT: &[&str] = &["CheckpointContainer", "UpdatePodSandboxResources"];
+const NOT_BUILT: &[&str] = &["CheckpointContainer"];
 
 /// `(service, rpc)` for every `rpc` line of the vendored proto.
 fn proto_rpcs() -> Vec<(String, String)> {

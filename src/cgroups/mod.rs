@@ -157,6 +157,20 @@ impl CgroupError {
     }
 }
 
+/// A cgroup failure by who must act: the request (a malformed or refused
+/// value), the node (a controller it does not offer), or crius. Shared by
+/// the container and pod paths that write limits.
+impl From<CgroupError> for crate::error::Error {
+    fn from(e: CgroupError) -> Self {
+        use crate::error::Error;
+        match e {
+            e if e.is_invalid_argument() => Error::InvalidArgument(e.to_string()),
+            e @ CgroupError::MissingFile { .. } => Error::FailedPrecondition(e.to_string()),
+            e => Error::Internal(e.to_string()),
+        }
+    }
+}
+
 /// The node's cgroup layout and naming driver.
 #[derive(Debug, Clone)]
 pub struct Cgroups {
@@ -539,9 +553,15 @@ pub enum Version {
     V2,
 }
 
+/// A memory limit or CPU quota of -1: no limit. The CRI refuses it for a
+/// memory limit at the edge; crius uses it for a pod whose resources name
+/// none (see `sandbox::resources`).
+pub const UNLIMITED: i64 = -1;
+
 /// The cgroup files (relative name, value) that apply CRI container
 /// resources, for v1 controllers (`cpu/cpu.shares`) or the v2 tree
-/// (`cpu.weight`). Unset (zero) fields write nothing.
+/// (`cpu.weight`). Unset (zero) fields write nothing; a memory limit or
+/// quota of [`UNLIMITED`] lifts the limit.
 pub fn resource_files(
     version: Version,
     r: &k8s_cri::v1::LinuxContainerResources,
@@ -560,7 +580,7 @@ pub fn resource_files(
             if r.cpu_quota != 0 {
                 put("cpu/cpu.cfs_quota_us", r.cpu_quota.to_string());
             }
-            if r.memory_limit_in_bytes > 0 {
+            if r.memory_limit_in_bytes > 0 || r.memory_limit_in_bytes == UNLIMITED {
                 put(
                     "memory/memory.limit_in_bytes",
                     r.memory_limit_in_bytes.to_string(),
@@ -606,6 +626,8 @@ pub fn resource_files(
             }
             if r.memory_limit_in_bytes > 0 {
                 put("memory.max", r.memory_limit_in_bytes.to_string());
+            } else if r.memory_limit_in_bytes == UNLIMITED {
+                put("memory.max", "max".into());
             }
             // CRI's swap limit is memory+swap; v2 limits swap alone.
             match r.memory_swap_limit_in_bytes {
@@ -694,6 +716,24 @@ mod resource_tests {
         let mut u = res();
         u.unified.insert("memory.high".into(), "1".into());
         assert!(resource_files(Version::V1, &u).is_err());
+    }
+
+    #[test]
+    fn unlimited_memory_lifts_the_limit() {
+        let r = LinuxContainerResources {
+            memory_limit_in_bytes: UNLIMITED,
+            cpu_quota: UNLIMITED,
+            ..Default::default()
+        };
+        let f = resource_files(Version::V1, &r).unwrap();
+        assert_eq!(
+            get(&f, "memory/memory.limit_in_bytes").as_deref(),
+            Some("-1")
+        );
+        assert_eq!(get(&f, "cpu/cpu.cfs_quota_us").as_deref(), Some("-1"));
+        let f = resource_files(Version::V2, &r).unwrap();
+        assert_eq!(get(&f, "memory.max").as_deref(), Some("max"));
+        assert_eq!(get(&f, "cpu.max").as_deref(), Some("max 100000"));
     }
 
     #[test]

@@ -156,11 +156,11 @@ impl Containers {
             let resources = record.resources.clone().unwrap_or_default();
             let devices = devices.clone();
             tokio::task::spawn_blocking(move || -> Result<()> {
-                cgroups.create(&path).map_err(cgroup_err)?;
-                cgroups.apply(&path, &resources).map_err(cgroup_err)?;
+                cgroups.create(&path).map_err(Error::from)?;
+                cgroups.apply(&path, &resources).map_err(Error::from)?;
                 cgroups
                     .restrict_devices(&path, privileged, &devices)
-                    .map_err(cgroup_err)
+                    .map_err(Error::from)
             })
         };
         // Mounts, file reads and writes: off the async workers.

@@ -116,7 +116,7 @@ impl Containers {
             )));
         }
         // Interface file writes: off the async workers.
-        crate::sync::blocking(|| self.cgroups.apply(&c.cgroup, &resources)).map_err(cgroup_err)?;
+        crate::sync::blocking(|| self.cgroups.apply(&c.cgroup, &resources)).map_err(Error::from)?;
         let mut c = (*c).clone();
         c.resources = Some(resources);
         self.store.put(Table::Containers, &c.id, &c)?;

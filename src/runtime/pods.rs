@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use k8s_cri::v1::PodSandboxConfig;
+use k8s_cri::v1::{LinuxContainerResources, PodSandboxConfig};
 
 use super::Runtime;
 use crate::error::{Error, Result};
@@ -73,6 +73,22 @@ impl Runtime {
             .remove_pod(&self.pods, &self.storage, &pod.id)
             .await?;
         self.pods.remove(&pod.id, &self.network).await
+    }
+
+    /// UpdatePodSandboxResources (in-place pod resize): the pod cgroup's
+    /// limits become `resources` plus `overhead`, live. Held against the
+    /// pod's stop and removal like a container start.
+    pub async fn update_pod_resources(
+        &self,
+        id: &str,
+        resources: Option<LinuxContainerResources>,
+        overhead: Option<LinuxContainerResources>,
+    ) -> Result<()> {
+        let pod = self.pods.get(id)?;
+        let _pod = self.pods.shared(&pod.id).await;
+        self.pods
+            .update_resources(&pod.id, resources, overhead)
+            .await
     }
 
     /// PodSandboxStatus, from memory; with `verbose` also a CNI CHECK.
