@@ -716,6 +716,101 @@ async fn pod_resize_rewrites_the_pod_cgroup() {
 }
 
 #[tokio::test]
+async fn runtime_handlers_are_listed_checked_and_recorded() {
+    let mut e = env_built("handlers", NamespaceMode::Container, |b| {
+        b.config("[runtime.handlers.fast]\n[runtime.handlers.slow]\nruntime_type = \"embedded\"\n")
+    })
+    .await;
+    let st =
+        e.rt.status(StatusRequest { verbose: false })
+            .await
+            .expect("Status")
+            .into_inner();
+    let names: Vec<&str> = st
+        .runtime_handlers
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(names, ["", "fast", "slow"]);
+    for h in &st.runtime_handlers {
+        assert_eq!(
+            h.features,
+            Some(RuntimeHandlerFeatures {
+                recursive_read_only_mounts: false,
+                user_namespaces: false,
+            }),
+            "{h:?}"
+        );
+    }
+    let run = |name: &str, handler: &str| RunPodSandboxRequest {
+        config: Some(host_pod(name, &e.logs, NamespaceMode::Container)),
+        runtime_handler: handler.into(),
+    };
+    // An unknown handler is refused, naming the configured ones.
+    let err =
+        e.rt.run_pod_sandbox(run("other", "runc"))
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    for want in ["\"runc\"", "\"\" (the default)", "\"fast\"", "\"slow\""] {
+        assert!(err.message().contains(want), "{want}: {}", err.message());
+    }
+    // A configured one runs a pod whose containers run and exec.
+    let pod =
+        e.rt.run_pod_sandbox(run("fastpod", "fast"))
+            .await
+            .expect("run pod with handler fast")
+            .into_inner()
+            .pod_sandbox_id;
+    e.pod = pod.clone();
+    let id = e.run("c", "echo started; sleep 1000").await;
+    assert_eq!(
+        e.sh(&id, "echo exec ok").await,
+        ("exec ok\n".to_string(), 0)
+    );
+    // The handler is the pod's, across a restart.
+    for round in ["before a restart", "after a restart"] {
+        if round == "after a restart" {
+            e.d.terminate();
+            e.d.restart();
+            e.rt = e.d.runtime().await;
+        }
+        let status =
+            e.rt.pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner()
+            .status
+            .expect("status");
+        assert_eq!(status.runtime_handler, "fast", "{round}");
+        let listed =
+            e.rt.list_pod_sandbox(ListPodSandboxRequest::default())
+                .await
+                .expect("ListPodSandbox")
+                .into_inner()
+                .items;
+        let handlers: HashMap<&str, &str> = listed
+            .iter()
+            .map(|p| (p.id.as_str(), p.runtime_handler.as_str()))
+            .collect();
+        assert_eq!(handlers.get(pod.as_str()), Some(&"fast"), "{round}");
+        assert_eq!(
+            handlers.values().filter(|h| h.is_empty()).count(),
+            1,
+            "{round}"
+        );
+        assert_eq!(
+            e.status(&id).await.state,
+            ContainerState::ContainerRunning as i32,
+            "{round}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn stop_signal_timeout_then_sigkill() {
     let mut e = env("stopsig").await;
     // Ignores SIGTERM: stop must fall back to SIGKILL after the timeout.

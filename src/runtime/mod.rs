@@ -26,7 +26,7 @@ pub use containers::{ContainerFilter, ContainerStatus, ContainerView, ExecOutput
 pub use events::ContainerEvent;
 pub use images::{FsUsage, ImageView};
 pub use metrics::{ContainerMetrics, PodMetrics};
-pub use pods::{PodDetails, PodFilter, PodStatus};
+pub use pods::{HandlerInfo, PodDetails, PodFilter, PodStatus};
 pub use stats::{ContainerStatsView, LayerUsage, PodStatsView};
 
 use std::collections::HashMap;

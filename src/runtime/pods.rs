@@ -40,11 +40,54 @@ pub struct PodDetails {
     pub netns: Option<PathBuf>,
 }
 
+/// A runtime handler as Status lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerInfo {
+    /// The RuntimeClass handler name; `""` for the default.
+    pub name: String,
+    /// Whether it makes read-only mounts recursively read-only.
+    pub recursive_read_only_mounts: bool,
+    /// Whether it runs pods in user namespaces.
+    pub user_namespaces: bool,
+}
+
 impl Runtime {
     /// RunPodSandbox: a ready pod, or the one already made for the same
-    /// name, namespace, uid and attempt (a retry).
+    /// name, namespace, uid and attempt (a retry). `handler` is the default
+    /// (`""`) or one of `[runtime.handlers]`; it is recorded with the pod.
     pub async fn run_pod(&self, config: PodSandboxConfig, handler: &str) -> Result<String> {
+        if !handler.is_empty() && !self.config.runtime.handlers.contains_key(handler) {
+            let known: Vec<String> = std::iter::once("\"\" (the default)".to_string())
+                .chain(
+                    self.config
+                        .runtime
+                        .handlers
+                        .keys()
+                        .map(|k| format!("{k:?}")),
+                )
+                .collect();
+            return Err(Error::InvalidArgument(format!(
+                "unknown runtime handler {}; configured: {}",
+                crate::error::shown(handler),
+                known.join(", ")
+            )));
+        }
         self.pods.run(config, handler, &self.network).await
+    }
+
+    /// The runtime handlers pods may name, the default (`""`) first, with
+    /// what each supports (Status).
+    pub fn runtime_handlers(&self) -> Vec<HandlerInfo> {
+        // Every handler runs the embedded executor, which maps no user
+        // namespaces and makes no recursive read-only mounts yet.
+        std::iter::once(String::new())
+            .chain(self.config.runtime.handlers.keys().cloned())
+            .map(|name| HandlerInfo {
+                name,
+                recursive_read_only_mounts: false,
+                user_namespaces: false,
+            })
+            .collect()
     }
 
     /// StopPodSandbox: the pod's containers first, then the pod. Stopping

@@ -60,7 +60,8 @@ pub struct PodRecord {
     pub id: String,
     /// The CRI config the pod was created with, as kubelet sent it.
     pub config: PodSandboxConfig,
-    /// The `runtime_handler` kubelet asked for; empty for the default (the only one supported).
+    /// The `runtime_handler` kubelet asked for (a configured one; the core
+    /// checks it); empty for the default.
     pub runtime_handler: String,
     /// Ready or not; see [`PodState`].
     pub state: PodState,
@@ -262,11 +263,6 @@ impl Pods {
         network: &Network,
     ) -> Result<String> {
         validate(&config)?;
-        if !runtime_handler.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "unknown runtime handler {runtime_handler:?}"
-            )));
-        }
         let key = identity(&config);
         let _one = self.locks.lock(&key).await;
         if let Some(p) = self

@@ -344,13 +344,18 @@ impl RuntimeService for RuntimeServiceHandler {
         Ok(Response::new(StatusResponse {
             status: Some(RuntimeStatus { conditions }),
             info,
-            runtime_handlers: vec![RuntimeHandler {
-                name: String::new(),
-                features: Some(RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
-                    user_namespaces: false,
-                }),
-            }],
+            runtime_handlers: self
+                .rt
+                .runtime_handlers()
+                .into_iter()
+                .map(|h| RuntimeHandler {
+                    name: h.name,
+                    features: Some(RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: h.recursive_read_only_mounts,
+                        user_namespaces: h.user_namespaces,
+                    }),
+                })
+                .collect(),
             features: Some(RuntimeFeatures {
                 supplemental_groups_policy: false,
                 user_namespaces_host_network: false,
