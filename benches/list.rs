@@ -36,10 +36,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::testenv::testenv;
-use common::{Daemon, Runtime, bridge_conflist, channel, pod_config};
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use common::{Daemon, Runtime, bridge_conflist};
 use k8s_cri::v1::*;
 use prost::Message;
+use support::fleet::{Fleet, Plan, client, grow, loadavg, percentiles};
 use support::{Containerd, remove_pods};
 
 /// The call types measured, in the order they are interleaved.
@@ -122,14 +122,6 @@ struct Row {
     per_sec: f64,
 }
 
-/// (min, p50, p90, p99, max) of milliseconds.
-fn percentiles(ms: &[f64]) -> (f64, f64, f64, f64, f64) {
-    let mut v = ms.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-    (v[0], at(0.50), at(0.90), at(0.99), v[v.len() - 1])
-}
-
 /// A small deterministic generator: both runtimes see the same sequence of
 /// picks (which container, which pod).
 struct Rng(u64);
@@ -141,167 +133,6 @@ impl Rng {
         self.0 ^= self.0 << 17;
         (self.0 % n as u64) as usize
     }
-}
-
-/// The pods and containers a runtime holds for the bench.
-#[derive(Default)]
-struct Fleet {
-    /// Pod ids, in creation order.
-    pods: Vec<String>,
-    /// (container id, index of its pod).
-    containers: Vec<(String, usize)>,
-}
-
-async fn client(sock: &Path) -> Runtime {
-    RuntimeServiceClient::new(channel(sock).await)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
-}
-
-/// A host-network pod with kubelet's labels and annotations.
-fn bench_pod(prefix: &str, i: usize) -> PodSandboxConfig {
-    let name = format!("{prefix}-{i}");
-    let mut p = pod_config(&name, "bench-list");
-    // kubelet sends no hostname for a host-network pod (runc refuses one
-    // without a private UTS namespace).
-    p.hostname = String::new();
-    let uid = p
-        .metadata
-        .as_ref()
-        .map(|m| m.uid.clone())
-        .unwrap_or_default();
-    p.labels.extend([
-        ("io.kubernetes.pod.name".to_string(), name.clone()),
-        ("io.kubernetes.pod.namespace".into(), "bench-list".into()),
-        ("io.kubernetes.pod.uid".into(), uid),
-    ]);
-    p.annotations = HashMap::from([
-        (
-            "kubernetes.io/config.seen".to_string(),
-            "2025-01-01T00:00:00.000000000Z".to_string(),
-        ),
-        ("kubernetes.io/config.source".into(), "api".into()),
-    ]);
-    common::host_network(&mut p);
-    p
-}
-
-/// Container `k` of a pod: `sleep 3600`, kubelet's labels and annotations.
-fn bench_container(pod: &PodSandboxConfig, image: &str, k: usize) -> ContainerConfig {
-    let name = format!("c{k}");
-    let mut c = common::container_config(&name, image, &["sleep", "3600"]);
-    c.log_path = String::new();
-    let meta = pod.metadata.clone().unwrap_or_default();
-    c.labels = HashMap::from([
-        ("io.kubernetes.container.name".to_string(), name),
-        ("io.kubernetes.pod.name".into(), meta.name),
-        ("io.kubernetes.pod.namespace".into(), meta.namespace),
-        ("io.kubernetes.pod.uid".into(), meta.uid),
-    ]);
-    c.annotations = HashMap::from([
-        (
-            "io.kubernetes.container.hash".to_string(),
-            "8a3c2b1d".to_string(),
-        ),
-        ("io.kubernetes.container.restartCount".into(), "0".into()),
-        (
-            "io.kubernetes.container.terminationMessagePath".into(),
-            "/dev/termination-log".into(),
-        ),
-        (
-            "io.kubernetes.container.terminationMessagePolicy".into(),
-            "File".into(),
-        ),
-        (
-            "io.kubernetes.pod.terminationGracePeriod".into(),
-            "30".into(),
-        ),
-    ]);
-    c
-}
-
-/// Adds pods of `per_pod` created containers until the fleet holds `n`
-/// (the last pod may hold fewer), printing progress. Returns false if it
-/// stopped short (an error or the time limit), having said why.
-async fn grow(
-    rt: &mut Runtime,
-    fleet: &mut Fleet,
-    name: &str,
-    prefix: &str,
-    image: &str,
-    n: usize,
-    s: &Settings,
-) -> bool {
-    let start = Instant::now();
-    let from = fleet.containers.len();
-    let mut batch = (Instant::now(), fleet.containers.len());
-    while fleet.containers.len() < n {
-        if start.elapsed() > s.setup_limit {
-            println!(
-                "{name}: set-up stopped at {} containers: {} s limit (CRIUS_BENCH_LIST_SETUP_LIMIT) reached",
-                fleet.containers.len(),
-                s.setup_limit.as_secs()
-            );
-            return false;
-        }
-        let i = fleet.pods.len();
-        let pod_cfg = bench_pod(prefix, i);
-        let pod = match rt
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(pod_cfg.clone()),
-                ..Default::default()
-            })
-            .await
-        {
-            Ok(r) => r.into_inner().pod_sandbox_id,
-            Err(e) => {
-                println!(
-                    "{name}: set-up stopped at {} containers: RunPodSandbox: {}",
-                    fleet.containers.len(),
-                    e.message()
-                );
-                return false;
-            }
-        };
-        fleet.pods.push(pod.clone());
-        for k in 0..s.per_pod.min(n - fleet.containers.len()) {
-            let id = match rt
-                .create_container(CreateContainerRequest {
-                    pod_sandbox_id: pod.clone(),
-                    config: Some(bench_container(&pod_cfg, image, k)),
-                    sandbox_config: Some(pod_cfg.clone()),
-                })
-                .await
-            {
-                Ok(r) => r.into_inner().container_id,
-                Err(e) => {
-                    println!(
-                        "{name}: set-up stopped at {} containers: CreateContainer: {}",
-                        fleet.containers.len(),
-                        e.message()
-                    );
-                    return false;
-                }
-            };
-            fleet.containers.push((id, i));
-            let made = fleet.containers.len();
-            if made.is_multiple_of(50) || made == n {
-                let per = batch.0.elapsed().as_secs_f64() * 1000.0 / (made - batch.1) as f64;
-                println!(
-                    "{name}: {made}/{n} containers in {} pods ({per:.0} ms per container incl. its pod's share, last {})",
-                    fleet.pods.len(),
-                    made - batch.1
-                );
-                batch = (Instant::now(), made);
-            }
-        }
-    }
-    println!(
-        "{name}: {} containers made in {:.1} s",
-        n - from,
-        start.elapsed().as_secs_f64()
-    );
-    true
 }
 
 /// One call of `kind` with arguments picked by `rng`; its latency in ms.
@@ -413,12 +244,6 @@ async fn check(rt: &mut Runtime, name: &str, fleet: &Fleet) -> Result<(), String
         status.encoded_len()
     );
     Ok(())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split(' ').take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 /// Calls of every type interleaved over one connection, `calls` of each;
@@ -558,16 +383,14 @@ async fn run(sides: &mut [Side], s: &Settings) -> Vec<Row> {
     let mut rows = Vec::new();
     for &target in &s.counts {
         for side in sides.iter_mut().filter(|x| x.growing && !x.done) {
-            side.growing = grow(
-                &mut side.rt,
-                &mut side.fleet,
-                &side.name,
-                &prefix,
-                &side.image,
-                target,
-                s,
-            )
-            .await;
+            let plan = Plan {
+                name: &side.name,
+                prefix: &prefix,
+                image: &side.image,
+                per_pod: s.per_pod,
+                setup_limit: s.setup_limit,
+            };
+            side.growing = grow(&mut side.rt, &mut side.fleet, &plan, target).await;
         }
         let mut live: Vec<usize> = Vec::new();
         for (i, side) in sides.iter_mut().enumerate() {

@@ -4,6 +4,7 @@
 //! Operators keep configs for years, so key names are stable and an unknown key
 //! is an error that names the key and the file instead of being ignored.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -263,6 +264,29 @@ pub struct RuntimeConfig {
     /// one that falls further behind has its stream ended with an error
     /// (kubelet then re-lists), so a slow client never holds the runtime.
     pub container_events_buffer: usize,
+    /// `[runtime.handlers.NAME]`: the runtime handlers (RuntimeClass
+    /// `handler` names) pods may ask for besides the default one (`""`,
+    /// the embedded executor). A name not here is refused at
+    /// RunPodSandbox, naming the configured ones.
+    pub handlers: BTreeMap<String, HandlerConfig>,
+}
+
+/// One runtime handler.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandlerConfig {
+    /// What runs the handler's containers.
+    pub runtime_type: RuntimeType,
+}
+
+/// The kinds of runtime a handler can name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeType {
+    /// crius's own OCI executor, driven by the pod's monitor (the default
+    /// handler's). External OCI runtime binaries are not built yet.
+    #[default]
+    Embedded,
 }
 
 impl Default for Config {
@@ -343,6 +367,7 @@ impl Default for RuntimeConfig {
             pids_limit: 4096,
             // cri-o's and containerd's channel size.
             container_events_buffer: 1000,
+            handlers: BTreeMap::new(),
         }
     }
 }
@@ -498,6 +523,15 @@ impl Config {
                 "runtime.pids_limit must be at most {PID_MAX_LIMIT} (the kernel's PID_MAX_LIMIT) or 0 for none, got {}",
                 self.runtime.pids_limit
             )));
+        }
+
+        for name in self.runtime.handlers.keys() {
+            if !is_dns_label(name) {
+                return Err(ConfigError::Invalid(format!(
+                    "runtime.handlers.{name:?}: a handler name must be a DNS label (1-63 of a-z, 0-9, '-', \
+                     starting and ending with a letter or digit), as a RuntimeClass handler is"
+                )));
+            }
         }
         if !(1..=3600).contains(&self.metrics.stats_interval) {
             return Err(ConfigError::Invalid(format!(
@@ -685,6 +719,14 @@ impl Config {
                 self.runtime.container_events_buffer as i64,
             )),
         );
+        for (name, h) in &self.runtime.handlers {
+            line("", &format!("[runtime.handlers.{name}]"), None);
+            line(
+                "A runtime handler pods may name (RuntimeClass handler); embedded: crius's own executor.",
+                "runtime_type",
+                Some(enum_str(&h.runtime_type).into()),
+            );
+        }
         line("", "[metrics]", None);
         line(
             "host:port of the Prometheus endpoint (/metrics) for crius's own metrics;\nunset: off.",
@@ -738,6 +780,16 @@ fn entry(out: &mut String, comment: &str, key: &str, value: Option<toml::Value>)
         Some(v) => writeln!(out, "{key} = {v}\n"),
         None => writeln!(out, "# {key} = \"\"\n"),
     };
+}
+
+/// A DNS label (RFC 1123), what Kubernetes allows as a RuntimeClass handler.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    (1..=63).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
 }
 
 /// The serde name of a unit enum variant.
@@ -974,6 +1026,10 @@ mod tests {
                 default_capabilities: vec!["CAP_CHOWN".into(), "kill".into()],
                 pids_limit: 0,
                 container_events_buffer: 9,
+                handlers: BTreeMap::from([
+                    ("fast".to_string(), HandlerConfig::default()),
+                    ("a-b".to_string(), HandlerConfig::default()),
+                ]),
             },
             metrics: MetricsConfig {
                 address: Some("127.0.0.1:9090".parse().unwrap()),

@@ -82,6 +82,51 @@ fn config_output_is_a_config_that_loads_to_the_same_values() {
 }
 
 #[test]
+fn runtime_handlers_render_and_bad_ones_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("crius.toml");
+    std::fs::write(
+        &cfg,
+        "[runtime.handlers.fast]\n[runtime.handlers.kata-like]\nruntime_type = \"embedded\"\n",
+    )
+    .unwrap();
+    let out = crius(&["--config", cfg.to_str().unwrap(), "config"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rendered = text(&out.stdout);
+    for h in ["fast", "kata-like"] {
+        assert!(
+            rendered.contains(&format!("[runtime.handlers.{h}]\n")),
+            "{rendered}"
+        );
+    }
+    assert!(
+        rendered.contains("runtime_type = \"embedded\""),
+        "{rendered}"
+    );
+    // What it renders loads back to the same.
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, &rendered).unwrap();
+    let second = crius(&["--config", again.to_str().unwrap(), "config"]);
+    assert_eq!(text(&second.stdout), rendered);
+    // A name a RuntimeClass cannot carry, an unknown type, an unknown key.
+    for (toml, needle) in [
+        ("[runtime.handlers.Fast_1]\n", "Fast_1"),
+        ("[runtime.handlers.\"\"]\n", "DNS label"),
+        ("[runtime.handlers.x]\nruntime_type = \"runc\"\n", "runc"),
+        (
+            "[runtime.handlers.x]\nruntime_path = \"/usr/sbin/runc\"\n",
+            "runtime_path",
+        ),
+    ] {
+        std::fs::write(&cfg, toml).unwrap();
+        let out = crius(&["--config", cfg.to_str().unwrap(), "config"]);
+        assert_eq!(out.status.code(), Some(2), "{toml}");
+        let err = text(&out.stderr);
+        assert!(err.contains(needle), "{toml}: {err}");
+    }
+}
+
+#[test]
 fn version_subcommand() {
     let out = crius(&["version"]);
     assert!(out.status.success());

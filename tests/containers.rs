@@ -542,6 +542,271 @@ async fn limits_land_in_the_cgroup_files() {
 }
 
 #[tokio::test]
+async fn pod_resize_rewrites_the_pod_cgroup() {
+    let mut e = env("resize").await;
+    let v2 = cgroup_version() == "v2";
+    println!(
+        "cgroup {}, driver {:?}",
+        cgroup_version(),
+        test_cgroup_driver()
+    );
+    // A running container below the pod cgroup, as in a real resize.
+    let ctr = e.run("sleeper", "sleep 1000").await;
+    let dirs: HashMap<&str, std::path::PathBuf> = ["cpu", "memory"]
+        .into_iter()
+        .map(|c| (c, e.pod_cgroup(c)))
+        .collect();
+    let read = |controller: &str, file: &str| {
+        let p = dirs[controller].join(file);
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|err| panic!("{}: {err}", p.display()))
+            .trim()
+            .to_string()
+    };
+    // (controller, file) of CPU weight, CPU quota and memory limit.
+    let files: [(&str, &str); 3] = if v2 {
+        [
+            ("cpu", "cpu.weight"),
+            ("cpu", "cpu.max"),
+            ("memory", "memory.max"),
+        ]
+    } else {
+        [
+            ("cpu", "cpu.shares"),
+            ("cpu", "cpu.cfs_quota_us"),
+            ("memory", "memory.limit_in_bytes"),
+        ]
+    };
+    let now = || files.map(|(c, f)| read(c, f));
+    let before = now();
+    println!("pod cgroup {} before: {before:?}", dirs["cpu"].display());
+    let unlimited = if v2 {
+        ["100", "max 100000", "max"]
+    } else {
+        ["1024", "-1", "9223372036854771712"]
+    };
+    assert_eq!(before, unlimited.map(String::from));
+
+    let res = |shares, quota, memory| LinuxContainerResources {
+        cpu_shares: shares,
+        cpu_quota: quota,
+        cpu_period: if quota > 0 { 100_000 } else { 0 },
+        memory_limit_in_bytes: memory,
+        ..Default::default()
+    };
+    let mut rt = e.d.runtime().await;
+    let mut resize = async |id: &str, resources, overhead| {
+        rt.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: id.to_string(),
+            resources,
+            overhead,
+        })
+        .await
+    };
+    // The containers' sum plus the sandbox's overhead.
+    resize(
+        &e.pod,
+        Some(res(512, 50_000, 256 << 20)),
+        Some(res(102, 10_000, 32 << 20)),
+    )
+    .await
+    .expect("resize");
+    let after = now();
+    println!("after: {after:?}");
+    let mem = (288u64 << 20).to_string();
+    if v2 {
+        // runc's shares → weight mapping of 614.
+        assert_eq!(after, ["24", "60000 100000", mem.as_str()]);
+    } else {
+        assert_eq!(after, ["614", "60000", mem.as_str()]);
+    }
+
+    // Refused input changes nothing.
+    let cases = [
+        (
+            "cpu_shares 1",
+            e.pod.clone(),
+            Some(res(1, 0, 0)),
+            None,
+            Code::InvalidArgument,
+        ),
+        (
+            "memory 1 byte",
+            e.pod.clone(),
+            Some(res(0, 0, 1)),
+            None,
+            Code::InvalidArgument,
+        ),
+        (
+            "overhead quota 5",
+            e.pod.clone(),
+            None,
+            Some(res(0, 5, 0)),
+            Code::InvalidArgument,
+        ),
+        (
+            "empty id",
+            String::new(),
+            Some(res(512, 0, 0)),
+            None,
+            Code::InvalidArgument,
+        ),
+        (
+            "unknown pod",
+            "f".repeat(64),
+            Some(res(512, 0, 0)),
+            None,
+            Code::NotFound,
+        ),
+    ];
+    for (what, id, r, o, code) in cases {
+        let err = resize(&id, r, o).await.unwrap_err();
+        assert_eq!(err.code(), code, "{what}: {err:?}");
+    }
+    assert_eq!(now(), after);
+
+    // The resources are recorded with the pod: after a restart an update
+    // of the overhead alone keeps the containers' part.
+    e.d.terminate();
+    e.d.restart();
+    let mut rt = e.d.runtime().await;
+    rt.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: e.pod.clone(),
+        resources: None,
+        overhead: Some(res(0, 0, 64 << 20)),
+    })
+    .await
+    .expect("resize after restart");
+    let mem = (320u64 << 20).to_string();
+    let after = now();
+    println!("after a restart, overhead 64 MiB: {after:?}");
+    if v2 {
+        assert_eq!(after, ["20", "50000 100000", mem.as_str()]);
+    } else {
+        assert_eq!(after, ["512", "50000", mem.as_str()]);
+    }
+
+    // Containers without limits: the pod's limits are lifted.
+    rt.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: e.pod.clone(),
+        resources: Some(res(1024, 0, 0)),
+        overhead: Some(LinuxContainerResources::default()),
+    })
+    .await
+    .expect("resize to unlimited");
+    assert_eq!(now(), unlimited.map(String::from));
+
+    // A stopped pod has no limits to change.
+    e.rt = rt;
+    e.stop(&ctr, 0).await;
+    e.rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: e.pod.clone(),
+    })
+    .await
+    .expect("stop pod");
+    let err =
+        e.rt.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: e.pod.clone(),
+            resources: Some(res(512, 0, 0)),
+            overhead: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+}
+
+#[tokio::test]
+async fn runtime_handlers_are_listed_checked_and_recorded() {
+    let mut e = env_built("handlers", NamespaceMode::Container, |b| {
+        b.config("[runtime.handlers.fast]\n[runtime.handlers.slow]\nruntime_type = \"embedded\"\n")
+    })
+    .await;
+    let st =
+        e.rt.status(StatusRequest { verbose: false })
+            .await
+            .expect("Status")
+            .into_inner();
+    let names: Vec<&str> = st
+        .runtime_handlers
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(names, ["", "fast", "slow"]);
+    // Every handler runs the embedded executor: the default's features.
+    let default = st.runtime_handlers[0].features.clone().expect("features");
+    assert!(!default.user_namespaces, "{default:?}");
+    for h in &st.runtime_handlers {
+        assert_eq!(h.features.as_ref(), Some(&default), "{h:?}");
+    }
+    let run = |name: &str, handler: &str| RunPodSandboxRequest {
+        config: Some(host_pod(name, &e.logs, NamespaceMode::Container)),
+        runtime_handler: handler.into(),
+    };
+    // An unknown handler is refused, naming the configured ones.
+    let err =
+        e.rt.run_pod_sandbox(run("other", "runc"))
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    for want in ["\"runc\"", "\"\" (the default)", "\"fast\"", "\"slow\""] {
+        assert!(err.message().contains(want), "{want}: {}", err.message());
+    }
+    // A configured one runs a pod whose containers run and exec.
+    let pod =
+        e.rt.run_pod_sandbox(run("fastpod", "fast"))
+            .await
+            .expect("run pod with handler fast")
+            .into_inner()
+            .pod_sandbox_id;
+    e.pod = pod.clone();
+    let id = e.run("c", "echo started; sleep 1000").await;
+    assert_eq!(
+        e.sh(&id, "echo exec ok").await,
+        ("exec ok\n".to_string(), 0)
+    );
+    // The handler is the pod's, across a restart.
+    for round in ["before a restart", "after a restart"] {
+        if round == "after a restart" {
+            e.d.terminate();
+            e.d.restart();
+            e.rt = e.d.runtime().await;
+        }
+        let status =
+            e.rt.pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner()
+            .status
+            .expect("status");
+        assert_eq!(status.runtime_handler, "fast", "{round}");
+        let listed =
+            e.rt.list_pod_sandbox(ListPodSandboxRequest::default())
+                .await
+                .expect("ListPodSandbox")
+                .into_inner()
+                .items;
+        let handlers: HashMap<&str, &str> = listed
+            .iter()
+            .map(|p| (p.id.as_str(), p.runtime_handler.as_str()))
+            .collect();
+        assert_eq!(handlers.get(pod.as_str()), Some(&"fast"), "{round}");
+        assert_eq!(
+            handlers.values().filter(|h| h.is_empty()).count(),
+            1,
+            "{round}"
+        );
+        assert_eq!(
+            e.status(&id).await.state,
+            ContainerState::ContainerRunning as i32,
+            "{round}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn stop_signal_timeout_then_sigkill() {
     let mut e = env("stopsig").await;
     // Ignores SIGTERM: stop must fall back to SIGKILL after the timeout.

@@ -136,16 +136,13 @@ async fn creates_racing_a_pod_stop_leave_no_running_container() {
     }
 }
 
-/// Every item of a `Stream*` list RPC's messages, checking each message
-/// holds at least one.
-async fn streamed<T, I>(mut s: tonic::Streaming<T>, items: impl Fn(T) -> Vec<I>) -> Vec<I> {
-    let mut out = Vec::new();
-    while let Some(msg) = s.message().await.expect("stream message") {
-        let batch = items(msg);
-        assert!(!batch.is_empty(), "a message without items");
-        out.extend(batch);
-    }
-    out
+/// Every item of a `Stream*` list RPC's messages.
+async fn streamed<T, I>(s: tonic::Streaming<T>, items: impl Fn(T) -> Vec<I>) -> Vec<I> {
+    stream_batches(s, items)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 #[tokio::test]

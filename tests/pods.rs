@@ -375,6 +375,15 @@ async fn sysctls_cgroup_and_shm_belong_to_the_pod() {
             ),
             ("kernel.shmmni".to_string(), "1234".to_string()),
         ]),
+        // What kubelet sends: the containers' sum and the sandbox overhead.
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 256 << 20,
+            ..Default::default()
+        }),
+        overhead: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
         ..Default::default()
     });
     let id = run(&mut rt, cfg).await.unwrap();
@@ -416,6 +425,16 @@ async fn sysctls_cgroup_and_shm_belong_to_the_pod() {
     };
     println!("cgroup {version}: pod cgroup {}", cg.display());
     assert!(cg.is_dir(), "{}", cg.display());
+    // The pod's resources plus overhead limit the pod cgroup from the start.
+    let limit = if version == "v2" {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    assert_eq!(
+        std::fs::read_to_string(cg.join(limit)).unwrap().trim(),
+        (288u64 << 20).to_string()
+    );
 
     let shm = dir.join("shm").display().to_string();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 
 /// RPCs not built yet: they answer `Unimplemented` naming themselves.
-const NOT_BUILT: &[&str] = &["CheckpointContainer", "UpdatePodSandboxResources"];
+const NOT_BUILT: &[&str] = &["CheckpointContainer"];
 
 /// `(service, rpc)` for every `rpc` line of the vendored proto.
 fn proto_rpcs() -> Vec<(String, String)> {

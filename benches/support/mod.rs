@@ -2,6 +2,8 @@
 //! comparison runtime, and process memory.
 #![allow(dead_code)] // each bench uses a different part
 
+pub mod fleet;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

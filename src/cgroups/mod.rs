@@ -157,6 +157,20 @@ impl CgroupError {
     }
 }
 
+/// A cgroup failure by who must act: the request (a malformed or refused
+/// value), the node (a controller it does not offer), or crius. Shared by
+/// the container and pod paths that write limits.
+impl From<CgroupError> for crate::error::Error {
+    fn from(e: CgroupError) -> Self {
+        use crate::error::Error;
+        match e {
+            e if e.is_invalid_argument() => Error::InvalidArgument(e.to_string()),
+            e @ CgroupError::MissingFile { .. } => Error::FailedPrecondition(e.to_string()),
+            e => Error::Internal(e.to_string()),
+        }
+    }
+}
+
 /// The node's cgroup layout and naming driver.
 #[derive(Debug, Clone)]
 pub struct Cgroups {
@@ -621,9 +635,15 @@ pub fn add_pids_limit(
     files.push((file.to_string(), pids_limit.to_string()));
 }
 
+/// A memory limit or CPU quota of -1: no limit. The CRI refuses it for a
+/// memory limit at the edge; crius uses it for a pod whose resources name
+/// none (see `sandbox::resources`).
+pub const UNLIMITED: i64 = -1;
+
 /// The cgroup files (relative name, value) that apply CRI container
 /// resources, for v1 controllers (`cpu/cpu.shares`) or the v2 tree
-/// (`cpu.weight`). Unset (zero) fields write nothing.
+/// (`cpu.weight`). Unset (zero) fields write nothing; a memory limit or
+/// quota of [`UNLIMITED`] lifts the limit.
 pub fn resource_files(
     version: Version,
     r: &k8s_cri::v1::LinuxContainerResources,
@@ -642,7 +662,7 @@ pub fn resource_files(
             if r.cpu_quota != 0 {
                 put("cpu/cpu.cfs_quota_us", r.cpu_quota.to_string());
             }
-            if r.memory_limit_in_bytes > 0 {
+            if r.memory_limit_in_bytes > 0 || r.memory_limit_in_bytes == UNLIMITED {
                 put(
                     "memory/memory.limit_in_bytes",
                     r.memory_limit_in_bytes.to_string(),
@@ -688,6 +708,8 @@ pub fn resource_files(
             }
             if r.memory_limit_in_bytes > 0 {
                 put("memory.max", r.memory_limit_in_bytes.to_string());
+            } else if r.memory_limit_in_bytes == UNLIMITED {
+                put("memory.max", "max".into());
             }
             // CRI's swap limit is memory+swap; v2 limits swap alone.
             match r.memory_swap_limit_in_bytes {
@@ -801,6 +823,24 @@ mod resource_tests {
         assert_eq!(get(&f, "pids.max"), None, "no pids controller");
         add_pids_limit(Version::V2, &mut f, 4096, there);
         assert_eq!(get(&f, "pids.max").as_deref(), Some("4096"));
+    }
+
+    #[test]
+    fn unlimited_memory_lifts_the_limit() {
+        let r = LinuxContainerResources {
+            memory_limit_in_bytes: UNLIMITED,
+            cpu_quota: UNLIMITED,
+            ..Default::default()
+        };
+        let f = resource_files(Version::V1, &r).unwrap();
+        assert_eq!(
+            get(&f, "memory/memory.limit_in_bytes").as_deref(),
+            Some("-1")
+        );
+        assert_eq!(get(&f, "cpu/cpu.cfs_quota_us").as_deref(), Some("-1"));
+        let f = resource_files(Version::V2, &r).unwrap();
+        assert_eq!(get(&f, "memory.max").as_deref(), Some("max"));
+        assert_eq!(get(&f, "cpu.max").as_deref(), Some("max 100000"));
     }
 
     #[test]

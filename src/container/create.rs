@@ -165,13 +165,13 @@ impl Containers {
             let pids_limit = self.pids_limit;
             let devices = devices.clone();
             tokio::task::spawn_blocking(move || -> Result<()> {
-                cgroups.create(&path).map_err(cgroup_err)?;
+                cgroups.create(&path).map_err(Error::from)?;
                 cgroups
                     .apply(&path, &resources, pids_limit)
-                    .map_err(cgroup_err)?;
+                    .map_err(Error::from)?;
                 cgroups
                     .restrict_devices(&path, privileged, &devices)
-                    .map_err(cgroup_err)
+                    .map_err(Error::from)
             })
         };
         // Mounts, file reads and writes: off the async workers.

@@ -118,7 +118,7 @@ impl Containers {
         // Interface file writes: off the async workers. The node's pids
         // limit stays as create wrote it unless the update sets pids.max.
         crate::sync::blocking(|| self.cgroups.apply(&c.cgroup, &resources, 0))
-            .map_err(cgroup_err)?;
+            .map_err(Error::from)?;
         let mut c = (*c).clone();
         c.resources = Some(resources);
         self.store.put(Table::Containers, &c.id, &c)?;

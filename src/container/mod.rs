@@ -75,17 +75,6 @@ fn internal(e: impl std::fmt::Display) -> Error {
     Error::Internal(e.to_string())
 }
 
-/// A cgroup failure by who must act: the request (a malformed or refused
-/// value), the node (a controller it does not offer), or crius.
-fn cgroup_err(e: crate::cgroups::CgroupError) -> Error {
-    use crate::cgroups::CgroupError;
-    match e {
-        e if e.is_invalid_argument() => Error::InvalidArgument(e.to_string()),
-        e @ CgroupError::MissingFile { .. } => Error::FailedPrecondition(e.to_string()),
-        e => Error::Internal(e.to_string()),
-    }
-}
-
 /// A monitor's answer as a core error: its code says who must act.
 fn monitor_err(e: MonitorError) -> Error {
     use crate::monitor::proto::Code;

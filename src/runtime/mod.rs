@@ -168,14 +168,20 @@ impl Runtime {
         self.config.runtime.cgroup_driver
     }
 
-    /// The features `Status` advertises: what works on this node.
+    /// The features `Status` advertises: what works on this node, for the
+    /// default handler (`""`) and each of `[runtime.handlers]`. Every handler
+    /// runs the embedded executor, which maps no user namespaces yet.
     pub fn features(&self) -> Features {
+        let rro = self.containers.recursive_readonly_supported();
         Features {
-            handlers: vec![HandlerFeatures {
-                name: String::new(),
-                recursive_read_only_mounts: self.containers.recursive_readonly_supported(),
-                user_namespaces: false,
-            }],
+            handlers: std::iter::once(String::new())
+                .chain(self.config.runtime.handlers.keys().cloned())
+                .map(|name| HandlerFeatures {
+                    name,
+                    recursive_read_only_mounts: rro,
+                    user_namespaces: false,
+                })
+                .collect(),
             supplemental_groups_policy: true,
             user_namespaces_host_network: false,
         }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use k8s_cri::v1::PodSandboxConfig;
+use k8s_cri::v1::{LinuxContainerResources, PodSandboxConfig};
 
 use super::Runtime;
 use crate::error::{Error, Result};
@@ -42,10 +42,27 @@ pub struct PodDetails {
 
 impl Runtime {
     /// RunPodSandbox: a ready pod, or the one already made for the same
-    /// name, namespace, uid and attempt (a retry).
+    /// name, namespace, uid and attempt (a retry). `handler` is the default
+    /// (`""`) or one of `[runtime.handlers]`; it is recorded with the pod.
     /// The node policy may refuse it (PermissionDenied).
     pub async fn run_pod(&self, config: PodSandboxConfig, handler: &str) -> Result<String> {
         self.policy.check_pod(&config)?;
+        if !handler.is_empty() && !self.config.runtime.handlers.contains_key(handler) {
+            let known: Vec<String> = std::iter::once("\"\" (the default)".to_string())
+                .chain(
+                    self.config
+                        .runtime
+                        .handlers
+                        .keys()
+                        .map(|k| format!("{k:?}")),
+                )
+                .collect();
+            return Err(Error::InvalidArgument(format!(
+                "unknown runtime handler {}; configured: {}",
+                crate::error::shown(handler),
+                known.join(", ")
+            )));
+        }
         self.pods.run(config, handler, &self.network).await
     }
 
@@ -75,6 +92,22 @@ impl Runtime {
             .remove_pod(&self.pods, &self.storage, &pod.id)
             .await?;
         self.pods.remove(&pod.id, &self.network).await
+    }
+
+    /// UpdatePodSandboxResources (in-place pod resize): the pod cgroup's
+    /// limits become `resources` plus `overhead`, live. Held against the
+    /// pod's stop and removal like a container start.
+    pub async fn update_pod_resources(
+        &self,
+        id: &str,
+        resources: Option<LinuxContainerResources>,
+        overhead: Option<LinuxContainerResources>,
+    ) -> Result<()> {
+        let pod = self.pods.get(id)?;
+        let _pod = self.pods.shared(&pod.id).await;
+        self.pods
+            .update_resources(&pod.id, resources, overhead)
+            .await
     }
 
     /// PodSandboxStatus, from memory; with `verbose` also a CNI CHECK.

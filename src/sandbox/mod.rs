@@ -7,13 +7,16 @@
 
 pub mod host_ports;
 pub mod pinns;
+pub mod resources;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use k8s_cri::v1::{NamespaceMode, PodSandboxConfig, PortMapping, Protocol};
+use k8s_cri::v1::{
+    LinuxContainerResources, NamespaceMode, PodSandboxConfig, PortMapping, Protocol,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -57,7 +60,8 @@ pub struct PodRecord {
     pub id: String,
     /// The CRI config the pod was created with, as kubelet sent it.
     pub config: PodSandboxConfig,
-    /// The `runtime_handler` kubelet asked for; empty for the default (the only one supported).
+    /// The `runtime_handler` kubelet asked for (a configured one; the core
+    /// checks it); empty for the default.
     pub runtime_handler: String,
     /// Ready or not; see [`PodState`].
     pub state: PodState,
@@ -259,11 +263,6 @@ impl Pods {
         network: &Network,
     ) -> Result<String> {
         validate(&config)?;
-        if !runtime_handler.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "unknown runtime handler {runtime_handler:?}"
-            )));
-        }
         let key = identity(&config);
         let _one = self.locks.lock(&key).await;
         if let Some(p) = self
@@ -414,8 +413,12 @@ impl Pods {
             )?)
         };
         // Files, mounts and cgroup writes: off the async workers.
+        let limits = pod_limits_of(&pod.config);
         let node_side = crate::sync::blocking(|| {
             self.cgroups.create(&cgroup).map_err(internal)?;
+            if let Some(limits) = &limits {
+                self.cgroups.apply(&cgroup, limits, 0)?;
+            }
             if !pod.host_ipc {
                 pinns::mount_shm(&self.shm_path(&pod.id), SHM_SIZE_KIB).map_err(internal)?;
             }
@@ -629,6 +632,48 @@ impl Pods {
         Ok(())
     }
 
+    /// UpdatePodSandboxResources: writes the limits of `resources` plus
+    /// `overhead` (see [`resources::pod_limits`]) into the ready pod's
+    /// cgroup and records them in its config, so a restarted daemon and a
+    /// later resize start from them. A part the request leaves out keeps
+    /// the recorded one. Values the kernel refuses (a v1 CPU quota below a
+    /// container's, a memory limit below the pod's usage) are
+    /// InvalidArgument and change nothing recorded.
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        resources: Option<LinuxContainerResources>,
+        overhead: Option<LinuxContainerResources>,
+    ) -> Result<()> {
+        let pod = self.get(id)?;
+        let _one = self.locks.lock(&pod.key()).await;
+        let mut pod = self.get(&pod.id)?;
+        if pod.state != PodState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                pod.id
+            )));
+        }
+        let cgroup = pod
+            .cgroup
+            .clone()
+            .ok_or_else(|| Error::FailedPrecondition(format!("pod {} has no cgroup", pod.id)))?;
+        let linux = pod.config.linux.get_or_insert_with(Default::default);
+        if resources.is_some() {
+            linux.resources = resources;
+        }
+        if overhead.is_some() {
+            linux.overhead = overhead;
+        }
+        if let Some(limits) = pod_limits_of(&pod.config) {
+            // Interface file writes: off the async workers.
+            crate::sync::blocking(|| self.cgroups.apply(&cgroup, &limits, 0))?;
+        }
+        self.save(&pod)?;
+        tracing::info!(pod_id = %pod.id, "pod sandbox resources updated");
+        Ok(())
+    }
+
     /// Removes a pod and everything it holds; an unknown id is fine.
     pub async fn remove(&self, id: &str, network: &Network) -> Result<()> {
         let mut pod = match self.get(id) {
@@ -825,6 +870,20 @@ struct SetUpTiming {
 
 fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+/// The pod cgroup's limits for the resources in a pod's config: none
+/// when it names neither resources nor overhead.
+fn pod_limits_of(c: &PodSandboxConfig) -> Option<LinuxContainerResources> {
+    let l = c.linux.as_ref()?;
+    if l.resources.is_none() && l.overhead.is_none() {
+        return None;
+    }
+    let none = LinuxContainerResources::default();
+    Some(resources::pod_limits(
+        l.resources.as_ref().unwrap_or(&none),
+        l.overhead.as_ref().unwrap_or(&none),
+    ))
 }
 
 /// The cgroup parent kubelet asked for ("" when none).

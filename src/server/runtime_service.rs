@@ -299,11 +299,20 @@ impl RuntimeService for RuntimeServiceHandler {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(pod_sandbox_id = %req.get_ref().pod_sandbox_id))]
     async fn update_pod_sandbox_resources(
         &self,
-        _: Request<UpdatePodSandboxResourcesRequest>,
+        req: Request<UpdatePodSandboxResourcesRequest>,
     ) -> Reply<UpdatePodSandboxResourcesResponse> {
-        unimplemented("UpdatePodSandboxResources")
+        let req = req.into_inner();
+        validate::id("pod sandbox id", &req.pod_sandbox_id)?;
+        for r in [&req.resources, &req.overhead].into_iter().flatten() {
+            validate::resources(r)?;
+        }
+        self.rt
+            .update_pod_resources(&req.pod_sandbox_id, req.resources, req.overhead)
+            .await?;
+        Ok(Response::new(UpdatePodSandboxResourcesResponse {}))
     }
 
     async fn version(&self, _: Request<VersionRequest>) -> Reply<VersionResponse> {

@@ -656,6 +656,21 @@ pub async fn channel(socket: &Path) -> Channel {
         .expect("connect to crius socket")
 }
 
+/// The messages of a `Stream*` list RPC, each message's items, checking
+/// every message holds at least one (as the CRI asks).
+pub async fn stream_batches<T, I>(
+    mut s: tonic::Streaming<T>,
+    items: impl Fn(T) -> Vec<I>,
+) -> Vec<Vec<I>> {
+    let mut out = Vec::new();
+    while let Some(msg) = s.message().await.expect("stream message") {
+        let batch = items(msg);
+        assert!(!batch.is_empty(), "a message without items");
+        out.push(batch);
+    }
+    out
+}
+
 /// Polls `check` until it returns `Some`, or panics naming `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where

@@ -246,18 +246,30 @@ impl Env {
     }
 
     pub fn container_cgroup(&self, id: &str, controller: &str) -> PathBuf {
-        let base = if cgroup_version() == "v2" {
-            PathBuf::from("/sys/fs/cgroup")
-        } else {
-            PathBuf::from("/sys/fs/cgroup").join(controller)
-        };
-        let pattern = format!("crius-{}", &id[..12]);
-        // The default parent of each driver: /crius, crius.slice.
-        ["crius", "crius.slice"]
-            .iter()
-            .find_map(|parent| find_dir(&base.join(parent), &pattern))
-            .expect("container cgroup")
+        cgroup_named(controller, &[format!("crius-{}", &id[..12])]).expect("container cgroup")
     }
+
+    /// The pod's own cgroup (`crius-pod-<id>`, a `.scope` under systemd)
+    /// in `controller`'s hierarchy (the one tree on v2).
+    pub fn pod_cgroup(&self, controller: &str) -> PathBuf {
+        let name = format!("crius-pod-{}", &self.pod[..12]);
+        cgroup_named(controller, &[format!("{name}.scope"), name]).expect("pod cgroup")
+    }
+}
+
+/// The first cgroup directory with one of `names` under the default parent
+/// of either driver (/crius, crius.slice), in `controller`'s hierarchy.
+fn cgroup_named(controller: &str, names: &[String]) -> Option<PathBuf> {
+    let base = if cgroup_version() == "v2" {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup").join(controller)
+    };
+    ["crius", "crius.slice"].iter().find_map(|parent| {
+        names
+            .iter()
+            .find_map(|name| find_dir(&base.join(parent), name))
+    })
 }
 
 /// The first directory named `name` under `dir`, depth first.
