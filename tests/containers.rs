@@ -733,7 +733,7 @@ async fn runtime_handlers_are_listed_checked_and_recorded() {
         .collect();
     assert_eq!(names, ["", "fast", "slow"]);
     // Every handler runs the embedded executor: the default's features.
-    let default = st.runtime_handlers[0].features.clone().expect("features");
+    let default = st.runtime_handlers[0].features.expect("features");
     assert!(!default.user_namespaces, "{default:?}");
     for h in &st.runtime_handlers {
         assert_eq!(h.features.as_ref(), Some(&default), "{h:?}");
