@@ -4,6 +4,7 @@
 
 pub mod net;
 pub mod pod;
+pub mod rng;
 pub mod stream;
 pub mod testenv;
 
@@ -349,7 +350,13 @@ impl Drop for Daemon {
 /// Pulls the test registry's busybox through the CRI endpoint at `sock`;
 /// returns its reference.
 pub async fn pull_busybox_at(sock: &Path) -> Result<String, String> {
-    let image = testenv::testenv().image("busybox:latest");
+    pull_testenv_image_at(sock, "busybox:latest").await
+}
+
+/// Pulls the test registry's `name` (`groups:latest`) through the CRI
+/// endpoint at `sock`; returns its reference.
+pub async fn pull_testenv_image_at(sock: &Path, name: &str) -> Result<String, String> {
+    let image = testenv::testenv().image(name);
     ImageServiceClient::new(channel(sock).await)
         .pull_image(PullImageRequest {
             image: Some(ImageSpec {
