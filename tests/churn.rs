@@ -50,15 +50,6 @@ const CYCLE: [Step; 8] = [
     Step::RemovePod,
 ];
 
-fn env_number(key: &str, default: u64) -> u64 {
-    match std::env::var(key) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{key}={v:?}: want a number")),
-        Err(_) => default,
-    }
-}
-
 /// One cycle's objects as far as the client knows them.
 #[derive(Default)]
 struct Cycle {

@@ -287,15 +287,6 @@ fn shown(s: &str) -> String {
     s.chars().take(200).collect()
 }
 
-fn env_number(key: &str, default: u64) -> u64 {
-    match std::env::var(key) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{key}={v:?}: want a number")),
-        Err(_) => default,
-    }
-}
-
 /// Codes a client can act on; Internal, Unknown or DataLoss for a request
 /// is a bug.
 fn allowed(code: &str) -> bool {

@@ -750,3 +750,23 @@ pub fn bridge_conflist(name: &str, bridge: &str, subnet: &str) -> String {
     })
     .to_string()
 }
+
+/// `key` from the environment as a number, or `default` when unset; a
+/// value that is not a number stops the test (a typo must not run the default).
+pub fn env_number(key: &str, default: u64) -> u64 {
+    match std::env::var(key) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={v:?}: want a number")),
+        Err(_) => default,
+    }
+}
+
+/// The trimmed contents of `path` (a cgroup or /proc file); a read error
+/// stops the test, naming the path.
+pub fn read_trimmed(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+        .trim()
+        .to_string()
+}
