@@ -11,6 +11,7 @@
 //!   CRIUS_BENCH_PARALLEL=20    pods started at once (default 20)
 //!   CRIUS_BENCH_ROUNDS=3       rounds of crius then containerd (default 3)
 //!   CRIUS_BENCH_CONFIG='[runtime]\ncgroup_favor_dynmods = true'  extra crius config
+//!   CRIUS_BENCH_CRIUS_ONLY=1   crius alone (no containerd, e.g. in the VM lane)
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -178,6 +179,67 @@ fn print(name: &str, r: &Report, n: usize, parallel: usize) {
     );
 }
 
+/// crius with its volatile state on a tmpfs and persistent state on disk, as
+/// on a node where /run is a tmpfs, on its own bridge.
+fn start_crius(extra: &str) -> Daemon {
+    let crius = Daemon::builder()
+        .registries(&testenv().registries_conf())
+        .config(extra)
+        .runroot_on_tmpfs()
+        // At its default log level (the harness's is debug), like containerd.
+        .env("CRIUS_LOG_LEVEL", "info")
+        .start();
+    crius.install_cni_config(
+        "10-bench.conflist",
+        &bridge_conflist("crius-bench", "crtb0", "10.197.0.0/16"),
+    );
+    crius
+}
+
+async fn measure_crius(crius: &Daemon, n: usize, parallel: usize) -> Result<Report, String> {
+    let daemon_pid = crius.pid() as i32;
+    let runroot = crius.paths.runroot.clone();
+    load(&crius.paths.socket, n, parallel, "crius", || {
+        (daemon_pid, crate::common::monitor_pids(&runroot))
+    })
+    .await
+    .map_err(|e| format!("crius: {e}"))
+}
+
+/// crius alone, for machines without containerd (the VM lane's guest): the
+/// same rounds, so a guest run and a host run can be set side by side.
+async fn crius_only(extra: &str, rounds: usize, n: usize, parallel: usize) {
+    let crius = start_crius(extra);
+    println!(
+        "cgroup {}, driver {}; {rounds} rounds, crius only",
+        cgroup_version(),
+        common::test_cgroup_driver().unwrap_or_else(|| "cgroupfs".into())
+    );
+    let (mut seq, mut par) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        match measure_crius(&crius, n, parallel).await {
+            Ok(r) => {
+                println!("-- round {round}");
+                print("crius", &r, n, parallel);
+                seq.extend(r.sequential_ms);
+                par.push(r.parallel_ms);
+            }
+            Err(e) => {
+                println!("round {round}: {e}");
+                return;
+            }
+        }
+    }
+    let (_, med, _) = summary(seq);
+    let (_, pmed, _) = summary(par);
+    println!(
+        "-- all {rounds} rounds: pod+container median {med:.1} ms; {parallel} at once, median round {pmed:.0} ms"
+    );
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", "crtb0"])
+        .status();
+}
+
 /// Both runtimes, started once and measured in alternating rounds so a
 /// machine that slows down mid-run weighs on both alike.
 struct Runtimes {
@@ -187,19 +249,7 @@ struct Runtimes {
 
 impl Runtimes {
     fn start(extra: &str) -> Result<Runtimes, String> {
-        // Volatile state of both on a tmpfs, persistent state on disk, as on
-        // a node where /run is a tmpfs.
-        let crius = Daemon::builder()
-            .registries(&testenv().registries_conf())
-            .config(extra)
-            .runroot_on_tmpfs()
-            // Both at their default log level (the harness's is debug).
-            .env("CRIUS_LOG_LEVEL", "info")
-            .start();
-        crius.install_cni_config(
-            "10-bench.conflist",
-            &bridge_conflist("crius-bench", "crtb0", "10.197.0.0/16"),
-        );
+        let crius = start_crius(extra);
         let dir = std::env::temp_dir().join(format!("crius-bench-ctrd-{}", std::process::id()));
         let ctrd = Containerd::start(&dir, "crtb1", "10.196.0.0/16")
             .map_err(|e| format!("containerd 1.6: {e}"))?;
@@ -207,13 +257,7 @@ impl Runtimes {
     }
 
     async fn crius(&self, n: usize, parallel: usize) -> Result<Report, String> {
-        let daemon_pid = self.crius.pid() as i32;
-        let runroot = self.crius.paths.runroot.clone();
-        load(&self.crius.paths.socket, n, parallel, "crius", || {
-            (daemon_pid, crate::common::monitor_pids(&runroot))
-        })
-        .await
-        .map_err(|e| format!("crius: {e}"))
+        measure_crius(&self.crius, n, parallel).await
     }
 
     async fn containerd(&self, n: usize, parallel: usize) -> Result<Report, String> {
@@ -284,6 +328,10 @@ async fn main() {
     let rounds = var("CRIUS_BENCH_ROUNDS", 3).max(1);
     // Extra crius config, e.g. `[runtime]\ncgroup_favor_dynmods = true`.
     let extra = std::env::var("CRIUS_BENCH_CONFIG").unwrap_or_default();
+    if std::env::var_os("CRIUS_BENCH_CRIUS_ONLY").is_some() {
+        crius_only(&extra, rounds, n, parallel).await;
+        return;
+    }
     let rt = match Runtimes::start(&extra) {
         Ok(rt) => rt,
         Err(e) => {
