@@ -1,6 +1,7 @@
 //! Faults a node sees besides a daemon crash (tests/churn.rs): a pod's
-//! monitor killed, and what a user sees
-//! after each: clear errors, nothing lost or stuck, nothing leaked.
+//! monitor killed, CNI plugins that fail or hang, and what a user sees
+//! after each: clear errors, nothing lost or stuck, nothing leaked; and
+//! startup reconciliation of what a crash left half done.
 
 mod common;
 
@@ -112,4 +113,247 @@ async fn a_killed_monitor_leaves_its_containers_exited_with_the_reason_and_the_p
 #[tokio::test]
 async fn a_killed_monitor_in_a_shared_pid_namespace_pod() {
     killed_monitor(NamespaceMode::Pod).await;
+}
+
+/// The `reconcile:` lines of a daemon log.
+fn reconcile_lines(logs: &str) -> Vec<String> {
+    logs.lines()
+        .filter(|l| l.contains("reconcile:"))
+        .map(String::from)
+        .collect()
+}
+
+/// The live pod-init processes of the pods pinned under `runroot`: those
+/// PID 1 of a pinned PID namespace.
+fn pod_inits(runroot: &Path) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let pinned: Vec<u64> = std::fs::read_dir(runroot.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|p| std::fs::metadata(p.path().join("ns/pid")).ok())
+        .map(|m| m.ino())
+        .collect();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|p| {
+            let pid = p.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmd = std::fs::read(p.path().join("cmdline")).ok()?;
+            let ns = std::fs::metadata(p.path().join("ns/pid")).ok()?.ino();
+            (cmd.split(|b| *b == 0).any(|a| a == b"pod-init") && pinned.contains(&ns))
+                .then_some(pid)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_reconciliation_repairs_what_a_crash_left_half_done() {
+    use common::net::Net;
+    let net = Net::new(8);
+    let mut d = Daemon::builder()
+        .registries(&common::testenv::testenv().registries_conf())
+        .env(crius::fault::CRASH_AT_ENV, "pod-after-network")
+        .start();
+    d.install_cni_config(
+        "10-faults.conflist",
+        &serde_json::json!({"cniVersion": "1.0.0", "name": net.name, "plugins": [net.bridge_plugin()]})
+            .to_string(),
+    );
+    let image = pull_busybox_at(&d.paths.socket)
+        .await
+        .expect("pull busybox");
+    let mut rt = d.runtime().await;
+
+    // A pod whose records a crash (or a lost store write) will lose: host
+    // network, so it gets through; a running container in it.
+    let lost_pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(host_pod(
+                "lost",
+                &d.paths.base.join("logs"),
+                NamespaceMode::Pod,
+            )),
+            ..Default::default()
+        })
+        .await
+        .expect("run the lost pod")
+        .into_inner()
+        .pod_sandbox_id;
+    let lost = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: lost_pod.clone(),
+            config: Some(container_config("c", &image, &["sleep", "1000"])),
+            sandbox_config: None,
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: lost.clone(),
+    })
+    .await
+    .expect("start");
+    let lost_pid = init_pid(&d.paths.runroot, &lost);
+
+    // A pod with its own network and PID namespace; the daemon dies with
+    // its network added, before it is ready.
+    let mut halfway = pod_config("halfway", "faults");
+    halfway.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                pid: NamespaceMode::Pod as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(halfway.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("the daemon crashed");
+    println!("RunPodSandbox at the crash point: {:?}", err.code());
+    d.kill9();
+    assert_eq!(
+        net.leases().len(),
+        1,
+        "the crash left the pod's address held"
+    );
+    assert_ne!(net.veths(), "", "and its veth");
+    let inits = pod_inits(&d.paths.runroot);
+    assert_eq!(inits.len(), 2, "both pods' inits run");
+
+    // The records of the first pod and its container are lost.
+    let store = crius::store::Store::open(&d.paths.root).expect("open the store");
+    assert!(
+        store
+            .delete(crius::store::Table::Containers, &lost)
+            .unwrap()
+    );
+    assert!(store.delete(crius::store::Table::Pods, &lost_pod).unwrap());
+    drop(store);
+
+    d.unset_env(crius::fault::CRASH_AT_ENV);
+    d.restart();
+    // The socket takes connections from the start; answers come once
+    // reconciliation is done.
+    let mut rt = d.runtime().await;
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let lines = reconcile_lines(&d.logs());
+    println!("reconcile lines:\n{}", lines.join("\n"));
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    let half = &pods[0];
+    assert_eq!(half.state, PodSandboxState::SandboxNotready as i32);
+    let said = |what: &str| lines.iter().filter(|l| l.contains(what)).count();
+    assert_eq!(
+        said(&format!("reconcile: pod {} was left half set up", half.id)),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        said(&format!("reconcile: removed container {lost}")),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        said(&format!("reconcile: removed pod directory {lost_pod}")),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(said("reconcile: retired the monitor"), 1, "{lines:#?}");
+    assert_eq!(lines.len(), 4, "one line per action: {lines:#?}");
+
+    // Repaired: the address, veth, pins, inits and the lost pod's
+    // processes, monitor and cgroup are gone.
+    assert_eq!(net.leases(), Vec::<String>::new());
+    assert_eq!(net.veths(), "");
+    assert!(
+        mounts_under(
+            &d.paths
+                .runroot
+                .join("pods")
+                .join(&half.id)
+                .join("ns")
+                .join("net")
+        )
+        .is_empty()
+    );
+    assert!(mounts_under(&d.paths.runroot.join("pods").join(&lost_pod)).is_empty());
+    assert!(mounts_under(&d.paths.root.join("containers")).is_empty());
+    // The half-made pod keeps its (idle) monitor until it is removed.
+    let runroot = d.paths.runroot.clone();
+    wait_for(
+        "the lost pod's monitor to go",
+        Duration::from_secs(5),
+        || async { (monitor_pids(&runroot).len() == 1).then_some(()) },
+    )
+    .await;
+    wait_for(
+        "the lost container's process to go",
+        Duration::from_secs(5),
+        || async { gone(lost_pid).then_some(()) },
+    )
+    .await;
+    for pid in inits {
+        wait_for("the pod inits to go", Duration::from_secs(5), || async {
+            gone(pid).then_some(())
+        })
+        .await;
+    }
+    assert!(pod_cgroup_dirs(&lost_pod).iter().all(|d| !d.exists()));
+
+    // The half-made pod is removed cleanly, and kubelet's retry works.
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: half.id.clone(),
+    })
+    .await
+    .expect("remove");
+    assert!(
+        mounts_under(&d.paths.base).is_empty(),
+        "{:?}",
+        mounts_under(&d.paths.base)
+    );
+    assert!(monitor_pids(&runroot).is_empty());
+    let id = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(halfway),
+            ..Default::default()
+        })
+        .await
+        .expect("the retry")
+        .into_inner()
+        .pod_sandbox_id;
+    assert_eq!(net.leases().len(), 1);
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+    assert_eq!(net.leases(), Vec::<String>::new());
+    // A clean restart has nothing to reconcile.
+    d.terminate();
+    d.restart();
+    let mut rt = d.runtime().await;
+    rt.list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        reconcile_lines(&d.logs()).len(),
+        4,
+        "nothing more to repair"
+    );
 }

@@ -282,6 +282,12 @@ impl Daemon {
         }
     }
 
+    /// Drops `key` from the daemon's environment for the next
+    /// [`Daemon::restart`] (a fault injected only into the first run).
+    pub fn unset_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
     /// Everything the daemon logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.paths.log).unwrap_or_default()
