@@ -2,6 +2,7 @@
 //! socket, and talks CRI to it over the unix socket like kubelet does.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod cut;
 pub mod net;
 pub mod pod;
 pub mod rng;
