@@ -1,7 +1,8 @@
 //! Faults a node sees besides a daemon crash (tests/churn.rs): a pod's
 //! monitor killed, CNI plugins that fail or hang, and what a user sees
 //! after each: clear errors, nothing lost or stuck, nothing leaked; and
-//! startup reconciliation of what a crash left half done.
+//! startup reconciliation of what a crash left half done; and a full
+//! state filesystem.
 
 mod common;
 
@@ -356,4 +357,130 @@ async fn startup_reconciliation_repairs_what_a_crash_left_half_done() {
         4,
         "nothing more to repair"
     );
+}
+
+/// Fills the filesystem `dir` is on with `dir/fill`; returns the bytes written.
+fn fill(dir: &Path) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("fill")).expect("fill file");
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        match f.write(&chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(w) => n += w as u64,
+        }
+    }
+    n
+}
+
+async fn container_ids(rt: &mut Runtime) -> Vec<String> {
+    let mut ids: Vec<String> = rt
+        .list_containers(ListContainersRequest::default())
+        .await
+        .expect("list containers")
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn pod_ids(rt: &mut Runtime) -> Vec<String> {
+    let mut ids: Vec<String> = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .expect("list pods")
+        .into_inner()
+        .items
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_filesystem_gives_a_clear_error_and_service_resumes() {
+    // root and runroot each on a 64 MiB tmpfs, mounted before the daemon
+    // starts (and kept across its restarts).
+    let mut e = env_built("full", NamespaceMode::Container, |b| {
+        b.wrap(
+            "for d in \"$5\" \"$7\"; do mkdir -p \"$d\"; \
+             mountpoint -q \"$d\" || mount -t tmpfs -o size=64m,mode=0711 tmpfs \"$d\" || exit 1; \
+             done; exec \"$@\"",
+        )
+    })
+    .await;
+    let before = e.run("before", "sleep 1000").await;
+    let (root, runroot) = (e.d.paths.root.clone(), e.d.paths.runroot.clone());
+    println!(
+        "filled root with {} MiB, runroot with {} MiB",
+        fill(&root) >> 20,
+        fill(&runroot) >> 20
+    );
+    let err = e
+        .create(e.config("during", "sleep 1000"))
+        .await
+        .expect_err("no space for a container");
+    println!(
+        "CreateContainer on a full disk: {:?}: {}",
+        err.code(),
+        err.message()
+    );
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("No space left on device"), "{err:?}");
+    let err =
+        e.rt.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(host_pod("full2", &e.logs, NamespaceMode::Container)),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no space for a pod");
+    println!(
+        "RunPodSandbox on a full disk: {:?}: {}",
+        err.code(),
+        err.message()
+    );
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    let listed = container_ids(&mut e.rt).await;
+    assert_eq!(
+        listed,
+        vec![before.clone()],
+        "the failed create left nothing listed"
+    );
+
+    let pods = pod_ids(&mut e.rt).await;
+    assert_eq!(
+        pods,
+        vec![e.pod.clone()],
+        "the failed run left nothing listed"
+    );
+
+    // The store is whole: a restart (still full) lists the same objects.
+    e.d.terminate();
+    e.d.restart();
+    e.rt = e.d.runtime().await;
+    assert_eq!(container_ids(&mut e.rt).await, listed);
+    assert_eq!(pod_ids(&mut e.rt).await, pods);
+    assert_eq!(
+        e.status(&before).await.state,
+        ContainerState::ContainerRunning as i32
+    );
+
+    // Space returns: service resumes.
+    std::fs::remove_file(root.join("fill")).unwrap();
+    std::fs::remove_file(runroot.join("fill")).unwrap();
+    let after = e.run("after", "sleep 1000").await;
+    assert_eq!(
+        e.status(&after).await.state,
+        ContainerState::ContainerRunning as i32
+    );
+    for id in [&before, &after] {
+        e.stop(id, 0).await;
+        e.remove(id).await;
+    }
+    e.stop_and_remove_pod().await;
 }
