@@ -50,6 +50,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(store),
         streaming_url.clone(),
     )?);
+    // What a crash left half done is repaired before any request comes.
+    runtime.reconcile().await;
     if let Some(addr) = config.metrics.address {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -44,6 +44,33 @@ pub enum Error {
     Internal(String),
 }
 
+impl Error {
+    /// Whether a node fault is the disk being full (ENOSPC, or EDQUOT for
+    /// a quota), told by the I/O error in its source chain or, for an
+    /// `Internal` that kept only the text, by its "os error" number: the
+    /// client sees ResourceExhausted, not a bare Internal, and a retry
+    /// once space returns succeeds.
+    pub fn is_out_of_space(&self) -> bool {
+        let codes = [
+            nix::errno::Errno::ENOSPC as i32,
+            nix::errno::Errno::EDQUOT as i32,
+        ];
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && io.raw_os_error().is_some_and(|c| codes.contains(&c))
+            {
+                return true;
+            }
+            source = e.source();
+        }
+        let text = self.to_string();
+        codes
+            .iter()
+            .any(|c| text.contains(&format!("(os error {c})")))
+    }
+}
+
 /// Result of a core operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -58,5 +85,21 @@ pub fn shown(s: &str) -> String {
         format!("{short:?}…")
     } else {
         format!("{short:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn out_of_space_is_told_by_errno_or_its_text() {
+        let full = std::io::Error::from_raw_os_error(nix::errno::Errno::ENOSPC as i32);
+        assert!(Error::Internal(full.to_string()).is_out_of_space());
+        let quota = std::io::Error::from_raw_os_error(nix::errno::Errno::EDQUOT as i32);
+        assert!(Error::Internal(format!("writing x: {quota}")).is_out_of_space());
+        let other = std::io::Error::from_raw_os_error(nix::errno::Errno::EIO as i32);
+        assert!(!Error::Internal(other.to_string()).is_out_of_space());
+        assert!(!Error::NotFound("os error 2".into()).is_out_of_space());
     }
 }

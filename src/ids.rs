@@ -12,6 +12,12 @@ pub fn new_id() -> Result<String, Error> {
     Ok(hex::encode(b))
 }
 
+/// Whether `s` has an id's shape (64 lowercase hex digits): startup
+/// reconciliation only touches directories crius could have made.
+pub fn is_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -20,5 +26,7 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+        assert!(super::is_id(&a));
+        assert!(!super::is_id("..") && !super::is_id(&a[1..]));
     }
 }

@@ -15,6 +15,7 @@ pub mod error;
 // `unsafe`, each block with its SAFETY argument.
 #[allow(unsafe_code)]
 pub mod executor;
+pub mod fault;
 pub mod helper;
 pub mod ids;
 pub mod image;

@@ -2,7 +2,8 @@
 //! (Debian's containernetworking-plugins) and small fake ones: `CNI_ARGS`
 //! cannot be forged through pod metadata, a failed ADD or DEL releases the
 //! pod's IP whatever one plugin says, bad port mappings never reach a plugin,
-//! and a hostPort is held by one pod at a time.
+//! a hostPort is held by one pod at a time, and a plugin that fails or
+//! hangs (bounded by `plugin_timeout`) leaves nothing and a retry works.
 //!
 //! Every test has its own bridge (`crtcf*`) and subnet (10.231.*.0/24).
 
@@ -80,12 +81,50 @@ impl Plugins {
         std::fs::write(self.dir.path().join(format!("{name}.off")), "").expect("switch off");
     }
 
+    /// A chained plugin that, while `<name>.fail` exists, fails ADD; while
+    /// `<name>.hang` exists, hangs in ADD (a `sleep 7777` child it waits
+    /// for); otherwise passes its prevResult on, as a working plugin does.
+    fn add_broken(&self, name: &str) {
+        let mode = self.dir.path().join(name);
+        self.add(
+            name,
+            &format!(
+                "input=$(cat)\n\
+                 if [ \"$CNI_COMMAND\" = ADD ]; then\n\
+                 \x20 [ -e '{m}.hang' ] && sleep 7777\n\
+                 \x20 if [ -e '{m}.fail' ]; then\n\
+                 \x20   printf '{{\"cniVersion\":\"1.0.0\",\"code\":999,\"msg\":\"{name} refuses ADD\"}}'\n\
+                 \x20   exit 1\n\
+                 \x20 fi\n\
+                 \x20 printf '%s' \"$input\" | jq -c .prevResult\n\
+                 fi\n",
+                m = mode.display()
+            ),
+        );
+    }
+
+    /// Sets `<name>.<mode>` (`fail`, `hang`) of an [`Plugins::add_broken`]
+    /// plugin, or with `None` fixes it.
+    fn set_mode(&self, name: &str, mode: Option<&str>) {
+        for m in ["fail", "hang"] {
+            let _ = std::fs::remove_file(self.dir.path().join(format!("{name}.{m}")));
+        }
+        if let Some(m) = mode {
+            std::fs::write(self.dir.path().join(format!("{name}.{m}")), "").expect("set mode");
+        }
+    }
+
     /// A daemon searching this directory before the real plugins, with
     /// `plugins` as its network's chain.
     fn daemon(&self, net: &Net, plugins: serde_json::Value) -> Daemon {
+        self.daemon_with(net, plugins, "")
+    }
+
+    /// [`Plugins::daemon`] with more `[network]` settings.
+    fn daemon_with(&self, net: &Net, plugins: serde_json::Value, network: &str) -> Daemon {
         let d = Daemon::builder()
             .network(&format!(
-                "plugin_dirs = [\"{}\", \"/usr/lib/cni\"]",
+                "plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\n{network}",
                 self.dir.path().display()
             ))
             .start();
@@ -325,6 +364,94 @@ async fn a_failed_add_releases_the_ip_whatever_a_plugin_says() {
         assert_eq!(net.leases(), Vec::<String>::new(), "after {name}");
         assert_eq!(net.veths(), "", "after {name}");
     }
+    assert_no_pod_left(&d, &mut rt, &[]).await;
+}
+
+/// Processes whose command line is `sleep 7777` (the hanging plugin's).
+fn hanging_sleeps() -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|p| {
+            std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x007777\x00")
+        })
+        .map(|p| p.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_hanging_plugin_fails_the_pod_cleanly_and_a_retry_after_the_fix_works() {
+    let net = Net::new(7);
+    let plugins = Plugins::new();
+    plugins.add_broken("broken");
+    let d = plugins.daemon_with(
+        &net,
+        serde_json::json!([net.bridge_plugin(), {"type": "broken"}]),
+        "plugin_timeout = 2",
+    );
+    let mut rt = d.runtime().await;
+    // kubelet retries the same pod (name, uid, attempt) until it runs.
+    let pod = pod_config("retried", "cf7");
+
+    plugins.set_mode("broken", Some("fail"));
+    let t = std::time::Instant::now();
+    let e = run(&mut rt, pod.clone()).await.unwrap_err();
+    println!(
+        "failing plugin: {:?} after {:?}: {}",
+        e.code(),
+        t.elapsed(),
+        e.message()
+    );
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    assert!(e.message().contains("broken refuses ADD"), "{e:?}");
+    assert_eq!(
+        net.leases(),
+        Vec::<String>::new(),
+        "the bridge's lease is released"
+    );
+    assert_eq!(net.veths(), "");
+    assert_no_pod_left(&d, &mut rt, &[]).await;
+
+    plugins.set_mode("broken", Some("hang"));
+    let t = std::time::Instant::now();
+    let e = run(&mut rt, pod.clone()).await.unwrap_err();
+    let took = t.elapsed();
+    println!(
+        "hanging plugin: {:?} after {took:?}: {}",
+        e.code(),
+        e.message()
+    );
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    assert!(
+        e.message().contains("broken ADD timed out after 2s"),
+        "{e:?}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "bounded by plugin_timeout: {took:?}"
+    );
+    assert_eq!(
+        hanging_sleeps(),
+        Vec::<String>::new(),
+        "the plugin's children are killed"
+    );
+    assert_eq!(
+        net.leases(),
+        Vec::<String>::new(),
+        "the bridge's lease is released"
+    );
+    assert_eq!(net.veths(), "");
+    assert_no_pod_left(&d, &mut rt, &[]).await;
+
+    plugins.set_mode("broken", None);
+    let id = run(&mut rt, pod).await.expect("the retry after the fix");
+    let ip = ip_of(&mut rt, &id).await;
+    assert!(ip.starts_with("10.231.7."), "{ip}");
+    assert_eq!(net.leases(), vec![ip]);
+    stop(&mut rt, &id).await.unwrap();
+    remove(&mut rt, &id).await;
+    assert_eq!(net.leases(), Vec::<String>::new());
     assert_no_pod_left(&d, &mut rt, &[]).await;
 }
 

@@ -746,3 +746,51 @@ async fn registry_token_from_the_request_is_sent_as_bearer() {
     assert!(!log.iter().any(|l| l.starts_with("/token")), "{log:?}");
     assert!(log.iter().all(|l| l.ends_with("Bearer t0ken")), "{log:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_dropping_the_connection_mid_blob_fails_cleanly_and_the_retry_resumes() {
+    let env = testenv();
+    // Past busybox's layer, part-way into one of big's 16 MiB ones.
+    let cutter = common::cut::Cutter::start(&env.registry, 24 << 20).await;
+    let d = Daemon::builder()
+        .registries(&format!(
+            "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
+            cutter.addr
+        ))
+        .start();
+    let reference = format!("{}/crius/big:latest", cutter.addr);
+    let mut images = d.images().await;
+    let t = std::time::Instant::now();
+    let err = pull(&mut images, &reference).await.unwrap_err();
+    println!(
+        "pull cut after {} bytes: {:?} after {:?}: {}",
+        cutter.passed(),
+        err.code(),
+        t.elapsed(),
+        err.message()
+    );
+    assert!(cutter.has_cut());
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(!err.message().is_empty());
+    let ingest = d.paths.root.join("content/ingest");
+    assert!(!entries(&ingest).is_empty(), "the partial blob is kept");
+
+    let before = cutter.passed();
+    let id = pull(&mut images, &reference).await.expect("the retry");
+    assert_eq!(id, env.config_digest(&env.image("big:latest")), "verified");
+    let logs = d.logs();
+    let resumed: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("resuming layer download") && !l.contains("impossible"))
+        .collect();
+    println!(
+        "retry moved {} bytes; {}",
+        cutter.passed() - before,
+        resumed.join("\n")
+    );
+    assert!(!resumed.is_empty(), "resumed with a range request:\n{logs}");
+    assert!(entries(&ingest).is_empty(), "no partial blob left");
+    // Whole and verified: the image's own check of its data passes when
+    // its parts are listed by the daemon as one image.
+    assert!(status(&mut images, &reference).await.unwrap().size > 60_000_000);
+}

@@ -7,7 +7,9 @@
 mod create;
 pub mod events;
 mod lifecycle;
+mod orphans;
 pub mod process;
+mod reconcile;
 mod record;
 pub mod spec;
 mod stop;
@@ -156,7 +158,8 @@ impl Containers {
 
     /// Starts following `pod_id`'s monitor unless already: its exit events
     /// keep the table current; while it is not reachable the table reads
-    /// the files, and the watcher tries again every second.
+    /// the files, and the watcher tries again every second. A dead monitor
+    /// (nothing listens) has its containers ended (`orphans.rs`).
     fn watch(&self, pods: &Pods, pod_id: &str) {
         let Ok(mut watchers) = self.watchers.lock() else {
             return;
@@ -169,6 +172,7 @@ impl Containers {
             Self::monitor(pods, pod_id),
             pod_id.to_string(),
         );
+        let orphans = self.orphans();
         let task = tokio::spawn(async move {
             loop {
                 if let Ok(mut events) = client.subscribe().await {
@@ -180,15 +184,30 @@ impl Containers {
                                 exit_code: ev.exit_code,
                                 finished_at: ev.finished_at,
                                 oom_killed: ev.oom_killed,
+                                monitor_died: false,
                             },
                         );
                     }
                     table.set_watched(&pod, false);
                 }
+                // Nothing listens on its socket: it was killed or crashed,
+                // and nobody reaps or records its containers.
+                if client.probe().await == crate::monitor::client::Probe::Dead {
+                    orphans.monitor_died(&pod).await;
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
         watchers.insert(pod_id.to_string(), task.abort_handle());
+    }
+
+    /// What ending a container without its monitor needs.
+    fn orphans(&self) -> orphans::Orphans {
+        orphans::Orphans {
+            cgroups: self.cgroups.clone(),
+            dir: self.dir.clone(),
+            table: self.table.clone(),
+        }
     }
 
     /// Stops following a removed pod's monitor.

@@ -11,11 +11,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{ContainerRecord, Containers, internal, monitor_err, now_nanos};
+use super::orphans::Why;
+use super::{ContainerRecord, Containers, monitor_err};
 use crate::error::{Error, Result};
+use crate::monitor::ExitRecord;
 use crate::monitor::client::{Client, MonitorError, Probe};
 use crate::monitor::proto::{self, request::Op};
-use crate::monitor::{ExitRecord, files};
 use crate::sandbox::Pods;
 use k8s_cri::v1::ContainerState;
 
@@ -175,11 +176,11 @@ impl Containers {
             // Nobody will reap or record: kill what is left through the
             // cgroup and record the kill ourselves.
             Probe::Dead => {
-                self.stop_orphan(c).await?;
+                self.stop_orphan(c, Why::MonitorDied).await?;
                 return Ok(Stopped::Normally);
             }
             Probe::Hung => {
-                self.stop_orphan(c).await?;
+                self.stop_orphan(c, Why::Stopped).await?;
                 return Ok(Stopped::MonitorHung);
             }
         }
@@ -248,50 +249,15 @@ impl Containers {
     /// record went. Only the cgroup is left to act on, as for a dead monitor.
     async fn stop_forgotten(&self, c: &ContainerRecord) -> Result<Stopped> {
         tracing::info!(container_id = %c.id, "monitor no longer knows the container");
-        self.stop_orphan(c).await?;
+        self.stop_orphan(c, Why::Stopped).await?;
         Ok(Stopped::Normally)
     }
 
-    /// Stops a container whose monitor is gone: SIGKILL to its cgroup until
-    /// empty, then an exit record (137) so its status says Exited.
-    async fn stop_orphan(&self, c: &ContainerRecord) -> Result<()> {
+    /// Stops a container whose monitor is gone or hung: SIGKILL to its
+    /// cgroup until empty, then an exit record (see `orphans.rs`).
+    async fn stop_orphan(&self, c: &ContainerRecord, why: Why) -> Result<()> {
         tracing::warn!(container_id = %c.id, "monitor gone; killing the container's cgroup");
-        let deadline = deadline_after(KILL_WAIT);
-        loop {
-            self.kill_cgroup(c);
-            let empty = self
-                .cgroups
-                .dirs(&c.cgroup)
-                .unwrap_or_default()
-                .iter()
-                .all(|d| {
-                    std::fs::read_to_string(d.join("cgroup.procs"))
-                        .map_or(true, |p| p.trim().is_empty())
-                });
-            if empty {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Internal(format!(
-                    "container {} did not die after SIGKILL",
-                    c.id
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let exit = self.state_dir(&c.id).join(files::EXIT);
-        if !exit.exists() {
-            let rec = ExitRecord {
-                exit_code: 137,
-                finished_at: now_nanos(),
-                oom_killed: false,
-            };
-            let json = serde_json::to_vec(&rec).map_err(internal)?;
-            let _ = std::fs::create_dir_all(self.state_dir(&c.id));
-            std::fs::write(&exit, json).map_err(internal)?;
-            self.table.exited(&c.id, rec);
-        }
-        Ok(())
+        self.orphans().end(c, why).await
     }
 
     /// Waits for the exit, through the monitor; without a monitor (it
@@ -313,6 +279,7 @@ impl Containers {
                             exit_code: r.exit_code,
                             finished_at: r.finished_at,
                             oom_killed: r.oom_killed,
+                            monitor_died: false,
                         },
                     );
                 }

@@ -71,6 +71,10 @@ pub struct ExitRecord {
     pub finished_at: i64,
     /// The container's memory cgroup recorded an OOM kill (checked only for non-zero exits).
     pub oom_killed: bool,
+    /// The pod's monitor died, so the daemon killed the container and
+    /// wrote this record (ContainerStatus says so instead of "Error").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub monitor_died: bool,
 }
 
 /// A pod's monitor directory: `runroot/m/<id prefix>`, short because its

@@ -219,6 +219,7 @@ impl Table {
                 exit_code: code,
                 finished_at: now_nanos(),
                 oom_killed: oom,
+                monitor_died: false,
             };
             if let Ok(json) = serde_json::to_vec(&rec) {
                 let _ = write_atomic(&c.dir.join(files::EXIT), &json);

@@ -352,6 +352,9 @@ impl Invoker {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
+            // Its own process group, so a timeout kills what it started
+            // too (a shell plugin's children would otherwise hold on).
+            .process_group(0)
             .spawn()
             .map_err(|e| CniError::Plugin {
                 plugin: kind.into(),
@@ -363,12 +366,23 @@ impl Invoker {
             // A plugin may exit without reading; its exit status tells.
             let _ = s.write_all(input.as_bytes()).await;
         }
+        let group = child.id().and_then(|p| i32::try_from(p).ok());
         let out = tokio::time::timeout(self.timeout, child.wait_with_output())
             .await
-            .map_err(|_| CniError::Timeout {
-                plugin: kind.into(),
-                command,
-                secs: self.timeout.as_secs(),
+            .map_err(|_| {
+                if let Some(pgid) = group {
+                    // The plugin itself goes with its dropped handle.
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pgid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                tracing::warn!(plugin = kind, command, container_id = %a.container_id, "CNI plugin timed out; killed");
+                CniError::Timeout {
+                    plugin: kind.into(),
+                    command,
+                    secs: self.timeout.as_secs(),
+                }
             })?
             .map_err(|e| CniError::Plugin {
                 plugin: kind.into(),

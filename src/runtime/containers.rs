@@ -42,8 +42,11 @@ pub struct ContainerView {
 pub struct ContainerStatus {
     /// The container and its run state.
     pub view: ContainerView,
-    /// Kubernetes' words: Completed, Error, OOMKilled, StartError, Unknown.
+    /// Kubernetes' words: Completed, Error, OOMKilled, StartError, Unknown;
+    /// MonitorDied when the pod's monitor died under it.
     pub reason: &'static str,
+    /// Why it failed to start or ended, in a sentence (empty otherwise).
+    pub message: String,
     /// Exit code; 255 for an exited container with no exit record, 0 while it runs.
     pub exit_code: i32,
     /// Nanoseconds since the epoch; 0 while it runs.
@@ -70,9 +73,25 @@ fn matches(c: &ContainerRecord, run: &RunState, f: &ContainerFilter) -> bool {
         && labels_match(&c.config.labels, &f.labels)
 }
 
+/// What ContainerStatus' `message` says: why the start failed, or that
+/// the pod's monitor died and the daemon ended the container.
+pub(super) fn message(c: &ContainerRecord, run: &RunState) -> String {
+    match (&c.start_error, run.exit) {
+        (Some(e), _) if run.started_at == 0 => e.clone(),
+        (_, Some(e)) if e.monitor_died => MONITOR_DIED.to_string(),
+        (Some(e), _) => e.clone(),
+        _ => String::new(),
+    }
+}
+
+/// The message of a container ended because its pod's monitor died.
+const MONITOR_DIED: &str = "the pod's monitor process died (killed or crashed): \
+     crius killed the container's processes and recorded it exited";
+
 /// The status words for a container's run state.
 pub(super) fn reason(c: &ContainerRecord, run: &RunState) -> (&'static str, i32, i64) {
     let (reason, code, finished) = match run.exit {
+        Some(e) if e.monitor_died => ("MonitorDied", e.exit_code, e.finished_at),
         Some(e) if e.oom_killed => ("OOMKilled", e.exit_code, e.finished_at),
         Some(e) if e.exit_code == 0 => ("Completed", 0, e.finished_at),
         Some(e) => ("Error", e.exit_code, e.finished_at),
@@ -159,6 +178,7 @@ impl Runtime {
             None
         };
         Ok(ContainerStatus {
+            message: message(&record, &run),
             view: ContainerView { record, run },
             reason,
             exit_code,

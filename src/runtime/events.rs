@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 use futures::Stream;
 use k8s_cri::v1::ContainerEventType;
 
-use super::containers::reason;
+use super::containers::{message, reason};
 use super::{ContainerStatus, ContainerView, Runtime};
 use crate::container::events::{Event, Subscription};
 use crate::error::{Error, Result};
@@ -53,6 +53,7 @@ impl Runtime {
             .map(|(record, run)| {
                 let (reason, exit_code, finished_at) = reason(&record, &run);
                 ContainerStatus {
+                    message: message(&record, &run),
                     view: ContainerView { record, run },
                     reason,
                     exit_code,

@@ -152,6 +152,15 @@ impl Runtime {
         })
     }
 
+    /// Startup reconciliation, before the socket serves: compares the
+    /// store with the node and repairs or collects what a crash left half
+    /// done (pods cut short mid-setup, state no record owns, monitors of
+    /// pods that are gone), one `reconcile:` log line per action.
+    pub async fn reconcile(&self) {
+        self.pods.reconcile(&self.network).await;
+        self.containers.reconcile(&self.pods, &self.storage).await;
+    }
+
     /// The URLs Exec, Attach and PortForward hand out, for the streaming
     /// server to redeem.
     pub fn streaming(&self) -> Arc<crate::streaming::Streaming> {

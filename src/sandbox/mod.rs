@@ -7,6 +7,7 @@
 
 pub mod host_ports;
 pub mod pinns;
+mod reconcile;
 pub mod resources;
 
 use std::collections::HashMap;
@@ -450,6 +451,8 @@ impl Pods {
             self.save(pod)?;
             let args = CniArgs::new(k8s_pod_args(&pod.id, &pod.config))?;
             let result = invoker.add(&conf, &self.attachment(pod, args)).await?;
+            // Tests: a crash with the network added and the pod not ready.
+            crate::fault::crash_point("pod-after-network");
             timing.network = t.elapsed();
             pod.ips = result_ips(&result);
             pod.network = Some(NetworkAttachment {

@@ -67,6 +67,12 @@ impl From<Error> for tonic::Status {
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             e @ Error::Unimplemented(_) => Status::unimplemented(e.to_string()),
+            e @ (Error::Store(_) | Error::Internal(_)) if e.is_out_of_space() => {
+                tracing::error!(error = %e, "out of space");
+                Status::resource_exhausted(format!(
+                    "the node's state filesystem (crius root or runroot) is full: {e}"
+                ))
+            }
             e @ (Error::Store(_) | Error::Internal(_)) => {
                 tracing::error!(error = %e, "internal error");
                 Status::internal(e.to_string())

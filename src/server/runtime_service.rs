@@ -155,7 +155,7 @@ fn container_status_message(st: &crate::runtime::ContainerStatus) -> ContainerSt
         image: c.config.image.clone(),
         image_ref: c.image_ref.clone(),
         reason: st.reason.into(),
-        message: c.start_error.clone().unwrap_or_default(),
+        message: st.message.clone(),
         labels: c.config.labels.clone(),
         annotations: c.config.annotations.clone(),
         mounts: reported_mounts(c),

@@ -2,6 +2,7 @@
 //! socket, and talks CRI to it over the unix socket like kubelet does.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod cut;
 pub mod net;
 pub mod pod;
 pub mod rng;
@@ -280,6 +281,12 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Drops `key` from the daemon's environment for the next
+    /// [`Daemon::restart`] (a fault injected only into the first run).
+    pub fn unset_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
     }
 
     /// Everything the daemon logged so far.

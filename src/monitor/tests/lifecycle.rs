@@ -42,7 +42,8 @@ async fn create_waits_for_start_then_the_exit_is_recorded() {
         ExitRecord {
             exit_code: 3,
             finished_at: w.finished_at,
-            oom_killed: false
+            oom_killed: false,
+            monitor_died: false,
         }
     );
     assert!(gone(pid));
