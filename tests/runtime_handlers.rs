@@ -185,6 +185,24 @@ async fn runc_handler_runs_containers_beside_the_embedded_one() {
     );
     e.remove(&life).await;
 
+    // A terminal container: runc makes the pty and sends its master to the
+    // monitor, which logs what comes out of it.
+    let mut cfg = e.config("tty", "test -t 0 && test -t 1 && echo on a tty; sleep 1000");
+    cfg.tty = true;
+    cfg.stdin = true;
+    let tty = e.run_config(cfg).await;
+    wait_for("the tty container's log", Duration::from_secs(10), || {
+        let log = e.log("tty");
+        async move { log.contains("on a tty").then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        status_in(&runc_list(&root), &tty).as_deref(),
+        Some("running")
+    );
+    e.stop(&tty, 0).await;
+    e.remove(&tty).await;
+
     // A program missing from the image fails the create or the start,
     // never silently.
     let cfg = container_config("nope", &e.image, &["/no/such/program"]);
