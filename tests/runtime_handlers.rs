@@ -10,8 +10,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::pod::*;
+use common::stream::{collect, connect};
 use common::*;
+use futures::SinkExt;
 use k8s_cri::v1::*;
+use tokio_tungstenite::tungstenite::Message;
 
 const RUNC: &str = "/usr/sbin/runc";
 
@@ -144,6 +147,32 @@ async fn runc_handler_runs_containers_beside_the_embedded_one() {
     // An ExecSync past its timeout is killed.
     let r = e.exec(&id, &["sleep", "30"], 1).await;
     assert!(r.exit_code != 0, "{r:?}");
+
+    // An interactive exec with a terminal runc makes inside the container.
+    let url =
+        e.rt.exec(ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["/bin/sh".into()],
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            tty: true,
+        })
+        .await
+        .expect("Exec")
+        .into_inner()
+        .url;
+    let (mut ws, _) = connect(&url, "v5.channel.k8s.io").await.expect("connect");
+    for msg in [
+        [&[4u8][..], br#"{"Width":100,"Height":40}"#, b"\n"].concat(),
+        [&[0u8][..], b"tty; stty size; exit 5\n"].concat(),
+    ] {
+        ws.send(Message::Binary(msg.into())).await.expect("send");
+    }
+    let (out, _, status) = collect(&mut ws, false).await;
+    assert!(out.contains("/dev/pts/") && out.contains("40 100"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+    assert_eq!(v["details"]["causes"][0]["message"], "5", "{status}");
 
     // A crash of the daemon: the container, runc's state and exec stay.
     e.d.kill9();
