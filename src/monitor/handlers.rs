@@ -128,7 +128,13 @@ impl Monitor {
 
     /// What runs container `c`: its OCI runtime, or the monitor's executor.
     pub(super) fn executor_for<'a>(&'a self, c: &'a Container) -> &'a dyn Executor {
-        match &c.oci {
+        self.runner(c.oci.as_ref())
+    }
+
+    /// The external OCI runtime `oci` when there is one, else the
+    /// monitor's own executor.
+    fn runner<'a>(&'a self, oci: Option<&'a Oci>) -> &'a dyn Executor {
+        match oci {
             Some(oci) => oci,
             None => &*self.executor,
         }
@@ -271,10 +277,7 @@ impl Monitor {
             id: c.id.clone(),
             bundle: dir.clone(),
         });
-        let executor: &dyn Executor = match &oci {
-            Some(oci) => oci,
-            None => &*self.executor,
-        };
+        let executor = self.runner(oci.as_ref());
         let terminal = spec
             .process()
             .as_ref()
