@@ -283,13 +283,14 @@ impl Monitor {
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
-        // An executor that makes the terminal itself hands its master back.
-        let own_terminal = terminal && !executor.makes_terminal();
+        // An executor that makes the terminal itself hands its master back
+        // (Created::console); the process's own stdio is then unused.
+        let runtime_terminal = terminal && executor.makes_terminal();
         let ContainerStdio {
             stdio,
             reads,
             stdin: mut stdin_w,
-        } = if terminal && !own_terminal {
+        } = if runtime_terminal {
             ContainerStdio {
                 stdio: Stdio {
                     stdin: dev_null()?,
