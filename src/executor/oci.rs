@@ -354,4 +354,48 @@ mod tests {
         );
         assert_eq!(failure_kind("cgroup: no space"), FailureKind::Internal);
     }
+
+    /// An Oci whose "runtime" is the shell script `body`.
+    fn scripted(dir: &Path, body: &str) -> Oci {
+        use std::os::unix::fs::PermissionsExt;
+        let binary = dir.join("runtime");
+        std::fs::write(&binary, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Oci {
+            binary,
+            root: dir.join("root"),
+            id: "c1".into(),
+            bundle: dir.to_path_buf(),
+        }
+    }
+
+    #[test]
+    fn a_hung_runtime_is_killed_at_its_deadline_and_a_failing_one_answers_its_logged_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hung = scripted(tmp.path(), "exec sleep 30");
+        let t = Instant::now();
+        let err = hung
+            .run(["start", "c1"], None, Duration::from_millis(300))
+            .unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(err.to_string().contains("did not finish"), "{err}");
+        // A failing runtime: the error it logged (to its --log, the 4th
+        // argument), with the kind its words give.
+        let failing = scripted(
+            tmp.path(),
+            "echo '{\"level\":\"error\",\"msg\":\"exec: \\\"x\\\": executable file not found in $PATH\"}' >> \"$4\"; exit 1",
+        );
+        let err = failing.start(Created {
+            pid: 1,
+            chan: None,
+            console: None,
+            warnings: Vec::new(),
+        });
+        let err = err.unwrap_err();
+        assert_eq!(err.kind(), FailureKind::ExecFailed, "{err}");
+        assert!(
+            err.to_string().contains("executable file not found"),
+            "{err}"
+        );
+    }
 }
