@@ -12,6 +12,7 @@ packages=(
   libseccomp-dev               # seccomp profiles compiled to BPF
   pkg-config                   # finds libseccomp at build time
   python3-venv                 # the gRPC interop test installs grpcio (PyPI) in a venv
+  runc                         # the external OCI runtime of the runtime handler tests
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -277,6 +277,59 @@ pub struct RuntimeConfig {
 pub struct HandlerConfig {
     /// What runs the handler's containers.
     pub runtime_type: RuntimeType,
+    /// `oci` only: the OCI runtime binary (runc's command line), an
+    /// absolute path checked at start.
+    pub runtime_path: Option<PathBuf>,
+    /// `oci` only: the runtime's state directory (its `--root`); unset:
+    /// `runroot/oci/NAME`, so crius's containers stay apart from others'.
+    pub runtime_root: Option<PathBuf>,
+}
+
+impl HandlerConfig {
+    /// The state directory the OCI runtime of handler `name` keeps.
+    pub fn root(&self, runroot: &Path, name: &str) -> PathBuf {
+        self.runtime_root
+            .clone()
+            .unwrap_or_else(|| runroot.join("oci").join(name))
+    }
+
+    /// Checks that an `oci` handler names a runnable binary, and that
+    /// only an `oci` handler names one.
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let invalid = |m: String| {
+            Err(ConfigError::Invalid(format!(
+                "runtime.handlers.{name}: {m}"
+            )))
+        };
+        match (self.runtime_type, &self.runtime_path) {
+            (RuntimeType::Embedded, None) if self.runtime_root.is_none() => Ok(()),
+            (RuntimeType::Embedded, _) => {
+                invalid("runtime_path and runtime_root are for runtime_type = \"oci\" only".into())
+            }
+            (RuntimeType::Oci, None) => invalid(
+                "runtime_type = \"oci\" needs runtime_path (e.g. \"/usr/sbin/runc\")".into(),
+            ),
+            (RuntimeType::Oci, Some(path)) => {
+                if !path.is_absolute() {
+                    return invalid(format!("runtime_path {} must be absolute", path.display()));
+                }
+                if let Some(root) = &self.runtime_root
+                    && !root.is_absolute()
+                {
+                    return invalid(format!("runtime_root {} must be absolute", root.display()));
+                }
+                match std::fs::metadata(path) {
+                    Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
+                    Ok(_) => invalid(format!(
+                        "runtime_path {} is not an executable file",
+                        path.display()
+                    )),
+                    Err(e) => invalid(format!("runtime_path {}: {e}", path.display())),
+                }
+            }
+        }
+    }
 }
 
 /// The kinds of runtime a handler can name.
@@ -284,9 +337,12 @@ pub struct HandlerConfig {
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeType {
     /// crius's own OCI executor, driven by the pod's monitor (the default
-    /// handler's). External OCI runtime binaries are not built yet.
+    /// handler's).
     #[default]
     Embedded,
+    /// An external OCI runtime binary with runc's command line
+    /// (`runtime_path`), driven by the pod's monitor.
+    Oci,
 }
 
 impl Default for Config {
@@ -525,13 +581,14 @@ impl Config {
             )));
         }
 
-        for name in self.runtime.handlers.keys() {
+        for (name, handler) in &self.runtime.handlers {
             if !is_dns_label(name) {
                 return Err(ConfigError::Invalid(format!(
                     "runtime.handlers.{name:?}: a handler name must be a DNS label (1-63 of a-z, 0-9, '-', \
                      starting and ending with a letter or digit), as a RuntimeClass handler is"
                 )));
             }
+            handler.validate(name)?;
         }
         if !(1..=3600).contains(&self.metrics.stats_interval) {
             return Err(ConfigError::Invalid(format!(
@@ -722,9 +779,19 @@ impl Config {
         for (name, h) in &self.runtime.handlers {
             line("", &format!("[runtime.handlers.{name}]"), None);
             line(
-                "A runtime handler pods may name (RuntimeClass handler); embedded: crius's own executor.",
+                "A runtime handler pods may name (RuntimeClass handler); embedded: crius's own\nexecutor; oci: the OCI runtime binary at runtime_path (runc's command line).",
                 "runtime_type",
                 Some(enum_str(&h.runtime_type).into()),
+            );
+            line(
+                "oci: the runtime binary.",
+                "runtime_path",
+                h.runtime_path.as_deref().and_then(s),
+            );
+            line(
+                "oci: the runtime's --root (state directory); unset: runroot/oci/NAME.",
+                "runtime_root",
+                h.runtime_root.as_deref().and_then(s),
             );
         }
         line("", "[metrics]", None);

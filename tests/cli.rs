@@ -87,13 +87,14 @@ fn runtime_handlers_render_and_bad_ones_are_named() {
     let cfg = dir.path().join("crius.toml");
     std::fs::write(
         &cfg,
-        "[runtime.handlers.fast]\n[runtime.handlers.kata-like]\nruntime_type = \"embedded\"\n",
+        "[runtime.handlers.fast]\n[runtime.handlers.kata-like]\nruntime_type = \"embedded\"\n\
+         [runtime.handlers.runc]\nruntime_type = \"oci\"\nruntime_path = \"/bin/sh\"\n",
     )
     .unwrap();
     let out = crius(&["--config", cfg.to_str().unwrap(), "config"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let rendered = text(&out.stdout);
-    for h in ["fast", "kata-like"] {
+    for h in ["fast", "kata-like", "runc"] {
         assert!(
             rendered.contains(&format!("[runtime.handlers.{h}]\n")),
             "{rendered}"
@@ -101,6 +102,12 @@ fn runtime_handlers_render_and_bad_ones_are_named() {
     }
     assert!(
         rendered.contains("runtime_type = \"embedded\""),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains(
+            "runtime_type = \"oci\"\n\n# oci: the runtime binary.\nruntime_path = \"/bin/sh\""
+        ),
         "{rendered}"
     );
     // What it renders loads back to the same.
@@ -116,6 +123,23 @@ fn runtime_handlers_render_and_bad_ones_are_named() {
         (
             "[runtime.handlers.x]\nruntime_path = \"/usr/sbin/runc\"\n",
             "runtime_path",
+        ),
+        // An external OCI runtime needs a binary that can run.
+        (
+            "[runtime.handlers.x]\nruntime_type = \"oci\"\n",
+            "needs runtime_path",
+        ),
+        (
+            "[runtime.handlers.x]\nruntime_type = \"oci\"\nruntime_path = \"/no/such/runc\"\n",
+            "/no/such/runc",
+        ),
+        (
+            "[runtime.handlers.x]\nruntime_type = \"oci\"\nruntime_path = \"/etc\"\n",
+            "not an executable file",
+        ),
+        (
+            "[runtime.handlers.x]\nruntime_type = \"oci\"\nruntime_path = \"runc\"\n",
+            "must be absolute",
         ),
     ] {
         std::fs::write(&cfg, toml).unwrap();

@@ -39,11 +39,19 @@ impl Containers {
         let image = images
             .find(&image_name)?
             .ok_or_else(|| Error::NotFound(format!("image {image_name:?} not found")))?;
-        if !self.recursive_readonly
+        if !self.recursive_readonly_for(&pod.runtime_handler)
             && let Some(m) = config.mounts.iter().find(|m| m.recursive_read_only)
         {
+            let why = if self.recursive_readonly {
+                format!(
+                    "runtime handler {:?} runs an external OCI runtime without it",
+                    pod.runtime_handler
+                )
+            } else {
+                "this kernel has no mount_setattr (Linux 5.12+)".to_string()
+            };
             return Err(Error::InvalidArgument(format!(
-                "recursive read-only mount at {:?}: this kernel has no mount_setattr (Linux 5.12+); Status reports recursive_read_only_mounts false",
+                "recursive read-only mount at {:?}: {why}; Status reports recursive_read_only_mounts false",
                 m.container_path
             )));
         }
@@ -399,6 +407,7 @@ impl Containers {
                 stdin: config.stdin,
                 stdin_once: config.stdin_once,
                 clamp_oom_score_adj: self.restrict_oom_score_adj,
+                oci_runtime: self.oci_runtime(&pod.runtime_handler),
             }))
             .await
             .map_err(|e| match monitor_err(e) {

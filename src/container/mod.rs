@@ -63,6 +63,10 @@ pub struct Containers {
     /// Whether the kernel lets the executor make mounts recursively
     /// read-only (`mount_setattr`), probed once at start.
     recursive_readonly: bool,
+    /// `[runtime.handlers]`: what runs the containers of a pod that names one.
+    handlers: std::collections::BTreeMap<String, crate::config::HandlerConfig>,
+    /// The daemon's runroot (an OCI runtime's default `--root` is under it).
+    runroot: PathBuf,
     /// Stops under way, by container id (see `stop.rs`).
     stopping: std::sync::Mutex<HashMap<String, Arc<stop::Stopping>>>,
     /// Every container with its run state, in memory (see `table.rs`).
@@ -135,6 +139,8 @@ impl Containers {
             default_capabilities: config.default_capabilities.clone(),
             pids_limit: config.pids_limit,
             recursive_readonly: crate::executor::mount_attr::recursive_readonly_supported(),
+            handlers: config.handlers.clone(),
+            runroot: runroot.to_path_buf(),
             stopping: Default::default(),
             watchers: Default::default(),
         }
@@ -144,6 +150,29 @@ impl Containers {
     /// advertises it as `recursive_read_only_mounts`).
     pub fn recursive_readonly_supported(&self) -> bool {
         self.recursive_readonly
+    }
+
+    /// Whether the containers of runtime handler `handler` may have
+    /// recursive read-only mounts: the embedded executor's where the kernel
+    /// has mount_setattr; an external OCI runtime's not (runc 1.1 has no
+    /// `rro` option).
+    pub fn recursive_readonly_for(&self, handler: &str) -> bool {
+        self.recursive_readonly && self.oci_runtime(handler).is_none()
+    }
+
+    /// The external OCI runtime of runtime handler `handler`, for the
+    /// monitor; None for the embedded executor.
+    fn oci_runtime(&self, handler: &str) -> Option<crate::monitor::proto::OciRuntime> {
+        let h = self.handlers.get(handler)?;
+        match (h.runtime_type, &h.runtime_path) {
+            (crate::config::RuntimeType::Oci, Some(path)) => {
+                Some(crate::monitor::proto::OciRuntime {
+                    path: path.display().to_string(),
+                    root: h.root(&self.runroot, handler).display().to_string(),
+                })
+            }
+            _ => None,
+        }
     }
 
     /// Follows the monitors of every pod that has containers (at start).

@@ -146,7 +146,8 @@ impl Executor for Fake {
         }
         Ok(Created {
             pid,
-            chan: ours,
+            chan: Some(ours),
+            console: None,
             warnings: report.warnings,
         })
     }

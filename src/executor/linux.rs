@@ -357,24 +357,23 @@ impl Executor for Embedded {
         }
         Ok(Created {
             pid,
-            chan: ours,
+            chan: Some(ours),
+            console: None,
             warnings: report.warnings,
         })
     }
 
     fn start(&self, created: Created) -> Result<(), ExecutorError> {
-        let mut w = File::from(
-            created
-                .chan
-                .try_clone()
-                .map_err(ExecutorError::sys("dup"))?,
-        );
+        let chan = created
+            .chan
+            .ok_or_else(|| ExecutorError::Child("no channel to the created init".into()))?;
+        let mut w = File::from(chan.try_clone().map_err(ExecutorError::sys("dup"))?);
         w.write_all(b"s")
             .map_err(ExecutorError::sys("signalling start"))?;
         drop(w);
         // EOF means execve succeeded (the child's end is close-on-exec).
         let mut report = Report::default();
-        report::read_reports(&created.chan, &mut report, |r| r.error.is_some())?;
+        report::read_reports(&chan, &mut report, |r| r.error.is_some())?;
         match report.error {
             Some((kind, e)) => Err(ExecutorError::reported(kind, e)),
             None => Ok(()),

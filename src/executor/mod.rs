@@ -3,14 +3,17 @@
 //! be called from a single-threaded process (the pod monitor), never from
 //! the tokio daemon.
 //!
-//! The [`Executor`] trait is the seam a RuntimeClass handler could later
-//! map onto an external OCI runtime.
+//! The [`Executor`] trait is the seam between the monitor and what runs a
+//! container: [`Embedded`] here, or an external OCI runtime binary
+//! ([`oci::Oci`], runc's command line) for a RuntimeClass handler that
+//! names one.
 
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod linux;
 pub mod mount_attr;
 mod namespaces;
+pub mod oci;
 pub mod pod_init;
 mod process;
 mod report;
@@ -143,8 +146,13 @@ pub struct CreateOptions {
 pub struct Created {
     /// The init's pid as the monitor sees it (the host PID namespace).
     pub pid: i32,
-    /// The monitor's end of the channel to the waiting init.
-    chan: OwnedFd,
+    /// The monitor's end of the channel to the waiting init (the embedded
+    /// executor's; an external runtime keeps its own).
+    chan: Option<OwnedFd>,
+    /// The terminal's master when an external runtime made the container's
+    /// terminal itself (OCI `--console-socket`): it replaces the pty the
+    /// monitor would have made.
+    pub console: Option<OwnedFd>,
     /// Non-fatal notes from the child (e.g. a clamped oom_score_adj).
     pub warnings: Vec<String>,
 }
@@ -180,6 +188,16 @@ pub trait Executor {
         process: &Process,
         opts: &CreateOptions,
     ) -> Result<(i32, OwnedFd), ExecutorError>;
+    /// Whether the container's terminal is made by the executor (handed
+    /// back in [`Created::console`]) rather than given in [`Stdio`].
+    fn makes_terminal(&self) -> bool {
+        false
+    }
+    /// Drops what the executor keeps about the container once its process
+    /// is gone (an external runtime's state); nothing for the embedded one.
+    fn remove(&self) -> Result<(), ExecutorError> {
+        Ok(())
+    }
 }
 
 /// The executor linked into crius.

@@ -29,6 +29,7 @@ use super::proto::{self, Request, Response, request::Op};
 use super::table::{Container, Output, Table, Waiter, event, exited};
 use super::{VERSION, files, now_nanos};
 use crate::executor::linux::pipe;
+use crate::executor::oci::Oci;
 use crate::executor::{CreateOptions, Executor, Stdio, sys};
 
 /// Longest CRI log line before it is split into partial records.
@@ -122,6 +123,20 @@ impl Monitor {
             executor,
             table: Table::default(),
             shutdown: false,
+        }
+    }
+
+    /// What runs container `c`: its OCI runtime, or the monitor's executor.
+    pub(super) fn executor_for<'a>(&'a self, c: &'a Container) -> &'a dyn Executor {
+        self.runner(c.oci.as_ref())
+    }
+
+    /// The external OCI runtime `oci` when there is one, else the
+    /// monitor's own executor.
+    fn runner<'a>(&'a self, oci: Option<&'a Oci>) -> &'a dyn Executor {
+        match oci {
+            Some(oci) => oci,
+            None => &*self.executor,
         }
     }
 
@@ -256,27 +271,61 @@ impl Monitor {
             pid_peer: self.pid_peer(&spec),
             clamp_oom_score_adj: c.clamp_oom_score_adj,
         };
+        let oci = c.oci_runtime.as_ref().map(|r| Oci {
+            binary: PathBuf::from(&r.path),
+            root: PathBuf::from(&r.root),
+            id: c.id.clone(),
+            bundle: dir.clone(),
+        });
+        let executor = self.runner(oci.as_ref());
         let terminal = spec
             .process()
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
+        // An executor that makes the terminal itself hands its master back
+        // (Created::console); the process's own stdio is then unused.
+        let runtime_terminal = terminal && executor.makes_terminal();
         let ContainerStdio {
             stdio,
             reads,
-            stdin: stdin_w,
-        } = container_stdio(terminal, c.stdin)?;
+            stdin: mut stdin_w,
+        } = if runtime_terminal {
+            ContainerStdio {
+                stdio: Stdio {
+                    stdin: dev_null()?,
+                    stdout: dev_null()?,
+                    stderr: dev_null()?,
+                    terminal: false,
+                },
+                reads: Vec::new(),
+                stdin: None,
+            }
+        } else {
+            container_stdio(terminal, c.stdin)?
+        };
         let mut outputs = Vec::new();
         for (fd, stream) in reads {
-            sys::set_nonblocking(&fd).map_err(|e| format!("output pipe: {e}"))?;
-            let sink =
-                open_log(&c.log_path).map_err(|e| format!("opening log {}: {e}", c.log_path))?;
-            outputs.push(Output {
-                fd: Some(fd),
-                log: LogWriter::new(sink, stream, MAX_LOG_LINE),
-            });
+            outputs.push(output(fd, stream, &c.log_path)?);
         }
-        let created = self.executor.create(&spec, stdio, &opts)?;
+        let mut created = executor.create(&spec, stdio, &opts)?;
+        if let Some(master) = created.console.take() {
+            let kept = master.try_clone().map_err(|e| e.to_string());
+            let out =
+                kept.and_then(|kept| Ok((kept, output(master, Stream::Stdout, &c.log_path)?)));
+            match out {
+                Ok((kept, out)) => {
+                    stdin_w = Some(kept);
+                    outputs.push(out);
+                }
+                Err(e) => {
+                    // Our child until reaped (as a stranger, once dead).
+                    let _ = sys::kill(created.pid, libc::SIGKILL);
+                    let _ = executor.remove();
+                    return Err(e.into());
+                }
+            }
+        }
         let pid = created.pid;
         let warnings = created.warnings.clone();
         for w in &warnings {
@@ -289,6 +338,7 @@ impl Monitor {
                 dir,
                 spec,
                 opts,
+                oci,
                 pid,
                 created: Some(created),
                 outputs,
@@ -316,7 +366,8 @@ impl Monitor {
         })?;
         let started = now_nanos();
         let _ = write_atomic(&c.dir.join(files::STARTED), started.to_string().as_bytes());
-        self.executor.start(created)?;
+        let c = container(&self.table, id)?;
+        self.executor_for(c).start(created)?;
         Ok(Response {
             pid: c.pid,
             started_at: started,
@@ -374,16 +425,31 @@ impl Monitor {
     /// If the kill fails (only a broken invariant could: it is our
     /// unreaped child) the reap is skipped rather than blocking the loop
     /// forever: the process is then reaped as a stranger when it exits.
+    /// An external runtime's state of the container goes last.
     fn forget(&mut self, id: &str) {
-        if let Some(c) = self.table.containers.remove(id)
-            && c.exit.is_none()
-        {
+        let Some(c) = self.table.containers.remove(id) else {
+            return;
+        };
+        if c.exit.is_none() {
             let killed = sys::kill(c.pid, libc::SIGKILL).and_then(|()| sys::reap(c.pid));
             if let Err(e) = killed {
                 eprintln!("monitor: forgetting {id} (pid {}): {e}", c.pid);
             }
         }
+        if let Err(e) = self.executor_for(&c).remove() {
+            eprintln!("monitor: removing {id} from its OCI runtime: {e}");
+        }
     }
+}
+
+/// A container output read from `fd` into the log at `log_path`.
+fn output(fd: OwnedFd, stream: Stream, log_path: &str) -> Result<Output, String> {
+    sys::set_nonblocking(&fd).map_err(|e| format!("output pipe: {e}"))?;
+    let sink = open_log(log_path).map_err(|e| format!("opening log {log_path}: {e}"))?;
+    Ok(Output {
+        fd: Some(fd),
+        log: LogWriter::new(sink, stream, MAX_LOG_LINE),
+    })
 }
 
 /// A new container's descriptors: a pty (whose master is both its output

@@ -27,6 +27,7 @@ use super::io::{Sink, append_capped, drain, fan_out, respond, write_atomic};
 use super::logs::LogWriter;
 use super::proto::{self, Response};
 use super::{ExitRecord, files, now_nanos};
+use crate::executor::oci::Oci;
 use crate::executor::{CreateOptions, Created, sys};
 
 /// One output stream of a container (stdout, stderr, or a pty master).
@@ -40,6 +41,9 @@ pub(super) struct Container {
     pub dir: PathBuf,
     pub spec: oci_spec::runtime::Spec,
     pub opts: CreateOptions,
+    /// The external OCI runtime that runs it (a handler's); None: the
+    /// monitor's own executor.
+    pub oci: Option<Oci>,
     pub pid: i32,
     /// Until started: what the executor needs to let the process run.
     pub created: Option<Created>,
@@ -387,6 +391,7 @@ mod tests {
                 pid_peer: None,
                 clamp_oom_score_adj: false,
             },
+            oci: None,
             pid,
             created: None,
             outputs: vec![Output {

@@ -178,16 +178,16 @@ impl Runtime {
     }
 
     /// The features `Status` advertises: what works on this node, for the
-    /// default handler (`""`) and each of `[runtime.handlers]`. Every handler
-    /// runs the embedded executor, which maps no user namespaces yet.
+    /// default handler (`""`) and each of `[runtime.handlers]`. Neither the
+    /// embedded executor nor an external OCI runtime maps user namespaces
+    /// yet; recursive read-only mounts are the embedded executor's only.
     pub fn features(&self) -> Features {
-        let rro = self.containers.recursive_readonly_supported();
         Features {
             handlers: std::iter::once(String::new())
                 .chain(self.config.runtime.handlers.keys().cloned())
                 .map(|name| HandlerFeatures {
+                    recursive_read_only_mounts: self.containers.recursive_readonly_for(&name),
                     name,
-                    recursive_read_only_mounts: rro,
                     user_namespaces: false,
                 })
                 .collect(),

@@ -38,7 +38,7 @@ impl Monitor {
             terminal: false,
         };
         let pid = self
-            .executor
+            .executor_for(c)
             .exec(c.pid, &c.spec, &process, stdio, &c.opts)?;
         self.table.execs.push(ExecJob {
             pid,
@@ -117,7 +117,9 @@ impl Monitor {
         let pid = if e.tty {
             // The terminal is made inside the container; its master goes
             // to the daemon with a first answer (the pid).
-            let (pid, master) = self.executor.exec_tty(c.pid, &c.spec, &process, &c.opts)?;
+            let (pid, master) = self
+                .executor_for(c)
+                .exec_tty(c.pid, &c.spec, &process, &c.opts)?;
             let first = Response {
                 pid,
                 ..Default::default()
@@ -143,7 +145,7 @@ impl Monitor {
                 stderr,
                 terminal: false,
             };
-            self.executor
+            self.executor_for(c)
                 .exec(c.pid, &c.spec, &process, stdio, &c.opts)?
         };
         self.table.execs.push(ExecJob {

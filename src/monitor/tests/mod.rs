@@ -140,6 +140,7 @@ impl Harness {
             stdin: spec.stdin,
             stdin_once: spec.stdin_once,
             clamp_oom_score_adj: false,
+            oci_runtime: None,
         });
         self.client.call(op).await
     }
