@@ -78,7 +78,7 @@ impl Containers {
                 .unwrap_or(image.id.clone()),
             log_path,
             created_at: now_nanos(),
-            cgroup: format!("{pod_cgroup}/crius-{}", &id[..12]),
+            cgroup: self.cgroups.container_path(&pod_cgroup, &id),
             layers: image.layers.iter().map(|l| l.chain_id.clone()).collect(),
             // The container's own stop signal (KEP-4960) wins over the
             // image's STOPSIGNAL.
@@ -159,13 +159,23 @@ impl Containers {
         // on a blocking thread while the rootfs is mounted and the spec
         // written; it is always waited for, so a failure of either leaves
         // tear_down nothing half-made.
+        // A systemd scope cannot start empty: a seed process holds it
+        // until the container's process has joined.
+        let seed = if self.cgroups.units() {
+            Some(Seed::spawn()?)
+        } else {
+            None
+        };
         let cgroup_job = {
             let (cgroups, path) = (self.cgroups.clone(), record.cgroup.clone());
             let resources = record.resources.clone().unwrap_or_default();
             let pids_limit = self.pids_limit;
             let devices = devices.clone();
+            let pids: Vec<u32> = seed.iter().filter_map(Seed::pid).collect();
             tokio::task::spawn_blocking(move || -> Result<()> {
-                cgroups.create(&path).map_err(Error::from)?;
+                cgroups
+                    .create(&path, &pids, &resources)
+                    .map_err(Error::from)?;
                 cgroups
                     .apply(&path, &resources, pids_limit)
                     .map_err(Error::from)?;
@@ -191,7 +201,9 @@ impl Containers {
         let dir = prepared?;
         cgroup?;
         step("cgroup ready");
-        self.create_in_monitor(pods, pod, record, &dir, &step).await
+        let created = self.create_in_monitor(pods, pod, record, &dir, &step).await;
+        drop(seed);
+        created
     }
 
     /// Mounts the rootfs, resolves the user and writes `config.json` (and
@@ -431,6 +443,31 @@ impl Containers {
             }
             let _ = std::fs::remove_dir_all(self.state_dir(&c.id));
         });
+    }
+}
+
+/// The process a container's systemd scope starts with (systemd refuses
+/// an empty scope): `crius-helper hold`, which waits for its stdin to
+/// close. It is killed once the container's process has joined the scope
+/// (or the create failed); if the daemon dies first, its stdin closes, it
+/// exits, and systemd ends the scope it left empty.
+struct Seed(tokio::process::Child);
+
+impl Seed {
+    fn spawn() -> Result<Seed> {
+        let mut cmd = crate::helper::command(&["hold"]).map_err(internal)?;
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::Internal(format!("starting the scope's seed process: {e}")))?;
+        Ok(Seed(child))
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.0.id()
     }
 }
 

@@ -455,6 +455,26 @@ pub fn monitor_pids(runroot: &Path) -> Vec<i32> {
     out
 }
 
+/// Whether `unit` is loaded in systemd (`systemctl show -p LoadState`):
+/// how the systemd driver's tests see a pod's slice or a container's scope.
+pub fn unit_loaded(unit: &str) -> bool {
+    let out = Command::new("systemctl")
+        .args(["show", "-p", "LoadState", "--value", unit])
+        .output()
+        .expect("systemctl (the systemd driver's tests run where systemd is init)");
+    String::from_utf8_lossy(&out.stdout).trim() == "loaded"
+}
+
+/// Stops a systemd unit a test left (best effort; no systemd, nothing).
+pub fn stop_unit(unit: &str) {
+    if Path::new("/run/systemd/system").is_dir() {
+        let _ = Command::new("systemctl").args(["stop", unit]).status();
+        let _ = Command::new("systemctl")
+            .args(["reset-failed", unit])
+            .status();
+    }
+}
+
 /// The cgroup directories pod `id` has or would have, named and placed as
 /// crius does for either driver.
 pub fn pod_cgroup_dirs(id: &str) -> Vec<PathBuf> {
@@ -471,14 +491,21 @@ pub fn pod_cgroup_dirs(id: &str) -> Vec<PathBuf> {
 }
 
 /// Removes the cgroups of the pods a test left (a killed daemon never
-/// removed them).
+/// removed them); the systemd driver's slices are stopped.
 fn remove_pod_cgroups(pods: &Path) {
+    use crius::cgroups::Cgroups;
+    use crius::config::CgroupDriver;
     let ids = std::fs::read_dir(pods)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned());
     for id in ids {
+        if let Ok(rel) = Cgroups::detect(CgroupDriver::Systemd).pod_path("", &id)
+            && let Some(unit) = rel.rsplit('/').next()
+        {
+            stop_unit(unit);
+        }
         for pod in pod_cgroup_dirs(&id) {
             // Killed processes may take a moment to leave.
             for _ in 0..50 {
