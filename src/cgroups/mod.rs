@@ -360,6 +360,10 @@ impl Cgroups {
             }
             props.push(("Slice", Value::from(parent)));
             props.push(("Delegate", Value::from(true)));
+            props.push((
+                "TimeoutStopUSec",
+                Value::from(systemd::SCOPE_STOP_TIMEOUT_USEC),
+            ));
             props.push(("PIDs", Value::from(pids.to_vec())));
         }
         for accounting in [

@@ -261,16 +261,19 @@ impl Systemd {
     }
 }
 
-/// The properties of a unit crius starts: described, not tied to the
+/// The properties of a unit crius starts: described, and not tied to the
 /// shutdown ordering of ordinary units (as runc: containers outlive
-/// `crius.service`), stopped within a bounded time.
+/// `crius.service`).
 pub fn base_properties(description: String) -> Vec<Property> {
     vec![
         ("Description", Value::from(description)),
         ("DefaultDependencies", Value::from(false)),
-        ("TimeoutStopUSec", Value::from(10_000_000u64)),
     ]
 }
+
+/// How long systemd gives a scope's processes between SIGTERM and SIGKILL
+/// when it is stopped (systemd's default is 90 s; a slice has none).
+pub const SCOPE_STOP_TIMEOUT_USEC: u64 = 10_000_000;
 
 /// The unit properties for the CRI resources systemd has a property for
 /// (the cgroup files are written too: systemd then keeps the same values
