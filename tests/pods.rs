@@ -783,22 +783,16 @@ impl Cgroup {
     /// systemd's tree); cgroupfs: the directory exists.
     fn alive(&self) -> bool {
         match self {
-            Cgroup::Unit(u) => {
-                let out = Command::new("systemctl")
-                    .args(["show", "-p", "ActiveState", "--value", u])
-                    .output()
-                    .expect("systemctl");
-                String::from_utf8_lossy(&out.stdout).trim() == "active"
-            }
+            Cgroup::Unit(u) => unit_active_state(u) == "active",
             Cgroup::Dir(d) => d.is_dir(),
         }
     }
 
-    /// systemd: unknown to systemd (stopped and unloaded, not failed);
-    /// cgroupfs: the directory is gone.
+    /// systemd: stopped (not failed), so `systemctl list-units` no longer
+    /// lists it; cgroupfs: the directory is gone.
     fn gone(&self) -> bool {
         match self {
-            Cgroup::Unit(u) => !unit_loaded(u),
+            Cgroup::Unit(u) => unit_active_state(u) == "inactive",
             Cgroup::Dir(d) => !d.exists(),
         }
     }
@@ -871,10 +865,23 @@ async fn pod_and_container_cgroups_live_and_go_with_them() {
             assert!(ctr_cg.alive(), "{ctr_cg} after the daemon's restart");
         }
         env.stop_and_remove_pod().await;
-        wait_for("the cgroups to go", Duration::from_secs(20), || {
-            std::future::ready((pod_cg.gone() && ctr_cg.gone()).then_some(()))
-        })
-        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !(pod_cg.gone() && ctr_cg.gone()) {
+            if std::time::Instant::now() > deadline {
+                let units = Command::new("systemctl")
+                    .args(["list-units", "--all", "--no-pager", "crius*"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                panic!(
+                    "after removal (crash: {crash}): pod {pod_cg} gone: {}, container {ctr_cg} gone: {}\n{units}\n{}",
+                    pod_cg.gone(),
+                    ctr_cg.gone(),
+                    env.d.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         println!("after removal (crash: {crash}): {pod_cg} and {ctr_cg} are gone");
     }
 }

@@ -268,6 +268,8 @@ pub fn base_properties(description: String) -> Vec<Property> {
     vec![
         ("Description", Value::from(description)),
         ("DefaultDependencies", Value::from(false)),
+        // A unit that ends failed is unloaded too, not kept for inspection.
+        ("CollectMode", Value::from("inactive-or-failed")),
     ]
 }
 

@@ -455,14 +455,16 @@ pub fn monitor_pids(runroot: &Path) -> Vec<i32> {
     out
 }
 
-/// Whether `unit` is loaded in systemd (`systemctl show -p LoadState`):
-/// how the systemd driver's tests see a pod's slice or a container's scope.
-pub fn unit_loaded(unit: &str) -> bool {
+/// A systemd unit's `ActiveState` (`systemctl show`): `active` while a
+/// pod's slice or a container's scope lives; `inactive` for one stopped,
+/// unloaded or never made (systemd loads any slice name on demand, so
+/// `LoadState` says nothing for slices); `failed` is not gone.
+pub fn unit_active_state(unit: &str) -> String {
     let out = Command::new("systemctl")
-        .args(["show", "-p", "LoadState", "--value", unit])
+        .args(["show", "-p", "ActiveState", "--value", unit])
         .output()
         .expect("systemctl (the systemd driver's tests run where systemd is init)");
-    String::from_utf8_lossy(&out.stdout).trim() == "loaded"
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Stops a systemd unit a test left (best effort; no systemd, nothing).
