@@ -77,13 +77,31 @@ pub struct Systemd {
 }
 
 /// `crius-helper hold`: the first process of a container's scope (systemd
-/// starts no empty scope). Waits until its stdin closes: the daemon kills
-/// it once the container's process has joined, and a daemon that dies
-/// first closes the pipe, so it never outlives its purpose.
+/// starts no empty scope), kept there for the container's whole life so
+/// the scope's cgroup outlives the container's last process until the
+/// monitor has read its `memory.events` (the OOM verdict) and written the
+/// exit record. It reads its stdin to the end: nothing (the daemon died or
+/// the create failed) and it exits at once; the path of the container's
+/// exit record (sent once the create succeeded) and it waits until that
+/// file exists or its directory is gone, checking every [`HOLD_POLL`].
+/// Removing the container kills it with the rest of the scope.
 pub fn hold() -> std::process::ExitCode {
-    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+    let mut record = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut record);
+    let record = std::path::PathBuf::from(record.trim_end_matches('\n'));
+    if record.as_os_str().is_empty() {
+        return std::process::ExitCode::SUCCESS;
+    }
+    let dir = record.parent().map(std::path::Path::to_path_buf);
+    while !record.exists() && dir.as_ref().is_some_and(|d| d.is_dir()) {
+        std::thread::sleep(HOLD_POLL);
+    }
     std::process::ExitCode::SUCCESS
 }
+
+/// How often the seed looks for the container's exit record: the scope
+/// outlives the container by at most about this much.
+pub const HOLD_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Whether the host was booted with systemd (`sd_booted(3)`'s test).
 pub fn booted() -> bool {
