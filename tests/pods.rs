@@ -839,30 +839,81 @@ async fn pod_and_container_cgroups_live_and_go_with_them() {
         println!("pod: {pod_cg}; container: {ctr_cg}");
         assert!(pod_cg.alive(), "{pod_cg} while the pod lives");
         assert!(ctr_cg.alive(), "{ctr_cg} while the container runs");
-        // The container's processes, and only they, are in its cgroup
-        // (with systemd: the scope's seed process has left).
+        // The container's processes, and only they, are in its cgroup;
+        // with systemd also the scope's seed (`crius-helper hold`), which
+        // stays until the container's exit is recorded (so the OOM verdict
+        // can still be read from the scope).
+        let systemd = driver == "systemd";
         let dir = env.container_cgroup(&c, "memory");
         let procs = wait_for(
-            "the container alone in its cgroup",
+            "the container (and the scope's seed) in its cgroup",
             Duration::from_secs(10),
             || {
                 let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
                 let pids: Vec<String> = procs.lines().map(String::from).collect();
-                let all_sleep = !pids.is_empty()
-                    && pids.iter().all(|p| {
-                        std::fs::read(format!("/proc/{p}/cmdline"))
-                            .is_ok_and(|c| c.starts_with(b"sleep"))
-                    });
-                std::future::ready(all_sleep.then_some(pids))
+                let cmdlines: Vec<Vec<u8>> = pids
+                    .iter()
+                    .map(|p| std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default())
+                    .collect();
+                let seed = |c: &Vec<u8>| {
+                    let mut argv = c.split(|b| *b == 0);
+                    argv.next().is_some_and(|a| a.ends_with(b"crius-helper"))
+                        && argv.next() == Some(b"hold".as_slice())
+                };
+                let sleeps = cmdlines.iter().filter(|c| c.starts_with(b"sleep")).count();
+                let seeds = cmdlines.iter().filter(|c| seed(c)).count();
+                let expected =
+                    sleeps > 0 && seeds == usize::from(systemd) && sleeps + seeds == cmdlines.len();
+                std::future::ready(expected.then_some(pids))
             },
         )
         .await;
         println!("{} holds {procs:?}", dir.display());
+        // The stats count the container's process, not the seed.
+        let processes = wait_for(
+            "container_processes to count the sleep alone",
+            Duration::from_secs(10),
+            || {
+                let (mut rt, pod, c) = (env.rt.clone(), env.pod.clone(), c.clone());
+                async move {
+                    let all = rt
+                        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+                        .await
+                        .ok()?
+                        .into_inner()
+                        .pod_metrics;
+                    let p = all.into_iter().find(|m| m.pod_sandbox_id == pod)?;
+                    let m = p
+                        .container_metrics
+                        .into_iter()
+                        .find(|m| m.container_id == c)?
+                        .metrics
+                        .into_iter()
+                        .find(|m| m.name == "container_processes")?;
+                    let n = m.value.map_or(0, |v| v.value);
+                    (n == 1).then_some(n)
+                }
+            },
+        )
+        .await;
+        println!("container_processes: {processes}");
         if crash {
             env.d.kill9();
             env.d.restart();
             env.rt = env.d.runtime().await;
             assert!(ctr_cg.alive(), "{ctr_cg} after the daemon's restart");
+        }
+        if systemd && !crash {
+            // The seed leaves once the exit is recorded, and systemd ends
+            // the scope then, before any removal.
+            env.stop(&c, 0).await;
+            wait_for(
+                "the stopped container's scope to end",
+                Duration::from_secs(10),
+                || std::future::ready(ctr_cg.gone().then_some(())),
+            )
+            .await;
+            println!("{ctr_cg} ended with the container");
         }
         env.stop_and_remove_pod().await;
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
