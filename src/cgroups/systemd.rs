@@ -85,7 +85,19 @@ pub struct Systemd {
 /// exit record (sent once the create succeeded) and it waits until that
 /// file exists or its directory is gone, checking every [`HOLD_POLL`].
 /// Removing the container kills it with the rest of the scope.
+///
+/// It blocks SIGTERM (SIGKILL still ends it): systemd before 253 stops a
+/// scope one of whose processes the kernel OOM-killed, SIGTERM first, which
+/// would take the seed and the cgroup with it before the monitor reads the
+/// verdict; blocked, the seed leaves as above, well within the scope's
+/// stop timeout. Removal SIGKILLs it.
 pub fn hold() -> std::process::ExitCode {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut blocked = SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        blocked.add(sig);
+    }
+    let _ = blocked.thread_block();
     let mut record = String::new();
     let _ = std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut record);
     let record = std::path::PathBuf::from(record.trim_end_matches('\n'));

@@ -467,9 +467,13 @@ pub fn unit_active_state(unit: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Stops a systemd unit a test left (best effort; no systemd, nothing).
+/// Stops a systemd unit a test left (best effort; no systemd, nothing):
+/// SIGKILL first, as crius does, since a scope's seed ignores SIGTERM.
 pub fn stop_unit(unit: &str) {
     if Path::new("/run/systemd/system").is_dir() {
+        let _ = Command::new("systemctl")
+            .args(["kill", "--signal=SIGKILL", unit])
+            .status();
         let _ = Command::new("systemctl").args(["stop", unit]).status();
         let _ = Command::new("systemctl")
             .args(["reset-failed", unit])
