@@ -23,7 +23,7 @@ use common::testenv::testenv;
 use common::{Daemon, Runtime, bridge_conflist, channel, container_config, pod_config};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
-use support::{Containerd, pids_matching, remove_pods, rss_kib, summary};
+use support::{Containerd, cgroup_version, pids_matching, remove_pods, rss_kib, summary};
 
 /// What one runtime measured.
 struct Report {
@@ -325,13 +325,4 @@ async fn main() {
         med / cmed,
         par / cpar
     );
-}
-
-/// "v1" or "v2", as the runtime sees the node.
-fn cgroup_version() -> &'static str {
-    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        "v2"
-    } else {
-        "v1"
-    }
 }

@@ -40,7 +40,7 @@ use common::{Daemon, Runtime, bridge_conflist};
 use k8s_cri::v1::*;
 use prost::Message;
 use support::fleet::{Fleet, Plan, client, grow, loadavg, percentiles};
-use support::{Containerd, remove_pods};
+use support::{Containerd, cgroup_version, remove_pods};
 
 /// The call types measured, in the order they are interleaved.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -556,11 +556,7 @@ async fn main() {
         s.rounds,
         s.clients,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-            "v2"
-        } else {
-            "v1"
-        }
+        cgroup_version()
     );
     let mut sides = Vec::new();
     let (mut daemon, mut ctrd) = (None, None);

@@ -32,7 +32,7 @@ use common::{Daemon, Runtime, bridge_conflist};
 use k8s_cri::v1::*;
 use prost::Message;
 use support::fleet::{Fleet, Plan, client, grow, loadavg, percentiles};
-use support::remove_pods;
+use support::{cgroup_version, remove_pods};
 
 /// The two calls compared.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -247,11 +247,7 @@ async fn main() {
         s.rounds,
         s.clients,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-            "v2"
-        } else {
-            "v1"
-        }
+        cgroup_version()
     );
     // As the list bench: volatile state on a tmpfs, info log level.
     let d = Daemon::builder()

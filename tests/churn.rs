@@ -18,6 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::net::Net;
+use common::rng::Rng;
 use common::testenv::testenv;
 use common::*;
 use k8s_cri::v1::*;
@@ -48,32 +49,6 @@ const CYCLE: [Step; 8] = [
     Step::StopPod,
     Step::RemovePod,
 ];
-
-/// splitmix64, seedable and the same everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn env_number(key: &str, default: u64) -> u64 {
-    match std::env::var(key) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{key}={v:?}: want a number")),
-        Err(_) => default,
-    }
-}
 
 /// One cycle's objects as far as the client knows them.
 #[derive(Default)]
@@ -411,7 +386,7 @@ async fn kill9_at_random_points_of_a_pod_churn_leaves_consistent_state_and_no_le
     let total = cycles * CYCLE.len() as u64;
     let mut points = BTreeSet::new();
     while (points.len() as u64) < kills {
-        points.insert(rng.below(total));
+        points.insert(rng.below(total as usize) as u64);
     }
     let started = Instant::now();
     let mut killed_in_call = 0;
@@ -427,7 +402,7 @@ async fn kill9_at_random_points_of_a_pod_churn_leaves_consistent_state_and_no_le
             if points.contains(&point) {
                 // The call runs on a client of its own; the kill lands
                 // 0-60 ms into it (or after it, for a quick one).
-                let delay = Duration::from_millis(rng.below(60));
+                let delay = Duration::from_millis(rng.below(60) as u64);
                 let mut rt = churn.d.runtime().await;
                 let (pod, image) = (churn.pod_config(&c), churn.image.clone());
                 let cc = Cycle {

@@ -469,13 +469,7 @@ async fn limits_land_in_the_cgroup_files() {
         .into_iter()
         .map(|c| (c, e.container_cgroup(&id, c)))
         .collect();
-    let read = |controller: &str, file: &str| {
-        let p = dirs[controller].join(file);
-        std::fs::read_to_string(&p)
-            .unwrap_or_else(|err| panic!("{}: {err}", p.display()))
-            .trim()
-            .to_string()
-    };
+    let read = |controller: &str, file: &str| read_trimmed(&dirs[controller].join(file));
     let expect: &[(&str, &str, &str)] = if v2 {
         &[
             ("cpu", "cpu.weight", "39"),
@@ -556,13 +550,7 @@ async fn pod_resize_rewrites_the_pod_cgroup() {
         .into_iter()
         .map(|c| (c, e.pod_cgroup(c)))
         .collect();
-    let read = |controller: &str, file: &str| {
-        let p = dirs[controller].join(file);
-        std::fs::read_to_string(&p)
-            .unwrap_or_else(|err| panic!("{}: {err}", p.display()))
-            .trim()
-            .to_string()
-    };
+    let read = |controller: &str, file: &str| read_trimmed(&dirs[controller].join(file));
     // (controller, file) of CPU weight, CPU quota and memory limit.
     let files: [(&str, &str); 3] = if v2 {
         [

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use common::pod::*;
+use common::rng::Rng;
 use common::*;
 use prost::Message;
 use prost_types::field_descriptor_proto::{Label, Type};
@@ -30,31 +31,6 @@ const HANG: Duration = Duration::from_secs(15);
 const STREAM_READ: Duration = Duration::from_millis(200);
 /// Deepest message nesting generated.
 const MAX_DEPTH: usize = 5;
-
-/// splitmix64: small, seedable, the same sequence on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
 
 /// The schema's messages and enums by full name (`.runtime.v1.X`).
 struct Schema {
@@ -309,15 +285,6 @@ fn bytes_field(number: u64, b: &[u8], out: &mut Vec<u8>) {
 /// At most 200 bytes of `s`, for a report.
 fn shown(s: &str) -> String {
     s.chars().take(200).collect()
-}
-
-fn env_number(key: &str, default: u64) -> u64 {
-    match std::env::var(key) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{key}={v:?}: want a number")),
-        Err(_) => default,
-    }
 }
 
 /// Codes a client can act on; Internal, Unknown or DataLoss for a request

@@ -527,16 +527,7 @@ async fn supplemental_groups_policy_and_the_reported_user() {
     assert!(status.features.unwrap().supplemental_groups_policy);
     // critest's case: the image's default-user (1000) is also in group
     // 50000 of its /etc/group; Merge adds it, Strict does not.
-    let image = common::testenv::testenv().image("groups:latest");
-    e.d.images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+    let image = common::pull_testenv_image_at(&e.d.paths.socket, "groups:latest")
         .await
         .expect("pull the groups image");
     let cases = [

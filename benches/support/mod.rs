@@ -159,3 +159,12 @@ pub async fn remove_pods(rt: &mut Runtime, ids: Vec<String>) {
             .await;
     }
 }
+
+/// "v1" or "v2", as the runtime sees the node.
+pub fn cgroup_version() -> &'static str {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "v2"
+    } else {
+        "v1"
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod net;
 pub mod pod;
+pub mod rng;
 pub mod stream;
 pub mod testenv;
 
@@ -349,7 +350,13 @@ impl Drop for Daemon {
 /// Pulls the test registry's busybox through the CRI endpoint at `sock`;
 /// returns its reference.
 pub async fn pull_busybox_at(sock: &Path) -> Result<String, String> {
-    let image = testenv::testenv().image("busybox:latest");
+    pull_testenv_image_at(sock, "busybox:latest").await
+}
+
+/// Pulls the test registry's `name` (`groups:latest`) through the CRI
+/// endpoint at `sock`; returns its reference.
+pub async fn pull_testenv_image_at(sock: &Path, name: &str) -> Result<String, String> {
+    let image = testenv::testenv().image(name);
     ImageServiceClient::new(channel(sock).await)
         .pull_image(PullImageRequest {
             image: Some(ImageSpec {
@@ -775,4 +782,24 @@ pub fn bridge_conflist(name: &str, bridge: &str, subnet: &str) -> String {
         ]
     })
     .to_string()
+}
+
+/// `key` from the environment as a number, or `default` when unset; a
+/// value that is not a number stops the test (a typo must not run the default).
+pub fn env_number(key: &str, default: u64) -> u64 {
+    match std::env::var(key) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={v:?}: want a number")),
+        Err(_) => default,
+    }
+}
+
+/// The trimmed contents of `path` (a cgroup or /proc file); a read error
+/// stops the test, naming the path.
+pub fn read_trimmed(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+        .trim()
+        .to_string()
 }
