@@ -44,6 +44,32 @@ impl fmt::Display for Finding {
     }
 }
 
+/// The configured cgroup driver: cgroupfs needs nothing more; systemd
+/// needs systemd as init, answering on the system bus (the daemon refuses
+/// to start otherwise, for the same reason).
+fn cgroup_driver(config: &Config) -> (Level, String) {
+    use crate::config::CgroupDriver;
+    if config.runtime.cgroup_driver == CgroupDriver::Cgroupfs {
+        return (Level::Ok, "cgroupfs (crius makes the cgroups)".into());
+    }
+    let probe = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(crate::cgroups::systemd::Systemd::connect())
+                .map_err(|e| e.to_string())
+        });
+    match probe {
+        Ok(_) => (
+            Level::Ok,
+            "systemd (pods and containers are transient units; systemd answers on the system bus)"
+                .into(),
+        ),
+        Err(e) => (Level::Fail, e),
+    }
+}
+
 /// Runs every check.
 pub fn run(config: &Config) -> Vec<Finding> {
     let mut out = Vec::new();
@@ -118,6 +144,9 @@ pub fn run(config: &Config) -> Vec<Finding> {
             "no cgroup filesystem under /sys/fs/cgroup".into(),
         ),
     }
+
+    let (level, detail) = cgroup_driver(config);
+    add(level, "cgroup driver", detail);
 
     let required_ns = ["net", "ipc", "uts", "pid", "mnt"];
     let missing: Vec<&str> = required_ns

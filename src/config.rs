@@ -77,8 +77,9 @@ pub enum LogFormat {
 pub enum CgroupDriver {
     /// Cgroups made directly in the cgroup filesystem, as `<parent>/crius-pod-<short id>`.
     Cgroupfs,
-    /// Cgroups as systemd slices and scopes (`…slice/crius-pod-<short id>.scope`); parents use
-    /// slice naming.
+    /// Cgroups as transient systemd units made through systemd's D-Bus API: a pod is the slice
+    /// `<parent>-crius_pod_<short id>.slice`, a container the scope `crius-<short id>.scope` in
+    /// it; parents use slice naming. Needs systemd as init: the daemon refuses to start without.
     Systemd,
 }
 
@@ -725,7 +726,7 @@ impl Config {
         );
         line("", "[runtime]", None);
         line(
-            "cgroupfs or systemd; must match kubelet's --cgroup-driver.",
+            "cgroupfs or systemd (pods and containers as transient systemd units; needs systemd as init); must match kubelet's --cgroup-driver.",
             "cgroup_driver",
             Some(enum_str(&self.runtime.cgroup_driver).into()),
         );

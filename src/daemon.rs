@@ -24,6 +24,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     make_dir(&config.root, 0o711)?;
     make_dir(&config.runroot, 0o711)?;
     let _lock = RootLock::acquire(&config.root)?;
+    // The systemd driver makes every cgroup through systemd: without it
+    // the daemon cannot run a pod, so it does not start.
+    let systemd = match config.runtime.cgroup_driver {
+        crate::config::CgroupDriver::Systemd => {
+            Some(crate::cgroups::systemd::Systemd::connect().await?)
+        }
+        crate::config::CgroupDriver::Cgroupfs => None,
+    };
     let store = Store::open(&config.root)
         .with_context(|| format!("opening the state store in {}", config.root.display()))?;
     let socket = Socket::bind(&config.listen)?;
@@ -49,6 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.clone(),
         Arc::new(store),
         streaming_url.clone(),
+        systemd,
     )?);
     // What a crash left half done is repaired before any request comes.
     runtime.reconcile().await;

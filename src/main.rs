@@ -63,6 +63,9 @@ enum Command {
     /// Internal: PID 1 of a pod's PID namespace.
     #[command(hide = true)]
     PodInit,
+    /// Internal: holds a new systemd scope until stdin closes.
+    #[command(hide = true)]
+    Hold,
     /// Internal: a pod's container monitor (started by the daemon).
     #[command(hide = true)]
     Monitor {
@@ -97,6 +100,9 @@ fn main() -> ExitCode {
     }
     if let Some(Command::PodInit) = &cli.command {
         crius::executor::pod_init::main();
+    }
+    if let Some(Command::Hold) = &cli.command {
+        return crius::cgroups::systemd::hold();
     }
     if let Some(Command::Pinns {
         dir,
@@ -155,9 +161,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Some(Command::Pinns { .. } | Command::PodInit | Command::Monitor { .. }) => {
-            ExitCode::FAILURE
-        }
+        Some(
+            Command::Pinns { .. } | Command::PodInit | Command::Monitor { .. } | Command::Hold,
+        ) => ExitCode::FAILURE,
         None => run_daemon(config),
     }
 }

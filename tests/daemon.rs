@@ -4,6 +4,7 @@
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -107,13 +108,15 @@ async fn verbose_status_shows_effective_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runtime_config_reports_configured_cgroup_driver() {
-    for (toml, want) in [
-        ("", CgroupDriver::Cgroupfs),
-        (
+    let mut cases = vec![("", CgroupDriver::Cgroupfs)];
+    // The systemd driver runs only where systemd is init (see below).
+    if Path::new("/run/systemd/system").is_dir() {
+        cases.push((
             "[runtime]\ncgroup_driver = \"systemd\"",
             CgroupDriver::Systemd,
-        ),
-    ] {
+        ));
+    }
+    for (toml, want) in cases {
         let d = Daemon::builder().config(toml).start();
         let resp = d
             .runtime()
@@ -128,6 +131,69 @@ async fn runtime_config_reports_configured_cgroup_driver() {
             "config {toml:?}"
         );
     }
+}
+
+/// `cgroup_driver = "systemd"` where systemd is not init (this host):
+/// the daemon does not start and says why, and `crius check` fails on it.
+/// Where systemd runs, the daemon starts and `crius check` is fine with it.
+#[test]
+fn the_systemd_driver_needs_systemd() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("crius.toml");
+    std::fs::write(&cfg, "[runtime]\ncgroup_driver = \"systemd\"\n").unwrap();
+    let path = |p: &str| dir.path().join(p).display().to_string();
+    let args = |extra: &[&str]| {
+        let mut c = std::process::Command::new(CRIUS);
+        c.args(["--config", &path("crius.toml"), "--root", &path("root")])
+            .args([
+                "--runroot",
+                &path("run"),
+                "--listen",
+                &path("run/crius.sock"),
+            ])
+            .args(extra)
+            .stdin(std::process::Stdio::null());
+        c
+    };
+    let check = args(&["check"]).output().unwrap();
+    let report = String::from_utf8_lossy(&check.stdout).into_owned();
+    let line = report
+        .lines()
+        .find(|l| l.contains("cgroup driver"))
+        .unwrap_or_else(|| panic!("no cgroup driver line:\n{report}"))
+        .to_string();
+    if Path::new("/run/systemd/system").is_dir() {
+        println!("systemd is init here: the driver works");
+        assert!(line.starts_with("[ ok ]"), "{line}");
+        let d = Daemon::builder()
+            .config("[runtime]\ncgroup_driver = \"systemd\"")
+            .start();
+        assert!(d.logs().contains("cgroup"), "{}", d.logs());
+        return;
+    }
+    println!("no systemd here: the driver must be refused");
+    assert!(line.starts_with("[FAIL]"), "{line}");
+    assert!(line.contains("needs systemd as the init system"), "{line}");
+    assert!(!check.status.success(), "{report}");
+    let mut daemon = args(&[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status =
+        wait_timeout(&mut daemon, Duration::from_secs(30)).expect("the daemon exits at once");
+    let out = daemon.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cgroup_driver = \"systemd\" needs systemd as the init system")
+            && stderr.contains("use cgroup_driver = \"cgroupfs\""),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("run/crius.sock").exists(),
+        "it never served"
+    );
 }
 
 fn runtime_config_request(cidr: &str) -> UpdateRuntimeConfigRequest {

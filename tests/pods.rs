@@ -6,6 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use k8s_cri::v1::*;
@@ -413,7 +414,7 @@ async fn sysctls_cgroup_and_shm_belong_to_the_pod() {
     );
 
     let pod_cgroup = if systemd {
-        format!("{pod_dir}/crius-pod-{}.scope", &id[..12])
+        format!("{pod_dir}/crius_test-pod_s-crius_pod_{}.slice", &id[..12])
     } else {
         format!("{pod_dir}/crius-pod-{}", &id[..12])
     };
@@ -454,7 +455,12 @@ async fn sysctls_cgroup_and_shm_belong_to_the_pod() {
     .unwrap();
     assert!(!cg.exists());
     assert!(!mounted(&id));
-    // The parents belong to kubelet; the test made them.
+    // The parents belong to kubelet; the test made them (systemd: the
+    // slices the pod's slice pulled in).
+    if systemd {
+        stop_unit("crius_test-pod_s.slice");
+        stop_unit("crius_test.slice");
+    }
     let top = pod_dir.split('/').next().unwrap_or(pod_dir);
     for rel in [pod_dir, top] {
         for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
@@ -745,4 +751,188 @@ async fn verbose_status_runs_cni_check() {
     );
     remove(&mut rt, &id).await;
     drop_bridge(&bridge);
+}
+
+/// Where a pod's and a container's cgroups are, as the driver under test
+/// names them (the default parent): systemd units, or directories.
+enum Cgroup {
+    Unit(String),
+    Dir(std::path::PathBuf),
+}
+
+impl Cgroup {
+    fn of_pod(id: &str) -> Cgroup {
+        match test_cgroup_driver().as_deref() {
+            Some("systemd") => Cgroup::Unit(format!("crius-crius_pod_{}.slice", &id[..12])),
+            _ => Cgroup::Dir(cgroup_dir(&format!("crius/crius-pod-{}", &id[..12]))),
+        }
+    }
+
+    fn of_container(pod: &str, id: &str) -> Cgroup {
+        match test_cgroup_driver().as_deref() {
+            Some("systemd") => Cgroup::Unit(format!("crius-{}.scope", &id[..12])),
+            _ => Cgroup::Dir(cgroup_dir(&format!(
+                "crius/crius-pod-{}/crius-{}",
+                &pod[..12],
+                &id[..12]
+            ))),
+        }
+    }
+
+    /// systemd: the unit is active (and its cgroup a directory of
+    /// systemd's tree); cgroupfs: the directory exists.
+    fn alive(&self) -> bool {
+        match self {
+            Cgroup::Unit(u) => unit_active_state(u) == "active",
+            Cgroup::Dir(d) => d.is_dir(),
+        }
+    }
+
+    /// systemd: stopped (not failed), so `systemctl list-units` no longer
+    /// lists it; cgroupfs: the directory is gone.
+    fn gone(&self) -> bool {
+        match self {
+            Cgroup::Unit(u) => unit_active_state(u) == "inactive",
+            Cgroup::Dir(d) => !d.exists(),
+        }
+    }
+}
+
+impl std::fmt::Display for Cgroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cgroup::Unit(u) => write!(f, "unit {u}"),
+            Cgroup::Dir(d) => write!(f, "directory {}", d.display()),
+        }
+    }
+}
+
+/// The pod's and the container's cgroups exist while they live and are gone
+/// after RemovePodSandbox, also when the daemon was killed (-9) and
+/// restarted in between. With the systemd driver they are a transient
+/// slice and a scope, seen through systemctl; with cgroupfs, directories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_and_container_cgroups_live_and_go_with_them() {
+    let driver = test_cgroup_driver().unwrap_or_else(|| "cgroupfs".into());
+    let mut env = common::pod::env("units").await;
+    println!("cgroup {}, driver {driver}", common::pod::cgroup_version());
+    for crash in [false, true] {
+        if crash {
+            let pod = env
+                .rt
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(common::pod::host_pod(
+                        "units-2",
+                        &env.logs,
+                        NamespaceMode::Container,
+                    )),
+                    ..Default::default()
+                })
+                .await
+                .expect("second pod")
+                .into_inner()
+                .pod_sandbox_id;
+            env.pod = pod;
+        }
+        let c = env.run("c", "sleep 1000").await;
+        let (pod_cg, ctr_cg) = (Cgroup::of_pod(&env.pod), Cgroup::of_container(&env.pod, &c));
+        println!("pod: {pod_cg}; container: {ctr_cg}");
+        assert!(pod_cg.alive(), "{pod_cg} while the pod lives");
+        assert!(ctr_cg.alive(), "{ctr_cg} while the container runs");
+        // The container's processes, and only they, are in its cgroup;
+        // with systemd also the scope's seed (`crius-helper hold`), which
+        // stays until the container's exit is recorded (so the OOM verdict
+        // can still be read from the scope).
+        let systemd = driver == "systemd";
+        let dir = env.container_cgroup(&c, "memory");
+        let procs = wait_for(
+            "the container (and the scope's seed) in its cgroup",
+            Duration::from_secs(10),
+            || {
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                let pids: Vec<String> = procs.lines().map(String::from).collect();
+                let cmdlines: Vec<Vec<u8>> = pids
+                    .iter()
+                    .map(|p| std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default())
+                    .collect();
+                let seed = |c: &Vec<u8>| {
+                    let mut argv = c.split(|b| *b == 0);
+                    argv.next().is_some_and(|a| a.ends_with(b"crius-helper"))
+                        && argv.next() == Some(b"hold".as_slice())
+                };
+                let sleeps = cmdlines.iter().filter(|c| c.starts_with(b"sleep")).count();
+                let seeds = cmdlines.iter().filter(|c| seed(c)).count();
+                let expected =
+                    sleeps > 0 && seeds == usize::from(systemd) && sleeps + seeds == cmdlines.len();
+                std::future::ready(expected.then_some(pids))
+            },
+        )
+        .await;
+        println!("{} holds {procs:?}", dir.display());
+        // The stats count the container's process, not the seed.
+        let processes = wait_for(
+            "container_processes to count the sleep alone",
+            Duration::from_secs(10),
+            || {
+                let (mut rt, pod, c) = (env.rt.clone(), env.pod.clone(), c.clone());
+                async move {
+                    let all = rt
+                        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+                        .await
+                        .ok()?
+                        .into_inner()
+                        .pod_metrics;
+                    let p = all.into_iter().find(|m| m.pod_sandbox_id == pod)?;
+                    let m = p
+                        .container_metrics
+                        .into_iter()
+                        .find(|m| m.container_id == c)?
+                        .metrics
+                        .into_iter()
+                        .find(|m| m.name == "container_processes")?;
+                    let n = m.value.map_or(0, |v| v.value);
+                    (n == 1).then_some(n)
+                }
+            },
+        )
+        .await;
+        println!("container_processes: {processes}");
+        if crash {
+            env.d.kill9();
+            env.d.restart();
+            env.rt = env.d.runtime().await;
+            assert!(ctr_cg.alive(), "{ctr_cg} after the daemon's restart");
+        }
+        if systemd && !crash {
+            // The seed leaves once the exit is recorded, and systemd ends
+            // the scope then, before any removal.
+            env.stop(&c, 0).await;
+            wait_for(
+                "the stopped container's scope to end",
+                Duration::from_secs(10),
+                || std::future::ready(ctr_cg.gone().then_some(())),
+            )
+            .await;
+            println!("{ctr_cg} ended with the container");
+        }
+        env.stop_and_remove_pod().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !(pod_cg.gone() && ctr_cg.gone()) {
+            if std::time::Instant::now() > deadline {
+                let units = Command::new("systemctl")
+                    .args(["list-units", "--all", "--no-pager", "crius*"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                panic!(
+                    "after removal (crash: {crash}): pod {pod_cg} gone: {}, container {ctr_cg} gone: {}\n{units}\n{}",
+                    pod_cg.gone(),
+                    ctr_cg.gone(),
+                    env.d.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!("after removal (crash: {crash}): {pod_cg} and {ctr_cg} are gone");
+    }
 }

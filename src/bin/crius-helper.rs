@@ -8,13 +8,14 @@
 //!   crius-helper monitor [--dir <dir>]      (default: the working directory)
 //!   crius-helper pinns --dir <dir> [--hostname H] [--ns KIND]... [--sysctl K=V]... [--proc <dir>]
 //!   crius-helper pod-init
+//!   crius-helper hold                       (until stdin closes: a systemd scope's first process)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: crius-helper monitor [--dir <dir>] | pinns --dir <dir> [--hostname H] [--ns KIND]... [--sysctl K=V]... [--proc <dir>] | pod-init"
+        "usage: crius-helper monitor [--dir <dir>] | pinns --dir <dir> [--hostname H] [--ns KIND]... [--sysctl K=V]... [--proc <dir>] | pod-init | hold"
     );
     ExitCode::from(2)
 }
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
             proc_pin.as_deref(),
         ),
         ("pod-init", None) => crius::executor::pod_init::main(),
+        ("hold", None) => crius::cgroups::systemd::hold(),
         _ => usage(),
     }
 }

@@ -1,11 +1,13 @@
-//! Cgroups: pod (and later container) cgroup directories under the
-//! `cgroup_parent` kubelet gives, for cgroup v1 (each controller hierarchy,
-//! including the hybrid layout) and v2, named the cgroupfs or systemd way.
+//! Cgroups: pod and container cgroups under the `cgroup_parent` kubelet
+//! gives, for cgroup v1 (each controller hierarchy, including the hybrid
+//! layout) and v2, made the cgroupfs or the systemd way.
 //!
-//! With the systemd driver the slice name is expanded to its path
-//! (`a-b.slice` → `a.slice/a-b.slice`) as systemd would place it; crius
-//! creates the directories itself, so it also works where systemd does not
-//! run.
+//! With the cgroupfs driver crius makes the directories itself. With the
+//! systemd driver systemd owns the tree, so a pod is a transient slice
+//! (`<parent>-crius_pod_<id>.slice` under kubelet's slice) and a container
+//! a transient scope (`crius-<id>.scope`, `Delegate=yes`) in it, started
+//! and stopped through systemd's D-Bus API (`systemd`); crius then writes
+//! only into the cgroups systemd made.
 //!
 //! On v2 (`v2`) controllers are enabled down the tree and limits written
 //! through the [`fs::CgroupFs`] seam; device rules (`devices`) are v1
@@ -17,6 +19,7 @@
 #[allow(unsafe_code)]
 pub mod devices;
 pub mod fs;
+pub mod systemd;
 pub mod v2;
 
 use std::path::{Path, PathBuf};
@@ -119,6 +122,13 @@ pub enum CgroupError {
         #[source]
         source: std::io::Error,
     },
+    /// systemd could not be reached or refused a unit (systemd driver).
+    #[error(transparent)]
+    Systemd(#[from] systemd::SystemdError),
+    /// A cgroup the systemd driver cannot make: a scope without a
+    /// process, a path that names no unit, no connection to systemd.
+    #[error("systemd driver: {0}")]
+    NoUnit(String),
     /// Loading or attaching the v2 device program failed.
     #[error("device filter for {path}: {op}: {source}{}", verifier_log(.log))]
     DeviceFilter {
@@ -148,6 +158,12 @@ impl CgroupError {
     pub fn is_invalid_argument(&self) -> bool {
         match self {
             CgroupError::InvalidParent(_) | CgroupError::InvalidResource(_) => true,
+            // systemd refused a property's value.
+            CgroupError::Systemd(systemd::SystemdError::Call { source, .. }) => matches!(
+                &**source,
+                zbus::Error::MethodError(name, _, _)
+                    if name.as_str() == "org.freedesktop.DBus.Error.InvalidArgs"
+            ),
             CgroupError::Write { source, .. } => matches!(
                 source.raw_os_error(),
                 Some(libc::EINVAL) | Some(libc::ERANGE) | Some(libc::EBUSY)
@@ -176,6 +192,8 @@ impl From<CgroupError> for crate::error::Error {
 pub struct Cgroups {
     mode: Option<CgroupMode>,
     driver: CgroupDriver,
+    /// The connection the systemd driver makes its units through.
+    systemd: Option<systemd::Systemd>,
 }
 
 impl Cgroups {
@@ -184,7 +202,22 @@ impl Cgroups {
         Cgroups {
             mode: cgroup_mode(),
             driver,
+            systemd: None,
         }
+    }
+
+    /// The same, making its units through `systemd` (the systemd driver).
+    pub fn with_systemd(self, systemd: systemd::Systemd) -> Cgroups {
+        Cgroups {
+            systemd: Some(systemd),
+            ..self
+        }
+    }
+
+    /// Whether cgroups are systemd units: a container's scope then needs a
+    /// process to start with (see [`Cgroups::create`]).
+    pub fn units(&self) -> bool {
+        self.driver == CgroupDriver::Systemd
     }
 
     /// Which cgroup version pod cgroups use here: "v1" (also in the hybrid
@@ -197,7 +230,9 @@ impl Cgroups {
     }
 
     /// The pod cgroup's path relative to the hierarchy root: a child named
-    /// for the pod under `parent` (default `crius` / `crius.slice`).
+    /// for the pod under `parent` (default `crius` / `crius.slice`); with
+    /// the systemd driver the pod's own slice, `<parent>-crius_pod_<id>.slice`
+    /// (a slice's name says where it sits).
     pub fn pod_path(&self, parent: &str, pod_id: &str) -> Result<String, CgroupError> {
         let short = &pod_id[..pod_id.len().min(12)];
         match self.driver {
@@ -219,9 +254,21 @@ impl Cgroups {
                 } else {
                     parent
                 };
-                let slice = expand_slice(parent)?;
-                Ok(format!("{slice}/crius-pod-{short}.scope"))
+                let stem = parent
+                    .strip_suffix(".slice")
+                    .ok_or_else(|| CgroupError::InvalidParent(parent.into()))?;
+                expand_slice(&format!("{stem}-crius_pod_{short}.slice"))
             }
+        }
+    }
+
+    /// A container's cgroup path under its pod's: `crius-<id>` (cgroupfs)
+    /// or the scope `crius-<id>.scope` (systemd), short ids as the pod's.
+    pub fn container_path(&self, pod: &str, id: &str) -> String {
+        let short = &id[..id.len().min(12)];
+        match self.driver {
+            CgroupDriver::Cgroupfs => format!("{pod}/crius-{short}"),
+            CgroupDriver::Systemd => format!("{pod}/crius-{short}.scope"),
         }
     }
 
@@ -249,7 +296,26 @@ impl Cgroups {
 
     /// Creates the cgroup in every hierarchy (parents too); on v2 with
     /// the controllers enabled from the root down to its parent.
-    pub fn create(&self, rel: &str) -> Result<(), CgroupError> {
+    ///
+    /// With the systemd driver it starts the unit the path names instead
+    /// (a slice, or a `Delegate=yes` scope holding `pids`, which systemd
+    /// needs: a scope cannot start empty), with `resources` as unit
+    /// properties, and waits for it; on v2 it then enables the
+    /// controllers systemd leaves alone (hugetlb) down to the unit's
+    /// parent, as runc does. Blocks: call it off the async workers.
+    pub fn create(
+        &self,
+        rel: &str,
+        pids: &[u32],
+        resources: &k8s_cri::v1::LinuxContainerResources,
+    ) -> Result<(), CgroupError> {
+        if self.driver == CgroupDriver::Systemd {
+            self.start_unit(rel, pids, resources)?;
+            if self.mode == Some(CgroupMode::Unified) {
+                return v2::create(&fs::RealCgroupFs, Path::new(ROOT), rel);
+            }
+            return Ok(());
+        }
         if self.mode == Some(CgroupMode::Unified) {
             return v2::create(&fs::RealCgroupFs, Path::new(ROOT), rel);
         }
@@ -259,15 +325,78 @@ impl Cgroups {
         Ok(())
     }
 
+    fn connection(&self) -> Result<&systemd::Systemd, CgroupError> {
+        self.systemd
+            .as_ref()
+            .ok_or_else(|| CgroupError::NoUnit("no connection to systemd".into()))
+    }
+
+    fn start_unit(
+        &self,
+        rel: &str,
+        pids: &[u32],
+        resources: &k8s_cri::v1::LinuxContainerResources,
+    ) -> Result<(), CgroupError> {
+        use zbus::zvariant::Value;
+        let sd = self.connection()?;
+        let unit = systemd::unit_of(rel)
+            .ok_or_else(|| CgroupError::NoUnit(format!("{rel:?} names no unit")))?;
+        let parent = rel
+            .trim_end_matches('/')
+            .rsplit('/')
+            .nth(1)
+            .unwrap_or("-.slice")
+            .to_string();
+        let mut props = systemd::base_properties(format!("crius {unit}"));
+        if unit.ends_with(".slice") {
+            // The parent slice (kubelet's, or one a test names) is started
+            // with it if it is not running; placement follows the name.
+            props.push(("Wants", Value::from(vec![parent])));
+        } else {
+            if pids.is_empty() {
+                return Err(CgroupError::NoUnit(format!(
+                    "scope {unit} needs a process to start with"
+                )));
+            }
+            props.push(("Slice", Value::from(parent)));
+            props.push(("Delegate", Value::from(true)));
+            props.push((
+                "TimeoutStopUSec",
+                Value::from(systemd::SCOPE_STOP_TIMEOUT_USEC),
+            ));
+            props.push(("PIDs", Value::from(pids.to_vec())));
+        }
+        for accounting in [
+            "CPUAccounting",
+            "MemoryAccounting",
+            "TasksAccounting",
+            "IOAccounting",
+        ] {
+            props.push((accounting, Value::from(true)));
+        }
+        // The node's pids limit follows in `apply`, before the container's
+        // process runs.
+        props.extend(systemd::resource_properties(resources, 0));
+        Ok(sd.block_on(sd.start(unit, props))?)
+    }
+
     /// Writes CRI resources into the cgroup `rel` (which must exist), and
     /// `pids_limit` (the node's default, 0: none) as `pids.max` unless the
-    /// resources set it or the pids controller is not there.
+    /// resources set it or the pids controller is not there. With the
+    /// systemd driver the unit's properties (the limit as `TasksMax`) are
+    /// set first, so a `daemon-reload` keeps them.
     pub fn apply(
         &self,
         rel: &str,
         r: &k8s_cri::v1::LinuxContainerResources,
         pids_limit: u64,
     ) -> Result<(), CgroupError> {
+        if let (Some(sd), Some(unit)) = (&self.systemd, systemd::unit_of(rel)) {
+            let props = systemd::resource_properties(r, pids_limit);
+            if !props.is_empty() {
+                sd.block_on(sd.set_properties(unit, props))?;
+            }
+        }
         let base = Path::new(ROOT);
         let path_of = |file: &str| match file.split_once('/') {
             Some((ctrl, f)) => base.join(ctrl).join(rel).join(f),
@@ -351,16 +480,34 @@ impl Cgroups {
     /// that outlived a container's init (in a shared PID namespace) or that
     /// a crash left keep a cgroup busy until they are gone, so a busy
     /// directory is killed and tried again for up to [`EMPTY_WAIT`].
+    /// With the systemd driver the unit the path names is stopped after
+    /// that (SIGKILL first, so nothing waits out systemd's SIGTERM; the
+    /// stop ends the unit whose cgroup is gone; a missing unit is fine).
     /// Blocking: run it off the async workers.
     pub fn kill_and_remove(&self, rel: &str) -> Result<(), CgroupError> {
         for dir in self.dirs(rel)? {
             kill_and_remove_tree(&dir)?;
         }
+        if self.driver == CgroupDriver::Systemd
+            && let Some(unit) = systemd::unit_of(rel)
+        {
+            let sd = self.connection()?;
+            sd.block_on(sd.stop(unit))?;
+        }
         Ok(())
     }
 
-    /// Removes the cgroup's own directories; missing ones are fine.
+    /// Removes the cgroup's own directories; missing ones are fine. With
+    /// the systemd driver it stops the unit the path names (a pod's slice
+    /// takes the scopes in it along; a missing unit is fine) and systemd
+    /// removes the cgroup. Blocks: call it off the async workers.
     pub fn remove(&self, rel: &str) -> Result<(), CgroupError> {
+        if self.driver == CgroupDriver::Systemd
+            && let Some(unit) = systemd::unit_of(rel)
+        {
+            let sd = self.connection()?;
+            return Ok(sd.block_on(sd.stop(unit))?);
+        }
         for dir in self.dirs(rel)? {
             match std::fs::remove_dir(&dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -586,6 +733,7 @@ mod tests {
         let fs = Cgroups {
             mode: Some(CgroupMode::Legacy),
             driver: CgroupDriver::Cgroupfs,
+            systemd: None,
         };
         assert_eq!(
             fs.pod_path("/kubepods/burstable/podu1", id).unwrap(),
@@ -594,14 +742,35 @@ mod tests {
         assert_eq!(fs.pod_path("", id).unwrap(), "crius/crius-pod-0123456789ab");
         assert!(fs.pod_path("/a/../../etc", id).is_err());
         assert!(fs.pod_path("relative", id).is_err());
+        assert_eq!(
+            fs.container_path("crius/crius-pod-0123456789ab", id),
+            "crius/crius-pod-0123456789ab/crius-0123456789ab"
+        );
         let sd = Cgroups {
             mode: Some(CgroupMode::Unified),
             driver: CgroupDriver::Systemd,
+            systemd: None,
         };
+        let pod = sd.pod_path("kubepods-pod1.slice", id).unwrap();
         assert_eq!(
-            sd.pod_path("kubepods-pod1.slice", id).unwrap(),
-            "kubepods.slice/kubepods-pod1.slice/crius-pod-0123456789ab.scope"
+            pod,
+            "kubepods.slice/kubepods-pod1.slice/kubepods-pod1-crius_pod_0123456789ab.slice"
         );
+        assert_eq!(
+            sd.pod_path("", id).unwrap(),
+            "crius.slice/crius-crius_pod_0123456789ab.slice"
+        );
+        assert_eq!(
+            sd.container_path(&pod, id),
+            format!("{pod}/crius-0123456789ab.scope")
+        );
+        assert!(sd.pod_path("kubepods", id).is_err());
+        // Without a connection the driver fails clearly, never mkdirs.
+        let e = sd
+            .create(&pod, &[], &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no connection to systemd"), "{e}");
     }
 }
 

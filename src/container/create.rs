@@ -86,7 +86,7 @@ impl Containers {
                 .unwrap_or(image.id.clone()),
             log_path,
             created_at: now_nanos(),
-            cgroup: format!("{pod_cgroup}/crius-{}", &id[..12]),
+            cgroup: self.cgroups.container_path(&pod_cgroup, &id),
             layers: image.layers.iter().map(|l| l.chain_id.clone()).collect(),
             // The container's own stop signal (KEP-4960) wins over the
             // image's STOPSIGNAL.
@@ -167,13 +167,24 @@ impl Containers {
         // on a blocking thread while the rootfs is mounted and the spec
         // written; it is always waited for, so a failure of either leaves
         // tear_down nothing half-made.
+        // A systemd scope cannot start empty: a seed process holds it, and
+        // keeps holding it until the container's exit is recorded (see
+        // `Seed`).
+        let seed = if self.cgroups.units() {
+            Some(Seed::spawn()?)
+        } else {
+            None
+        };
         let cgroup_job = {
             let (cgroups, path) = (self.cgroups.clone(), record.cgroup.clone());
             let resources = record.resources.clone().unwrap_or_default();
             let pids_limit = self.pids_limit;
             let devices = devices.clone();
+            let pids: Vec<u32> = seed.iter().filter_map(Seed::pid).collect();
             tokio::task::spawn_blocking(move || -> Result<()> {
-                cgroups.create(&path).map_err(Error::from)?;
+                cgroups
+                    .create(&path, &pids, &resources)
+                    .map_err(Error::from)?;
                 cgroups
                     .apply(&path, &resources, pids_limit)
                     .map_err(Error::from)?;
@@ -199,7 +210,13 @@ impl Containers {
         let dir = prepared?;
         cgroup?;
         step("cgroup ready");
-        self.create_in_monitor(pods, pod, record, &dir, &step).await
+        self.create_in_monitor(pods, pod, record, &dir, &step)
+            .await?;
+        if let Some(seed) = seed {
+            seed.hold_until(&dir.join(crate::monitor::files::EXIT))
+                .await;
+        }
+        Ok(())
     }
 
     /// Mounts the rootfs, resolves the user and writes `config.json` (and
@@ -440,6 +457,66 @@ impl Containers {
             }
             let _ = std::fs::remove_dir_all(self.state_dir(&c.id));
         });
+    }
+}
+
+/// The process a container's systemd scope starts with (systemd refuses
+/// an empty scope): `crius-helper hold`. It stays in the scope for the
+/// container's whole life: when the container's last process exits, the
+/// scope is not empty yet, so systemd keeps its cgroup until the monitor has
+/// read `memory.events` (OOMKilled) and written the exit record, whose path
+/// the seed is given once the create succeeded ([`Seed::hold_until`]); it
+/// exits then, and systemd ends the scope. A failed create (or a daemon
+/// dying during it) drops the seed, which is killed (its stdin closes).
+/// It costs the container one task of its pids budget while it lives.
+struct Seed(Option<tokio::process::Child>);
+
+impl Seed {
+    fn spawn() -> Result<Seed> {
+        let mut cmd = crate::helper::command(&["hold"]).map_err(internal)?;
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::Internal(format!("starting the scope's seed process: {e}")))?;
+        Ok(Seed(Some(child)))
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.0.as_ref().and_then(|c| c.id())
+    }
+
+    /// Hands the seed the path of the container's exit record and lets it
+    /// go: it leaves once the record exists. tokio reaps it when it exits.
+    /// If the path cannot be written the seed is killed (the OOM verdict
+    /// may then be lost, as before the seed stayed).
+    async fn hold_until(mut self, record: &Path) {
+        use tokio::io::AsyncWriteExt;
+        let Some(mut child) = self.0.take() else {
+            return;
+        };
+        let mut line = record.as_os_str().as_encoded_bytes().to_vec();
+        line.push(b'\n');
+        let sent = match child.stdin.take() {
+            Some(mut stdin) => {
+                tokio::time::timeout(std::time::Duration::from_secs(5), stdin.write_all(&line))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            }
+            None => false,
+        };
+        if !sent {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+impl Drop for Seed {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.start_kill();
+        }
     }
 }
 

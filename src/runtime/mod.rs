@@ -105,7 +105,14 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the core from the effective config and an opened store.
     /// `streaming_url` is the base URL of the bound streaming listener.
-    pub fn new(config: Config, store: Arc<Store>, streaming_url: String) -> Result<Runtime> {
+    /// `systemd` is the connection the systemd cgroup driver uses (the
+    /// daemon makes it, and refuses to start without it, before this).
+    pub fn new(
+        config: Config,
+        store: Arc<Store>,
+        streaming_url: String,
+        systemd: Option<crate::cgroups::systemd::Systemd>,
+    ) -> Result<Runtime> {
         let pod_cidr: Option<String> = store.get(Table::Meta, POD_CIDR_KEY)?;
         let network = Network::new(
             config.network.conf_dir.clone(),
@@ -114,7 +121,10 @@ impl Runtime {
             pod_cidr,
         );
         let images = Images::open(&config.root, config.image.clone(), store.clone())?;
-        let cgroups = crate::cgroups::Cgroups::detect(config.runtime.cgroup_driver);
+        let mut cgroups = crate::cgroups::Cgroups::detect(config.runtime.cgroup_driver);
+        if let Some(sd) = systemd {
+            cgroups = cgroups.with_systemd(sd);
+        }
         if config.runtime.cgroup_favor_dynmods {
             match crate::cgroups::favor_dynmods(&config.runroot.join("cgroup-favordynmods")) {
                 Ok(()) => tracing::info!("cgroup favordynmods on"),

@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{ContainerFilter, PodFilter, Runtime};
-use crate::container::ContainerRecord;
+use crate::config::CgroupDriver;
+use crate::container::{ContainerRecord, RunState};
 use crate::error::Result;
 use crate::sandbox::PodRecord;
 use crate::sandbox::pinns::NsKind;
 use crate::stats::{Sample, Target};
+use k8s_cri::v1::ContainerState;
 
 /// A container's writable layer, as last measured.
 #[derive(Debug, Clone)]
@@ -55,22 +57,55 @@ pub struct PodStatsView {
 impl Runtime {
     /// Every container and pod cgroup, for the collector's timer.
     fn stats_targets(&self) -> Result<Vec<Target>> {
-        let mut out: Vec<Target> = self
-            .containers
-            .list()?
+        let containers = self.containers.list_with_state()?;
+        let mut out: Vec<Target> = containers
             .iter()
-            .map(|c| container_target(c))
+            .map(|(c, state)| self.container_target(c, state))
             .collect();
-        out.extend(self.pods.list()?.iter().filter_map(|p| self.pod_target(p)));
+        out.extend(
+            self.pods
+                .list()?
+                .iter()
+                .filter_map(|p| self.pod_target(p, &containers)),
+        );
         Ok(out)
     }
 
-    fn pod_target(&self, p: &PodRecord) -> Option<Target> {
+    /// The pod's target; `containers` (with their state) count its seeds.
+    fn pod_target(
+        &self,
+        p: &PodRecord,
+        containers: &[(Arc<ContainerRecord>, RunState)],
+    ) -> Option<Target> {
         Some(Target {
             id: p.id.clone(),
             cgroup: p.cgroup.clone()?,
             netns: (!p.host_network).then(|| self.pods.ns_path(&p.id, NsKind::Net)),
+            seeds: containers
+                .iter()
+                .filter(|(c, _)| c.pod_id == p.id)
+                .map(|(_, state)| self.seeds(state))
+                .sum(),
         })
+    }
+
+    fn container_target(&self, c: &ContainerRecord, state: &RunState) -> Target {
+        Target {
+            id: c.id.clone(),
+            cgroup: c.cgroup.clone(),
+            netns: None,
+            seeds: self.seeds(state),
+        }
+    }
+
+    /// The seed processes in a container's cgroup (`Target::seeds`): with
+    /// the systemd driver its scope holds one until the container has
+    /// exited (and for a moment after, while its exit is recorded).
+    fn seeds(&self, state: &RunState) -> u64 {
+        u64::from(
+            self.config.runtime.cgroup_driver == CgroupDriver::Systemd
+                && state.state != ContainerState::ContainerExited,
+        )
     }
 
     /// Stats of `records`, in their order.
@@ -79,7 +114,10 @@ impl Runtime {
         records: Vec<Arc<ContainerRecord>>,
     ) -> Result<Vec<ContainerStatsView>> {
         self.collector.track(self.stats_targets()?);
-        let targets: Vec<Target> = records.iter().map(|c| container_target(c)).collect();
+        let targets: Vec<Target> = records
+            .iter()
+            .map(|c| self.container_target(c, &self.containers.run_state(c)))
+            .collect();
         let mut samples = self.collector.latest(&targets).await;
         let layers = self.storage.usage().await;
         Ok(records
@@ -144,16 +182,20 @@ impl Runtime {
     }
 
     async fn pod_views(&self, pods: Vec<Arc<PodRecord>>) -> Result<Vec<PodStatsView>> {
-        let all = self.containers.list()?;
+        let all = self.containers.list_with_state()?;
         let records: Vec<Arc<ContainerRecord>> = all
-            .into_iter()
-            .filter(|c| pods.iter().any(|p| p.id == c.pod_id))
+            .iter()
+            .filter(|(c, _)| pods.iter().any(|p| p.id == c.pod_id))
+            .map(|(c, _)| c.clone())
             .collect();
         let mut by_pod: HashMap<String, Vec<ContainerStatsView>> = HashMap::new();
         for c in self.container_views(records).await? {
             by_pod.entry(c.record.pod_id.clone()).or_default().push(c);
         }
-        let targets: Vec<Target> = pods.iter().filter_map(|p| self.pod_target(p)).collect();
+        let targets: Vec<Target> = pods
+            .iter()
+            .filter_map(|p| self.pod_target(p, &all))
+            .collect();
         let mut samples = self.collector.latest(&targets).await;
         Ok(pods
             .into_iter()
@@ -168,13 +210,5 @@ impl Runtime {
     /// What the stats collector has cost so far.
     pub fn collector_cost(&self) -> crate::stats::Cost {
         self.collector.cost()
-    }
-}
-
-fn container_target(c: &ContainerRecord) -> Target {
-    Target {
-        id: c.id.clone(),
-        cgroup: c.cgroup.clone(),
-        netns: None,
     }
 }

@@ -416,7 +416,9 @@ impl Pods {
         // Files, mounts and cgroup writes: off the async workers.
         let limits = pod_limits_of(&pod.config);
         let node_side = crate::sync::blocking(|| {
-            self.cgroups.create(&cgroup).map_err(internal)?;
+            self.cgroups
+                .create(&cgroup, &[], &Default::default())
+                .map_err(internal)?;
             if let Some(limits) = &limits {
                 self.cgroups.apply(&cgroup, limits, 0)?;
             }

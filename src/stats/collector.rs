@@ -28,6 +28,10 @@ pub struct Target {
     pub cgroup: String,
     /// A pod's pinned network namespace (none: host network, containers).
     pub netns: Option<PathBuf>,
+    /// Tasks in the cgroup that are not the workload's: the systemd
+    /// driver's scope seeds (one per live container scope), left out of
+    /// the process counts.
+    pub seeds: u64,
 }
 
 /// One target's numbers at one moment.
@@ -262,6 +266,10 @@ impl Shared {
                 _ => CgroupSample::default(),
             }
         };
+        let mut cgroup = cgroup;
+        if let Some(p) = &mut cgroup.pids {
+            p.current = p.current.saturating_sub(t.seeds);
+        }
         let at = SystemTime::now();
         let nano_cores = prev.and_then(|p| {
             let dt = at.duration_since(p.at?).ok()?.as_nanos();

@@ -469,6 +469,32 @@ pub fn monitor_pids(runroot: &Path) -> Vec<i32> {
     out
 }
 
+/// A systemd unit's `ActiveState` (`systemctl show`): `active` while a
+/// pod's slice or a container's scope lives; `inactive` for one stopped,
+/// unloaded or never made (systemd loads any slice name on demand, so
+/// `LoadState` says nothing for slices); `failed` is not gone.
+pub fn unit_active_state(unit: &str) -> String {
+    let out = Command::new("systemctl")
+        .args(["show", "-p", "ActiveState", "--value", unit])
+        .output()
+        .expect("systemctl (the systemd driver's tests run where systemd is init)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Stops a systemd unit a test left (best effort; no systemd, nothing):
+/// SIGKILL first, as crius does, since a scope's seed ignores SIGTERM.
+pub fn stop_unit(unit: &str) {
+    if Path::new("/run/systemd/system").is_dir() {
+        let _ = Command::new("systemctl")
+            .args(["kill", "--signal=SIGKILL", unit])
+            .status();
+        let _ = Command::new("systemctl").args(["stop", unit]).status();
+        let _ = Command::new("systemctl")
+            .args(["reset-failed", unit])
+            .status();
+    }
+}
+
 /// The cgroup directories pod `id` has or would have, named and placed as
 /// crius does for either driver.
 pub fn pod_cgroup_dirs(id: &str) -> Vec<PathBuf> {
@@ -485,14 +511,21 @@ pub fn pod_cgroup_dirs(id: &str) -> Vec<PathBuf> {
 }
 
 /// Removes the cgroups of the pods a test left (a killed daemon never
-/// removed them).
+/// removed them); the systemd driver's slices are stopped.
 fn remove_pod_cgroups(pods: &Path) {
+    use crius::cgroups::Cgroups;
+    use crius::config::CgroupDriver;
     let ids = std::fs::read_dir(pods)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned());
     for id in ids {
+        if let Ok(rel) = Cgroups::detect(CgroupDriver::Systemd).pod_path("", &id)
+            && let Some(unit) = rel.rsplit('/').next()
+        {
+            stop_unit(unit);
+        }
         for pod in pod_cgroup_dirs(&id) {
             // Killed processes may take a moment to leave.
             for _ in 0..50 {

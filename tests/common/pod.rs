@@ -246,14 +246,29 @@ impl Env {
     }
 
     pub fn container_cgroup(&self, id: &str, controller: &str) -> PathBuf {
-        cgroup_named(controller, &[format!("crius-{}", &id[..12])]).expect("container cgroup")
+        // The default parent of each driver: /crius, crius.slice (where
+        // the container is the scope crius-<id>.scope).
+        let short = &id[..12];
+        cgroup_named(
+            controller,
+            &[format!("crius-{short}"), format!("crius-{short}.scope")],
+        )
+        .expect("container cgroup")
     }
 
-    /// The pod's own cgroup (`crius-pod-<id>`, a `.scope` under systemd)
-    /// in `controller`'s hierarchy (the one tree on v2).
+    /// The pod's own cgroup (`crius-pod-<id>`, the slice
+    /// `crius-crius_pod_<id>.slice` under systemd) in `controller`'s
+    /// hierarchy (the one tree on v2).
     pub fn pod_cgroup(&self, controller: &str) -> PathBuf {
-        let name = format!("crius-pod-{}", &self.pod[..12]);
-        cgroup_named(controller, &[format!("{name}.scope"), name]).expect("pod cgroup")
+        let short = &self.pod[..12];
+        cgroup_named(
+            controller,
+            &[
+                format!("crius-crius_pod_{short}.slice"),
+                format!("crius-pod-{short}"),
+            ],
+        )
+        .expect("pod cgroup")
     }
 }
 
