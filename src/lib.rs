@@ -18,6 +18,7 @@ pub mod executor;
 pub mod helper;
 pub mod ids;
 pub mod image;
+pub mod inspect;
 pub mod listing;
 pub mod logging;
 pub mod monitor;
