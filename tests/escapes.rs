@@ -129,10 +129,16 @@ async fn runtime_binary_is_out_of_reach_through_proc_exe() {
         let out = probe_exe(&mut e, &root, target).await;
         println!("pid {target} from a privileged container: {out}");
         assert!(!out.contains("write-open: ok"), "pid {target}: {out}");
-        assert!(
-            out.contains("Read-only file system") || out.contains("Operation not permitted"),
-            "pid {target}: the write must meet a seal, not a busy text file: {out}"
-        );
+        // The read-only overlay seal answers EROFS; the memfd fallback
+        // (where overlayfs cannot stack on the helper's directory, as on
+        // the VM lane's 9p) is a copy with no host file behind it, busy
+        // while it runs and write-sealed after.
+        if !out.contains("readlink: /memfd:") {
+            assert!(
+                out.contains("Read-only file system"),
+                "pid {target}: the write must meet the seal, not a busy text file: {out}"
+            );
+        }
         for (path, _) in &before {
             assert!(
                 !out.contains(&format!("readlink: {}\n", path.display())),
