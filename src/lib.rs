@@ -19,6 +19,7 @@ pub mod fault;
 pub mod helper;
 pub mod ids;
 pub mod image;
+pub mod inspect;
 pub mod listing;
 pub mod logging;
 pub mod monitor;

@@ -44,6 +44,11 @@ enum Command {
     Check,
     /// Print version information.
     Version,
+    /// Show what isolates a running container, read from the kernel.
+    Inspect {
+        #[command(subcommand)]
+        what: Inspect,
+    },
     /// Internal: create and pin a pod's namespaces (run by the daemon).
     #[command(hide = true)]
     Pinns {
@@ -73,6 +78,28 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum Inspect {
+    /// Namespaces (beside the pod's and the host's), id maps, capabilities,
+    /// seccomp, no_new_privs, LSM label, cgroup limits, masked and
+    /// read-only paths, root propagation of a running container's process.
+    Isolation {
+        /// Container id, or a unique prefix of it.
+        container: String,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    /// For people.
+    Text,
+    /// For tools.
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -161,11 +188,44 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Some(Command::Inspect {
+            what: Inspect::Isolation { container, output },
+        }) => inspect_isolation(&config, &container, output),
         Some(
             Command::Pinns { .. } | Command::PodInit | Command::Monitor { .. } | Command::Hold,
         ) => ExitCode::FAILURE,
         None => run_daemon(config),
     }
+}
+
+fn inspect_isolation(config: &Config, container: &str, output: Output) -> ExitCode {
+    let located = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(crius::inspect::locate(&config.listen, container))
+                .map_err(|e| e.to_string())
+        });
+    let report = located.and_then(|t| crius::inspect::isolation(&t).map_err(|e| e.to_string()));
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("crius inspect isolation: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match output {
+        Output::Text => print!("{report}"),
+        Output::Json => match serde_json::to_string_pretty(&report) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("crius inspect isolation: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    }
+    ExitCode::SUCCESS
 }
 
 fn run_daemon(config: Config) -> ExitCode {

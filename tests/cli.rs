@@ -240,3 +240,107 @@ fn readme_documents_every_config_key() {
         "config keys missing from README's configuration reference: {missing:?}"
     );
 }
+
+#[tokio::test]
+async fn inspect_isolation_reports_a_running_container() {
+    use common::pod::env;
+    use k8s_cri::v1::*;
+    let mut e = env("inspect").await;
+    let mut cfg = e.config("inspect", "sleep 1000");
+    cfg.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = e.run_config(cfg).await;
+    fn inspect_on(d: &common::Daemon, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = d
+            .command()
+            .args(["inspect", "isolation"])
+            .args(args)
+            .output()
+            .expect("run crius inspect");
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    }
+    let inspect = |args: &[&str]| inspect_on(&e.d, args);
+    // Text for people, from a prefix as `crictl ps` shows ids.
+    let (code, out, err) = inspect(&[&id[..13]]);
+    println!("{out}{err}");
+    assert_eq!(code, Some(0), "{err}");
+    for want in [
+        "namespaces",
+        "net",
+        "cap effective",
+        "CAP_CHOWN",
+        "seccomp",
+        "masked",
+    ] {
+        assert!(out.contains(want), "{want} in {out}");
+    }
+    // JSON for tools, checked against what the host says.
+    let (code, out, err) = inspect(&[&id, "-o", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let pid = r["pid"].as_i64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("sleep"), "the container's init: {status}");
+    let ns = |kind: &str| {
+        r["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["kind"] == kind)
+            .unwrap()
+            .clone()
+    };
+    let link = |p: &str, k: &str| {
+        std::fs::read_link(format!("/proc/{p}/ns/{k}"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    // A host-network pod: the container is in the host's network
+    // namespace, its own mount and PID namespaces, the pod's IPC and UTS.
+    assert_eq!(ns("net")["container"], link("self", "net"));
+    assert_eq!(ns("net")["host"], link("self", "net"));
+    assert_eq!(ns("mnt")["container"], link(&pid.to_string(), "mnt"));
+    assert_ne!(ns("mnt")["container"], ns("mnt")["host"]);
+    assert_ne!(ns("pid")["container"], ns("pid")["host"]);
+    if !r["pod_pid"].is_null() {
+        assert_eq!(ns("ipc")["container"], ns("ipc")["pod"]);
+    }
+    assert_eq!(r["uid_map"][0], "0 0 4294967295");
+    let eff: Vec<&str> = r["capabilities"]["effective"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(eff.len(), 14, "Docker's default set: {eff:?}");
+    assert!(eff.contains(&"CAP_NET_BIND_SERVICE") && !eff.contains(&"CAP_SYS_ADMIN"));
+    assert_eq!(r["capabilities"]["ambient"], serde_json::json!([]));
+    assert_eq!(r["seccomp"], "filter", "RuntimeDefault");
+    assert!(r["seccomp_filters"].as_u64().unwrap_or(1) >= 1);
+    assert_eq!(r["no_new_privs"], false);
+    assert_eq!(r["cgroup"]["memory_max"], (64u64 << 20).to_string());
+    assert_eq!(r["cgroup"]["pids_max"], "4096");
+    assert!(
+        r["cgroup"]["path"].as_str().unwrap().contains(&id[..12]),
+        "{r}"
+    );
+    let masked = r["mounts"]["masked"].to_string();
+    assert!(masked.contains("/proc/keys"), "{masked}");
+    let ro = r["mounts"]["read_only"].to_string();
+    assert!(ro.contains("/proc/sys") && ro.contains("/sys"), "{ro}");
+    println!("root propagation {}", r["mounts"]["root_propagation"]);
+    // Clear failures.
+    let (code, _, err) = inspect(&["0123456789ab"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no container"), "{err}");
+    e.stop(&id, 0).await;
+    let (code, _, err) = inspect_on(&e.d, &[&id]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not running"), "{err}");
+}

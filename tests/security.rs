@@ -707,3 +707,46 @@ async fn node_policy_refuses_privileged_containers_and_sensitive_host_paths() {
         ContainerState::ContainerRunning as i32
     );
 }
+
+#[tokio::test]
+async fn cgroup_namespace_is_private_on_v2_and_the_hosts_on_v1() {
+    let mut e = env("cgroupns").await;
+    let host_ns = std::fs::read_link("/proc/self/ns/cgroup").unwrap();
+    let host_ns = host_ns.to_string_lossy();
+    let v2 = cgroup_version() == "v2";
+    println!(
+        "cgroup {}, driver {:?}, host {host_ns}",
+        cgroup_version(),
+        test_cgroup_driver()
+    );
+    for privileged in [false, true] {
+        let name = if privileged { "privileged" } else { "default" };
+        let sec = LinuxContainerSecurityContext {
+            privileged,
+            ..Default::default()
+        };
+        let id = e.run_config(secured(&e, name, "sleep 1000", sec)).await;
+        let (out, code) = e
+            .sh(
+                &id,
+                "readlink /proc/1/ns/cgroup; readlink /proc/self/ns/cgroup; cat /proc/self/cgroup; \
+                 ls -R /sys/fs/cgroup | grep -c crius- || true",
+            )
+            .await;
+        assert_eq!(code, 0, "{out}");
+        println!("{name}: {out}");
+        let lines: Vec<&str> = out.lines().collect();
+        let (init_ns, exec_ns) = (lines[0], lines[1]);
+        assert_eq!(init_ns, exec_ns, "{name}: an exec joins the init's");
+        if v2 {
+            assert_ne!(init_ns, host_ns, "{name}: a private cgroup namespace");
+            assert_eq!(
+                lines[2], "0::/",
+                "{name}: its cgroup is its namespace's root"
+            );
+            assert_eq!(lines.last(), Some(&"0"), "{name}: only its own subtree");
+        } else {
+            assert_eq!(init_ns, host_ns, "{name}: the host's on cgroup v1");
+        }
+    }
+}

@@ -453,7 +453,8 @@ def hostile_layers(kind):
 
 
 NAMES = ["busybox", "busybox-docker", "layers", "multiarch", "zstd", "uncompressed", "big",
-         "hostile-traversal", "hostile-symlink", "hostile-hardlink", "private", "groups"]
+         "hostile-traversal", "hostile-symlink", "hostile-hardlink", "private", "groups",
+         "symlink-etc"]
 
 
 def build_all(b, only):
@@ -501,6 +502,13 @@ def build_all(b, only):
     if want("groups"):
         out.append((REGISTRY, "crius/groups", ["latest"], b.image(
             [busybox_entries(), groups_etc_entries()], dict(sh, User="default-user"))))
+    if want("symlink-etc"):
+        # /etc climbs out of the root with an absolute target: whatever
+        # crius puts at /etc/... (pod files, user lookups) must land in
+        # the rootfs's /tmp/crius-escape-etc, never the host's.
+        out.append((REGISTRY, "crius/symlink-etc", ["latest"], b.image(
+            [busybox_entries(),
+             [D("tmp/crius-escape-etc"), L("etc", "/../../../../../tmp/crius-escape-etc")]], sh)))
     if want("big"):
         out.append((REGISTRY, "crius/big", ["latest"], b.image(
             big_layers(), {"Cmd": ["busybox", "sha256sum", "-c", "/big/SHA256SUMS"]}, level=1)))

@@ -538,7 +538,9 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         ),
         PidNamespace::Node => {}
     }
-    if input.cgroup_namespace && !privileged {
+    // Privileged too, as runc and containerd do on cgroup v2: the
+    // container's /sys/fs/cgroup is its own subtree either way.
+    if input.cgroup_namespace {
         namespaces.push(
             LinuxNamespaceBuilder::default()
                 .typ(LinuxNamespaceType::Cgroup)
@@ -887,6 +889,30 @@ mod tests {
             .find(|m| m.destination() == Path::new("/sys"))
             .unwrap();
         assert!(sys.options().as_ref().unwrap().contains(&"rw".to_string()));
+    }
+
+    #[test]
+    fn cgroup_namespace_private_when_asked_privileged_or_not() {
+        let u = user();
+        let has_cgroupns = |privileged: bool, v2: bool| {
+            let c = with_security(LinuxContainerSecurityContext {
+                privileged,
+                ..Default::default()
+            });
+            let mut i = input(&c, &u);
+            i.cgroup_namespace = v2;
+            let s = build(&i).unwrap();
+            let l = s.linux().clone().unwrap();
+            l.namespaces()
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none())
+        };
+        for privileged in [false, true] {
+            assert!(has_cgroupns(privileged, true), "privileged {privileged}");
+            assert!(!has_cgroupns(privileged, false), "privileged {privileged}");
+        }
     }
 
     #[test]

@@ -319,19 +319,30 @@ fn openat2_in_root(root: RawFd, rel: &Path, flags: i32) -> std::io::Result<Owned
         mode: 0,
         resolve: RESOLVE_IN_ROOT,
     };
-    // SAFETY: path and how are valid for the call; the result is a new fd.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root,
-            path.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
+    // openat2 answers EAGAIN when a `..` in the walk raced a rename or a
+    // mount anywhere on the system (a link like `/../../tmp` while other
+    // containers mount); the kernel asks the caller to retry.
+    let mut tries = 0;
+    let fd = loop {
+        // SAFETY: path and how are valid for the call; the result is a new fd.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root,
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd >= 0 {
+            break fd;
+        }
+        let e = errno();
+        tries += 1;
+        if e.raw_os_error() != Some(libc::EAGAIN) || tries >= 64 {
+            return Err(e);
+        }
     };
-    if fd < 0 {
-        return Err(errno());
-    }
     // SAFETY: openat2 returned a new descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
