@@ -37,10 +37,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::testenv::testenv;
-use common::{Daemon, Runtime, bridge_conflist};
+use common::{Daemon, Runtime, bridge_conflist, percentiles};
 use k8s_cri::v1::*;
 use prost::Message;
-use support::fleet::{Fleet, Plan, client, grow, loadavg, percentiles};
+use support::fleet::{Fleet, Plan, client, grow, loadavg};
 use support::{Containerd, cgroup_version, remove_pods};
 
 /// The call types measured, in the order they are interleaved.
@@ -524,7 +524,10 @@ fn growth(rows: &[Row]) {
             .copied()
             .unwrap_or(first);
         let per = if r.n > prev.n {
-            format!("{:.2}", (p50(r) - p50(prev)) * 1000.0 / (r.n - prev.n) as f64)
+            format!(
+                "{:.2}",
+                (p50(r) - p50(prev)) * 1000.0 / (r.n - prev.n) as f64
+            )
         } else {
             "-".into()
         };

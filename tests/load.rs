@@ -68,10 +68,7 @@ impl Timings {
         );
         for (rpc, ms) in &self.0.lock().expect("timings").ms {
             let (_, p50, _, p99, max) = percentiles(ms);
-            println!(
-                "{rpc:<22} {:>6} {p50:>8.2} {p99:>8.2} {max:>8.2}",
-                ms.len()
-            );
+            println!("{rpc:<22} {:>6} {p50:>8.2} {p99:>8.2} {max:>8.2}", ms.len());
         }
     }
 }
@@ -249,7 +246,11 @@ async fn pods_made_by_concurrent_clients_under_polling_all_succeed_and_leave_not
     );
     made.print("-- create and start (per call)");
     polls.print("-- kubelet-like polling, every second (per call)");
-    let failed: Vec<String> = made.failures().into_iter().chain(polls.failures()).collect();
+    let failed: Vec<String> = made
+        .failures()
+        .into_iter()
+        .chain(polls.failures())
+        .collect();
     assert!(failed.is_empty(), "failed calls:\n{}", failed.join("\n"));
     assert!(rounds >= 3, "only {rounds} polls ran");
 
@@ -315,11 +316,7 @@ async fn pods_made_by_concurrent_clients_under_polling_all_succeed_and_leave_not
         let mine: Vec<String> = pod_ids.iter().skip(k).step_by(clients).cloned().collect();
         tasks.push(tokio::spawn(async move {
             for id in mine {
-                let containers = by_pod
-                    .lock()
-                    .expect("pods")
-                    .remove(&id)
-                    .unwrap_or_default();
+                let containers = by_pod.lock().expect("pods").remove(&id).unwrap_or_default();
                 remove_pod(&mut rt, &removed, id, containers).await;
             }
         }));

@@ -10,8 +10,6 @@ use crate::common::{self, Runtime, channel, pod_config};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 
-pub use crate::common::percentiles;
-
 /// The pods and containers a runtime holds for the bench.
 #[derive(Default)]
 pub struct Fleet {

@@ -63,7 +63,10 @@ impl Group {
                 return o.clone().map_err(StoreError::Shared);
             }
             if state.committing {
-                state = self.done.wait(state).unwrap_or_else(PoisonError::into_inner);
+                state = self
+                    .done
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
                 continue;
             }
             state.committing = true;
@@ -164,6 +167,10 @@ mod tests {
             group.submit(change("b"), |_| panic!("in the commit"))
         }));
         assert!(panicked.is_err());
-        assert!(group.submit(change("c"), |b| Ok(vec![true; b.len()])).unwrap());
+        assert!(
+            group
+                .submit(change("c"), |b| Ok(vec![true; b.len()]))
+                .unwrap()
+        );
     }
 }
