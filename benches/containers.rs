@@ -32,7 +32,11 @@ struct Report {
     create_start_ms: Vec<f64>,
     sequential_ms: Vec<f64>,
     parallel_ms: f64,
+    /// Daemon RSS idle: image pulled, no pod yet.
+    idle_kib: u64,
     daemon_kib: u64,
+    /// Daemon RSS idle again: every pod removed.
+    after_kib: u64,
     per_pod_kib: f64,
 }
 
@@ -82,6 +86,7 @@ async fn load(
 ) -> Result<Report, String> {
     let image = common::pull_busybox_at(sock).await?;
     let mut rt = RuntimeServiceClient::new(channel(sock).await);
+    let idle_kib = rss_kib(memory().0);
     // Warm-up (first pod pays for the pause image, page cache, bridge).
     let (warm, _) = pod_with_container(rt.clone(), image.clone(), format!("{name}-warm")).await?;
     remove_pods(&mut rt, vec![warm]).await;
@@ -153,11 +158,15 @@ async fn load(
     if let Some(e) = failure {
         return Err(e);
     }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let after_kib = rss_kib(daemon);
     Ok(Report {
         create_start_ms,
         sequential_ms,
         parallel_ms,
+        idle_kib,
         daemon_kib,
+        after_kib,
         per_pod_kib,
     })
 }
@@ -172,9 +181,11 @@ fn print(name: &str, r: &Report, n: usize, parallel: usize) {
         "{name:<15} pod+container running, {n} one after another: {min:.1} / {med:.1} / {p90:.1} ms (min / median / p90)"
     );
     println!(
-        "{name:<15} {parallel} pods at once: {:.0} ms; daemon RSS {:.1} MiB; per-pod monitor/shim RSS {:.2} MiB",
+        "{name:<15} {parallel} pods at once: {:.0} ms; daemon RSS {:.1} MiB (idle before {:.1}, after {:.1}); per-pod monitor/shim RSS {:.2} MiB",
         r.parallel_ms,
         r.daemon_kib as f64 / 1024.0,
+        r.idle_kib as f64 / 1024.0,
+        r.after_kib as f64 / 1024.0,
         r.per_pod_kib / 1024.0
     );
 }
@@ -292,10 +303,11 @@ fn ratios(name: &str, r: &Report, c: &Report, parallel: usize) {
     let (_, med, _) = summary(r.sequential_ms.clone());
     let (_, cmed, _) = summary(c.sequential_ms.clone());
     println!(
-        "ratio {name} / containerd: sequential median {:.2}, {parallel} at once {:.2}, daemon RSS {:.2}, per-pod RSS {:.2}",
+        "ratio {name} / containerd: sequential median {:.2}, {parallel} at once {:.2}, daemon RSS {:.2} (idle {:.2}), per-pod RSS {:.2}",
         med / cmed,
         r.parallel_ms / c.parallel_ms,
         r.daemon_kib as f64 / c.daemon_kib.max(1) as f64,
+        r.idle_kib as f64 / c.idle_kib.max(1) as f64,
         r.per_pod_kib / c.per_pod_kib.max(1.0)
     );
 }
@@ -344,6 +356,7 @@ async fn main() {
         cgroup_version()
     );
     let mut all = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut idle = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         let (r, c) = match (
             rt.crius(n, parallel).await,
@@ -363,13 +376,17 @@ async fn main() {
         all.1.extend(c.sequential_ms);
         all.2.push(r.parallel_ms);
         all.3.push(c.parallel_ms);
+        idle.0.push(r.idle_kib as f64 / 1024.0);
+        idle.1.push(c.idle_kib as f64 / 1024.0);
     }
     let (_, med, _) = summary(all.0);
     let (_, cmed, _) = summary(all.1);
     let (_, par, _) = summary(all.2);
     let (_, cpar, _) = summary(all.3);
+    let (_, rss, _) = summary(idle.0);
+    let (_, crss, _) = summary(idle.1);
     println!(
-        "-- all {rounds} rounds: pod+container median {med:.1} ms vs {cmed:.1} ms (ratio {:.2}); {parallel} at once, median round {par:.0} ms vs {cpar:.0} ms (ratio {:.2})",
+        "-- all {rounds} rounds: pod+container median {med:.1} ms vs {cmed:.1} ms (ratio {:.2}); {parallel} at once, median round {par:.0} ms vs {cpar:.0} ms (ratio {:.2}); idle daemon RSS median {rss:.1} MiB vs {crss:.1} MiB",
         med / cmed,
         par / cpar
     );

@@ -1,12 +1,13 @@
 //! Read-path latency with many containers: ListContainers (no filter and
 //! filtered by pod), ContainerStatus of random containers and
 //! ListPodSandbox, with N containers in the *created* state (not started),
-//! N = 300 then 500 by default (200 more made for the second). Without an
+//! N = 10, 100 then 500 by default (each count grows the same fleet). Without an
 //! endpoint it sets up crius, then Debian's containerd 1.6, to each N on the
 //! same image, the same pod and container configs and the same client code,
 //! then measures both in rounds whose order alternates (a machine that
 //! slows down mid-run weighs on both alike), and prints min / p50 / p90 /
-//! p99 / max per call type and N, and crius/containerd ratios. Run with
+//! p99 / max per call type and N, how each grows with N, and
+//! crius/containerd ratios. Run with
 //! `hack/bench-list.sh`.
 //!
 //! Pods are host-network (no CNI in the set-up time; both runtimes still
@@ -17,7 +18,7 @@
 //! concurrent variant has 4 connections calling one type at once.
 //!
 //!   CRIUS_BENCH_ENDPOINT=/run/containerd/containerd.sock  any CRI runtime
-//!   CRIUS_BENCH_LIST_COUNTS=300,500     container counts, ascending (default)
+//!   CRIUS_BENCH_LIST_COUNTS=10,100,500  container counts, ascending (default)
 //!   CRIUS_BENCH_LIST_PER_POD=10         containers per pod
 //!   CRIUS_BENCH_LIST_CALLS=200          measured calls per call type
 //!   CRIUS_BENCH_LIST_ROUNDS=4           rounds the calls are split into
@@ -36,10 +37,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::testenv::testenv;
-use common::{Daemon, Runtime, bridge_conflist};
+use common::{Daemon, Runtime, bridge_conflist, percentiles};
 use k8s_cri::v1::*;
 use prost::Message;
-use support::fleet::{Fleet, Plan, client, grow, loadavg, percentiles};
+use support::fleet::{Fleet, Plan, client, grow, loadavg};
 use support::{Containerd, cgroup_version, remove_pods};
 
 /// The call types measured, in the order they are interleaved.
@@ -92,7 +93,7 @@ impl Settings {
                     .collect()
             })
             .filter(|c: &Vec<usize>| !c.is_empty())
-            .unwrap_or_else(|| vec![300, 500]);
+            .unwrap_or_else(|| vec![10, 100, 500]);
         counts.sort_unstable();
         counts.dedup();
         Settings {
@@ -502,6 +503,45 @@ async fn run(sides: &mut [Side], s: &Settings) -> Vec<Row> {
     rows
 }
 
+/// How each runtime's one-client p50 grows with N: the factor over the
+/// smallest N measured, and the cost per extra container between counts.
+fn growth(rows: &[Row]) {
+    println!(
+        "{:<15} {:<28} {:>5} {:>8} {:>8} {:>14}",
+        "runtime", "call", "N", "p50 ms", "x first", "us/container"
+    );
+    for r in rows.iter().filter(|r| r.clients == 1) {
+        let series: Vec<&Row> = rows
+            .iter()
+            .filter(|x| x.clients == 1 && x.runtime == r.runtime && x.call == r.call)
+            .collect();
+        let p50 = |x: &Row| percentiles(&x.ms).1;
+        let first = series[0];
+        let prev = series
+            .iter()
+            .rev()
+            .find(|x| x.n < r.n)
+            .copied()
+            .unwrap_or(first);
+        let per = if r.n > prev.n {
+            format!(
+                "{:.2}",
+                (p50(r) - p50(prev)) * 1000.0 / (r.n - prev.n) as f64
+            )
+        } else {
+            "-".into()
+        };
+        println!(
+            "{:<15} {:<28} {:>5} {:>8.2} {:>8.2} {per:>14}",
+            r.runtime,
+            r.call.label(),
+            r.n,
+            p50(r),
+            p50(r) / p50(first)
+        );
+    }
+}
+
 /// The crius/containerd ratios of p50 and p99 per count, call and clients.
 fn ratios(rows: &[Row]) {
     let crius: Vec<&Row> = rows.iter().filter(|r| r.runtime == "crius").collect();
@@ -635,6 +675,8 @@ async fn main() {
     for r in &rows {
         print_row(r);
     }
+    println!("-- growth with N (one client)");
+    growth(&rows);
     println!("-- crius / containerd 1.6");
     ratios(&rows);
 }

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::testenv::testenv;
-use common::{Daemon, Runtime, channel, container_config, pod_config};
+use common::{Daemon, Runtime, channel, container_config, percentiles, pod_config};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use support::{Containerd, remove_pods};
@@ -33,13 +33,6 @@ fn env_usize(key: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn percentiles(ms: &[f64]) -> (f64, f64, f64, f64, f64) {
-    let mut v = ms.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-    (v[0], at(0.50), at(0.90), at(0.99), v[v.len() - 1])
 }
 
 fn host_pod(i: usize) -> PodSandboxConfig {

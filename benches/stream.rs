@@ -28,10 +28,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::testenv::testenv;
-use common::{Daemon, Runtime, bridge_conflist};
+use common::{Daemon, Runtime, bridge_conflist, percentiles};
 use k8s_cri::v1::*;
 use prost::Message;
-use support::fleet::{Fleet, Plan, client, grow, loadavg, percentiles};
+use support::fleet::{Fleet, Plan, client, grow, loadavg};
 use support::{cgroup_version, remove_pods};
 
 /// The two calls compared.

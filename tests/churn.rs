@@ -14,7 +14,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::net::Net;
@@ -305,51 +304,6 @@ async fn remove_pod(rt: &mut Runtime, id: &str, when: &str) {
     .unwrap_or_else(|e| panic!("{when}: remove pod {id}: {e:?}"));
 }
 
-/// Processes whose command line has the containers' marker.
-fn marked_processes() -> Vec<String> {
-    let mut out = Vec::new();
-    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if p.file_name().to_string_lossy().parse::<u32>().is_err() {
-            continue;
-        }
-        let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-        if cmd.split(|b| *b == 0).any(|a| a == MARKER.as_bytes()) {
-            out.push(format!(
-                "{}: {}",
-                p.file_name().to_string_lossy(),
-                String::from_utf8_lossy(&cmd)
-            ));
-        }
-    }
-    out
-}
-
-/// Files under `dir` (not following symlinks) whose names look temporary.
-fn temp_files(dir: &Path, out: &mut Vec<String>) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let ty = e.file_type().ok();
-        if name.starts_with('.') || name.ends_with(".tmp") || name.contains(".tmp.") {
-            out.push(e.path().display().to_string());
-        }
-        if ty.is_some_and(|t| t.is_dir()) {
-            temp_files(&e.path(), out);
-        }
-    }
-}
-
-/// Entries of `dir`, sorted.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_at_random_points_of_a_pod_churn_leaves_consistent_state_and_no_leaks() {
     let seed = env_number("CRIUS_CHURN_SEED", 0xc4a0);
@@ -450,48 +404,7 @@ async fn kill9_at_random_points_of_a_pod_churn_leaves_consistent_state_and_no_le
 
     // Nothing left, and nothing leaked.
     churn.check(&Cycle::default(), "after the churn").await;
-    let runroot = churn.d.paths.runroot.clone();
-    let root = churn.d.paths.root.clone();
-    wait_for("monitors to exit", Duration::from_secs(10), || async {
-        monitor_pids(&runroot).is_empty().then_some(())
-    })
-    .await;
-    wait_for(
-        "container processes to exit",
-        Duration::from_secs(10),
-        || async { marked_processes().is_empty().then_some(()) },
-    )
-    .await;
-    let mut leaks = Vec::new();
-    for m in mounts_under(&churn.d.paths.base) {
-        leaks.push(format!("mount {}", m.display()));
-    }
-    for id in &churn.pods {
-        for dir in pod_cgroup_dirs(id).into_iter().filter(|d| d.exists()) {
-            leaks.push(format!("cgroup {}", dir.display()));
-        }
-    }
-    for ip in churn.net.leases() {
-        leaks.push(format!("host-local lease {ip}"));
-    }
-    let veths = churn.net.veths();
-    if !veths.is_empty() {
-        leaks.push(format!("veths: {veths}"));
-    }
-    let mut temps = Vec::new();
-    temp_files(&root, &mut temps);
-    temp_files(&runroot, &mut temps);
-    leaks.extend(temps.into_iter().map(|t| format!("temporary file {t}")));
-    for dir in [
-        runroot.join("pods"),
-        runroot.join("containers"),
-        root.join("containers"),
-        root.join("pods"),
-    ] {
-        for e in entries(&dir) {
-            leaks.push(format!("{}/{e}", dir.display()));
-        }
-    }
+    let leaks = leaks::after_removal(&churn.d, &churn.pods, &churn.net, MARKER).await;
     println!(
         "churn: {} pods and {} containers made, all removed",
         churn.pods.len(),

@@ -10,14 +10,6 @@ use crate::common::{self, Runtime, channel, pod_config};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 
-/// (min, p50, p90, p99, max) of milliseconds.
-pub fn percentiles(ms: &[f64]) -> (f64, f64, f64, f64, f64) {
-    let mut v = ms.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-    (v[0], at(0.50), at(0.90), at(0.99), v[v.len() - 1])
-}
-
 /// The pods and containers a runtime holds for the bench.
 #[derive(Default)]
 pub struct Fleet {

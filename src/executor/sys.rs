@@ -17,7 +17,8 @@
 //!   `kill` cannot send it, its `waitid` fails to decode such a death) and
 //!   rustix only builds through an unsafe constructor (and its `waitid` does
 //!   not say which child exited); `madvise`, `close_range`, the interface
-//!   flag ioctls, `_exit`; and the raw descriptors of forked children.
+//!   flag ioctls, `_exit`, `mallopt`; and the raw descriptors of forked
+//!   children.
 //!
 //! Descriptors a caller owns are passed as [`AsFd`]/[`BorrowedFd`]. Only
 //! the `pub(crate)` helpers for forked children take [`RawFd`]: after
@@ -387,6 +388,19 @@ pub fn cloexec_from(first: u32) -> io::Result<()> {
         )
     };
     if rc < 0 { Err(last()) } else { Ok(()) }
+}
+
+/// Caps glibc's malloc arenas at `max`. glibc gives each thread that
+/// allocates while the others hold theirs an arena of its own (up to 8 per
+/// CPU) and keeps what each arena freed; the daemon's short-lived blocking
+/// threads would each leave one behind. Call before threads start.
+pub fn limit_malloc_arenas(max: i32) {
+    // SAFETY: mallopt only sets an allocator parameter; M_ARENA_MAX takes
+    // any positive count. It returns 0 on failure, which leaves glibc's
+    // default: nothing to report.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, max);
+    }
 }
 
 /// Closes every descriptor except `keep` (`close_range` over the gaps).

@@ -15,9 +15,18 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod group;
+
 /// Errors from the metadata store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A grouped commit (see `group`) failed: the one error every change it
+    /// held answers.
+    #[error(transparent)]
+    Shared(std::sync::Arc<StoreError>),
+    /// The commit holding a change panicked before it finished.
+    #[error("store commit did not finish")]
+    CommitAborted,
     /// The redb database failed to open, begin, read or commit a transaction.
     #[error("store database: {0}")]
     Db(#[from] redb::Error),
@@ -128,10 +137,12 @@ const ALL_TABLES: [Table; 5] = [
 const SCHEMA_KEY: &str = "schema_version";
 const SCHEMA_VERSION: u32 = 1;
 
-/// The metadata store. Cheap to share behind an `Arc`; every call is its own
-/// transaction unless grouped with [`Store::write`].
+/// The metadata store. Cheap to share behind an `Arc`. [`Store::put`] and
+/// [`Store::delete`] that arrive together share one transaction (group
+/// commit); [`Store::write`] groups changes explicitly.
 pub struct Store {
     db: Database,
+    group: group::Group,
 }
 
 /// A group of changes committed together or not at all.
@@ -142,11 +153,7 @@ pub struct Batch<'a> {
 impl Batch<'_> {
     /// Inserts or replaces a record.
     pub fn put<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Encode {
-            table: table.name(),
-            key: key.to_string(),
-            source,
-        })?;
+        let bytes = encode(table, key, value)?;
         let mut t = self.txn.open_table(table.def())?;
         t.insert(key, bytes.as_slice())?;
         Ok(())
@@ -163,7 +170,10 @@ impl Store {
     /// Opens (or creates) the store file `meta.redb` in `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let db = Database::create(dir.join("meta.redb"))?;
-        let store = Store { db };
+        let store = Store {
+            db,
+            group: group::Group::default(),
+        };
         let found: Option<u32> = store.get(Table::Meta, SCHEMA_KEY)?;
         match found {
             Some(v) if v > SCHEMA_VERSION => {
@@ -197,14 +207,42 @@ impl Store {
         })
     }
 
-    /// Inserts or replaces one record.
+    /// Inserts or replaces one record; durable when it returns.
     pub fn put<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<(), StoreError> {
-        self.write(|b| b.put(table, key, value))
+        let bytes = encode(table, key, value)?;
+        self.change(table, key, Some(bytes)).map(|_| ())
     }
 
-    /// Deletes one record; returns whether it existed.
+    /// Deletes one record; returns whether it existed. Durable when it returns.
     pub fn delete(&self, table: Table, key: &str) -> Result<bool, StoreError> {
-        self.write(|b| b.delete(table, key))
+        self.change(table, key, None)
+    }
+
+    /// One change through the group commit: off the async workers, as
+    /// [`Store::write`].
+    fn change(&self, table: Table, key: &str, value: Option<Vec<u8>>) -> Result<bool, StoreError> {
+        let change = group::Change {
+            table,
+            key: key.to_string(),
+            value,
+        };
+        crate::sync::blocking(|| self.group.submit(change, |batch| self.commit(batch)))
+    }
+
+    /// Commits `batch` in one transaction; per change, whether its record
+    /// existed before.
+    fn commit(&self, batch: &[group::Change]) -> Result<Vec<bool>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut existed = Vec::with_capacity(batch.len());
+        for c in batch {
+            let mut t = txn.open_table(c.table.def())?;
+            existed.push(match &c.value {
+                Some(v) => t.insert(c.key.as_str(), v.as_slice())?.is_some(),
+                None => t.remove(c.key.as_str())?.is_some(),
+            });
+        }
+        txn.commit()?;
+        Ok(existed)
     }
 
     /// Reads one record.
@@ -242,6 +280,14 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn encode<T: Serialize>(table: Table, key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Encode {
+        table: table.name(),
+        key: key.to_string(),
+        source,
+    })
 }
 
 fn decode<T: DeserializeOwned>(table: Table, key: &str, bytes: &[u8]) -> Result<T, StoreError> {

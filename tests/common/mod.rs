@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod cut;
+pub mod leaks;
 pub mod net;
 pub mod pod;
 pub mod rng;
@@ -789,6 +790,14 @@ pub fn bridge_conflist(name: &str, bridge: &str, subnet: &str) -> String {
         ]
     })
     .to_string()
+}
+
+/// (min, p50, p90, p99, max) of milliseconds (nearest rank).
+pub fn percentiles(ms: &[f64]) -> (f64, f64, f64, f64, f64) {
+    let mut v = ms.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    (v[0], at(0.50), at(0.90), at(0.99), v[v.len() - 1])
 }
 
 /// `key` from the environment as a number, or `default` when unset; a
