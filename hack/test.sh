@@ -26,5 +26,5 @@ if [ "${CRIUS_VM_LANE:-1}" = 0 ]; then
   echo "== VM lane NOT RUN (CRIUS_VM_LANE=0): cgroup v2 and the systemd driver are untested" >&2
 else
   echo "== VM lane (cgroup v2, systemd; hack/vm/lane.sh)"
-  hack/vm/lane.sh --driver both --tests 'pods containers device_filter stats events security'
+  hack/vm/lane.sh --driver both --tests 'pods containers device_filter stats events security escapes'
 fi

@@ -197,18 +197,8 @@ impl Churn {
     /// (a killed call's half-made leftovers) can be stopped and removed.
     async fn check(&mut self, c: &Cycle, after: &str) {
         let rt = &mut self.rt;
-        let pods = rt
-            .list_pod_sandbox(ListPodSandboxRequest::default())
-            .await
-            .expect("ListPodSandbox")
-            .into_inner()
-            .items;
-        let containers = rt
-            .list_containers(ListContainersRequest::default())
-            .await
-            .expect("ListContainers")
-            .into_inner()
-            .containers;
+        let pods = common::all_pods(rt).await;
+        let containers = common::all_containers(rt).await;
         for p in &pods {
             self.pods.insert(p.id.clone());
             assert!(

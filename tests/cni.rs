@@ -178,11 +178,8 @@ async fn remove(rt: &mut Runtime, id: &str) {
 }
 
 async fn pod_ids(rt: &mut Runtime) -> Vec<String> {
-    rt.list_pod_sandbox(ListPodSandboxRequest::default())
+    common::all_pods(rt)
         .await
-        .unwrap()
-        .into_inner()
-        .items
         .into_iter()
         .map(|p| p.id)
         .collect()

@@ -245,12 +245,7 @@ async fn startup_reconciliation_repairs_what_a_crash_left_half_done() {
     // The socket takes connections from the start; answers come once
     // reconciliation is done.
     let mut rt = d.runtime().await;
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = common::all_pods(&mut rt).await;
     let lines = reconcile_lines(&d.logs());
     println!("reconcile lines:\n{}", lines.join("\n"));
     assert_eq!(pods.len(), 1, "{pods:?}");
@@ -389,12 +384,8 @@ async fn container_ids(rt: &mut Runtime) -> Vec<String> {
 }
 
 async fn pod_ids(rt: &mut Runtime) -> Vec<String> {
-    let mut ids: Vec<String> = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
+    let mut ids: Vec<String> = common::all_pods(rt)
         .await
-        .expect("list pods")
-        .into_inner()
-        .items
         .into_iter()
         .map(|p| p.id)
         .collect();

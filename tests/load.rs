@@ -257,18 +257,8 @@ async fn pods_made_by_concurrent_clients_under_polling_all_succeed_and_leave_not
     // What a user sees with everything up: every pod ready, every
     // container running, stats for all.
     let mut rt = d.runtime().await;
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
-    let containers = rt
-        .list_containers(ListContainersRequest::default())
-        .await
-        .expect("ListContainers")
-        .into_inner()
-        .containers;
+    let pods = common::all_pods(&mut rt).await;
+    let containers = common::all_containers(&mut rt).await;
     assert_eq!(pods.len(), n, "pods listed");
     assert!(
         pods.iter()

@@ -39,11 +39,7 @@ async fn run(rt: &mut Runtime, config: PodSandboxConfig) -> Result<String, tonic
 }
 
 async fn list_all(rt: &mut Runtime) -> Vec<PodSandbox> {
-    rt.list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items
+    common::all_pods(rt).await
 }
 
 async fn remove(rt: &mut Runtime, id: &str) {

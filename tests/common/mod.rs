@@ -29,6 +29,24 @@ pub type Runtime = RuntimeServiceClient<Channel>;
 /// A CRI image client on a unix socket.
 pub type Images = ImageServiceClient<Channel>;
 
+/// Every pod the runtime lists (no filter), as a user's `crictl pods`.
+pub async fn all_pods(rt: &mut Runtime) -> Vec<PodSandbox> {
+    rt.list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items
+}
+
+/// Every container the runtime lists (no filter), as `crictl ps -a`.
+pub async fn all_containers(rt: &mut Runtime) -> Vec<Container> {
+    rt.list_containers(ListContainersRequest::default())
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+}
+
 /// Options for a daemon under test.
 #[derive(Default)]
 pub struct DaemonBuilder {
