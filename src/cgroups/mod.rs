@@ -249,10 +249,14 @@ impl Cgroups {
                 Ok(format!("{clean}/crius-pod-{short}"))
             }
             CgroupDriver::Systemd => {
+                // A slice's name says where it sits, so a parent given as a
+                // path (`/test.slice` from critest, a cgroupfs-style
+                // `/kubepods.slice/kubepods-pod1.slice`) is its last
+                // component, as cri-o reads it.
                 let parent = if parent.is_empty() {
                     "crius.slice"
                 } else {
-                    parent
+                    parent.rsplit('/').next().unwrap_or_default()
                 };
                 let stem = parent
                     .strip_suffix(".slice")
@@ -765,6 +769,18 @@ mod tests {
             format!("{pod}/crius-0123456789ab.scope")
         );
         assert!(sd.pod_path("kubepods", id).is_err());
+        // A path names its last component, as cri-o reads it.
+        assert_eq!(
+            sd.pod_path("/test.slice", id).unwrap(),
+            "test.slice/test-crius_pod_0123456789ab.slice"
+        );
+        assert_eq!(
+            sd.pod_path("/kubepods.slice/kubepods-pod1.slice", id)
+                .unwrap(),
+            pod
+        );
+        assert!(sd.pod_path("/", id).is_err());
+        assert!(sd.pod_path("/test.slice/..", id).is_err());
         // Without a connection the driver fails clearly, never mkdirs.
         let e = sd
             .create(&pod, &[], &Default::default())
