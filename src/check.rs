@@ -199,12 +199,22 @@ pub fn run(config: &Config) -> Vec<Finding> {
         },
     );
 
-    let apparmor = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-        .is_ok_and(|s| s.trim() == "Y");
+    let apparmor = crate::container::lsm::kernel_enabled();
+    let parser = crate::container::lsm::parser();
     add(
         Level::Info,
         "apparmor",
-        if apparmor { "enabled" } else { "not enabled" }.into(),
+        match (apparmor, parser) {
+            (true, Some(p)) => format!(
+                "enabled ({}; RuntimeDefault is {})",
+                p.display(),
+                config.runtime.apparmor_default_profile
+            ),
+            (true, None) => {
+                "enabled in the kernel, but apparmor_parser is not installed: not used".into()
+            }
+            (false, _) => "not enabled".into(),
+        },
     );
     let selinux = Path::new("/sys/fs/selinux/enforce").exists();
     add(

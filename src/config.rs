@@ -253,6 +253,11 @@ pub struct RuntimeConfig {
     /// one (as cri-o does; containerd leaves it unconfined). `Unconfined`
     /// must then be asked for; privileged containers are never filtered.
     pub seccomp_use_default_when_empty: bool,
+    /// The AppArmor profile of RuntimeDefault (and of a container that
+    /// names none) where the node runs AppArmor. `crius-default` is
+    /// generated and loaded by crius at first use; any other name must be
+    /// loaded on the node.
+    pub apparmor_default_profile: String,
     /// Capabilities a container gets unless it drops or adds some (names
     /// with or without `CAP_`); `add_capabilities = ["ALL"]` and
     /// `drop_capabilities = ["ALL"]` in a request replace them.
@@ -418,6 +423,7 @@ impl Default for RuntimeConfig {
             cgroup_favor_dynmods: false,
             restrict_oom_score_adj: false,
             seccomp_use_default_when_empty: true,
+            apparmor_default_profile: "crius-default".into(),
             default_capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
             // Far above what a service needs (kubelet's pod limit is often
             // 1024-4096 per pod), far below the node's pid_max.
@@ -574,6 +580,12 @@ impl Config {
                     "runtime.default_capabilities: {c:?} is not a capability"
                 )));
             }
+        }
+        let aa = &self.runtime.apparmor_default_profile;
+        if aa.is_empty() || aa.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ConfigError::Invalid(format!(
+                "runtime.apparmor_default_profile must be a profile name, got {aa:?}"
+            )));
         }
         if self.runtime.pids_limit > PID_MAX_LIMIT {
             return Err(ConfigError::Invalid(format!(
@@ -750,6 +762,13 @@ impl Config {
             "seccomp_use_default_when_empty",
             Some(toml::Value::Boolean(
                 self.runtime.seccomp_use_default_when_empty,
+            )),
+        );
+        line(
+            "Where the node runs AppArmor: the profile of RuntimeDefault and of a container\nthat names none (privileged ones run unconfined). crius-default is generated\nand loaded by crius; another profile must be loaded on the node.",
+            "apparmor_default_profile",
+            Some(toml::Value::String(
+                self.runtime.apparmor_default_profile.clone(),
             )),
         );
         line(
@@ -1091,6 +1110,7 @@ mod tests {
                 cgroup_favor_dynmods: true,
                 restrict_oom_score_adj: true,
                 seccomp_use_default_when_empty: false,
+                apparmor_default_profile: "my-default".into(),
                 default_capabilities: vec!["CAP_CHOWN".into(), "kill".into()],
                 pids_limit: 0,
                 container_events_buffer: 9,

@@ -750,3 +750,219 @@ async fn cgroup_namespace_is_private_on_v2_and_the_hosts_on_v1() {
         }
     }
 }
+
+/// Whether crius uses AppArmor here: the kernel runs it and
+/// `apparmor_parser` is installed.
+fn apparmor_host() -> bool {
+    let kernel = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|s| s.trim() == "Y");
+    kernel
+        && ["/sbin", "/usr/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join("apparmor_parser").is_file())
+}
+
+/// A profile like critest's: everything but writes.
+const DENY_WRITE: &str = "#include <tunables/global>
+profile crius-test-deny-write flags=(attach_disconnected) {
+  #include <abstractions/base>
+  file,
+  deny /** w,
+}
+";
+
+fn load_profile(text: &str) {
+    let mut child = Command::new("apparmor_parser")
+        .args(["-r", "-W"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("apparmor_parser");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "apparmor_parser -r");
+}
+
+fn apparmor(t: security_profile::ProfileType, name: &str) -> LinuxContainerSecurityContext {
+    LinuxContainerSecurityContext {
+        apparmor: Some(SecurityProfile {
+            profile_type: t as i32,
+            localhost_ref: name.into(),
+        }),
+        ..Default::default()
+    }
+}
+
+#[allow(deprecated)]
+fn apparmor_old(profile: &str) -> LinuxContainerSecurityContext {
+    LinuxContainerSecurityContext {
+        apparmor_profile: profile.into(),
+        ..Default::default()
+    }
+}
+
+/// CAP_SYS_ADMIN without a seccomp filter: only an LSM stops its mounts.
+fn may_mount(mut sec: LinuxContainerSecurityContext) -> LinuxContainerSecurityContext {
+    sec.capabilities = caps_request(&["SYS_ADMIN"], &[], &[]);
+    sec.seccomp = Some(SecurityProfile {
+        profile_type: security_profile::ProfileType::Unconfined as i32,
+        localhost_ref: String::new(),
+    });
+    sec
+}
+
+/// The LSM label of the init (`/proc/1`, its own PID namespace) and of an
+/// exec, as the container reads them.
+async fn labels(e: &mut Env, id: &str) -> (String, String) {
+    let (out, _) = e
+        .sh(
+            id,
+            "printf '%s|%s' \"$(cat /proc/1/attr/current 2>/dev/null)\" \
+             \"$(cat /proc/self/attr/current 2>/dev/null)\"",
+        )
+        .await;
+    let (init, exec) = out.split_once('|').unwrap_or((&out, ""));
+    let clean = |s: &str| s.trim_end_matches(['\0', '\n']).to_string();
+    (clean(init), clean(exec))
+}
+
+const MOUNT: &str = "mkdir -p /mnt/t && mount -t tmpfs none /mnt/t 2>&1; echo rc=$?";
+
+#[tokio::test]
+async fn apparmor_profiles_where_the_host_has_apparmor() {
+    use security_profile::ProfileType::*;
+    let mut e = env("apparmor").await;
+    let refused = |r: Result<String, tonic::Status>, what: &str, want: &str| {
+        let s = r.expect_err(what);
+        assert_eq!(s.code(), Code::FailedPrecondition, "{what}: {s:?}");
+        assert!(s.message().contains(want), "{what}: {}", s.message());
+    };
+    if !apparmor_host() {
+        println!("AppArmor is not enabled on this host: checking that nothing is applied");
+        let id = e
+            .run_config(secured(
+                &e,
+                "plain",
+                "sleep 1000",
+                may_mount(Default::default()),
+            ))
+            .await;
+        let (init, exec) = labels(&mut e, &id).await;
+        assert_eq!((init.as_str(), exec.as_str()), ("", ""), "no LSM label");
+        let (out, _) = e.sh(&id, MOUNT).await;
+        assert!(out.contains("rc=0"), "nothing stops the mount: {out}");
+        for (what, sec) in [
+            ("RuntimeDefault", apparmor(RuntimeDefault, "")),
+            ("runtime/default", apparmor_old("runtime/default")),
+            ("Localhost", apparmor(Localhost, "localhost/x")),
+            ("localhost/x", apparmor_old("localhost/x")),
+        ] {
+            let cfg = secured(&e, &format!("refused-{}", what.len()), "true", sec);
+            refused(e.create(cfg).await, what, "AppArmor is not enabled");
+        }
+        e.run_config(secured(&e, "unconfined", "true", apparmor(Unconfined, "")))
+            .await;
+        return;
+    }
+    println!("AppArmor is enabled on this host");
+    load_profile(DENY_WRITE);
+
+    // Nothing asked: crius-default, for the init and an exec.
+    let id = e
+        .run_config(secured(
+            &e,
+            "default",
+            "sleep 1000",
+            may_mount(Default::default()),
+        ))
+        .await;
+    let (init, exec) = labels(&mut e, &id).await;
+    assert_eq!(init, "crius-default (enforce)");
+    assert_eq!(exec, "crius-default (enforce)", "an exec runs under it too");
+    let (out, _) = e.sh(&id, MOUNT).await;
+    assert!(
+        out.contains("Permission denied") && !out.contains("rc=0"),
+        "crius-default denies mounts: {out}"
+    );
+    // The same container unconfined mounts: the profile made the difference.
+    let id = e
+        .run_config(secured(
+            &e,
+            "unconfined",
+            "sleep 1000",
+            may_mount(apparmor(Unconfined, "")),
+        ))
+        .await;
+    assert_eq!(labels(&mut e, &id).await.0, "unconfined");
+    let (out, _) = e.sh(&id, MOUNT).await;
+    assert!(out.contains("rc=0"), "unconfined mounts: {out}");
+    for (name, sec) in [
+        ("runtime-default", apparmor(RuntimeDefault, "")),
+        ("deprecated-default", apparmor_old("runtime/default")),
+    ] {
+        let id = e.run_config(secured(&e, name, "sleep 1000", sec)).await;
+        assert_eq!(
+            labels(&mut e, &id).await.0,
+            "crius-default (enforce)",
+            "{name}"
+        );
+    }
+    let privileged = LinuxContainerSecurityContext {
+        privileged: true,
+        ..Default::default()
+    };
+    let id = e
+        .run_config(secured(&e, "privileged", "sleep 1000", privileged))
+        .await;
+    assert_eq!(labels(&mut e, &id).await.0, "unconfined", "privileged");
+
+    // Localhost, by each field and spelling: applied, and it denies writes.
+    let script = "cat /proc/self/attr/current; echo; touch /tmp/foo && echo wrote || echo denied";
+    let mut both = apparmor(Localhost, "crius-test-deny-write");
+    #[allow(deprecated)]
+    {
+        both.apparmor_profile = "localhost/crius-test-absent".into();
+    }
+    for (name, sec) in [
+        ("local-ref", apparmor(Localhost, "crius-test-deny-write")),
+        (
+            "local-prefixed",
+            apparmor(Localhost, "localhost/crius-test-deny-write"),
+        ),
+        (
+            "local-deprecated",
+            apparmor_old("localhost/crius-test-deny-write"),
+        ),
+        ("local-new-wins", both),
+    ] {
+        let id = e.run_config(secured(&e, name, script, sec)).await;
+        e.wait_exit(&id).await;
+        let log = e.log(name);
+        assert!(
+            log.contains("crius-test-deny-write (enforce)"),
+            "{name}: {log}"
+        );
+        assert!(
+            log.contains("denied") && !log.contains("wrote"),
+            "{name}: {log}"
+        );
+    }
+    // An unloaded profile fails the create, naming it.
+    for (what, sec) in [
+        (
+            "new field",
+            apparmor(Localhost, "localhost/crius-test-absent"),
+        ),
+        ("deprecated", apparmor_old("localhost/crius-test-absent")),
+    ] {
+        let cfg = secured(&e, &format!("absent-{}", what.len()), "true", sec);
+        refused(
+            e.create(cfg).await,
+            what,
+            "\"crius-test-absent\" is not loaded",
+        );
+    }
+}

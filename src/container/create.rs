@@ -234,6 +234,8 @@ impl Containers {
         step: &impl Fn(&str),
     ) -> Result<PathBuf> {
         let id = record.id.clone();
+        // Before anything is mounted: a profile the node lacks fails here.
+        let (apparmor, selinux) = self.lsm_labels(&record.config, &id)?;
         let rootfs = storage.create_rootfs(&id, layers).map_err(internal)?;
         step("rootfs mounted");
         let with_volumes;
@@ -370,6 +372,10 @@ impl Containers {
             default_capabilities: &self.default_capabilities,
         };
         let mut oci = spec::build(&input).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        if let Some(p) = oci.process_mut() {
+            p.set_apparmor_profile(apparmor);
+            p.set_selinux_label(selinux);
+        }
         let dir = self.state_dir(&id);
         std::fs::create_dir_all(&dir).map_err(internal)?;
         if let Some(profile) =
@@ -391,6 +397,31 @@ impl Containers {
         }
         step("spec written");
         Ok(dir)
+    }
+
+    /// The AppArmor profile and SELinux label container `id` runs under
+    /// (see `lsm`): a profile the node cannot give is refused; SELinux
+    /// options on a node without SELinux are ignored, as cri-o does.
+    fn lsm_labels(
+        &self,
+        config: &ContainerConfig,
+        id: &str,
+    ) -> Result<(Option<String>, Option<String>)> {
+        let sec = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.clone())
+            .unwrap_or_default();
+        let apparmor = lsm::apparmor_profile(&sec, &self.apparmor_default, self.apparmor.as_ref())?;
+        let mut selinux = lsm::selinux_label(&sec)?;
+        if selinux.is_some() && !lsm::selinux_enabled() {
+            tracing::debug!(
+                container = id,
+                "SELinux is not enabled on this node: the container's selinux_options are ignored"
+            );
+            selinux = None;
+        }
+        Ok((apparmor, selinux))
     }
 
     /// Has the pod's monitor create the container's process from the spec

@@ -7,6 +7,7 @@
 mod create;
 pub mod events;
 mod lifecycle;
+pub mod lsm;
 mod orphans;
 pub mod process;
 mod reconcile;
@@ -58,6 +59,10 @@ pub struct Containers {
     seccomp_default: bool,
     /// `[runtime] default_capabilities`.
     default_capabilities: Vec<String>,
+    /// `[runtime] apparmor_default_profile`.
+    apparmor_default: String,
+    /// The node's AppArmor (see `lsm`).
+    apparmor: Box<dyn lsm::AppArmorHost + Send + Sync>,
     /// `[runtime] pids_limit` (0: none).
     pids_limit: u64,
     /// Whether the kernel lets the executor make mounts recursively
@@ -137,6 +142,8 @@ impl Containers {
             restrict_oom_score_adj: config.restrict_oom_score_adj,
             seccomp_default: config.seccomp_use_default_when_empty,
             default_capabilities: config.default_capabilities.clone(),
+            apparmor_default: config.apparmor_default_profile.clone(),
+            apparmor: Box::new(lsm::NodeAppArmor::default()),
             pids_limit: config.pids_limit,
             recursive_readonly: crate::executor::mount_attr::recursive_readonly_supported(),
             handlers: config.handlers.clone(),

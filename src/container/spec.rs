@@ -495,21 +495,8 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
             .ok_or_else(|| invalid("oom_score_adj", resources.oom_score_adj.to_string()))?;
         process.set_oom_score_adj(Some(adj));
     }
-    #[allow(deprecated)] // kubelet still sends the old field to old runtimes
-    let old_apparmor = sec.apparmor_profile.clone();
-    if !old_apparmor.is_empty() || sec.apparmor.is_some() {
-        // AppArmor is applied by the hardening work; the field is kept so the
-        // spec says what was asked.
-        let profile = sec
-            .apparmor
-            .as_ref()
-            .map(|a| a.localhost_ref.clone())
-            .filter(|p| !p.is_empty())
-            .unwrap_or(old_apparmor);
-        if !profile.is_empty() {
-            process.set_apparmor_profile(Some(profile));
-        }
-    }
+    // The AppArmor profile and SELinux label depend on the node: set by
+    // the caller (`container::lsm`).
 
     let mut namespaces = vec![
         LinuxNamespaceBuilder::default()

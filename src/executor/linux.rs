@@ -330,6 +330,11 @@ impl Executor for Embedded {
                     fail_step(chan, "process", f);
                 }
             }
+            // The labels hold until execve; set now, so a refusal fails
+            // the create.
+            if let Err(f) = process::set_exec_labels(&prepared) {
+                fail_step(chan, "security labels", f);
+            }
             sys::write_all(chan, b"R");
             wait_for_start(chan);
             exec_or_report(&prepared, chan);
@@ -466,6 +471,9 @@ impl Embedded {
                 Ok(c) => c,
                 Err(e) => fail(chan, "stdio", e),
             };
+            if let Err(f) = process::set_exec_labels(&prepared) {
+                fail_step(chan, "security labels", f);
+            }
             exec_or_report(&prepared, chan);
         };
         let (child_pid, ours, mut report) = self.spawn(theirs, ours, keep, setup, child)?;

@@ -11,6 +11,7 @@
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod linux;
+mod lsm;
 pub mod mount_attr;
 mod namespaces;
 pub mod oci;

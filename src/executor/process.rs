@@ -13,6 +13,7 @@ use oci_spec::runtime::{PosixRlimit, Process};
 use super::{CreateOptions, ExecutorError, FailureKind};
 
 /// A set-up step that failed, with who must act on it.
+#[derive(Debug)]
 pub(super) struct Failure {
     pub(super) kind: FailureKind,
     pub(super) message: String,
@@ -53,6 +54,8 @@ pub(super) struct Prepared {
     /// spec's (`[runtime] restrict_oom_score_adj`) instead of failing.
     clamp_oom_score_adj: bool,
     seccomp: Option<super::seccomp::Program>,
+    /// AppArmor profile and SELinux label, set for the execve.
+    lsm: super::lsm::Labels,
     pub(super) terminal: bool,
 }
 
@@ -122,8 +125,16 @@ pub(super) fn prepare(process: &Process, opts: &CreateOptions) -> Result<Prepare
             .map(super::seccomp::Program::from_bytes)
             .transpose()
             .map_err(|e| ExecutorError::Spec(e.to_string()))?,
+        lsm: super::lsm::labels(process)?,
         terminal: process.terminal().unwrap_or(false),
     })
+}
+
+/// The process's AppArmor profile and SELinux label, for its coming
+/// execve (see `lsm.rs`): called by the process that execs, inside the
+/// container's PID namespace, after its set-up.
+pub(super) fn set_exec_labels(p: &Prepared) -> Result<(), Failure> {
+    super::lsm::apply(&p.lsm, &mut super::lsm::Proc)
 }
 
 /// Gives the new process default signal handling: the monitor blocks

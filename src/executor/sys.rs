@@ -474,6 +474,26 @@ pub(crate) fn write_all(fd: RawFd, mut data: &[u8]) {
     }
 }
 
+/// Writes `data` to a /proc attribute file (an LSM's `attr/exec`) in one
+/// write(2), as the kernel wants such a value: a short write is an error.
+pub(crate) fn write_attr(path: &str, data: &[u8]) -> io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+    let n = loop {
+        match rustix::io::write(&fd, data) {
+            Err(Errno::INTR) => continue,
+            r => break r?,
+        }
+    };
+    if n != data.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("{path}: wrote {n} of {} bytes", data.len()),
+        ));
+    }
+    Ok(())
+}
+
 /// Closes a raw descriptor a process owns outside Rust's types (the pod
 /// init's report channel). A close error is ignored: the descriptor is
 /// released either way, and what was written is already with the reader.
