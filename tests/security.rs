@@ -773,7 +773,7 @@ profile crius-test-deny-write flags=(attach_disconnected) {
 
 fn load_profile(text: &str) {
     let mut child = Command::new("apparmor_parser")
-        .args(["-r", "-W"])
+        .args(["-r", "-K"])
         .stdin(Stdio::piped())
         .spawn()
         .expect("apparmor_parser");

@@ -370,7 +370,7 @@ pub fn selinux_label(sec: &LinuxContainerSecurityContext) -> Result<Option<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_cri::v1::{SecurityProfile, SeLinuxOption};
+    use k8s_cri::v1::{SeLinuxOption, SecurityProfile};
     use std::cell::Cell;
 
     struct Fake {
