@@ -64,6 +64,12 @@ enum Command {
         /// Where the pod init mounts the pod PID namespace's /proc.
         #[arg(long = "proc")]
         proc_pin: Option<PathBuf>,
+        /// `container:host:length`: the pod gets a user namespace.
+        #[arg(long = "uid-map")]
+        uid_maps: Vec<String>,
+        /// `container:host:length`, with `--uid-map`.
+        #[arg(long = "gid-map")]
+        gid_maps: Vec<String>,
     },
     /// Internal: PID 1 of a pod's PID namespace.
     #[command(hide = true)]
@@ -137,6 +143,8 @@ fn main() -> ExitCode {
         namespaces,
         sysctls,
         proc_pin,
+        uid_maps,
+        gid_maps,
     }) = &cli.command
     {
         return crius::sandbox::pinns::main(
@@ -145,6 +153,7 @@ fn main() -> ExitCode {
             namespaces,
             sysctls,
             proc_pin.as_deref(),
+            (uid_maps, gid_maps),
         );
     }
     let overrides = Overrides {

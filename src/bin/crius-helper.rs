@@ -6,7 +6,7 @@
 //! the daemon uses when this binary is not installed beside it.
 //!
 //!   crius-helper monitor [--dir <dir>]      (default: the working directory)
-//!   crius-helper pinns --dir <dir> [--hostname H] [--ns KIND]... [--sysctl K=V]... [--proc <dir>]
+//!   crius-helper pinns --dir <dir> [--hostname H] [--ns KIND]... [--sysctl K=V]... [--proc <dir>] [--uid-map C:H:L --gid-map C:H:L]
 //!   crius-helper pod-init
 //!   crius-helper hold                       (until stdin closes: a systemd scope's first process)
 
@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: crius-helper monitor [--dir <dir>] | pinns --dir <dir> [--hostname H] [--ns KIND]... [--sysctl K=V]... [--proc <dir>] | pod-init | hold"
+        "usage: crius-helper monitor [--dir <dir>] | pinns --dir <dir> [--hostname H] [--ns KIND]... [--sysctl K=V]... [--proc <dir>] [--uid-map C:H:L --gid-map C:H:L] | pod-init | hold"
     );
     ExitCode::from(2)
 }
@@ -30,6 +30,8 @@ fn main() -> ExitCode {
     let mut namespaces = Vec::new();
     let mut sysctls = Vec::new();
     let mut proc_pin = None;
+    let mut uid_maps = Vec::new();
+    let mut gid_maps = Vec::new();
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         let Some(value) = it.next() else {
@@ -41,6 +43,8 @@ fn main() -> ExitCode {
             "--ns" => namespaces.push(value.clone()),
             "--sysctl" => sysctls.push(value.clone()),
             "--proc" => proc_pin = Some(PathBuf::from(value)),
+            "--uid-map" => uid_maps.push(value.clone()),
+            "--gid-map" => gid_maps.push(value.clone()),
             _ => return usage(),
         }
     }
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
             &namespaces,
             &sysctls,
             proc_pin.as_deref(),
+            (&uid_maps, &gid_maps),
         ),
         ("pod-init", None) => crius::executor::pod_init::main(),
         ("hold", None) => crius::cgroups::systemd::hold(),

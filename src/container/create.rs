@@ -236,7 +236,21 @@ impl Containers {
         let id = record.id.clone();
         // Before anything is mounted: a profile the node lacks fails here.
         let (apparmor, selinux) = self.lsm_labels(&record.config, &id)?;
-        let rootfs = storage.create_rootfs(&id, layers).map_err(internal)?;
+        let userns = crate::sandbox::userns_maps(&pod.config);
+        same_userns(&record.config, &pod.config)?;
+        let idmap = userns.as_ref().map(|(uids, gids)| crate::storage::Idmap {
+            userns: pods.userns_path(&pod.id),
+            root_uid: uids.iter().find_map(|m| m.host_of(0)).unwrap_or(0),
+            root_gid: gids.iter().find_map(|m| m.host_of(0)).unwrap_or(0),
+        });
+        let rootfs = storage
+            .create_rootfs(&id, layers, idmap.as_ref())
+            .map_err(|e| match e {
+                crate::storage::StorageError::Idmap { .. } => {
+                    Error::FailedPrecondition(e.to_string())
+                }
+                e => internal(e),
+            })?;
         step("rootfs mounted");
         let with_volumes;
         let config = if record.image_volumes.is_empty() {
@@ -375,6 +389,10 @@ impl Containers {
         if let Some(p) = oci.process_mut() {
             p.set_apparmor_profile(apparmor);
             p.set_selinux_label(selinux);
+        }
+        if let Some(maps) = &userns {
+            spec::join_user_namespace(&mut oci, pods.userns_path(&pod.id), maps)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         }
         let dir = self.state_dir(&id);
         std::fs::create_dir_all(&dir).map_err(internal)?;
@@ -786,6 +804,38 @@ pub(super) fn host_devices(
         }
     }
     Ok(out)
+}
+
+/// A container's `userns_options`, when given, must be its pod's: its
+/// processes run in the pod's user namespace (or the host's), nothing else
+/// (as cri-o and containerd require).
+fn same_userns(c: &ContainerConfig, pod: &PodSandboxConfig) -> Result<()> {
+    let theirs = c
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .and_then(|n| n.userns_options.as_ref());
+    let Some(theirs) = theirs else {
+        return Ok(());
+    };
+    let node = k8s_cri::v1::UserNamespace {
+        mode: NamespaceMode::Node as i32,
+        ..Default::default()
+    };
+    let ours = pod
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .and_then(|n| n.userns_options.as_ref())
+        .unwrap_or(&node);
+    if theirs != ours {
+        return Err(Error::InvalidArgument(
+            "the container's user namespace options differ from its pod's".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

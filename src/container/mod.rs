@@ -167,6 +167,12 @@ impl Containers {
         self.recursive_readonly && self.oci_runtime(handler).is_none()
     }
 
+    /// Whether runtime handler `handler` runs containers with the embedded
+    /// executor (not an external OCI runtime).
+    pub fn embedded(&self, handler: &str) -> bool {
+        self.oci_runtime(handler).is_none()
+    }
+
     /// The external OCI runtime of runtime handler `handler`, for the
     /// monitor; None for the embedded executor.
     fn oci_runtime(&self, handler: &str) -> Option<crate::monitor::proto::OciRuntime> {

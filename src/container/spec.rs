@@ -423,6 +423,45 @@ fn devices(
     Ok((devs, allow))
 }
 
+/// Puts a container in its pod's user namespace: joined through the pin
+/// at `path`, with the namespace's mappings written as `uidMappings` and
+/// `gidMappings` (what an OCI runtime reads; the embedded executor joins
+/// the pinned namespace, whose maps are already set).
+pub fn join_user_namespace(
+    spec: &mut Spec,
+    path: PathBuf,
+    (uids, gids): &crate::sandbox::pinns::IdMaps,
+) -> Result<(), SpecError> {
+    use oci_spec::runtime::LinuxIdMappingBuilder;
+    let conv = |maps: &[crate::executor::userns::IdMap]| {
+        maps.iter()
+            .map(|m| {
+                LinuxIdMappingBuilder::default()
+                    .container_id(m.container_id)
+                    .host_id(m.host_id)
+                    .size(m.length)
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let (uid_mappings, gid_mappings) = (conv(uids)?, conv(gids)?);
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    namespaces.retain(|n| n.typ() != LinuxNamespaceType::User);
+    namespaces.push(
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::User)
+            .path(path)
+            .build()?,
+    );
+    linux
+        .set_namespaces(Some(namespaces))
+        .set_uid_mappings(Some(uid_mappings))
+        .set_gid_mappings(Some(gid_mappings));
+    spec.set_linux(Some(linux));
+    Ok(())
+}
+
 /// Builds the spec.
 pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     let config = input.config;

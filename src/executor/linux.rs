@@ -311,6 +311,7 @@ impl Executor for Embedded {
             if !inside {
                 super::rootfs::apply(&mounts, proc)?;
                 process::make_cwd(&prepared)?;
+                namespaces::enter_user(&ns)?;
                 process::become_process(&prepared)?;
             }
             Ok(())
@@ -324,8 +325,9 @@ impl Executor for Embedded {
                 if let Err(e) = super::rootfs::apply(&mounts, None) {
                     fail(chan, "rootfs", e);
                 }
-                let ready =
-                    process::make_cwd(&prepared).and_then(|()| process::become_process(&prepared));
+                let ready = process::make_cwd(&prepared)
+                    .and_then(|()| namespaces::enter_user(&ns).map_err(Failure::from))
+                    .and_then(|()| process::become_process(&prepared));
                 if let Err(f) = ready {
                     fail_step(chan, "process", f);
                 }
@@ -456,6 +458,7 @@ impl Embedded {
             process::limits(&prepared, chan)?;
             namespaces::join_cgroups(&opts.cgroup_dirs, join)?;
             namespaces::enter(&ns)?;
+            namespaces::enter_user(&ns)?;
             process::become_process(&prepared)
         };
         let child = || {

@@ -21,6 +21,7 @@ mod report;
 mod rootfs;
 pub mod seccomp;
 pub mod sys;
+pub mod userns;
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;

@@ -3,6 +3,11 @@
 //! mount and every mount beneath it read-only in one call, where a
 //! `MS_REMOUNT | MS_RDONLY` reaches only the top one (Linux 5.12+).
 //!
+//! Idmapped mounts (user namespaces): a detached clone of a directory
+//! (`open_tree(OPEN_TREE_CLONE)`) given `MOUNT_ATTR_IDMAP` with a pod's user
+//! namespace and attached elsewhere, so files owned by host root show as
+//! the namespace's root (Linux 5.12+, overlayfs lower layers 5.19+).
+//!
 //! Neither rustix (1.1) nor nix (0.31) wraps `mount_setattr`, so the raw
 //! syscall is here, behind safe functions over [`AsFd`].
 
@@ -21,6 +26,8 @@ struct MountAttr {
 
 /// `MOUNT_ATTR_RDONLY` from linux/mount.h.
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// `MOUNT_ATTR_IDMAP` from linux/mount.h.
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
 fn mount_setattr(
     dirfd: libc::c_int,
@@ -64,6 +71,82 @@ pub(super) fn make_recursively_readonly(mount: impl AsFd) -> io::Result<()> {
         Some(&attr),
         std::mem::size_of::<MountAttr>(),
     )
+}
+
+/// Mounts a clone of `src` (not what is mounted beneath it) at `target`,
+/// idmapped through the user namespace `userns`: a file owned by host id
+/// N shows as the id N maps to inside that namespace.
+pub fn idmapped_bind(
+    src: &std::path::Path,
+    target: &std::path::Path,
+    userns: impl AsFd,
+) -> io::Result<()> {
+    use rustix::mount::{MoveMountFlags, OpenTreeFlags};
+    let tree = rustix::mount::open_tree(
+        rustix::fs::CWD,
+        src,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_fd().as_raw_fd() as u64,
+    };
+    mount_setattr(
+        tree.as_raw_fd(),
+        libc::AT_EMPTY_PATH,
+        Some(&attr),
+        std::mem::size_of::<MountAttr>(),
+    )?;
+    rustix::mount::move_mount(
+        &tree,
+        c"",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )?;
+    Ok(())
+}
+
+/// Detaches every mount at or beneath `dir` (deepest first, from
+/// /proc/self/mountinfo); nothing mounted is fine.
+pub fn unmount_tree(dir: &std::path::Path) -> io::Result<()> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut points: Vec<std::path::PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape)
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for p in points {
+        match nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// mountinfo's octal escapes (`\040` for a space) undone.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Whether this kernel (and the seccomp filter crius runs under) lets

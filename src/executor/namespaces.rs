@@ -27,9 +27,16 @@ fn ns_flag(t: LinuxNamespaceType) -> libc::c_int {
 }
 
 /// Which namespaces to enter (opened files) and which to create.
+///
+/// A user namespace to join (a pod's, CRI mode POD) is kept apart and
+/// entered last, by [`enter_user`], once the mounts are made: the pod's
+/// other namespaces and the container's mount namespace belong to the
+/// host's user namespace, so they are entered and set up as host root, and
+/// only the process itself runs in the pod's user namespace.
 pub(super) struct Namespaces {
     pub(super) join: Vec<(libc::c_int, File)>,
     pub(super) unshare: libc::c_int,
+    pub(super) user: Option<File>,
 }
 
 impl Namespaces {
@@ -49,7 +56,23 @@ impl Namespaces {
 
     /// Their descriptors, which the forked child keeps until it entered.
     pub(super) fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
-        self.join.iter().map(|(_, f)| f.as_raw_fd())
+        self.join
+            .iter()
+            .map(|(_, f)| f)
+            .chain(&self.user)
+            .map(|f| f.as_raw_fd())
+    }
+
+    /// Splits a user namespace to join off the others (see the type).
+    fn user_apart(mut self) -> Namespaces {
+        if let Some(i) = self
+            .join
+            .iter()
+            .position(|(flag, _)| *flag == libc::CLONE_NEWUSER)
+        {
+            self.user = Some(self.join.remove(i).1);
+        }
+        self
     }
 }
 
@@ -72,9 +95,12 @@ pub(super) fn plan_namespaces(spec: &Spec) -> Result<Namespaces, ExecutorError> 
             None => unshare |= flag,
         }
     }
-    // A user namespace is entered first, the others with its privileges.
-    join.sort_by_key(|(flag, _)| *flag != libc::CLONE_NEWUSER);
-    Ok(Namespaces { join, unshare })
+    Ok(Namespaces {
+        join,
+        unshare,
+        user: None,
+    }
+    .user_apart())
 }
 
 /// The namespaces of a running process, for exec: every kind it does not
@@ -105,7 +131,12 @@ pub(super) fn process_namespaces(pid: i32) -> Result<Namespaces, ExecutorError> 
         })?;
         join.push((flag, f));
     }
-    Ok(Namespaces { join, unshare: 0 })
+    Ok(Namespaces {
+        join,
+        unshare: 0,
+        user: None,
+    }
+    .user_apart())
 }
 
 /// Joins the cgroup in every hierarchy through `file`, the one the host's
@@ -133,6 +164,19 @@ pub(super) fn join_file(mode: Option<crate::cgroups::CgroupMode>) -> &'static st
         Some(crate::cgroups::CgroupMode::Unified) => "cgroup.procs",
         _ => "tasks",
     }
+}
+
+/// Joins the user namespace kept apart (see [`Namespaces`]), if any: the
+/// last step before the process takes on its credentials, which are then
+/// ids inside it. The caller is single-threaded and shares no fs_struct.
+pub(super) fn enter_user(ns: &Namespaces) -> Result<(), String> {
+    if let Some(f) = &ns.user {
+        // SAFETY: f is an open user namespace file; setns has no memory effects.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWUSER) } < 0 {
+            return Err(format!("joining the pod's user namespace: {}", errno()));
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn enter(ns: &Namespaces) -> Result<(), String> {

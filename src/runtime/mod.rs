@@ -188,22 +188,35 @@ impl Runtime {
     }
 
     /// The features `Status` advertises: what works on this node, for the
-    /// default handler (`""`) and each of `[runtime.handlers]`. Neither the
-    /// embedded executor nor an external OCI runtime maps user namespaces
-    /// yet; recursive read-only mounts are the embedded executor's only.
+    /// default handler (`""`) and each of `[runtime.handlers]`. User
+    /// namespaces (mode POD) and recursive read-only mounts are the embedded
+    /// executor's only, user namespaces where the start-up probe could
+    /// idmap an overlay layer (`storage::Storage::idmap_support`).
     pub fn features(&self) -> Features {
         Features {
             handlers: std::iter::once(String::new())
                 .chain(self.config.runtime.handlers.keys().cloned())
                 .map(|name| HandlerFeatures {
                     recursive_read_only_mounts: self.containers.recursive_readonly_for(&name),
+                    user_namespaces: self.user_namespaces_for(&name).is_ok(),
                     name,
-                    user_namespaces: false,
                 })
                 .collect(),
             supplemental_groups_policy: true,
             user_namespaces_host_network: false,
         }
+    }
+
+    /// Whether pods of runtime handler `handler` may have their own user
+    /// namespace; why not, when not.
+    fn user_namespaces_for(&self, handler: &str) -> std::result::Result<(), String> {
+        if !self.containers.embedded(handler) {
+            return Err(format!(
+                "runtime handler {} runs an external OCI runtime, which crius does not give user namespaces",
+                crate::error::shown(handler)
+            ));
+        }
+        self.storage.idmap_support()
     }
 
     /// RuntimeReady and NetworkReady, evaluated now.

@@ -63,6 +63,11 @@ impl Runtime {
                 known.join(", ")
             )));
         }
+        if crate::sandbox::userns_maps(&config).is_some() {
+            self.user_namespaces_for(handler).map_err(|why| {
+                Error::FailedPrecondition(format!("user namespaces are not available: {why}"))
+            })?;
+        }
         self.pods.run(config, handler, &self.network).await
     }
 

@@ -214,6 +214,12 @@ impl Pods {
         self.pod_dir(id).join("ns").join(kind.name())
     }
 
+    /// Where a pod's own user namespace is pinned (mode POD; see
+    /// `pinns::pin_userns`).
+    pub fn userns_path(&self, id: &str) -> PathBuf {
+        self.pod_dir(id).join("ns").join(pinns::USERNS_PIN)
+    }
+
     /// All pods.
     pub fn list(&self) -> Result<Vec<Arc<PodRecord>>> {
         let records = self.records.read().map_err(|_| poisoned())?;
@@ -402,7 +408,8 @@ impl Pods {
         pod.cgroup = Some(cgroup.clone());
         // The namespaces are made by a child process; the node-side pieces
         // are made while it runs.
-        let pinning = if kinds.is_empty() {
+        let userns = userns_maps(&pod.config);
+        let pinning = if kinds.is_empty() && userns.is_none() {
             None
         } else {
             Some(start_pin(
@@ -411,6 +418,7 @@ impl Pods {
                 &hostname,
                 &sysctls(&pod.config),
                 &self.proc_pin(&pod.id),
+                userns.as_ref(),
             )?)
         };
         // Files, mounts and cgroup writes: off the async workers.
@@ -585,6 +593,7 @@ impl Pods {
             for k in [NsKind::Ipc, NsKind::Uts, NsKind::Pid] {
                 step(pinns::unpin(&self.ns_path(&pod.id, k)).map_err(internal));
             }
+            step(pinns::unpin(&self.userns_path(&pod.id)).map_err(internal));
             step(pinns::unmount(&self.proc_pin(&pod.id)).map_err(internal));
             step(pinns::unmount(&self.shm_path(&pod.id)).map_err(internal));
             let cgroup = pod.cgroup.clone().or_else(|| {
@@ -899,6 +908,31 @@ fn cgroup_parent(c: &PodSandboxConfig) -> &str {
         .unwrap_or("")
 }
 
+/// The pod's user namespace mappings (uids, gids) when it asks for one of
+/// its own (`userns_options` mode POD; the shape was checked at the edge):
+/// the pod and its containers run in it.
+pub fn userns_maps(c: &PodSandboxConfig) -> Option<pinns::IdMaps> {
+    let u = c
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .and_then(|n| n.userns_options.as_ref())?;
+    if u.mode != NamespaceMode::Pod as i32 {
+        return None;
+    }
+    let conv = |v: &[k8s_cri::v1::IdMapping]| {
+        v.iter()
+            .map(|m| crate::executor::userns::IdMap {
+                container_id: m.container_id,
+                host_id: m.host_id,
+                length: m.length,
+            })
+            .collect::<Vec<_>>()
+    };
+    Some((conv(&u.uids), conv(&u.gids)))
+}
+
 /// The pod's PID namespace mode (POD, CONTAINER, NODE).
 fn pid_mode(c: &PodSandboxConfig) -> i32 {
     c.linux
@@ -955,6 +989,7 @@ fn start_pin(
     hostname: &str,
     sysctls: &[(String, String)],
     proc_pin: &Path,
+    userns: Option<&pinns::IdMaps>,
 ) -> Result<tokio::process::Child> {
     let mut cmd = crate::helper::command(&["pinns"]).map_err(internal)?;
     cmd.arg("--proc")
@@ -968,6 +1003,15 @@ fn start_pin(
     }
     for (k, v) in sysctls {
         cmd.arg("--sysctl").arg(format!("{k}={v}"));
+    }
+    for (flag, maps) in userns
+        .into_iter()
+        .flat_map(|(u, g)| [("--uid-map", u), ("--gid-map", g)])
+    {
+        for m in maps {
+            cmd.arg(flag)
+                .arg(format!("{}:{}:{}", m.container_id, m.host_id, m.length));
+        }
     }
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())

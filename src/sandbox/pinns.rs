@@ -103,7 +103,11 @@ pub fn pin_in_child(
     hostname: Option<&str>,
     sysctls: &[(String, String)],
     proc_pin: Option<&Path>,
+    userns: Option<&IdMaps>,
 ) -> Result<Option<u32>, PinError> {
+    if let Some(maps) = userns {
+        pin_userns(dir, maps)?;
+    }
     let flags = kinds.iter().fold(CloneFlags::empty(), |f, k| f | k.flag());
     nix::sched::unshare(flags).map_err(|source| PinError::Sys {
         what: "unshare".into(),
@@ -178,6 +182,44 @@ pub fn pin_in_child(
     }
 }
 
+/// A pod's user namespace mappings: uids, then gids.
+pub type IdMaps = (
+    Vec<crate::executor::userns::IdMap>,
+    Vec<crate::executor::userns::IdMap>,
+);
+
+/// The pin file of a pod's user namespace, beside the others.
+pub const USERNS_PIN: &str = "user";
+
+/// Makes the pod's user namespace with its mappings and pins it at
+/// `dir/user`. The pod's other namespaces stay owned by the host's user
+/// namespace (they are pinned by bind mounts in the host's mount
+/// namespace, which a process inside the new one could not make); the
+/// pod's containers join it last, after their mounts are made.
+fn pin_userns(dir: &Path, (uids, gids): &IdMaps) -> Result<(), PinError> {
+    let ns = crate::executor::userns::create(uids, gids).map_err(|source| PinError::Io {
+        path: PathBuf::from("user namespace"),
+        source,
+    })?;
+    let target = dir.join(USERNS_PIN);
+    std::fs::File::create(&target).map_err(|source| PinError::Io {
+        path: target.clone(),
+        source,
+    })?;
+    let src = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&ns));
+    nix::mount::mount(
+        Some(src.as_str()),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|source| PinError::Sys {
+        what: format!("bind the user namespace to {}", target.display()),
+        source,
+    })
+}
+
 /// How long the pod init may take to seal itself.
 const POD_INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -242,8 +284,22 @@ pub fn main(
     namespaces: &[String],
     sysctls: &[String],
     proc_pin: Option<&Path>,
+    (uid_maps, gid_maps): (&[String], &[String]),
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
+    let parse = |v: &[String]| {
+        v.iter()
+            .map(|m| crate::executor::userns::IdMap::parse(m))
+            .collect::<Option<Vec<_>>>()
+    };
+    let userns = match (parse(uid_maps), parse(gid_maps)) {
+        (Some(u), Some(g)) if u.is_empty() && g.is_empty() => None,
+        (Some(u), Some(g)) if !u.is_empty() && !g.is_empty() => Some((u, g)),
+        _ => {
+            eprintln!("crius pinns: bad or unpaired --uid-map/--gid-map");
+            return ExitCode::from(2);
+        }
+    };
     let mut kinds = Vec::new();
     for n in namespaces {
         match NsKind::parse(n) {
@@ -264,7 +320,7 @@ pub fn main(
             }
         }
     }
-    match pin_in_child(dir, &kinds, hostname, &pairs, proc_pin) {
+    match pin_in_child(dir, &kinds, hostname, &pairs, proc_pin, userns.as_ref()) {
         Ok(init) => {
             if let Some(pid) = init {
                 println!("init_pid={pid}");

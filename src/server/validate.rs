@@ -170,6 +170,52 @@ fn namespace_mode(what: &str, v: i32) -> Check {
         .map_err(|_| bad(format!("{what} namespace mode {v} is unknown")))
 }
 
+/// A user namespace request (`namespace_options.userns_options`): NODE
+/// (the host's, also when absent) or POD with exactly one uid and one gid
+/// range each, mapping container id 0, non-empty and inside the 32-bit id
+/// space. CONTAINER and TARGET have no meaning for user namespaces.
+fn user_namespace(u: &UserNamespace) -> Check {
+    match NamespaceMode::try_from(u.mode) {
+        Ok(NamespaceMode::Node) => {
+            if !u.uids.is_empty() || !u.gids.is_empty() {
+                return Err(bad("user namespace mode NODE takes no id mappings"));
+            }
+            Ok(())
+        }
+        Ok(NamespaceMode::Pod) => {
+            for (what, maps) in [("uid", &u.uids), ("gid", &u.gids)] {
+                let [m] = maps.as_slice() else {
+                    return Err(bad(format!(
+                        "user namespace mode POD needs exactly one {what} mapping, got {}",
+                        maps.len()
+                    )));
+                };
+                if m.container_id != 0 {
+                    return Err(bad(format!(
+                        "user namespace {what} mapping must map container id 0 (starts at {})",
+                        m.container_id
+                    )));
+                }
+                if m.length == 0 {
+                    return Err(bad(format!("user namespace {what} mapping has length 0")));
+                }
+                if u64::from(m.host_id) + u64::from(m.length) > u64::from(u32::MAX) {
+                    return Err(bad(format!(
+                        "user namespace {what} mapping {}+{} runs past the last id",
+                        m.host_id, m.length
+                    )));
+                }
+            }
+            Ok(())
+        }
+        Ok(mode) => Err(bad(format!(
+            "user namespace mode {} is not supported: only POD and NODE",
+            mode.as_str_name()
+        ))),
+        Err(_) => Err(bad(format!("user namespace mode {} is unknown", u.mode))),
+    }
+}
+
 /// A pod's config, as RunPodSandbox gets it.
 pub fn pod_config(c: &PodSandboxConfig) -> Check {
     let m = c
@@ -220,6 +266,9 @@ pub fn pod_config(c: &PodSandboxConfig) -> Check {
                 namespace_mode("network", ns.network)?;
                 namespace_mode("pid", ns.pid)?;
                 namespace_mode("ipc", ns.ipc)?;
+                if let Some(u) = &ns.userns_options {
+                    user_namespace(u)?;
+                }
             }
             supplemental_groups(&s.supplemental_groups)?;
             for (what, v) in [
@@ -577,6 +626,9 @@ fn container_security(s: &LinuxContainerSecurityContext) -> Check {
         namespace_mode("pid", ns.pid)?;
         namespace_mode("ipc", ns.ipc)?;
         id("target container id", &ns.target_id)?;
+        if let Some(u) = &ns.userns_options {
+            user_namespace(u)?;
+        }
     }
     for (what, v) in [
         ("run_as_user", s.run_as_user.as_ref().map(|v| v.value)),
@@ -884,6 +936,60 @@ mod tests {
             ..Default::default()
         };
         assert!(container_config(&c).is_err());
+    }
+
+    #[test]
+    fn user_namespaces() {
+        let map = |c, h, l| IdMapping {
+            container_id: c,
+            host_id: h,
+            length: l,
+        };
+        let pod = |uids: Vec<IdMapping>, gids: Vec<IdMapping>| UserNamespace {
+            mode: NamespaceMode::Pod as i32,
+            uids,
+            gids,
+        };
+        let one = vec![map(0, 1000, 100_000)];
+        assert!(user_namespace(&pod(one.clone(), one.clone())).is_ok());
+        assert!(
+            user_namespace(&UserNamespace::default()).is_err(),
+            "POD needs maps"
+        );
+        let node = UserNamespace {
+            mode: NamespaceMode::Node as i32,
+            ..Default::default()
+        };
+        assert!(user_namespace(&node).is_ok());
+        for bad in [
+            pod(vec![map(0, 1000, 10), map(10, 2000, 10)], one.clone()),
+            pod(one.clone(), vec![]),
+            pod(vec![map(1, 1000, 10)], one.clone()),
+            pod(one.clone(), vec![map(0, 1000, 0)]),
+            pod(vec![map(0, u32::MAX - 5, 10)], one.clone()),
+            UserNamespace {
+                mode: NamespaceMode::Container as i32,
+                ..Default::default()
+            },
+            UserNamespace {
+                mode: NamespaceMode::Target as i32,
+                ..Default::default()
+            },
+            UserNamespace {
+                mode: 9,
+                ..Default::default()
+            },
+            UserNamespace {
+                uids: one.clone(),
+                ..node.clone()
+            },
+        ] {
+            assert_eq!(
+                code(user_namespace(&bad)),
+                tonic::Code::InvalidArgument,
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

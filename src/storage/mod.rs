@@ -39,6 +39,15 @@ pub enum StorageError {
         /// The errno from mount(2) or umount2(2).
         source: nix::errno::Errno,
     },
+    /// An image layer could not be given an idmapped mount for a container
+    /// in a user namespace (the filesystem or kernel does not support it).
+    #[error("idmapped mount of layer {layer}: {source}")]
+    Idmap {
+        /// The layer directory.
+        layer: PathBuf,
+        /// The error from open_tree, mount_setattr or move_mount.
+        source: std::io::Error,
+    },
     /// A container id that is empty or not ASCII letters, digits, `-` and `_`: it would escape the
     /// containers directory.
     #[error("invalid container id {0:?}")]
@@ -67,6 +76,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
     }
 }
 
+/// How a rootfs is idmapped for a container in a pod's user namespace.
+#[derive(Debug, Clone)]
+pub struct Idmap {
+    /// The pinned user namespace (the pod's `ns/user`).
+    pub userns: PathBuf,
+    /// The host uid of the namespace's root: owner of the writable layer.
+    pub root_uid: u32,
+    /// The host gid of the namespace's root.
+    pub root_gid: u32,
+}
+
 /// Writable layers and mounts of containers.
 #[derive(Debug, Clone)]
 pub struct Storage {
@@ -77,6 +97,9 @@ pub struct Storage {
     empty: PathBuf,
     /// The writable layers' usage, sampled (see `usage.rs`).
     sampler: usage::Sampler,
+    /// Whether rootfs can be idmapped here (user namespaces), probed once
+    /// at open: why not, when not.
+    idmap_support: Result<(), String>,
 }
 
 impl Storage {
@@ -89,11 +112,23 @@ impl Storage {
             containers,
             links: root.join("l"),
             empty: root.join("empty"),
+            idmap_support: Ok(()),
         };
         for d in [&s.containers, &s.links, &s.empty] {
             std::fs::create_dir_all(d).map_err(io(d))?;
         }
-        Ok(s)
+        let idmap_support = crate::executor::userns::probe(root);
+        match &idmap_support {
+            Ok(()) => tracing::info!("user namespaces: idmapped overlay layers work"),
+            Err(why) => tracing::warn!(%why, "user namespaces unavailable"),
+        }
+        Ok(Storage { idmap_support, ..s })
+    }
+
+    /// Whether container rootfs can be idmapped (pods with their own user
+    /// namespace); the reason when not.
+    pub fn idmap_support(&self) -> Result<(), String> {
+        self.idmap_support.clone()
     }
 
     fn dir(&self, id: &str) -> Result<PathBuf, StorageError> {
@@ -137,7 +172,19 @@ impl Storage {
 
     /// Mounts the rootfs of container `id`: `layers` bottom to top, a fresh
     /// writable layer above. Returns the merged directory.
-    pub fn create_rootfs(&self, id: &str, layers: &[PathBuf]) -> Result<PathBuf, StorageError> {
+    ///
+    /// With `idmap` (a container of a pod with its own user namespace),
+    /// each layer is an idmapped clone through that namespace, attached at
+    /// `containers/<id>/m/<n>` (what host root owns shows as the
+    /// namespace's root), and the writable layer belongs to the host ids
+    /// the namespace's root maps to; files the container makes there are
+    /// owned by its mapped ids on the host.
+    pub fn create_rootfs(
+        &self,
+        id: &str,
+        layers: &[PathBuf],
+        idmap: Option<&Idmap>,
+    ) -> Result<PathBuf, StorageError> {
         if layers.is_empty() {
             return Err(StorageError::NoLayers);
         }
@@ -146,11 +193,33 @@ impl Storage {
         for d in [&upper, &work, &merged] {
             std::fs::create_dir_all(d).map_err(io(d))?;
         }
-        let lowers = layers
-            .iter()
-            .rev()
-            .map(|l| self.link(l).map(|p| p.display().to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let lowers = match idmap {
+            None => layers
+                .iter()
+                .rev()
+                .map(|l| self.link(l).map(|p| p.display().to_string()))
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(m) => {
+                let ns = std::fs::File::open(&m.userns).map_err(io(&m.userns))?;
+                let mut out = Vec::with_capacity(layers.len());
+                for (n, l) in layers.iter().rev().enumerate() {
+                    let at = dir.join("m").join(n.to_string());
+                    std::fs::create_dir_all(&at).map_err(io(&at))?;
+                    crate::executor::mount_attr::idmapped_bind(l, &at, &ns).map_err(|e| {
+                        StorageError::Idmap {
+                            layer: l.clone(),
+                            source: e,
+                        }
+                    })?;
+                    out.push(at.display().to_string());
+                }
+                for d in [&upper, &work] {
+                    std::os::unix::fs::chown(d, Some(m.root_uid), Some(m.root_gid))
+                        .map_err(io(d))?;
+                }
+                out
+            }
+        };
         let options = format!(
             "lowerdir={},upperdir={},workdir={}",
             lowers.join(":"),
@@ -237,6 +306,16 @@ impl Storage {
                         source,
                     });
                 }
+            }
+        }
+        // Idmapped layer clones (user namespaces): detached, and each
+        // directory checked empty before the tree goes, so a mount that
+        // did not leave never has its layer's files deleted through it.
+        let layers = dir.join("m");
+        if layers.exists() {
+            crate::executor::mount_attr::unmount_tree(&layers).map_err(io(&layers))?;
+            for e in std::fs::read_dir(&layers).map_err(io(&layers))?.flatten() {
+                std::fs::remove_dir(e.path()).map_err(io(&e.path()))?;
             }
         }
         match std::fs::remove_dir_all(&dir) {
@@ -399,7 +478,7 @@ mod tests {
             &[("etc/.wh.gone", b""), ("etc/new", b"2")],
         );
         let s = Storage::open(root.path()).unwrap();
-        let merged = s.create_rootfs("c1", &[l1.clone(), l2]).unwrap();
+        let merged = s.create_rootfs("c1", &[l1.clone(), l2], None).unwrap();
         assert_eq!(
             std::fs::read_to_string(merged.join("etc/keep")).unwrap(),
             "1"
@@ -418,11 +497,11 @@ mod tests {
         s.remove_rootfs("c1").unwrap();
         assert!(!root.path().join("containers/c1").exists());
         assert!(matches!(
-            s.create_rootfs("../x", &[l1]),
+            s.create_rootfs("../x", &[l1], None),
             Err(StorageError::BadId(_))
         ));
         assert!(matches!(
-            s.create_rootfs("c2", &[]),
+            s.create_rootfs("c2", &[], None),
             Err(StorageError::NoLayers)
         ));
     }
@@ -434,7 +513,7 @@ mod tests {
         std::fs::create_dir(&layers).unwrap();
         let l1 = layer(&layers, &"c".repeat(64), &[("etc/passwd", b"root")]);
         let s = Storage::open(root.path()).unwrap();
-        s.create_rootfs("c1", std::slice::from_ref(&l1)).unwrap();
+        s.create_rootfs("c1", std::slice::from_ref(&l1), None).unwrap();
         // One layer is enough (the empty bottom layer makes two).
         let whole = s
             .mount_image_volume("c1", 0, std::slice::from_ref(&l1), "")
@@ -475,7 +554,7 @@ mod tests {
             .map(|i| layer(&layers, &format!("{i:064x}"), &[(&format!("f{i}"), b"x")]))
             .collect();
         let s = Storage::open(root.path()).unwrap();
-        let merged = s.create_rootfs("many", &ls).unwrap();
+        let merged = s.create_rootfs("many", &ls, None).unwrap();
         assert!(merged.join("f0").exists() && merged.join("f99").exists());
         s.remove_rootfs("many").unwrap();
     }
