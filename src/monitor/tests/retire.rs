@@ -92,6 +92,11 @@ async fn a_monitor_still_there_after_its_shutdown_answer_is_killed() {
         nix::unistd::ForkResult::Parent { child } => child,
     };
     drop(listener);
+    // Started as a real one is: in its directory.
+    assert!(super::eventually(|| std::fs::read_link(format!(
+        "/proc/{child}/cwd"
+    ))
+    .is_ok_and(|d| d == dir.path())));
     pid_file(dir.path(), child);
     let t = Instant::now();
     Client::new(dir.path()).retire().await;
