@@ -265,7 +265,10 @@ async fn main() {
     if failed.is_empty() && leaked.is_empty() {
         println!("soak: every call succeeded; nothing leaked");
     } else {
-        println!("soak: failed calls: {failed:?}; leaked: {leaked:?}");
+        println!(
+            "soak: failed calls: {failed:?}; leaked: {leaked:?}; daemon log and state kept in {}",
+            d.paths.base.display()
+        );
         std::process::exit(1);
     }
 }

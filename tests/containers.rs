@@ -849,6 +849,31 @@ async fn daemon_crash_keeps_containers_and_logs() {
     let s = e.status(&quitter).await;
     assert_eq!(s.state, ContainerState::ContainerExited as i32);
     assert_eq!(s.exit_code, 42);
+    // The restarted daemon says what it found: one line for the exit it
+    // missed, none for the survivor.
+    let said =
+        format!("reconcile: container {quitter} exited with code 42 while the daemon was down");
+    let lines = wait_for(
+        "the quitter's reconcile line",
+        Duration::from_secs(5),
+        || async {
+            let logs = e.d.logs();
+            let lines: Vec<String> = logs
+                .lines()
+                .filter(|l| l.contains("reconcile:"))
+                .map(String::from)
+                .collect();
+            lines.iter().any(|l| l.contains(&said)).then_some(lines)
+        },
+    )
+    .await;
+    println!("reconcile lines:\n{}", lines.join("\n"));
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(&said)).count(),
+        1,
+        "{lines:#?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains(&ticker)), "{lines:#?}");
     // The restarted daemon still controls the survivor.
     let (out, code) = e.sh(&ticker, "echo alive").await;
     assert_eq!((out.as_str(), code), ("alive\n", 0));

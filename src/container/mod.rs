@@ -220,6 +220,17 @@ impl Containers {
                 if let Ok(mut events) = client.subscribe().await {
                     table.set_watched(&pod, true);
                     while let Ok(Some(ev)) = events.next().await {
+                        if ev.unseen {
+                            // Its exit happened with no daemon watching:
+                            // the state this daemon reports is news.
+                            tracing::info!(
+                                container_id = %ev.id,
+                                exit_code = ev.exit_code,
+                                "reconcile: container {} exited with code {} while the daemon was down",
+                                ev.id,
+                                ev.exit_code
+                            );
+                        }
                         table.exited(
                             &ev.id,
                             ExitRecord {

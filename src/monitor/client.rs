@@ -46,6 +46,10 @@ pub enum MonitorError {
     Spawn(String),
 }
 
+/// How long a retired monitor may take to exit after its Shutdown answer
+/// (it finishes the round it is in), and to die after a SIGKILL.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(2);
+
 /// What a ping found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
@@ -61,6 +65,24 @@ pub enum Probe {
 #[derive(Debug, Clone)]
 pub struct Client {
     dir: PathBuf,
+}
+
+/// Whether the process behind the pidfd `process` exits within `within`
+/// (a pidfd is readable once its process has exited, reaped or not).
+/// Blocks.
+fn exited(process: &OwnedFd, within: Duration) -> bool {
+    use crate::executor::sys::{PollFd, PollFlags, poll};
+    let end = std::time::Instant::now() + within;
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        let mut fds = [PollFd::new(process, PollFlags::IN)];
+        // 0 ready: the time is up, or a signal cut the wait short.
+        match poll(&mut fds, Some(left)) {
+            Ok(0) if !left.is_zero() => continue,
+            Ok(n) => return n > 0,
+            Err(_) => return false,
+        }
+    }
 }
 
 impl Client {
@@ -129,6 +151,11 @@ impl Client {
         let mut line = String::new();
         let mut reader = tokio::io::BufReader::new(stdout);
         let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line)).await;
+        if !matches!(read, Ok(Ok(_)) if line.trim() == "ready") {
+            // One that did not say it is ready is not left to come up
+            // later beside the next attempt's, a monitor nobody retires.
+            let _ = child.start_kill();
+        }
         // Reap it in the background when it eventually exits.
         tokio::spawn(async move {
             let _ = child.wait().await;
@@ -144,11 +171,21 @@ impl Client {
         }
     }
 
-    /// Shuts the monitor down (if it runs; a hung one is killed) and
-    /// removes its directory: the pod is gone, nothing of it stays under
-    /// the runroot.
+    /// Shuts the monitor down (if it runs; a hung one is killed), waits
+    /// for its process to be gone, and removes its directory: once a pod is
+    /// removed, nothing of it runs or stays under the runroot. A monitor
+    /// still there [`RETIRE_GRACE`] after it answered the Shutdown is
+    /// killed too: a removed pod's monitor is never left behind.
     pub async fn retire(&self) {
-        if let Err(MonitorError::Timeout(_)) = self.call(Op::Shutdown(Default::default())).await {
+        // Found before it goes: the pid file is what names it.
+        let process = crate::sync::blocking(|| self.process());
+        let hung = matches!(
+            self.call(Op::Shutdown(Default::default())).await,
+            Err(MonitorError::Timeout(_))
+        );
+        if let Some(process) = process {
+            self.see_gone(process, hung).await;
+        } else if hung {
             crate::sync::blocking(|| self.kill_hung());
         }
         let dir = self.dir.clone();
@@ -160,6 +197,53 @@ impl Client {
         if let Ok(Err(e)) = removed {
             tracing::warn!(dir = %self.dir.display(), error = %e, "removing the monitor's directory");
         }
+    }
+
+    /// Waits for the monitor's process (`pid`, its pidfd `process`) to
+    /// exit: SIGKILLs it at once when `hung`, or when it is still there
+    /// [`RETIRE_GRACE`] after its Shutdown answer; says so if even that
+    /// does not end it. Polls on a blocking thread (at most twice the
+    /// grace).
+    async fn see_gone(&self, (pid, process): (i32, OwnedFd), hung: bool) {
+        let dir = self.dir.clone();
+        let waited = tokio::task::spawn_blocking(move || {
+            if !hung && exited(&process, RETIRE_GRACE) {
+                return;
+            }
+            let why = if hung {
+                "does not answer"
+            } else {
+                "did not exit after its shutdown"
+            };
+            tracing::warn!(pid, dir = %dir.display(), "killing a monitor that {why}");
+            let killed = rustix::process::pidfd_send_signal(&process, rustix::process::Signal::KILL);
+            if let Err(e) = killed {
+                tracing::warn!(pid, error = %e, "killing the monitor");
+            }
+            if !exited(&process, RETIRE_GRACE) {
+                tracing::warn!(pid, dir = %dir.display(), "the monitor is still there after SIGKILL");
+            }
+        })
+        .await;
+        if let Err(e) = waited {
+            tracing::warn!(pid, error = %e, "waiting for the monitor to exit");
+        }
+    }
+
+    /// The monitor's pid and process (a pidfd): the pid it wrote, opened,
+    /// then checked to run in this directory, so a reused pid is never
+    /// taken for it. None when no monitor of this directory runs.
+    fn process(&self) -> Option<(i32, OwnedFd)> {
+        let pid = std::fs::read_to_string(self.dir.join(super::PID_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())?;
+        let fd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(pid)?,
+            rustix::process::PidfdFlags::empty(),
+        )
+        .ok()?;
+        let ours = std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|d| d == self.dir);
+        ours.then_some((pid, fd))
     }
 
     /// SIGKILLs a monitor that does not answer, found by the pid it wrote

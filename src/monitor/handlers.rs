@@ -193,11 +193,15 @@ impl Monitor {
     /// has exited already.
     fn subscribe(&mut self, mut conn: UnixStream) {
         use std::io::Write;
-        for (id, c) in &self.table.containers {
-            if let Some(e) = c.exit
-                && conn.write_all(&super::frame(&event(id, e))).is_err()
-            {
-                return;
+        for (id, c) in &mut self.table.containers {
+            if let Some(e) = c.exit {
+                if conn
+                    .write_all(&super::frame(&event(id, e, !c.exit_told)))
+                    .is_err()
+                {
+                    return;
+                }
+                c.exit_told = true;
             }
         }
         if conn.set_nonblocking(true).is_ok() {
@@ -346,6 +350,7 @@ impl Monitor {
                 stdin_once: c.stdin_once,
                 log_path: c.log_path,
                 exit: None,
+                exit_told: false,
                 attachers: Vec::new(),
             },
         );

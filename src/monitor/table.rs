@@ -55,6 +55,9 @@ pub(super) struct Container {
     pub stdin_once: bool,
     pub log_path: String,
     pub exit: Option<ExitRecord>,
+    /// A subscriber was sent the exit event: false while no daemon has
+    /// heard of the exit (it happened while the daemon was down).
+    pub exit_told: bool,
     /// Attached clients: (stdout, stderr) write ends; closed at exit.
     pub attachers: Vec<[OwnedFd; 2]>,
 }
@@ -229,11 +232,12 @@ impl Table {
                 let _ = write_atomic(&c.dir.join(files::EXIT), &json);
             }
             c.exit = Some(rec);
-            let ev = super::frame(&event(id, rec));
+            let ev = super::frame(&event(id, rec, false));
             // A subscriber that cannot take a small frame at once is
             // stuck or gone: it resubscribes and gets the snapshot.
             self.subscribers
                 .retain_mut(|s| matches!(std::io::Write::write(s, &ev), Ok(n) if n == ev.len()));
+            c.exit_told = !self.subscribers.is_empty();
             c.created = None;
             let id = id.clone();
             let (done, keep): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
@@ -354,12 +358,13 @@ pub(super) fn exited(e: ExitRecord) -> Response {
 }
 
 /// The exit event subscribers get.
-pub(super) fn event(id: &str, e: ExitRecord) -> proto::Event {
+pub(super) fn event(id: &str, e: ExitRecord, unseen: bool) -> proto::Event {
     proto::Event {
         id: id.to_string(),
         exit_code: e.exit_code,
         finished_at: e.finished_at,
         oom_killed: e.oom_killed,
+        unseen,
     }
 }
 
@@ -402,6 +407,7 @@ mod tests {
             stdin_once: false,
             log_path: String::new(),
             exit: None,
+            exit_told: false,
             attachers: Vec::new(),
         }
     }

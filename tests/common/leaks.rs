@@ -19,17 +19,20 @@ pub async fn after_removal<'a>(
     marker: &str,
 ) -> Vec<String> {
     let (root, runroot) = (&d.paths.root, &d.paths.runroot);
-    wait_for("monitors to exit", Duration::from_secs(10), || async {
-        monitor_pids(runroot).is_empty().then_some(())
-    })
-    .await;
+    let mut leaks = Vec::new();
+    // A monitor still there after the wait is a leak, described enough to
+    // tell why (its state, parent, directory, where it sleeps, its log).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !monitor_pids(runroot).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    leaks.extend(monitor_pids(runroot).into_iter().map(describe_monitor));
     wait_for(
         "container processes to exit",
         Duration::from_secs(10),
         || async { marked_processes(marker).is_empty().then_some(()) },
     )
     .await;
-    let mut leaks = Vec::new();
     for m in mounts_under(&d.paths.base) {
         leaks.push(format!("mount {}", m.display()));
     }
@@ -60,6 +63,31 @@ pub async fn after_removal<'a>(
         }
     }
     leaks
+}
+
+/// A monitor process that should have exited: its state and parent, its
+/// directory, its kernel wait channel and the end of its `monitor.log`.
+fn describe_monitor(pid: i32) -> String {
+    let proc = Path::new("/proc").join(pid.to_string());
+    let status = std::fs::read_to_string(proc.join("status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or("?")
+            .trim()
+            .to_string()
+    };
+    let cwd = std::fs::read_link(proc.join("cwd")).unwrap_or_default();
+    let wchan = std::fs::read_to_string(proc.join("wchan")).unwrap_or_default();
+    let log = std::fs::read_to_string(cwd.join("monitor.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+    format!(
+        "monitor {pid} (state {}, ppid {}) in {} waiting in {wchan}; monitor.log: {tail:?}",
+        field("State:"),
+        field("PPid:"),
+        cwd.display()
+    )
 }
 
 /// Processes whose command line has `marker` as an argument.

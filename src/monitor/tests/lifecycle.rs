@@ -109,15 +109,26 @@ async fn subscribers_get_earlier_exits_first_then_each_new_one() {
     let mut events = h.client.subscribe().await.unwrap();
     let first = events.next().await.unwrap().unwrap();
     assert_eq!((first.id.as_str(), first.exit_code), ("early", 1));
+    // Nobody subscribed when it exited: the first to hear is told so.
+    assert!(first.unseen);
     h.kill("live", libc::SIGKILL, false).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(10), events.next())
         .await
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!((next.id.as_str(), next.exit_code), ("live", 137));
+    assert_eq!(
+        (next.id.as_str(), next.exit_code, next.unseen),
+        ("live", 137, false)
+    );
     let rec = h.exit_record("live").unwrap();
     assert_eq!(next.finished_at, rec.finished_at);
+    // A later subscriber (a restarted daemon) gets both, neither unseen.
+    let mut again = h.client.subscribe().await.unwrap();
+    for _ in 0..2 {
+        let ev = again.next().await.unwrap().unwrap();
+        assert!(!ev.unseen, "{ev:?}");
+    }
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@
 mod exec;
 mod lifecycle;
 mod protocol;
+mod retire;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
@@ -81,7 +82,12 @@ impl Harness {
         // test harness.
         match unsafe { nix::unistd::fork() }.unwrap() {
             nix::unistd::ForkResult::Child => {
-                let run = std::panic::catch_unwind(|| monitor_main(&listener));
+                // As the real monitor, whose directory is its cwd (how
+                // retiring tells a monitor's pid from a reused one).
+                let run = std::panic::catch_unwind(|| {
+                    nix::unistd::chdir(dir.path()).map_err(|e| e.to_string())?;
+                    monitor_main(&listener)
+                });
                 sys::exit(match run {
                     Ok(Ok(())) => 0,
                     Ok(Err(_)) => 1,
