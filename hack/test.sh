@@ -18,7 +18,7 @@ echo "== cargo test"
 # left out of the production binary.
 cargo test --locked --features fault-injection --lib --bins --tests "$@"
 
-# The VM lane: the pod, container, device-filter, stats, events and security tests in a QEMU
+# The VM lane: the pod, container, device-filter, stats, events, security, escape and user-namespace tests in a QEMU
 # guest with cgroup v2 only and systemd as PID 1, once per cgroup driver
 # (hack/vm/README.md; about 30 minutes here, most of it TCG). CRIUS_VM_LANE=0
 # leaves it out for a quick local run, and says so.
@@ -26,5 +26,5 @@ if [ "${CRIUS_VM_LANE:-1}" = 0 ]; then
   echo "== VM lane NOT RUN (CRIUS_VM_LANE=0): cgroup v2 and the systemd driver are untested" >&2
 else
   echo "== VM lane (cgroup v2, systemd; hack/vm/lane.sh)"
-  hack/vm/lane.sh --driver both --tests 'pods containers device_filter stats events security escapes'
+  hack/vm/lane.sh --driver both --tests 'pods containers device_filter stats events security escapes userns'
 fi
