@@ -513,7 +513,8 @@ mod tests {
         std::fs::create_dir(&layers).unwrap();
         let l1 = layer(&layers, &"c".repeat(64), &[("etc/passwd", b"root")]);
         let s = Storage::open(root.path()).unwrap();
-        s.create_rootfs("c1", std::slice::from_ref(&l1), None).unwrap();
+        s.create_rootfs("c1", std::slice::from_ref(&l1), None)
+            .unwrap();
         // One layer is enough (the empty bottom layer makes two).
         let whole = s
             .mount_image_volume("c1", 0, std::slice::from_ref(&l1), "")
