@@ -152,26 +152,11 @@ pub fn pin_in_child(
     };
     let init_pid = init.as_ref().map(|i| i.pid);
     for k in kinds {
-        let target = dir.join(k.name());
-        std::fs::File::create(&target).map_err(|source| PinError::Io {
-            path: target.clone(),
-            source,
-        })?;
         let src = match (k, init_pid) {
             (NsKind::Pid, Some(pid)) => format!("/proc/{pid}/ns/pid"),
             _ => format!("/proc/self/ns/{}", k.name()),
         };
-        nix::mount::mount(
-            Some(src.as_str()),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|source| PinError::Sys {
-            what: format!("bind {src} to {}", target.display()),
-            source,
-        })?;
+        pin(&src, &dir.join(k.name()))?;
     }
     match init {
         Some(i) => i
@@ -201,21 +186,25 @@ fn pin_userns(dir: &Path, (uids, gids): &IdMaps) -> Result<(), PinError> {
         path: PathBuf::from("user namespace"),
         source,
     })?;
-    let target = dir.join(USERNS_PIN);
-    std::fs::File::create(&target).map_err(|source| PinError::Io {
-        path: target.clone(),
+    let src = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&ns));
+    pin(&src, &dir.join(USERNS_PIN))
+}
+
+/// Pins the namespace file `src` by bind-mounting it on a new file `target`.
+fn pin(src: &str, target: &Path) -> Result<(), PinError> {
+    std::fs::File::create(target).map_err(|source| PinError::Io {
+        path: target.to_path_buf(),
         source,
     })?;
-    let src = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&ns));
     nix::mount::mount(
-        Some(src.as_str()),
-        &target,
+        Some(src),
+        target,
         None::<&str>,
         MsFlags::MS_BIND,
         None::<&str>,
     )
     .map_err(|source| PinError::Sys {
-        what: format!("bind the user namespace to {}", target.display()),
+        what: format!("bind {src} to {}", target.display()),
         source,
     })
 }
