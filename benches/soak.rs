@@ -181,11 +181,7 @@ async fn main() {
         .registries(&testenv().registries_conf())
         .env("CRIUS_LOG_LEVEL", "info")
         .start();
-    d.install_cni_config(
-        "10-soak.conflist",
-        &serde_json::json!({"cniVersion": "1.0.0", "name": net.name, "plugins": [net.bridge_plugin()]})
-            .to_string(),
-    );
+    d.install_cni_config("10-soak.conflist", &net.conflist());
     let image = common::pull_busybox_at(&d.paths.socket)
         .await
         .expect("pull busybox");

@@ -307,11 +307,7 @@ async fn kill9_at_random_points_of_a_pod_churn_leaves_consistent_state_and_no_le
     let d = Daemon::builder()
         .registries(&testenv().registries_conf())
         .start();
-    d.install_cni_config(
-        "10-churn.conflist",
-        &serde_json::json!({"cniVersion": "1.0.0", "name": net.name, "plugins": [net.bridge_plugin()]})
-            .to_string(),
-    );
+    d.install_cni_config("10-churn.conflist", &net.conflist());
     let image = pull_busybox_at(&d.paths.socket)
         .await
         .expect("pull busybox");

@@ -157,11 +157,7 @@ async fn startup_reconciliation_repairs_what_a_crash_left_half_done() {
         .registries(&common::testenv::testenv().registries_conf())
         .env(crius::fault::CRASH_AT_ENV, "pod-after-network")
         .start();
-    d.install_cni_config(
-        "10-faults.conflist",
-        &serde_json::json!({"cniVersion": "1.0.0", "name": net.name, "plugins": [net.bridge_plugin()]})
-            .to_string(),
-    );
+    d.install_cni_config("10-faults.conflist", &net.conflist());
     let image = pull_busybox_at(&d.paths.socket)
         .await
         .expect("pull busybox");

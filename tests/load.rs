@@ -192,11 +192,7 @@ async fn pods_made_by_concurrent_clients_under_polling_all_succeed_and_leave_not
         // 100 pods at debug level would be mostly logging.
         .env("CRIUS_LOG_LEVEL", "info")
         .start();
-    d.install_cni_config(
-        "10-load.conflist",
-        &serde_json::json!({"cniVersion": "1.0.0", "name": net.name, "plugins": [net.bridge_plugin()]})
-            .to_string(),
-    );
+    d.install_cni_config("10-load.conflist", &net.conflist());
     let image = pull_busybox_at(&d.paths.socket)
         .await
         .expect("pull busybox");

@@ -131,11 +131,7 @@ async fn a_pod_user_namespace_maps_ids_end_to_end() {
     let mut d = Daemon::builder()
         .registries(&common::testenv::testenv().registries_conf())
         .start();
-    d.install_cni_config(
-        "10-userns.conflist",
-        &serde_json::json!({"cniVersion": "1.0.0", "name": net.name, "plugins": [net.bridge_plugin()]})
-            .to_string(),
-    );
+    d.install_cni_config("10-userns.conflist", &net.conflist());
     let image = pull_busybox_at(&d.paths.socket)
         .await
         .expect("pull busybox");

@@ -40,6 +40,12 @@ impl Net {
         v
     }
 
+    /// A conflist of just this network's bridge plugin, for `install_cni_config`.
+    pub fn conflist(&self) -> String {
+        serde_json::json!({"cniVersion": "1.0.0", "name": self.name, "plugins": [self.bridge_plugin()]})
+            .to_string()
+    }
+
     /// The bridge plugin's config for this network.
     pub fn bridge_plugin(&self) -> serde_json::Value {
         serde_json::json!({
