@@ -206,16 +206,34 @@ profile {name} flags=(attach_disconnected,mediate_deleted) {{
     )
 }
 
-/// The node's AppArmor: the kernel's flag, `apparmor_parser`, the loaded
-/// profiles in securityfs.
+/// The node's AppArmor: the kernel's flag and `apparmor_parser`, read once
+/// when the daemon starts (as cri-o does), and the loaded profiles in
+/// securityfs, read per request.
 pub struct NodeAppArmor {
+    /// `apparmor_parser`, when found.
+    parser: Option<PathBuf>,
+    /// Why AppArmor cannot be used here, if it cannot.
+    unavailable: Option<String>,
     /// Set once crius's default profile is loaded by this daemon.
     loaded: Mutex<bool>,
 }
 
 impl Default for NodeAppArmor {
     fn default() -> Self {
+        let parser = parser();
+        let unavailable = if !kernel_enabled() {
+            Some("AppArmor is not enabled on this node".into())
+        } else if parser.is_none() {
+            Some(
+                "AppArmor's apparmor_parser is not installed on this node (crius uses AppArmor only with it)"
+                    .into(),
+            )
+        } else {
+            None
+        };
         NodeAppArmor {
+            parser,
+            unavailable,
             loaded: Mutex::new(false),
         }
     }
@@ -246,16 +264,7 @@ pub fn loaded_profiles(list: &str) -> impl Iterator<Item = &str> {
 
 impl AppArmorHost for NodeAppArmor {
     fn unavailable(&self) -> Option<String> {
-        if !kernel_enabled() {
-            return Some("AppArmor is not enabled on this node".into());
-        }
-        if parser().is_none() {
-            return Some(
-                "AppArmor's apparmor_parser is not installed on this node (crius uses AppArmor only with it)"
-                    .into(),
-            );
-        }
-        None
+        self.unavailable.clone()
     }
 
     fn is_loaded(&self, name: &str) -> Result<bool> {
@@ -273,9 +282,11 @@ impl AppArmorHost for NodeAppArmor {
         if *loaded {
             return Ok(());
         }
-        let parser = parser()
+        let parser = self
+            .parser
+            .as_deref()
             .ok_or_else(|| Error::FailedPrecondition("apparmor_parser is not installed".into()))?;
-        load_profile(&parser, &default_profile(DEFAULT_PROFILE)).map_err(|e| {
+        load_profile(parser, &default_profile(DEFAULT_PROFILE)).map_err(|e| {
             Error::Internal(format!(
                 "loading the AppArmor profile {DEFAULT_PROFILE}: {e}"
             ))
