@@ -116,7 +116,9 @@ start() {
   for i in $(seq 1 100); do
     code=$(http_code "http://$addr/v2/")
     [ "$code" = "$want" ] && return 0
-    if ! running "$name"; then
+    # The pid is the starting subshell until it execs the registry, so
+    # only its disappearance means the registry exited.
+    if ! kill -0 "$(cat "$DIR/$name/registry.pid")" 2>/dev/null; then
       log "$name registry exited; tail of $DIR/$name/registry.log:"
       tail -n 20 "$DIR/$name/registry.log" >&2 || true
       exit 1
