@@ -35,7 +35,7 @@ struct Report {
     /// Daemon RSS idle: image pulled, no pod yet.
     idle_kib: u64,
     daemon_kib: u64,
-    /// Daemon RSS idle again: every pod removed.
+    /// Daemon RSS idle again: every pod removed, 3 s later.
     after_kib: u64,
     per_pod_kib: f64,
 }
@@ -158,7 +158,11 @@ async fn load(
     if let Some(e) = failure {
         return Err(e);
     }
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    // Idle means after the daemon's idle blocking threads of the burst
+    // have exited (their keep-alive is 2 s), as containerd's goroutines
+    // have parked: measured 1 s after, their touched stacks (~200 KiB
+    // each, 14 threads) still counted.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let after_kib = rss_kib(daemon);
     Ok(Report {
         create_start_ms,
