@@ -356,3 +356,135 @@ async fn bad_user_namespace_requests_are_refused() {
         .expect_err("a userns the pod does not have");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 }
+
+/// A CRI mount of `host` at `at`; with `maps`, idmapped with them (as
+/// kubelet sends every volume of a pod with a user namespace).
+fn volume(at: &str, host: &std::path::Path, maps: Option<&UserNamespace>) -> Mount {
+    Mount {
+        container_path: at.into(),
+        host_path: host.display().to_string(),
+        uid_mappings: maps.map(|u| u.uids.clone()).unwrap_or_default(),
+        gid_mappings: maps.map(|u| u.gids.clone()).unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idmapped_volumes_show_host_root_as_the_pods_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut e = common::pod::env("userns-vol").await;
+    let logs = e.logs.clone();
+    // A volume as kubelet makes them: host root's files and a directory
+    // only its owner may write.
+    let vol = e.d.paths.base.join("vol");
+    std::fs::create_dir_all(vol.join("w")).unwrap();
+    std::fs::write(vol.join("f"), "hi\n").unwrap();
+    for p in [&vol, &vol.join("w")] {
+        std::os::unix::fs::chown(p, Some(0), Some(0)).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let userns = pod_userns(
+        vec![mapping(0, 400_000, 65536)],
+        vec![mapping(0, 500_000, 65536)],
+    );
+    let pod =
+        e.rt.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(userns_pod("vol", &logs, userns.clone(), true)),
+            ..Default::default()
+        })
+        .await
+        .expect("run pod")
+        .into_inner()
+        .pod_sandbox_id;
+
+    // With its own PID namespace (set up in the visible process) and in
+    // the pod's: both paths of the executor make the idmapped bind.
+    for pid in [NamespaceMode::Pod, NamespaceMode::Container] {
+        let mut cfg =
+            userns_container(&e.image, &format!("v{}", pid as i32), "sleep 1000", &userns);
+        if let Some(ns) = cfg
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|s| s.namespace_options.as_mut())
+        {
+            ns.pid = pid as i32;
+        }
+        cfg.mounts = vec![
+            volume("/vol", &vol, Some(&userns)),
+            volume("/plain", &vol, None),
+            Mount {
+                readonly: true,
+                ..volume("/ro", &vol, Some(&userns))
+            },
+        ];
+        let id = run(&mut e.rt, &pod, cfg).await;
+        let name = format!("new-{}", pid as i32);
+        let script = format!(
+            "stat -c %u:%g /vol/f /vol/w /plain/f; cat /vol/f; \
+             echo x > /vol/w/{name} && echo wrote; stat -c %u:%g /vol/w/{name}; \
+             (echo y > /plain/w/plain-{name}) 2>/dev/null && echo plain=wrote || echo plain=denied; \
+             (touch /ro/w/ro-{name}) 2>/dev/null && echo ro=wrote || echo ro=denied"
+        );
+        let out = exec(&mut e.rt, &id, &script).await;
+        println!("{pid:?}:\n{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        // Host root's files are the pod's root's through the idmapped
+        // mount; through the plain bind they are unmapped (65534).
+        assert_eq!(lines[..3], ["0:0", "0:0", "65534:65534"], "{out}");
+        assert_eq!(lines[3], "hi", "{out}");
+        // Container root (host 400000) may write host root's directory,
+        // and what it makes is root's inside ...
+        assert_eq!(lines[4..6], ["wrote", "0:0"], "{out}");
+        // ... and on the host: the idmapped mount maps the pod's ids back
+        // through the pod's own mapping, so the disk holds host root's.
+        let made = std::fs::metadata(vol.join("w").join(&name)).expect("written through /vol");
+        assert_eq!((made.uid(), made.gid()), (0, 0));
+        // The plain bind leaves host root's directory closed to it; the
+        // read-only idmapped mount stays read-only.
+        assert_eq!(lines[6..], ["plain=denied", "ro=denied"], "{out}");
+        assert!(!vol.join("w").join(format!("plain-{name}")).exists());
+        assert!(!vol.join("w").join(format!("ro-{name}")).exists());
+    }
+
+    // Mappings other than the pod's, or on a pod without a user
+    // namespace, are refused; the pod's stay usable.
+    let other = pod_userns(
+        vec![mapping(0, 400_001, 65536)],
+        vec![mapping(0, 500_000, 65536)],
+    );
+    let mut cfg = userns_container(&e.image, "other", "true", &userns);
+    cfg.mounts = vec![volume("/vol", &vol, Some(&other))];
+    let err =
+        e.rt.create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("mappings other than the pod's");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("differ"), "{err:?}");
+    let mut cfg = e.config("nouserns", "true");
+    cfg.mounts = vec![volume("/vol", &vol, Some(&userns))];
+    let err = e
+        .create(cfg)
+        .await
+        .expect_err("a pod without a user namespace");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("no user namespace"), "{err:?}");
+    let mut cfg = userns_container(&e.image, "half", "true", &userns);
+    cfg.mounts = vec![Mount {
+        gid_mappings: vec![],
+        ..volume("/vol", &vol, Some(&userns))
+    }];
+    let err =
+        e.rt.create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("uid mappings without gid mappings");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+}

@@ -238,6 +238,7 @@ impl Containers {
         let (apparmor, selinux) = self.lsm_labels(&record.config, &id)?;
         let userns = crate::sandbox::userns_maps(&pod.config);
         same_userns(&record.config, &pod.config)?;
+        idmapped_mounts(&record.config, userns.as_ref(), &pod.id)?;
         let idmap = userns.as_ref().map(|(uids, gids)| crate::storage::Idmap {
             userns: pods.userns_path(&pod.id),
             root_uid: uids.iter().find_map(|m| m.host_of(0)).unwrap_or(0),
@@ -834,6 +835,61 @@ fn same_userns(c: &ContainerConfig, pod: &PodSandboxConfig) -> Result<()> {
         return Err(Error::InvalidArgument(
             "the container's user namespace options differ from its pod's".into(),
         ));
+    }
+    Ok(())
+}
+
+/// Idmapped mounts (CRI `Mount.uid_mappings`/`gid_mappings`, which kubelet
+/// sets on every volume of a pod with a user namespace) are made with the
+/// pod's user namespace, so they must carry its mappings: a pod without
+/// one, or other mappings, is `InvalidArgument`. A mount without mappings
+/// in such a pod stays a plain bind (as in containerd: host ids unmapped
+/// in the pod show as 65534).
+fn idmapped_mounts(
+    c: &ContainerConfig,
+    userns: Option<&crate::sandbox::pinns::IdMaps>,
+    pod_id: &str,
+) -> Result<()> {
+    let same = |cri: &[k8s_cri::v1::IdMapping], ours: &[crate::executor::userns::IdMap]| {
+        cri.len() == ours.len()
+            && cri.iter().zip(ours).all(|(a, b)| {
+                (a.container_id, a.host_id, a.length) == (b.container_id, b.host_id, b.length)
+            })
+    };
+    let show = |maps: &[k8s_cri::v1::IdMapping]| {
+        maps.iter()
+            .map(|m| format!("{}:{}:{}", m.container_id, m.host_id, m.length))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for m in &c.mounts {
+        if m.uid_mappings.is_empty() && m.gid_mappings.is_empty() {
+            continue;
+        }
+        let at = crate::error::shown(&m.container_path);
+        let Some((uids, gids)) = userns else {
+            return Err(Error::InvalidArgument(format!(
+                "idmapped mount at {at}: pod {pod_id} has no user namespace of its own (userns_options mode POD) to map it with"
+            )));
+        };
+        if !same(&m.uid_mappings, uids) || !same(&m.gid_mappings, gids) {
+            let pod: Vec<String> = [uids, gids]
+                .iter()
+                .map(|v| {
+                    v.iter()
+                        .map(|r| r.line().replace(' ', ":"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .collect();
+            return Err(Error::InvalidArgument(format!(
+                "idmapped mount at {at}: mappings uid {} gid {} differ from pod {pod_id}'s user namespace (uid {} gid {}); a volume is idmapped with the pod's own",
+                show(&m.uid_mappings),
+                show(&m.gid_mappings),
+                pod[0],
+                pod[1]
+            )));
+        }
     }
     Ok(())
 }
