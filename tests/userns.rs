@@ -417,6 +417,16 @@ async fn idmapped_volumes_show_host_root_as_the_pods_root() {
                 readonly: true,
                 ..volume("/ro", &vol, Some(&userns))
             },
+            // An image volume: kubelet sends the pod's mappings on it too.
+            Mount {
+                readonly: true,
+                image: Some(ImageSpec {
+                    image: e.image.clone(),
+                    ..Default::default()
+                }),
+                host_path: String::new(),
+                ..volume("/iv", &vol, Some(&userns))
+            },
         ];
         let id = run(&mut e.rt, &pod, cfg).await;
         let name = format!("new-{}", pid as i32);
@@ -424,7 +434,8 @@ async fn idmapped_volumes_show_host_root_as_the_pods_root() {
             "stat -c %u:%g /vol/f /vol/w /plain/f; cat /vol/f; \
              echo x > /vol/w/{name} && echo wrote; stat -c %u:%g /vol/w/{name}; \
              (echo y > /plain/w/plain-{name}) 2>/dev/null && echo plain=wrote || echo plain=denied; \
-             (touch /ro/w/ro-{name}) 2>/dev/null && echo ro=wrote || echo ro=denied"
+             (touch /ro/w/ro-{name}) 2>/dev/null && echo ro=wrote || echo ro=denied; \
+             stat -c iv=%u:%g /iv/bin/busybox"
         );
         let out = exec(&mut e.rt, &id, &script).await;
         println!("{pid:?}:\n{out}");
@@ -442,7 +453,10 @@ async fn idmapped_volumes_show_host_root_as_the_pods_root() {
         assert_eq!((made.uid(), made.gid()), (0, 0));
         // The plain bind leaves host root's directory closed to it; the
         // read-only idmapped mount stays read-only.
-        assert_eq!(lines[6..], ["plain=denied", "ro=denied"], "{out}");
+        assert_eq!(lines[6..8], ["plain=denied", "ro=denied"], "{out}");
+        // The image volume's layers are idmapped (an overlay mount cannot
+        // be): the image's root files are the pod's root's.
+        assert_eq!(lines[8..], ["iv=0:0"], "{out}");
         assert!(!vol.join("w").join(format!("plain-{name}")).exists());
         assert!(!vol.join("w").join(format!("ro-{name}")).exists());
     }
@@ -487,4 +501,46 @@ async fn idmapped_volumes_show_host_root_as_the_pods_root() {
         .await
         .expect_err("uid mappings without gid mappings");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    // A filesystem that cannot be idmapped (sysfs): the create fails
+    // naming the mount and why, and leaves nothing behind.
+    let before = all_containers(&mut e.rt).await.len();
+    let mut cfg = userns_container(&e.image, "sysfs", "true", &userns);
+    cfg.mounts = vec![volume(
+        "/sysvol",
+        std::path::Path::new("/sys/kernel/mm"),
+        Some(&userns),
+    )];
+    let err =
+        e.rt.create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("sysfs cannot be idmapped");
+    println!("sysfs: {}", err.message());
+    assert!(
+        err.message().contains("sysvol")
+            && err.message().contains("/sys/kernel/mm")
+            && err.message().contains("does not support idmapped mounts"),
+        "{err:?}"
+    );
+    assert_eq!(all_containers(&mut e.rt).await.len(), before);
+
+    // Removal takes every idmapped clone (volumes' are in the containers'
+    // mount namespaces, image volume layers' in the host's).
+    e.rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("stop pod");
+    e.rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("remove pod");
+    let containers = e.d.paths.root.join("containers");
+    assert_eq!(mounts_under(&containers), Vec::<std::path::PathBuf>::new());
+    assert!(vol.join("f").exists(), "the volume is the host's still");
 }

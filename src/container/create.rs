@@ -257,7 +257,7 @@ impl Containers {
         let config = if record.image_volumes.is_empty() {
             &record.config
         } else {
-            with_volumes = mount_image_volumes(storage, record, volume_layers)?;
+            with_volumes = mount_image_volumes(storage, record, volume_layers, idmap.as_ref())?;
             step("image volumes mounted");
             &with_volumes
         };
@@ -710,6 +710,7 @@ pub(super) fn mount_image_volumes(
     storage: &Storage,
     c: &ContainerRecord,
     layers: &[Vec<PathBuf>],
+    idmap: Option<&crate::storage::Idmap>,
 ) -> Result<ContainerConfig> {
     let mut config = c.config.clone();
     for (v, dirs) in c.image_volumes.iter().zip(layers) {
@@ -717,11 +718,28 @@ pub(super) fn mount_image_volumes(
             .mounts
             .get_mut(v.mount)
             .ok_or_else(|| internal(format!("image volume of mount {} lost", v.mount)))?;
+        // An idmapped image volume (checked to carry the pod's mappings):
+        // its layers are idmapped, as containerd does, and the bind of the
+        // overlay (which cannot be idmapped itself) is a plain one.
+        let idmapped = !m.uid_mappings.is_empty();
+        if idmapped {
+            m.uid_mappings.clear();
+            m.gid_mappings.clear();
+        }
         let path = storage
-            .mount_image_volume(&c.id, v.mount, dirs, &m.image_sub_path)
+            .mount_image_volume(
+                &c.id,
+                v.mount,
+                dirs,
+                &m.image_sub_path,
+                idmap.filter(|_| idmapped),
+            )
             .map_err(|e| match e {
                 crate::storage::StorageError::ImageSubPath { .. } => {
                     Error::InvalidArgument(e.to_string())
+                }
+                crate::storage::StorageError::Idmap { .. } => {
+                    Error::FailedPrecondition(e.to_string())
                 }
                 e => internal(e),
             })?;
