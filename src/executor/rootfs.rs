@@ -873,6 +873,59 @@ mod tests {
     }
 
     #[test]
+    fn idmapped_binds_carry_the_joined_namespaces_mappings() {
+        let map =
+            |host: u32| serde_json::json!([{"containerID": 0, "hostID": host, "size": 65536}]);
+        let spec = |mount: serde_json::Value, userns_path: Option<&str>| -> Spec {
+            let mut ns = vec![serde_json::json!({"type": "mount"})];
+            if let Some(p) = userns_path {
+                ns.push(serde_json::json!({"type": "user", "path": p}));
+            }
+            serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "root": {"path": "/r"},
+                "mounts": [mount],
+                "linux": {"namespaces": ns, "uidMappings": map(1000), "gidMappings": map(2000)},
+            }))
+            .unwrap()
+        };
+        let bind = |uids, gids| {
+            serde_json::json!({"destination": "/data", "type": "bind", "source": "/srv",
+                "options": ["rbind", "rw"], "uidMappings": uids, "gidMappings": gids})
+        };
+        let ok = plan(&spec(bind(map(1000), map(2000)), Some("/p/ns/user")), &[]).unwrap();
+        assert!(ok.mounts[0].idmapped);
+        assert_eq!(ok.mounts[0].flags & libc::MS_REC, libc::MS_REC);
+        let plain = serde_json::json!({"destination": "/data", "type": "bind", "source": "/srv",
+            "options": ["rbind"]});
+        assert!(!plan(&spec(plain, None), &[]).unwrap().mounts[0].idmapped);
+        for (what, s) in [
+            (
+                "other mappings",
+                spec(bind(map(1001), map(2000)), Some("/p/ns/user")),
+            ),
+            (
+                "no user namespace to join",
+                spec(bind(map(1000), map(2000)), None),
+            ),
+            (
+                "uids only",
+                spec(bind(map(1000), serde_json::Value::Null), Some("/p/ns/user")),
+            ),
+            (
+                "not a bind",
+                spec(
+                    serde_json::json!({"destination": "/t", "type": "tmpfs", "source": "tmpfs",
+                        "uidMappings": map(1000), "gidMappings": map(2000)}),
+                    Some("/p/ns/user"),
+                ),
+            ),
+        ] {
+            assert!(plan(&s, &[]).is_err(), "{what}");
+        }
+    }
+
+    #[test]
     fn destinations_never_climb() {
         assert_eq!(relative(Path::new("/a/./b")).unwrap(), PathBuf::from("a/b"));
         assert!(relative(Path::new("/a/../../b")).is_err());
