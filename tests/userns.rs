@@ -383,6 +383,25 @@ async fn idmapped_volumes_show_host_root_as_the_pods_root() {
         std::os::unix::fs::chown(p, Some(0), Some(0)).unwrap();
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
+    // As kubelet's nodes have it: the volume is on a shared mount, so a
+    // HOST_TO_CONTAINER volume sees what the host mounts in it later.
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    mount(
+        Some(&vol),
+        &vol,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .unwrap();
+    mount(
+        None::<&str>,
+        &vol,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .unwrap();
     let userns = pod_userns(
         vec![mapping(0, 400_000, 65536)],
         vec![mapping(0, 500_000, 65536)],
@@ -416,6 +435,10 @@ async fn idmapped_volumes_show_host_root_as_the_pods_root() {
             Mount {
                 readonly: true,
                 ..volume("/ro", &vol, Some(&userns))
+            },
+            Mount {
+                propagation: MountPropagation::PropagationHostToContainer as i32,
+                ..volume("/hv", &vol, Some(&userns))
             },
             // An image volume: kubelet sends the pod's mappings on it too.
             Mount {
@@ -459,6 +482,27 @@ async fn idmapped_volumes_show_host_root_as_the_pods_root() {
         assert_eq!(lines[8..], ["iv=0:0"], "{out}");
         assert!(!vol.join("w").join(format!("plain-{name}")).exists());
         assert!(!vol.join("w").join(format!("ro-{name}")).exists());
+        // A mount the host makes in the volume afterwards reaches the
+        // idmapped HOST_TO_CONTAINER one (not idmapped itself: a new mount).
+        let later = vol.join(format!("later-{name}"));
+        std::fs::create_dir_all(&later).unwrap();
+        mount(
+            Some("tmpfs"),
+            &later,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        std::fs::write(later.join("marker"), "host").unwrap();
+        let seen = exec(
+            &mut e.rt,
+            &id,
+            &format!("cat /hv/later-{name}/marker; ls /vol/later-{name}"),
+        )
+        .await;
+        assert_eq!(seen, "host", "only /hv follows the host's mounts");
+        umount2(&later, MntFlags::MNT_DETACH).unwrap();
     }
 
     // Mappings other than the pod's, or on a pod without a user
@@ -542,5 +586,6 @@ async fn idmapped_volumes_show_host_root_as_the_pods_root() {
     .expect("remove pod");
     let containers = e.d.paths.root.join("containers");
     assert_eq!(mounts_under(&containers), Vec::<std::path::PathBuf>::new());
+    umount2(&vol, MntFlags::MNT_DETACH).unwrap();
     assert!(vol.join("f").exists(), "the volume is the host's still");
 }
