@@ -506,7 +506,8 @@ async fn idmapped_volumes_show_host_root_as_the_pods_root() {
     }
 
     // Mappings other than the pod's, or on a pod without a user
-    // namespace, are refused; the pod's stay usable.
+    // namespace, are refused, and a refused create leaves no container.
+    let before = all_containers(&mut e.rt).await.len();
     let other = pod_userns(
         vec![mapping(0, 400_001, 65536)],
         vec![mapping(0, 500_000, 65536)],
@@ -548,7 +549,6 @@ async fn idmapped_volumes_show_host_root_as_the_pods_root() {
 
     // A filesystem that cannot be idmapped (sysfs): the create fails
     // naming the mount and why, and leaves nothing behind.
-    let before = all_containers(&mut e.rt).await.len();
     let mut cfg = userns_container(&e.image, "sysfs", "true", &userns);
     cfg.mounts = vec![volume(
         "/sysvol",

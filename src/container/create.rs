@@ -55,6 +55,11 @@ impl Containers {
                 m.container_path
             )));
         }
+        idmapped_mounts(
+            &config,
+            crate::sandbox::userns_maps(&pod.config).as_ref(),
+            &pod.id,
+        )?;
         let image_volumes = image_volumes(images, &config)?;
         let pod_cfg = sandbox_config.unwrap_or_else(|| pod.config.clone());
         let log_path = log_path(&pod_cfg, &config, &self.log_dir, &pod.id)?;
@@ -238,7 +243,6 @@ impl Containers {
         let (apparmor, selinux) = self.lsm_labels(&record.config, &id)?;
         let userns = crate::sandbox::userns_maps(&pod.config);
         same_userns(&record.config, &pod.config)?;
-        idmapped_mounts(&record.config, userns.as_ref(), &pod.id)?;
         let idmap = userns.as_ref().map(|(uids, gids)| crate::storage::Idmap {
             userns: pods.userns_path(&pod.id),
             root_uid: uids.iter().find_map(|m| m.host_of(0)).unwrap_or(0),
