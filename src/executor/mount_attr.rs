@@ -127,6 +127,35 @@ pub fn idmapped_bind(
     Ok(())
 }
 
+/// Attaches at `target` (an `O_PATH` descriptor: a container's volume
+/// destination, resolved inside its rootfs) a clone of `source` idmapped
+/// with `userns`; a filesystem that refuses it is named with the reason.
+pub(super) fn idmapped_bind_at(
+    source: &std::path::Path,
+    recursive: bool,
+    userns: impl AsFd,
+    target: impl AsFd,
+) -> Result<(), String> {
+    let tree = idmapped_tree(source, recursive, userns).map_err(|e| {
+        let why = match e.raw_os_error() {
+            Some(libc::EINVAL) => ": its filesystem does not support idmapped mounts",
+            Some(libc::EPERM) => ": not permitted (is it idmapped already?)",
+            Some(libc::ENOSYS) => ": this kernel has no idmapped mounts (Linux 5.12+)",
+            _ => "",
+        };
+        format!("idmapped bind of {}: {e}{why}", source.display())
+    })?;
+    rustix::mount::move_mount(
+        &tree,
+        "",
+        target,
+        "",
+        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
+            | rustix::mount::MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(|e| format!("attaching the idmapped bind of {}: {e}", source.display()))
+}
+
 /// Detaches every mount at or beneath `dir` (deepest first, from
 /// /proc/self/mountinfo); nothing mounted is fine.
 pub fn unmount_tree(dir: &std::path::Path) -> io::Result<()> {

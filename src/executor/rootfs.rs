@@ -537,7 +537,12 @@ fn mount_one(
     match &m.kind {
         Kind::Bind { source } if m.idmapped => {
             let userns = userns.ok_or("idmapped bind without a user namespace to map with")?;
-            idmapped_bind(source, m.flags & libc::MS_REC != 0, userns, &target)?;
+            super::mount_attr::idmapped_bind_at(
+                source,
+                m.flags & libc::MS_REC != 0,
+                userns,
+                &target,
+            )?;
             remount_flags(rootfd, m)?;
         }
         Kind::Bind { source } => {
@@ -624,35 +629,6 @@ fn remount_flags(rootfd: RawFd, m: &PlannedMount) -> Result<(), String> {
         )?;
     }
     Ok(())
-}
-
-/// Attaches at `target` (an `O_PATH` descriptor inside the rootfs) a clone
-/// of `source` idmapped with `userns`; a filesystem that refuses it is
-/// named with the reason.
-fn idmapped_bind(
-    source: &Path,
-    recursive: bool,
-    userns: BorrowedFd<'_>,
-    target: &OwnedFd,
-) -> Result<(), String> {
-    let tree = super::mount_attr::idmapped_tree(source, recursive, userns).map_err(|e| {
-        let why = match e.raw_os_error() {
-            Some(libc::EINVAL) => ": its filesystem does not support idmapped mounts",
-            Some(libc::EPERM) => ": not permitted (is it idmapped already?)",
-            Some(libc::ENOSYS) => ": this kernel has no idmapped mounts (Linux 5.12+)",
-            _ => "",
-        };
-        format!("idmapped bind of {}: {e}{why}", source.display())
-    })?;
-    rustix::mount::move_mount(
-        &tree,
-        "",
-        target,
-        "",
-        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
-            | rustix::mount::MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-    )
-    .map_err(|e| format!("attaching the idmapped bind of {}: {e}", source.display()))
 }
 
 fn reopen(rootfd: RawFd, rel: &Path) -> Result<OwnedFd, String> {
