@@ -356,3 +356,236 @@ async fn bad_user_namespace_requests_are_refused() {
         .expect_err("a userns the pod does not have");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 }
+
+/// A CRI mount of `host` at `at`; with `maps`, idmapped with them (as
+/// kubelet sends every volume of a pod with a user namespace).
+fn volume(at: &str, host: &std::path::Path, maps: Option<&UserNamespace>) -> Mount {
+    Mount {
+        container_path: at.into(),
+        host_path: host.display().to_string(),
+        uid_mappings: maps.map(|u| u.uids.clone()).unwrap_or_default(),
+        gid_mappings: maps.map(|u| u.gids.clone()).unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idmapped_volumes_show_host_root_as_the_pods_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut e = common::pod::env("userns-vol").await;
+    let logs = e.logs.clone();
+    // A volume as kubelet makes them: host root's files and a directory
+    // only its owner may write.
+    let vol = e.d.paths.base.join("vol");
+    std::fs::create_dir_all(vol.join("w")).unwrap();
+    std::fs::write(vol.join("f"), "hi\n").unwrap();
+    for p in [&vol, &vol.join("w")] {
+        std::os::unix::fs::chown(p, Some(0), Some(0)).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // As kubelet's nodes have it: the volume is on a shared mount, so a
+    // HOST_TO_CONTAINER volume sees what the host mounts in it later.
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    mount(
+        Some(&vol),
+        &vol,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .unwrap();
+    mount(
+        None::<&str>,
+        &vol,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .unwrap();
+    let userns = pod_userns(
+        vec![mapping(0, 400_000, 65536)],
+        vec![mapping(0, 500_000, 65536)],
+    );
+    let pod =
+        e.rt.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(userns_pod("vol", &logs, userns.clone(), true)),
+            ..Default::default()
+        })
+        .await
+        .expect("run pod")
+        .into_inner()
+        .pod_sandbox_id;
+
+    // With its own PID namespace (set up in the visible process) and in
+    // the pod's: both paths of the executor make the idmapped bind.
+    for pid in [NamespaceMode::Pod, NamespaceMode::Container] {
+        let mut cfg =
+            userns_container(&e.image, &format!("v{}", pid as i32), "sleep 1000", &userns);
+        if let Some(ns) = cfg
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|s| s.namespace_options.as_mut())
+        {
+            ns.pid = pid as i32;
+        }
+        cfg.mounts = vec![
+            volume("/vol", &vol, Some(&userns)),
+            volume("/plain", &vol, None),
+            Mount {
+                readonly: true,
+                ..volume("/ro", &vol, Some(&userns))
+            },
+            Mount {
+                propagation: MountPropagation::PropagationHostToContainer as i32,
+                ..volume("/hv", &vol, Some(&userns))
+            },
+            // An image volume: kubelet sends the pod's mappings on it too.
+            Mount {
+                readonly: true,
+                image: Some(ImageSpec {
+                    image: e.image.clone(),
+                    ..Default::default()
+                }),
+                host_path: String::new(),
+                ..volume("/iv", &vol, Some(&userns))
+            },
+        ];
+        let id = run(&mut e.rt, &pod, cfg).await;
+        let name = format!("new-{}", pid as i32);
+        let script = format!(
+            "stat -c %u:%g /vol/f /vol/w /plain/f; cat /vol/f; \
+             echo x > /vol/w/{name} && echo wrote; stat -c %u:%g /vol/w/{name}; \
+             (echo y > /plain/w/plain-{name}) 2>/dev/null && echo plain=wrote || echo plain=denied; \
+             (touch /ro/w/ro-{name}) 2>/dev/null && echo ro=wrote || echo ro=denied; \
+             stat -c iv=%u:%g /iv/bin/busybox"
+        );
+        let out = exec(&mut e.rt, &id, &script).await;
+        println!("{pid:?}:\n{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        // Host root's files are the pod's root's through the idmapped
+        // mount; through the plain bind they are unmapped (65534).
+        assert_eq!(lines[..3], ["0:0", "0:0", "65534:65534"], "{out}");
+        assert_eq!(lines[3], "hi", "{out}");
+        // Container root (host 400000) may write host root's directory,
+        // and what it makes is root's inside ...
+        assert_eq!(lines[4..6], ["wrote", "0:0"], "{out}");
+        // ... and on the host: the idmapped mount maps the pod's ids back
+        // through the pod's own mapping, so the disk holds host root's.
+        let made = std::fs::metadata(vol.join("w").join(&name)).expect("written through /vol");
+        assert_eq!((made.uid(), made.gid()), (0, 0));
+        // The plain bind leaves host root's directory closed to it; the
+        // read-only idmapped mount stays read-only.
+        assert_eq!(lines[6..8], ["plain=denied", "ro=denied"], "{out}");
+        // The image volume's layers are idmapped (an overlay mount cannot
+        // be): the image's root files are the pod's root's.
+        assert_eq!(lines[8..], ["iv=0:0"], "{out}");
+        assert!(!vol.join("w").join(format!("plain-{name}")).exists());
+        assert!(!vol.join("w").join(format!("ro-{name}")).exists());
+        // A mount the host makes in the volume afterwards reaches the
+        // idmapped HOST_TO_CONTAINER one (not idmapped itself: a new mount).
+        let later = vol.join(format!("later-{name}"));
+        std::fs::create_dir_all(&later).unwrap();
+        mount(
+            Some("tmpfs"),
+            &later,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        std::fs::write(later.join("marker"), "host").unwrap();
+        let seen = exec(
+            &mut e.rt,
+            &id,
+            &format!("cat /hv/later-{name}/marker; ls /vol/later-{name}"),
+        )
+        .await;
+        assert_eq!(seen, "host", "only /hv follows the host's mounts");
+        umount2(&later, MntFlags::MNT_DETACH).unwrap();
+    }
+
+    // Mappings other than the pod's, or on a pod without a user
+    // namespace, are refused, and a refused create leaves no container.
+    let before = all_containers(&mut e.rt).await.len();
+    let other = pod_userns(
+        vec![mapping(0, 400_001, 65536)],
+        vec![mapping(0, 500_000, 65536)],
+    );
+    let mut cfg = userns_container(&e.image, "other", "true", &userns);
+    cfg.mounts = vec![volume("/vol", &vol, Some(&other))];
+    let err =
+        e.rt.create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("mappings other than the pod's");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("differ"), "{err:?}");
+    let mut cfg = e.config("nouserns", "true");
+    cfg.mounts = vec![volume("/vol", &vol, Some(&userns))];
+    let err = e
+        .create(cfg)
+        .await
+        .expect_err("a pod without a user namespace");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("no user namespace"), "{err:?}");
+    let mut cfg = userns_container(&e.image, "half", "true", &userns);
+    cfg.mounts = vec![Mount {
+        gid_mappings: vec![],
+        ..volume("/vol", &vol, Some(&userns))
+    }];
+    let err =
+        e.rt.create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("uid mappings without gid mappings");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    // A filesystem that cannot be idmapped (sysfs): the create fails
+    // naming the mount and why, and leaves nothing behind.
+    let mut cfg = userns_container(&e.image, "sysfs", "true", &userns);
+    cfg.mounts = vec![volume(
+        "/sysvol",
+        std::path::Path::new("/sys/kernel/mm"),
+        Some(&userns),
+    )];
+    let err =
+        e.rt.create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("sysfs cannot be idmapped");
+    println!("sysfs: {}", err.message());
+    assert!(
+        err.message().contains("sysvol")
+            && err.message().contains("/sys/kernel/mm")
+            && err.message().contains("does not support idmapped mounts"),
+        "{err:?}"
+    );
+    assert_eq!(all_containers(&mut e.rt).await.len(), before);
+
+    // Removal takes every idmapped clone (volumes' are in the containers'
+    // mount namespaces, image volume layers' in the host's).
+    e.rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("stop pod");
+    e.rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("remove pod");
+    let containers = e.d.paths.root.join("containers");
+    assert_eq!(mounts_under(&containers), Vec::<std::path::PathBuf>::new());
+    umount2(&vol, MntFlags::MNT_DETACH).unwrap();
+    assert!(vol.join("f").exists(), "the volume is the host's still");
+}

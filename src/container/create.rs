@@ -55,6 +55,11 @@ impl Containers {
                 m.container_path
             )));
         }
+        idmapped_mounts(
+            &config,
+            crate::sandbox::userns_maps(&pod.config).as_ref(),
+            &pod.id,
+        )?;
         let image_volumes = image_volumes(images, &config)?;
         let pod_cfg = sandbox_config.unwrap_or_else(|| pod.config.clone());
         let log_path = log_path(&pod_cfg, &config, &self.log_dir, &pod.id)?;
@@ -256,7 +261,7 @@ impl Containers {
         let config = if record.image_volumes.is_empty() {
             &record.config
         } else {
-            with_volumes = mount_image_volumes(storage, record, volume_layers)?;
+            with_volumes = mount_image_volumes(storage, record, volume_layers, idmap.as_ref())?;
             step("image volumes mounted");
             &with_volumes
         };
@@ -709,6 +714,7 @@ pub(super) fn mount_image_volumes(
     storage: &Storage,
     c: &ContainerRecord,
     layers: &[Vec<PathBuf>],
+    idmap: Option<&crate::storage::Idmap>,
 ) -> Result<ContainerConfig> {
     let mut config = c.config.clone();
     for (v, dirs) in c.image_volumes.iter().zip(layers) {
@@ -716,11 +722,28 @@ pub(super) fn mount_image_volumes(
             .mounts
             .get_mut(v.mount)
             .ok_or_else(|| internal(format!("image volume of mount {} lost", v.mount)))?;
+        // An idmapped image volume (checked to carry the pod's mappings):
+        // its layers are idmapped, as containerd does, and the bind of the
+        // overlay (which cannot be idmapped itself) is a plain one.
+        let idmapped = !m.uid_mappings.is_empty();
+        if idmapped {
+            m.uid_mappings.clear();
+            m.gid_mappings.clear();
+        }
         let path = storage
-            .mount_image_volume(&c.id, v.mount, dirs, &m.image_sub_path)
+            .mount_image_volume(
+                &c.id,
+                v.mount,
+                dirs,
+                &m.image_sub_path,
+                idmap.filter(|_| idmapped),
+            )
             .map_err(|e| match e {
                 crate::storage::StorageError::ImageSubPath { .. } => {
                     Error::InvalidArgument(e.to_string())
+                }
+                crate::storage::StorageError::Idmap { .. } => {
+                    Error::FailedPrecondition(e.to_string())
                 }
                 e => internal(e),
             })?;
@@ -834,6 +857,61 @@ fn same_userns(c: &ContainerConfig, pod: &PodSandboxConfig) -> Result<()> {
         return Err(Error::InvalidArgument(
             "the container's user namespace options differ from its pod's".into(),
         ));
+    }
+    Ok(())
+}
+
+/// Idmapped mounts (CRI `Mount.uid_mappings`/`gid_mappings`, which kubelet
+/// sets on every volume of a pod with a user namespace) are made with the
+/// pod's user namespace, so they must carry its mappings: a pod without
+/// one, or other mappings, is `InvalidArgument`. A mount without mappings
+/// in such a pod stays a plain bind (as in containerd: host ids unmapped
+/// in the pod show as 65534).
+fn idmapped_mounts(
+    c: &ContainerConfig,
+    userns: Option<&crate::sandbox::pinns::IdMaps>,
+    pod_id: &str,
+) -> Result<()> {
+    let same = |cri: &[k8s_cri::v1::IdMapping], ours: &[crate::executor::userns::IdMap]| {
+        cri.len() == ours.len()
+            && cri.iter().zip(ours).all(|(a, b)| {
+                (a.container_id, a.host_id, a.length) == (b.container_id, b.host_id, b.length)
+            })
+    };
+    let show = |maps: &[k8s_cri::v1::IdMapping]| {
+        maps.iter()
+            .map(|m| format!("{}:{}:{}", m.container_id, m.host_id, m.length))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for m in &c.mounts {
+        if m.uid_mappings.is_empty() && m.gid_mappings.is_empty() {
+            continue;
+        }
+        let at = crate::error::shown(&m.container_path);
+        let Some((uids, gids)) = userns else {
+            return Err(Error::InvalidArgument(format!(
+                "idmapped mount at {at}: pod {pod_id} has no user namespace of its own (userns_options mode POD) to map it with"
+            )));
+        };
+        if !same(&m.uid_mappings, uids) || !same(&m.gid_mappings, gids) {
+            let pod: Vec<String> = [uids, gids]
+                .iter()
+                .map(|v| {
+                    v.iter()
+                        .map(|r| r.line().replace(' ', ":"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .collect();
+            return Err(Error::InvalidArgument(format!(
+                "idmapped mount at {at}: mappings uid {} gid {} differ from pod {pod_id}'s user namespace (uid {} gid {}); a volume is idmapped with the pod's own",
+                show(&m.uid_mappings),
+                show(&m.gid_mappings),
+                pod[0],
+                pod[1]
+            )));
+        }
     }
     Ok(())
 }

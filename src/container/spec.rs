@@ -373,11 +373,36 @@ fn mounts(input: &SpecInput, privileged: bool) -> Result<(Vec<Mount>, Option<Str
             opts.push("rro".into());
             mount.set_options(Some(opts));
         }
+        if !m.uid_mappings.is_empty() {
+            // An idmapped bind (OCI `uidMappings`/`gidMappings` on the
+            // mount, as runc and crun read them): the server checked both
+            // are the pod's user namespace's.
+            mount
+                .set_uid_mappings(Some(id_mappings(&m.uid_mappings)?))
+                .set_gid_mappings(Some(id_mappings(&m.gid_mappings)?));
+        }
         out.push(mount);
     }
     // Stable sort: a parent is mounted before anything beneath it.
     out.sort_by_key(|m| m.destination().components().count());
     Ok((out, root_propagation))
+}
+
+/// CRI id mappings as OCI ones.
+fn id_mappings(
+    maps: &[k8s_cri::v1::IdMapping],
+) -> Result<Vec<oci_spec::runtime::LinuxIdMapping>, SpecError> {
+    use oci_spec::runtime::LinuxIdMappingBuilder;
+    Ok(maps
+        .iter()
+        .map(|m| {
+            LinuxIdMappingBuilder::default()
+                .container_id(m.container_id)
+                .host_id(m.host_id)
+                .size(m.length)
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 fn devices(

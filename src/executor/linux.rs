@@ -23,7 +23,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use oci_spec::runtime::{Process, Spec};
 
@@ -112,6 +112,18 @@ fn describe(status: i32) -> String {
 /// controlling one, and closes everything else but the monitor channel.
 /// Answers the channel's new descriptor.
 pub(super) fn setup_stdio(stdio: &Stdio, terminal: bool, chan: RawFd) -> Result<RawFd, String> {
+    setup_stdio_keeping(stdio, terminal, chan, None).map(|(chan, _)| chan)
+}
+
+/// [`setup_stdio`], keeping `extra` open too (the user namespace a
+/// container that sets up in its visible process joins); the new numbers
+/// of both.
+fn setup_stdio_keeping(
+    stdio: &Stdio,
+    terminal: bool,
+    chan: RawFd,
+    extra: Option<RawFd>,
+) -> Result<(RawFd, Option<RawFd>), String> {
     // SAFETY: setsid has no arguments.
     unsafe { libc::setsid() };
     let slots = [
@@ -119,14 +131,15 @@ pub(super) fn setup_stdio(stdio: &Stdio, terminal: bool, chan: RawFd) -> Result<
         stdio.stdout.as_raw_fd(),
         stdio.stderr.as_raw_fd(),
     ];
-    let kept = sys::arrange_fds(&slots, &[chan]).map_err(|e| format!("stdio: {e}"))?;
+    let keep: Vec<RawFd> = std::iter::once(chan).chain(extra).collect();
+    let kept = sys::arrange_fds(&slots, &keep).map_err(|e| format!("stdio: {e}"))?;
     if terminal {
         // SAFETY: stdin is the pty slave; make it our controlling terminal.
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
             return Err(format!("TIOCSCTTY: {}", errno()));
         }
     }
-    Ok(kept[0])
+    Ok((kept[0], kept.get(1).copied()))
 }
 
 /// Blocks until the monitor writes the start byte; exits if it hung up.
@@ -309,24 +322,29 @@ impl Executor for Embedded {
             };
             namespaces::enter(&ns)?;
             if !inside {
-                super::rootfs::apply(&mounts, proc)?;
+                let user = ns.user.as_ref().map(|f| f.as_fd());
+                super::rootfs::apply(&mounts, proc, user)?;
                 process::make_cwd(&prepared)?;
-                namespaces::enter_user(&ns)?;
+                namespaces::enter_user(user)?;
                 process::become_process(&prepared)?;
             }
             Ok(())
         };
         let child = || {
-            let chan = match setup_stdio(&stdio, prepared.terminal, chan) {
+            let user = ns.user.as_ref().filter(|_| inside).map(|f| f.as_raw_fd());
+            let (chan, user) = match setup_stdio_keeping(&stdio, prepared.terminal, chan, user) {
                 Ok(c) => c,
                 Err(e) => fail(chan, "stdio", e),
             };
             if inside {
-                if let Err(e) = super::rootfs::apply(&mounts, None) {
+                // SAFETY: setup_stdio kept this descriptor open (under a
+                // new number) and nothing closes it before execve.
+                let user = user.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
+                if let Err(e) = super::rootfs::apply(&mounts, None, user) {
                     fail(chan, "rootfs", e);
                 }
                 let ready = process::make_cwd(&prepared)
-                    .and_then(|()| namespaces::enter_user(&ns).map_err(Failure::from))
+                    .and_then(|()| namespaces::enter_user(user).map_err(Failure::from))
                     .and_then(|()| process::become_process(&prepared));
                 if let Err(f) = ready {
                     fail_step(chan, "process", f);
@@ -341,9 +359,13 @@ impl Executor for Embedded {
             wait_for_start(chan);
             exec_or_report(&prepared, chan);
         };
+        // A container with a PID namespace of its own sets up in the
+        // visible process (see the module), which then still needs the
+        // user namespace to join (and to idmap volumes with).
+        let user_fd = ns.user.iter().filter(|_| inside).map(|f| f.as_raw_fd());
         let keep = Keep {
             setup: ns.fds().chain(peer.iter().map(|p| p.as_raw_fd())).collect(),
-            child: stdio_fds(&stdio).to_vec(),
+            child: stdio_fds(&stdio).iter().copied().chain(user_fd).collect(),
         };
         let (pid, ours, mut report) = self.spawn(theirs, ours, keep, setup, child)?;
         let got = report::read_reports(&ours, &mut report, |r| r.ready || r.error.is_some());
@@ -458,7 +480,7 @@ impl Embedded {
             process::limits(&prepared, chan)?;
             namespaces::join_cgroups(&opts.cgroup_dirs, join)?;
             namespaces::enter(&ns)?;
-            namespaces::enter_user(&ns)?;
+            namespaces::enter_user(ns.user.as_ref().map(|f| f.as_fd()))?;
             process::become_process(&prepared)
         };
         let child = || {

@@ -6,7 +6,9 @@
 //! Idmapped mounts (user namespaces): a detached clone of a directory
 //! (`open_tree(OPEN_TREE_CLONE)`) given `MOUNT_ATTR_IDMAP` with a pod's user
 //! namespace and attached elsewhere, so files owned by host root show as
-//! the namespace's root (Linux 5.12+, overlayfs lower layers 5.19+).
+//! the namespace's root (Linux 5.12+, overlayfs lower layers 5.19+): the
+//! image layers of a pod with a user namespace, and its idmapped volumes
+//! (CRI `Mount.uid_mappings`).
 //!
 //! Neither rustix (1.1) nor nix (0.31) wraps `mount_setattr`, so the raw
 //! syscall is here, behind safe functions over [`AsFd`].
@@ -73,20 +75,25 @@ pub(super) fn make_recursively_readonly(mount: impl AsFd) -> io::Result<()> {
     )
 }
 
-/// Mounts a clone of `src` (not what is mounted beneath it) at `target`,
-/// idmapped through the user namespace `userns`: a file owned by host id
-/// N shows as the id N maps to inside that namespace.
-pub fn idmapped_bind(
+/// A detached clone of the mount at `src` (with `recursive`, of every
+/// mount beneath it too), idmapped through the user namespace `userns`: a
+/// file owned by host id N shows as the id N maps to inside that
+/// namespace, and one made by id M inside is owned by the host id M maps
+/// to on disk (for the pod's own namespace: the ids on disk are the ids
+/// inside). Only the top mount is idmapped (as runc's `idmap`, not
+/// `ridmap`): mounts beneath it keep their ids. A filesystem that cannot
+/// be idmapped answers EINVAL.
+pub fn idmapped_tree(
     src: &std::path::Path,
-    target: &std::path::Path,
+    recursive: bool,
     userns: impl AsFd,
-) -> io::Result<()> {
-    use rustix::mount::{MoveMountFlags, OpenTreeFlags};
-    let tree = rustix::mount::open_tree(
-        rustix::fs::CWD,
-        src,
-        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
-    )?;
+) -> io::Result<std::os::fd::OwnedFd> {
+    use rustix::mount::OpenTreeFlags;
+    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= OpenTreeFlags::AT_RECURSIVE;
+    }
+    let tree = rustix::mount::open_tree(rustix::fs::CWD, src, flags)?;
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_IDMAP,
         attr_clr: 0,
@@ -99,14 +106,54 @@ pub fn idmapped_bind(
         Some(&attr),
         std::mem::size_of::<MountAttr>(),
     )?;
+    Ok(tree)
+}
+
+/// Mounts a clone of `src` (not what is mounted beneath it) at `target`,
+/// idmapped through the user namespace `userns` (see [`idmapped_tree`]).
+pub fn idmapped_bind(
+    src: &std::path::Path,
+    target: &std::path::Path,
+    userns: impl AsFd,
+) -> io::Result<()> {
+    let tree = idmapped_tree(src, false, userns)?;
     rustix::mount::move_mount(
         &tree,
         c"",
         rustix::fs::CWD,
         target,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )?;
     Ok(())
+}
+
+/// Attaches at `target` (an `O_PATH` descriptor: a container's volume
+/// destination, resolved inside its rootfs) a clone of `source` idmapped
+/// with `userns`; a filesystem that refuses it is named with the reason.
+pub(super) fn idmapped_bind_at(
+    source: &std::path::Path,
+    recursive: bool,
+    userns: impl AsFd,
+    target: impl AsFd,
+) -> Result<(), String> {
+    let tree = idmapped_tree(source, recursive, userns).map_err(|e| {
+        let why = match e.raw_os_error() {
+            Some(libc::EINVAL) => ": its filesystem does not support idmapped mounts",
+            Some(libc::EPERM) => ": not permitted (is it idmapped already?)",
+            Some(libc::ENOSYS) => ": this kernel has no idmapped mounts (Linux 5.12+)",
+            _ => "",
+        };
+        format!("idmapped bind of {}: {e}{why}", source.display())
+    })?;
+    rustix::mount::move_mount(
+        &tree,
+        "",
+        target,
+        "",
+        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
+            | rustix::mount::MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(|e| format!("attaching the idmapped bind of {}: {e}", source.display()))
 }
 
 /// Detaches every mount at or beneath `dir` (deepest first, from

@@ -2,7 +2,7 @@
 //! joining an existing PID namespace borrows from a process in it.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
@@ -166,11 +166,13 @@ pub(super) fn join_file(mode: Option<crate::cgroups::CgroupMode>) -> &'static st
     }
 }
 
-/// Joins the user namespace kept apart (see [`Namespaces`]), if any: the
+/// Joins the user namespace kept apart (see [`Namespaces`]; its
+/// descriptor, which a forked child may hold under another number), if
+/// any: the
 /// last step before the process takes on its credentials, which are then
 /// ids inside it. The caller is single-threaded and shares no fs_struct.
-pub(super) fn enter_user(ns: &Namespaces) -> Result<(), String> {
-    if let Some(f) = &ns.user {
+pub(super) fn enter_user(user: Option<BorrowedFd<'_>>) -> Result<(), String> {
+    if let Some(f) = user {
         // SAFETY: f is an open user namespace file; setns has no memory effects.
         if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWUSER) } < 0 {
             return Err(format!("joining the pod's user namespace: {}", errno()));

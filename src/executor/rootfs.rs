@@ -8,7 +8,7 @@
 //! `linux.rs` for which one).
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -42,6 +42,10 @@ struct PlannedMount {
     /// `rro`: the bind and every mount beneath it read-only
     /// (`mount_setattr`, see `mount_attr`), not only its top.
     recursive_readonly: bool,
+    /// An idmapped bind (the spec mount's `uidMappings`/`gidMappings`):
+    /// a clone of the source idmapped with the user namespace the
+    /// container joins, whose mappings they are (see `plan`).
+    idmapped: bool,
     data: String,
 }
 
@@ -136,6 +140,45 @@ fn parse_options(opts: &[String]) -> (libc::c_ulong, libc::c_ulong, bool, String
     (flags, prop, recursive_bind, data.join(","))
 }
 
+/// Whether a spec mount is an idmapped bind: it carries `uidMappings` and
+/// `gidMappings`, which must be those of the user namespace the container
+/// joins (the spec's `linux.uidMappings`/`gidMappings` with a user
+/// namespace path): the executor maps with that namespace, it makes no
+/// other.
+fn idmapped(
+    m: &oci_spec::runtime::Mount,
+    kind: &Kind,
+    linux: &oci_spec::runtime::Linux,
+    dest: &Path,
+) -> Result<bool, ExecutorError> {
+    let (uids, gids) = (m.uid_mappings(), m.gid_mappings());
+    if uids.is_none() && gids.is_none() {
+        return Ok(false);
+    }
+    let at = dest.display();
+    if !matches!(kind, Kind::Bind { .. }) {
+        return Err(spec_err(format!(
+            "idmapped mount /{at}: only bind mounts can be idmapped"
+        )));
+    }
+    if uids.is_none() || gids.is_none() {
+        return Err(spec_err(format!(
+            "idmapped mount /{at}: needs both uid and gid mappings"
+        )));
+    }
+    let joins_userns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User && n.path().is_some());
+    if !joins_userns || uids != linux.uid_mappings() || gids != linux.gid_mappings() {
+        return Err(spec_err(format!(
+            "idmapped mount /{at}: its mappings must be those of the user namespace the container joins"
+        )));
+    }
+    Ok(true)
+}
+
 fn cstr(p: &Path) -> Result<CString, ExecutorError> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| spec_err("NUL in path"))
 }
@@ -185,6 +228,7 @@ pub fn plan(spec: &Spec, cgroup_dirs: &[PathBuf]) -> Result<Plan, ExecutorError>
                 dest.display()
             )));
         }
+        let idmapped = idmapped(m, &kind, &linux, &dest)?;
         mounts.push(PlannedMount {
             dest,
             kind,
@@ -195,6 +239,7 @@ pub fn plan(spec: &Spec, cgroup_dirs: &[PathBuf]) -> Result<Plan, ExecutorError>
             },
             propagation,
             recursive_readonly,
+            idmapped,
             data,
         });
     }
@@ -404,8 +449,14 @@ fn fd_path(fd: &OwnedFd) -> CString {
 
 /// Applies the plan, in the container's new mount namespace; ends in it,
 /// pivoted. `proc` (a detached clone of a proc mount, see
-/// `namespaces::clone_peer_proc`) stands in for the spec's proc mount.
-pub fn apply(plan: &Plan, mut proc: Option<OwnedFd>) -> Result<(), String> {
+/// `namespaces::clone_peer_proc`) stands in for the spec's proc mount;
+/// `userns` (the user namespace the container joins after this) maps the
+/// idmapped binds.
+pub fn apply(
+    plan: &Plan,
+    mut proc: Option<OwnedFd>,
+    userns: Option<BorrowedFd<'_>>,
+) -> Result<(), String> {
     let slash = c("/");
     mount_raw(None, &slash, None, plan.root_propagation, None)
         .map_err(|e| format!("root propagation: {e}"))?;
@@ -427,7 +478,8 @@ pub fn apply(plan: &Plan, mut proc: Option<OwnedFd>) -> Result<(), String> {
         .map_err(|e| format!("opening rootfs: {e}"))?;
     let rootfd = root.as_raw_fd();
     for m in &plan.mounts {
-        mount_one(rootfd, m, plan, &mut proc).map_err(|e| format!("{}: {e}", m.dest.display()))?;
+        mount_one(rootfd, m, plan, &mut proc, userns)
+            .map_err(|e| format!("{}: {e}", m.dest.display()))?;
     }
     for d in &plan.devices {
         make_device(rootfd, d).map_err(|e| format!("device {}: {e}", d.dest.display()))?;
@@ -471,6 +523,7 @@ fn mount_one(
     m: &PlannedMount,
     plan: &Plan,
     proc: &mut Option<OwnedFd>,
+    userns: Option<BorrowedFd<'_>>,
 ) -> Result<(), String> {
     let is_file = match &m.kind {
         Kind::Bind { source } => std::fs::metadata(source)
@@ -482,6 +535,16 @@ fn mount_one(
     let tpath = fd_path(&target);
     let data = (!m.data.is_empty()).then(|| c(&m.data));
     match &m.kind {
+        Kind::Bind { source } if m.idmapped => {
+            let userns = userns.ok_or("idmapped bind without a user namespace to map with")?;
+            super::mount_attr::idmapped_bind_at(
+                source,
+                m.flags & libc::MS_REC != 0,
+                userns,
+                &target,
+            )?;
+            remount_flags(rootfd, m)?;
+        }
         Kind::Bind { source } => {
             let src = CString::new(source.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
             mount_raw(
@@ -491,17 +554,7 @@ fn mount_one(
                 libc::MS_BIND | (m.flags & libc::MS_REC),
                 None,
             )?;
-            let flags = m.flags & !libc::MS_REC;
-            if flags != 0 {
-                let top = reopen(rootfd, &m.dest)?;
-                mount_raw(
-                    None,
-                    &fd_path(&top),
-                    None,
-                    libc::MS_BIND | libc::MS_REMOUNT | flags,
-                    None,
-                )?;
-            }
+            remount_flags(rootfd, m)?;
         }
         Kind::Fs { fstype, .. } if fstype == "proc" && proc.is_some() => {
             if let Some(clone) = proc.take() {
@@ -557,6 +610,23 @@ fn mount_one(
         let top = reopen(rootfd, &m.dest)?;
         super::mount_attr::make_recursively_readonly(&top)
             .map_err(|e| format!("recursive read-only (mount_setattr): {e}"))?;
+    }
+    Ok(())
+}
+
+/// A bind's flags (`ro`, `nosuid`, ...) on its top mount: a bind mount
+/// takes them only through a remount.
+fn remount_flags(rootfd: RawFd, m: &PlannedMount) -> Result<(), String> {
+    let flags = m.flags & !libc::MS_REC;
+    if flags != 0 {
+        let top = reopen(rootfd, &m.dest)?;
+        mount_raw(
+            None,
+            &fd_path(&top),
+            None,
+            libc::MS_BIND | libc::MS_REMOUNT | flags,
+            None,
+        )?;
     }
     Ok(())
 }
@@ -776,6 +846,59 @@ mod tests {
         }))
         .unwrap();
         assert!(plan(&tmpfs, &[]).is_err());
+    }
+
+    #[test]
+    fn idmapped_binds_carry_the_joined_namespaces_mappings() {
+        let map =
+            |host: u32| serde_json::json!([{"containerID": 0, "hostID": host, "size": 65536}]);
+        let spec = |mount: serde_json::Value, userns_path: Option<&str>| -> Spec {
+            let mut ns = vec![serde_json::json!({"type": "mount"})];
+            if let Some(p) = userns_path {
+                ns.push(serde_json::json!({"type": "user", "path": p}));
+            }
+            serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "root": {"path": "/r"},
+                "mounts": [mount],
+                "linux": {"namespaces": ns, "uidMappings": map(1000), "gidMappings": map(2000)},
+            }))
+            .unwrap()
+        };
+        let bind = |uids, gids| {
+            serde_json::json!({"destination": "/data", "type": "bind", "source": "/srv",
+                "options": ["rbind", "rw"], "uidMappings": uids, "gidMappings": gids})
+        };
+        let ok = plan(&spec(bind(map(1000), map(2000)), Some("/p/ns/user")), &[]).unwrap();
+        assert!(ok.mounts[0].idmapped);
+        assert_eq!(ok.mounts[0].flags & libc::MS_REC, libc::MS_REC);
+        let plain = serde_json::json!({"destination": "/data", "type": "bind", "source": "/srv",
+            "options": ["rbind"]});
+        assert!(!plan(&spec(plain, None), &[]).unwrap().mounts[0].idmapped);
+        for (what, s) in [
+            (
+                "other mappings",
+                spec(bind(map(1001), map(2000)), Some("/p/ns/user")),
+            ),
+            (
+                "no user namespace to join",
+                spec(bind(map(1000), map(2000)), None),
+            ),
+            (
+                "uids only",
+                spec(bind(map(1000), serde_json::Value::Null), Some("/p/ns/user")),
+            ),
+            (
+                "not a bind",
+                spec(
+                    serde_json::json!({"destination": "/t", "type": "tmpfs", "source": "tmpfs",
+                        "uidMappings": map(1000), "gidMappings": map(2000)}),
+                    Some("/p/ns/user"),
+                ),
+            ),
+        ] {
+            assert!(plan(&s, &[]).is_err(), "{what}");
+        }
     }
 
     #[test]

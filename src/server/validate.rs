@@ -190,21 +190,7 @@ fn user_namespace(u: &UserNamespace) -> Check {
                         maps.len()
                     )));
                 };
-                if m.container_id != 0 {
-                    return Err(bad(format!(
-                        "user namespace {what} mapping must map container id 0 (starts at {})",
-                        m.container_id
-                    )));
-                }
-                if m.length == 0 {
-                    return Err(bad(format!("user namespace {what} mapping has length 0")));
-                }
-                if u64::from(m.host_id) + u64::from(m.length) > u64::from(u32::MAX) {
-                    return Err(bad(format!(
-                        "user namespace {what} mapping {}+{} runs past the last id",
-                        m.host_id, m.length
-                    )));
-                }
+                id_range(&format!("user namespace {what} mapping"), m)?;
             }
             Ok(())
         }
@@ -214,6 +200,54 @@ fn user_namespace(u: &UserNamespace) -> Check {
         ))),
         Err(_) => Err(bad(format!("user namespace mode {} is unknown", u.mode))),
     }
+}
+
+/// One id mapping range (a pod user namespace's, or an idmapped mount's):
+/// it maps container id 0, is non-empty and stays inside the 32-bit id
+/// space.
+fn id_range(what: &str, m: &IdMapping) -> Check {
+    if m.container_id != 0 {
+        return Err(bad(format!(
+            "{what} must map container id 0 (starts at {})",
+            m.container_id
+        )));
+    }
+    if m.length == 0 {
+        return Err(bad(format!("{what} has length 0")));
+    }
+    if u64::from(m.host_id) + u64::from(m.length) > u64::from(u32::MAX) {
+        return Err(bad(format!(
+            "{what} {}+{} runs past the last id",
+            m.host_id, m.length
+        )));
+    }
+    Ok(())
+}
+
+/// An idmapped mount's `uid_mappings` and `gid_mappings` (kubelet sets the
+/// pod's on every volume of a pod with a user namespace): both or neither
+/// (as runc requires), one range each like the pod's. That they are the
+/// pod's is checked where the pod is known (`container::create`).
+fn mount_mappings(m: &Mount) -> Check {
+    if m.uid_mappings.is_empty() && m.gid_mappings.is_empty() {
+        return Ok(());
+    }
+    let at = quote(&m.container_path);
+    if m.uid_mappings.is_empty() || m.gid_mappings.is_empty() {
+        return Err(bad(format!(
+            "idmapped mount at {at} needs both uid and gid mappings"
+        )));
+    }
+    for (what, maps) in [("uid", &m.uid_mappings), ("gid", &m.gid_mappings)] {
+        let [r] = maps.as_slice() else {
+            return Err(bad(format!(
+                "idmapped mount at {at} needs exactly one {what} mapping, like its pod's user namespace, got {}",
+                maps.len()
+            )));
+        };
+        id_range(&format!("idmapped mount at {at}: {what} mapping"), r)?;
+    }
+    Ok(())
 }
 
 /// A pod's config, as RunPodSandbox gets it.
@@ -543,8 +577,8 @@ pub fn container_config(c: &ContainerConfig) -> Check {
 
 /// A CRI mount: a host path, or an image volume (an image named like a
 /// container's, read-only, optionally a relative sub path of it).
-/// Recursive read-only only with read-only and private propagation; a
-/// field crius does not honour is refused, never ignored.
+/// Recursive read-only only with read-only and private propagation;
+/// idmapping as [`mount_mappings`] says.
 fn mount(m: &Mount) -> Check {
     abs_path("mount container path", &m.container_path)?;
     let clean: Vec<&str> = m
@@ -588,10 +622,7 @@ fn mount(m: &Mount) -> Check {
             propagation.as_str_name()
         )));
     }
-    if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
-        return Err(bad("idmapped mounts are not supported"));
-    }
-    Ok(())
+    mount_mappings(m)
 }
 
 /// The image side of an image volume mount (KEP-4639): the image is mounted
@@ -866,6 +897,51 @@ mod tests {
             Mount {
                 propagation: MountPropagation::PropagationBidirectional as i32,
                 ..rro.clone()
+            },
+        ] {
+            assert_eq!(code(mount(&bad)), tonic::Code::InvalidArgument, "{bad:?}");
+        }
+        let range = |host_id| IdMapping {
+            container_id: 0,
+            host_id,
+            length: 65536,
+        };
+        let idmapped = Mount {
+            uid_mappings: vec![range(100_000)],
+            gid_mappings: vec![range(100_000)],
+            ..m("/data")
+        };
+        assert!(mount(&idmapped).is_ok());
+        for bad in [
+            Mount {
+                gid_mappings: vec![],
+                ..idmapped.clone()
+            },
+            Mount {
+                uid_mappings: vec![],
+                ..idmapped.clone()
+            },
+            Mount {
+                uid_mappings: vec![range(100_000), range(300_000)],
+                ..idmapped.clone()
+            },
+            Mount {
+                gid_mappings: vec![IdMapping {
+                    length: 0,
+                    ..range(1)
+                }],
+                ..idmapped.clone()
+            },
+            Mount {
+                uid_mappings: vec![IdMapping {
+                    container_id: 1,
+                    ..range(1)
+                }],
+                ..idmapped.clone()
+            },
+            Mount {
+                uid_mappings: vec![range(u32::MAX - 5)],
+                ..idmapped.clone()
             },
         ] {
             assert_eq!(code(mount(&bad)), tonic::Code::InvalidArgument, "{bad:?}");

@@ -248,23 +248,48 @@ impl Storage {
     /// volume KEP asks), and returns the directory to bind at the mount's
     /// container path: the overlay's root, or `sub_path` resolved inside it
     /// (symlinks cannot leave it), which must exist.
+    ///
+    /// With `idmap` (an idmapped image volume of a pod with a user
+    /// namespace) each layer is an idmapped clone at
+    /// `containers/<id>/m/iv<n>-<k>`, as a rootfs's are: an overlay mount
+    /// itself cannot be idmapped.
     pub fn mount_image_volume(
         &self,
         id: &str,
         n: usize,
         layers: &[PathBuf],
         sub_path: &str,
+        idmap: Option<&Idmap>,
     ) -> Result<PathBuf, StorageError> {
         if layers.is_empty() {
             return Err(StorageError::NoLayers);
         }
-        let target = self.dir(id)?.join(format!("iv{n}"));
+        let dir = self.dir(id)?;
+        let target = dir.join(format!("iv{n}"));
         std::fs::create_dir_all(&target).map_err(io(&target))?;
-        let mut lowers = layers
-            .iter()
-            .rev()
-            .map(|l| self.link(l).map(|p| p.display().to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut lowers = match idmap {
+            None => layers
+                .iter()
+                .rev()
+                .map(|l| self.link(l).map(|p| p.display().to_string()))
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(m) => {
+                let ns = std::fs::File::open(&m.userns).map_err(io(&m.userns))?;
+                let mut out = Vec::with_capacity(layers.len());
+                for (k, l) in layers.iter().rev().enumerate() {
+                    let at = dir.join("m").join(format!("iv{n}-{k}"));
+                    std::fs::create_dir_all(&at).map_err(io(&at))?;
+                    crate::executor::mount_attr::idmapped_bind(l, &at, &ns).map_err(|e| {
+                        StorageError::Idmap {
+                            layer: l.clone(),
+                            source: e,
+                        }
+                    })?;
+                    out.push(at.display().to_string());
+                }
+                out
+            }
+        };
         lowers.push(self.empty.display().to_string());
         let options = format!("lowerdir={}", lowers.join(":"));
         if options.len() > MAX_OPTIONS {
@@ -517,7 +542,7 @@ mod tests {
             .unwrap();
         // One layer is enough (the empty bottom layer makes two).
         let whole = s
-            .mount_image_volume("c1", 0, std::slice::from_ref(&l1), "")
+            .mount_image_volume("c1", 0, std::slice::from_ref(&l1), "", None)
             .unwrap();
         assert_eq!(
             std::fs::read_to_string(whole.join("etc/passwd")).unwrap(),
@@ -526,19 +551,19 @@ mod tests {
         let err = std::fs::write(whole.join("x"), "w").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
         let etc = s
-            .mount_image_volume("c1", 1, std::slice::from_ref(&l1), "etc")
+            .mount_image_volume("c1", 1, std::slice::from_ref(&l1), "etc", None)
             .unwrap();
         assert_eq!(std::fs::read_to_string(etc.join("passwd")).unwrap(), "root");
         // `..` cannot climb out of the volume; a missing path is an error.
         let up = s
-            .mount_image_volume("c1", 2, std::slice::from_ref(&l1), "../../etc")
+            .mount_image_volume("c1", 2, std::slice::from_ref(&l1), "../../etc", None)
             .unwrap();
         assert!(
             up.starts_with(root.path().join("containers/c1/iv2")),
             "{up:?}"
         );
         assert!(matches!(
-            s.mount_image_volume("c1", 3, std::slice::from_ref(&l1), "not-there"),
+            s.mount_image_volume("c1", 3, std::slice::from_ref(&l1), "not-there", None),
             Err(StorageError::ImageSubPath { .. })
         ));
         s.remove_rootfs("c1").unwrap();
