@@ -27,6 +27,16 @@ use std::sync::OnceLock;
 
 use crate::config::CgroupDriver;
 
+/// The slice pod monitors' scopes go in (systemd driver), cri-o's default
+/// for conmon.
+pub const MONITOR_SLICE: &str = "system.slice";
+
+/// The scope of pod `pod_id`'s monitor (systemd driver), short ids as a
+/// pod's cgroup.
+pub fn monitor_scope(pod_id: &str) -> String {
+    format!("crius-monitor-{}.scope", &pod_id[..pod_id.len().min(12)])
+}
+
 /// The cgroup layout of the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CgroupMode {
@@ -274,6 +284,30 @@ impl Cgroups {
             CgroupDriver::Cgroupfs => format!("{pod}/crius-{short}"),
             CgroupDriver::Systemd => format!("{pod}/crius-{short}.scope"),
         }
+    }
+
+    /// Moves a pod's monitor (process `pid`) out of the daemon's cgroup.
+    /// With the systemd driver it gets a scope of its own in
+    /// `system.slice`, `crius-monitor-<pod>.scope`, as cri-o gives conmon
+    /// one: crius runs as a service whose stop or restart kills every
+    /// process of its cgroup, and the monitor must outlive the daemon. The
+    /// scope goes when the monitor exits. With cgroupfs nothing moves.
+    /// Blocks: call it off the async workers.
+    pub fn place_monitor(&self, pod_id: &str, pid: u32) -> Result<(), CgroupError> {
+        use zbus::zvariant::Value;
+        if self.driver != CgroupDriver::Systemd {
+            return Ok(());
+        }
+        let sd = self.connection()?;
+        let unit = monitor_scope(pod_id);
+        let mut props = systemd::base_properties(format!("crius monitor of pod {pod_id}"));
+        props.push(("Slice", Value::from(MONITOR_SLICE)));
+        props.push((
+            "TimeoutStopUSec",
+            Value::from(systemd::SCOPE_STOP_TIMEOUT_USEC),
+        ));
+        props.push(("PIDs", Value::from(vec![pid])));
+        Ok(sd.block_on(sd.start(&unit, props))?)
     }
 
     /// The directories a relative cgroup path has, one per hierarchy.

@@ -459,7 +459,9 @@ impl Containers {
     ) -> Result<()> {
         let (id, config) = (&record.id, &record.config);
         let monitor = Self::monitor(pods, &pod.id);
-        monitor.ensure_running().await.map_err(monitor_err)?;
+        if let Some(pid) = monitor.ensure_running().await.map_err(monitor_err)? {
+            crate::sandbox::place_monitor(&self.cgroups, &pod.id, pid);
+        }
         self.watch(pods, &pod.id);
         step("monitor ready");
         let cgroup_dirs = self

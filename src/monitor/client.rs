@@ -113,10 +113,12 @@ impl Client {
     }
 
     /// Starts the monitor unless one already answers. It runs detached from
-    /// the daemon (own session), so it outlives a daemon crash.
-    pub async fn ensure_running(&self) -> Result<(), MonitorError> {
+    /// the daemon (own session), so it outlives a daemon crash. Gives the
+    /// pid of a monitor it started (the caller moves it out of the
+    /// daemon's cgroup), `None` when one already ran.
+    pub async fn ensure_running(&self) -> Result<Option<u32>, MonitorError> {
         if self.alive().await {
-            return Ok(());
+            return Ok(None);
         }
         let log = crate::sync::blocking(|| {
             std::fs::create_dir_all(&self.dir).map_err(|e| MonitorError::Io {
@@ -156,12 +158,13 @@ impl Client {
             // later beside the next attempt's, a monitor nobody retires.
             let _ = child.start_kill();
         }
+        let pid = child.id();
         // Reap it in the background when it eventually exits.
         tokio::spawn(async move {
             let _ = child.wait().await;
         });
         match read {
-            Ok(Ok(_)) if line.trim() == "ready" => Ok(()),
+            Ok(Ok(_)) if line.trim() == "ready" => Ok(pid),
             Ok(Ok(_)) => Err(MonitorError::Spawn(format!(
                 "monitor did not start (see {}/monitor.log)",
                 self.dir.display()

@@ -110,6 +110,16 @@ pub struct Pods {
 }
 
 /// A pod's share of a ListPodSandbox answer.
+/// Moves a monitor crius just started out of the daemon's cgroup
+/// ([`Cgroups::place_monitor`]). A failure is logged, not returned: the
+/// monitor works where it is and only a stop of the daemon's service
+/// would take it along.
+pub fn place_monitor(cgroups: &Cgroups, pod_id: &str, pid: u32) {
+    if let Err(e) = crate::sync::blocking(|| cgroups.place_monitor(pod_id, pid)) {
+        tracing::warn!(pod_id, pid, error = %e, "the pod's monitor stays in the daemon's cgroup");
+    }
+}
+
 fn list_bytes(p: &PodRecord) -> usize {
     crate::listing::entry_bytes(&k8s_cri::v1::PodSandbox {
         id: p.id.clone(),
@@ -366,10 +376,13 @@ impl Pods {
         // network are set up, so the first CreateContainer finds it ready.
         let monitor =
             crate::monitor::client::Client::new(&crate::monitor::dir(self.runroot(), &pod.id));
+        let (cgroups, pod_id) = (self.cgroups.clone(), pod.id.clone());
         let starting = tokio::spawn(async move {
             let t = std::time::Instant::now();
-            if let Err(e) = monitor.ensure_running().await {
-                tracing::warn!(error = %e, "starting the pod's monitor early");
+            match monitor.ensure_running().await {
+                Ok(Some(pid)) => place_monitor(&cgroups, &pod_id, pid),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "starting the pod's monitor early"),
             }
             t.elapsed()
         });
