@@ -932,3 +932,104 @@ async fn pod_and_container_cgroups_live_and_go_with_them() {
         println!("after removal (crash: {crash}): {pod_cg} and {ctr_cg} are gone");
     }
 }
+
+/// The cgroup of process `pid` (its unified or name=systemd line).
+fn cgroup_of(pid: u32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("0::") || l.contains(":name=systemd:"))
+        .unwrap_or_default();
+    line.rsplit(':').next().unwrap_or_default().to_string()
+}
+
+/// crius runs as a service on a systemd node, and stopping or restarting
+/// the service kills every process in its cgroup. With the systemd driver
+/// each pod's monitor has a scope of its own (as cri-o's conmon), so its
+/// containers keep running through that and the restarted daemon finds
+/// them. With cgroupfs the monitor stays in the daemon's cgroup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitors_survive_a_stop_of_the_daemons_unit() {
+    let systemd = test_cgroup_driver().as_deref() == Some("systemd");
+    println!("driver {}", if systemd { "systemd" } else { "cgroupfs" });
+    // On systemd the daemon runs in a unit of its own, as under
+    // crius.service; `$$` names it uniquely per start.
+    let builder = Daemon::builder().registries(&testenv::testenv().registries_conf());
+    let mut d = if systemd {
+        builder
+            .wrap("exec systemd-run --quiet --scope --unit=crius-test-svc-$$ \"$@\"")
+            .start()
+    } else {
+        builder.start()
+    };
+    let image = pull_busybox_at(&d.paths.socket).await.unwrap();
+    let mut rt = d.runtime().await;
+    let mut cfg = pod_config("svc", "ns21");
+    host_network(&mut cfg);
+    let pod = run(&mut rt, cfg.clone()).await.unwrap();
+    let ctr = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("sleeper", &image, &["sleep", "3600"])),
+            sandbox_config: Some(cfg),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: ctr.clone(),
+    })
+    .await
+    .unwrap();
+    let monitors = monitor_pids(&d.paths.runroot);
+    assert_eq!(monitors.len(), 1, "one monitor for the pod");
+    let monitor = monitors[0] as u32;
+    let (daemon_cg, monitor_cg) = (cgroup_of(d.pid()), cgroup_of(monitor));
+    println!("daemon in {daemon_cg}, monitor in {monitor_cg}");
+    if !systemd {
+        assert_eq!(monitor_cg, daemon_cg);
+        remove(&mut rt, &pod).await;
+        return;
+    }
+    assert_eq!(
+        monitor_cg,
+        format!("/system.slice/crius-monitor-{}.scope", &pod[..12])
+    );
+    // `systemctl stop crius`: everything in the daemon's unit dies.
+    let unit = daemon_cg.rsplit('/').next().unwrap().to_string();
+    assert!(unit.starts_with("crius-test-svc-"), "{unit}");
+    stop_unit(&unit);
+    d.reap();
+    assert!(
+        Path::new(&format!("/proc/{monitor}")).exists(),
+        "the monitor died with the daemon's unit"
+    );
+    d.restart();
+    let mut rt = d.runtime().await;
+    let st = rt
+        .container_status(ContainerStatusRequest {
+            container_id: ctr.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+    remove(&mut rt, &pod).await;
+    // The monitor's scope went with it.
+    wait_for(
+        "the monitor's scope to go",
+        Duration::from_secs(10),
+        || async {
+            (unit_active_state(&format!("crius-monitor-{}.scope", &pod[..12])) == "inactive")
+                .then_some(())
+        },
+    )
+    .await;
+    let svc = cgroup_of(d.pid()).rsplit('/').next().unwrap().to_string();
+    d.terminate();
+    stop_unit(&svc);
+}

@@ -331,6 +331,13 @@ impl Daemon {
         self.stop_with(nix::sys::signal::Signal::SIGTERM)
     }
 
+    /// Waits for a daemon something else killed (its unit stopped) to exit.
+    pub fn reap(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon started");
+        wait_timeout(&mut child, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("crius did not exit:\n{}", self.logs()))
+    }
+
     /// SIGKILL, a crash.
     pub fn kill9(&mut self) {
         self.stop_with(nix::sys::signal::Signal::SIGKILL);
