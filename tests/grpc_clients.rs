@@ -1,7 +1,8 @@
 //! Any gRPC client on the CRI socket, whatever `:authority` it sends: gRPC
 //! C-core's Python client (grpcio from PyPI) with its default unix channel
 //! (the percent-encoded socket path), the raw socket path as grpc-java
-//! sends it, and grpc-go's `localhost`.
+//! sends it, and grpc-go's `localhost`; a ListContainers answer larger than
+//! the client's initial flow-control window (64 KiB) arrives whole.
 
 mod common;
 
@@ -51,7 +52,7 @@ import sys, grpc
 sock, authority = sys.argv[1], sys.argv[2]
 options = [("grpc.default_authority", authority)] if authority else []
 with grpc.insecure_channel("unix:" + sock, options=options) as ch:
-    for rpc in ("Version", "ListPodSandbox"):
+    for rpc in ("Version", "ListPodSandbox", "ListContainers"):
         call = ch.unary_unary("/runtime.v1.RuntimeService/" + rpc)
         print(rpc, call(b"", timeout=10).hex())
 "#;
@@ -65,7 +66,9 @@ async fn python_grpcio_and_any_authority_are_answered() {
         .expect("python");
     println!("grpcio {}", String::from_utf8_lossy(&version.stdout).trim());
 
-    let d = Daemon::start();
+    let d = Daemon::builder()
+        .registries(&testenv::testenv().registries_conf())
+        .start();
     let mut rt = d.runtime().await;
     let logs = d.paths.base.join("logs");
     let pod = rt
@@ -77,6 +80,28 @@ async fn python_grpcio_and_any_authority_are_answered() {
         .expect("run pod")
         .into_inner()
         .pod_sandbox_id;
+
+    // Containers whose listing is larger than C-core's initial 64 KiB
+    // stream window: the answer needs the client's WINDOW_UPDATEs.
+    let image = pull_busybox_at(&d.paths.socket).await.expect("pull");
+    let mut containers = Vec::new();
+    for i in 0..4 {
+        let mut cfg = container_config(&format!("big{i}"), &image, &["sleep", "60"]);
+        cfg.annotations
+            .insert("big".into(), format!("{i}").repeat(30 * 1024));
+        let id = rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cfg),
+                sandbox_config: Some(host_pod("py", &logs, NamespaceMode::Container)),
+            })
+            .await
+            .expect("create container")
+            .into_inner()
+            .container_id;
+        containers.push(id);
+    }
+    containers.sort();
 
     let socket = d.paths.socket.to_str().expect("utf-8 path");
     for authority in ["", socket, "localhost"] {
@@ -109,9 +134,21 @@ async fn python_grpcio_and_any_authority_are_answered() {
             .expect("ListPodSandboxResponse");
         let ids: Vec<_> = pods.items.iter().map(|p| p.id.as_str()).collect();
         assert_eq!(ids, [pod.as_str()], "{what}");
+        let listed = answer("ListContainers");
+        assert!(listed.len() > 100 * 1024, "{what}: {} bytes", listed.len());
+        let listed = ListContainersResponse::decode(&*listed).expect("ListContainersResponse");
+        let mut ids: Vec<_> = listed.containers.iter().map(|c| c.id.clone()).collect();
+        ids.sort();
+        assert_eq!(ids, containers, "{what}");
+        for c in &listed.containers {
+            let name = &c.metadata.as_ref().expect("metadata").name;
+            let want = name.trim_start_matches("big").repeat(30 * 1024);
+            assert_eq!(c.annotations.get("big"), Some(&want), "{what}: {name}");
+        }
         println!(
-            "{what}: Version {} and ListPodSandbox answered",
-            v.runtime_version
+            "{what}: Version {}, ListPodSandbox and ListContainers ({} containers) answered",
+            v.runtime_version,
+            listed.containers.len()
         );
     }
     rt.remove_pod_sandbox(RemovePodSandboxRequest {

@@ -18,6 +18,15 @@
 //! h2's context stays empty and never disagrees with what it is sent.
 //! Padding is dropped; the block is cut into frames of at most the
 //! protocol's minimum frame size, so h2's frame size limit always holds.
+//!
+//! A gRPC client sets the authority per channel, so the connection's first
+//! request decides: if its authority is already valid (grpc-go's
+//! `localhost`, tonic's), that block and every later byte pass to h2
+//! unchanged and nothing more is decoded; h2's HPACK context then is the
+//! client's own. Decoding every request's headers twice (here, then in h2)
+//! was a tenth of the daemon's time under kubelet's polling. A later
+//! request with an invalid authority on such a connection is refused by
+//! h2, as any would be without this module; clients do not do that.
 
 use std::io;
 use std::pin::Pin;
@@ -162,6 +171,20 @@ struct Pending {
     end_stream: bool,
     priority: Option<[u8; 5]>,
     block: Vec<u8>,
+    /// The block's frames as received, while the connection's mode is
+    /// undecided (passed on unchanged if its authority is valid).
+    raw: Vec<u8>,
+}
+
+/// What the connection's header blocks need (see the module docs).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// No request yet.
+    Undecided,
+    /// The first request's authority was invalid: every block re-encoded.
+    Rewrite,
+    /// The first request's authority was valid: every byte passes.
+    Pass,
 }
 
 /// The client-to-server byte stream's frame parser and header block
@@ -172,6 +195,7 @@ struct Rewriter {
     skip: usize,
     pending: Option<Pending>,
     decoder: loona_hpack::Decoder<'static>,
+    mode: Mode,
 }
 
 fn malformed(what: &str) -> io::Error {
@@ -187,18 +211,27 @@ impl Rewriter {
             skip: 0,
             pending: None,
             decoder,
+            mode: Mode::Undecided,
         }
     }
 
     /// How many bytes pass unchanged from here, if the parser is inside a
-    /// pass-through frame's payload.
+    /// pass-through frame's payload (or the whole connection passes).
     fn passing(&self) -> Option<usize> {
-        (self.preface_left == 0 && self.skip > 0).then_some(self.skip)
+        if self.preface_left > 0 {
+            None
+        } else if self.mode == Mode::Pass {
+            Some(usize::MAX)
+        } else {
+            (self.skip > 0).then_some(self.skip)
+        }
     }
 
     /// `n` bytes of the pass-through payload went to h2 directly.
     fn passed(&mut self, n: usize) {
-        self.skip -= n;
+        if self.mode != Mode::Pass {
+            self.skip -= n;
+        }
     }
 
     /// Moves what it can from `input` to `output`: frames other than header
@@ -206,6 +239,10 @@ impl Rewriter {
     /// incomplete frame header or header frame in `input`.
     fn feed(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> io::Result<()> {
         loop {
+            if self.mode == Mode::Pass && self.preface_left == 0 {
+                output.extend_from_slice(&input.split());
+                return Ok(());
+            }
             let passing = if self.preface_left > 0 {
                 self.preface_left
             } else {
@@ -281,8 +318,10 @@ impl Rewriter {
                 end_stream: flags & END_STREAM != 0,
                 priority,
                 block: Vec::new(),
+                raw: Vec::new(),
             });
         }
+        let undecided = self.mode == Mode::Undecided;
         let pending = self
             .pending
             .as_mut()
@@ -292,20 +331,31 @@ impl Rewriter {
             return Err(malformed("header block too large"));
         }
         pending.block.extend_from_slice(payload);
+        if undecided {
+            pending.raw.extend_from_slice(frame);
+        }
         if flags & END_HEADERS != 0
             && let Some(p) = self.pending.take()
         {
-            let block = self.reencode(&p.block)?;
-            emit(&p, &block, output);
+            let (block, rewritten) = self.reencode(&p.block)?;
+            if undecided && !rewritten {
+                output.extend_from_slice(&p.raw);
+                self.mode = Mode::Pass;
+            } else {
+                self.mode = Mode::Rewrite;
+                emit(&p, &block, output);
+            }
         }
         Ok(())
     }
 
     /// The block decoded in the client's context and encoded again as
-    /// literals without indexing, with a usable `:authority`.
-    fn reencode(&mut self, block: &[u8]) -> io::Result<Vec<u8>> {
+    /// literals without indexing, with a usable `:authority`; and whether
+    /// an `:authority` had to be replaced.
+    fn reencode(&mut self, block: &[u8]) -> io::Result<(Vec<u8>, bool)> {
         let mut out = Vec::with_capacity(block.len() * 2);
         let mut size = 0usize;
+        let mut rewritten = false;
         self.decoder
             .decode_with_cb(block, |name, value| {
                 size += name.len() + value.len() + 32;
@@ -315,6 +365,7 @@ impl Rewriter {
                 let value: &[u8] = if &*name == b":authority"
                     && http::uri::Authority::try_from(&*value).is_err()
                 {
+                    rewritten = true;
                     b"localhost"
                 } else {
                     &value
@@ -325,7 +376,7 @@ impl Rewriter {
         if size > MAX_BLOCK {
             return Err(malformed("header list too large"));
         }
-        Ok(out)
+        Ok((out, rewritten))
     }
 }
 
@@ -463,6 +514,51 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "request {i}");
             assert_eq!(parsed[2 + 2 * i].3, b"\0\0\0\0\0", "DATA unchanged");
+        }
+    }
+
+    #[test]
+    fn a_valid_first_authority_lets_the_connection_pass_unchanged() {
+        let mut client = loona_hpack::Encoder::new();
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(0x4, 0, 0, &[]));
+        for (i, authority) in ["localhost", "localhost", "example.com:10250"]
+            .iter()
+            .enumerate()
+        {
+            let block = encode(&mut client, &request(authority));
+            let stream = 2 * i as u32 + 1;
+            // The first block split over a CONTINUATION, with padding.
+            if i == 0 {
+                let mut payload = vec![2];
+                payload.extend_from_slice(&block[..10]);
+                payload.extend_from_slice(&[0; 2]);
+                input.extend(frame(HEADERS, PADDED, stream, &payload));
+                input.extend(frame(CONTINUATION, END_HEADERS, stream, &block[10..]));
+            } else {
+                input.extend(frame(HEADERS, END_HEADERS, stream, &block));
+            }
+            input.extend(frame(0x0, END_STREAM, stream, b"\0\0\0\0\0"));
+        }
+        let mut rewriter = Rewriter::new();
+        let out = run(&mut rewriter, &input).expect("valid input");
+        assert_eq!(out, input, "every byte as the client sent it");
+        assert_eq!(rewriter.mode, Mode::Pass);
+        assert_eq!(rewriter.passing(), Some(usize::MAX));
+        // An invalid first authority keeps rewriting the connection.
+        let mut client = loona_hpack::Encoder::new();
+        let mut input = PREFACE.to_vec();
+        for (i, authority) in ["run%2Fcrius.sock", "localhost"].iter().enumerate() {
+            let block = encode(&mut client, &request(authority));
+            input.extend(frame(HEADERS, END_HEADERS, 2 * i as u32 + 1, &block));
+        }
+        let mut rewriter = Rewriter::new();
+        let out = run(&mut rewriter, &input).expect("valid input");
+        assert_eq!(rewriter.mode, Mode::Rewrite);
+        let mut h2 = loona_hpack::Decoder::new();
+        for (_, _, _, block) in frames(&out[PREFACE.len()..]) {
+            let got = h2.decode(&block).expect("h2 can decode it");
+            assert_eq!(got[3], (b":authority".to_vec(), b"localhost".to_vec()));
         }
     }
 

@@ -6,28 +6,41 @@
 //! state, and an answer is those bytes framed as `repeated Container
 //! containers = 1`: what prost would write for the same message.
 //!
+//! The unfiltered answer (kubelet's) is also kept whole, as the gRPC
+//! message it is sent as, and sent again while every container's record and
+//! state are the same: no per-container lookups, and no copy of a few
+//! hundred KiB into tonic's encode buffer per call (the body is the kept
+//! bytes; h2 writes them to the socket straight from there).
+//!
 //! The generated `RuntimeServiceServer` fixes each method's response type,
 //! so this path is a small service in front of it that takes only the
-//! ListContainers method and leaves every other method to it.
+//! ListContainers method and leaves every other method to it. It reads the
+//! request and writes the answer as gRPC frames itself (one uncompressed
+//! message each way, `grpc-status` in the trailers), as tonic would.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
+use http_body::Frame;
+use http_body_util::{BodyExt, Limited, StreamBody};
 use k8s_cri::v1::ListContainersRequest;
 use prost::Message;
+use tonic::Status;
 use tonic::body::Body;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::server::{NamedService, UnaryService};
-use tonic::{Request, Response, Status};
+use tonic::server::NamedService;
 
 use super::runtime_service::{RuntimeServiceHandler, listed_container};
 use crate::runtime::{ContainerRecord, ContainerView};
 
 const LIST_CONTAINERS: &str = "/runtime.v1.RuntimeService/ListContainers";
+
+/// A gRPC message's prefix: the compressed flag and the length (u32, big
+/// endian).
+const PREFIX: usize = 5;
 
 /// One container's cached encoding. The weak reference keeps the record's
 /// allocation (not its contents) alive, so a pointer match is never a new
@@ -40,10 +53,34 @@ struct Slot {
     seen: u64,
 }
 
-/// Encodings of listed containers by id.
+/// The last unfiltered answer: the records (weak, as in [`Slot`]) and
+/// states it was made of, in listing order, and the message.
+struct Whole {
+    made_of: Vec<(Weak<ContainerRecord>, i32)>,
+    list: EncodedList,
+}
+
+impl Whole {
+    fn matches(&self, views: &[ContainerView]) -> bool {
+        self.made_of.len() == views.len()
+            && self.made_of.iter().zip(views).all(|((record, state), v)| {
+                *state == v.run.state as i32
+                    && std::ptr::eq(record.as_ptr(), Arc::as_ptr(&v.record))
+            })
+    }
+}
+
+#[derive(Default)]
+struct Slots {
+    generation: u64,
+    by_id: HashMap<String, Slot>,
+    whole: Option<Whole>,
+}
+
+/// Encodings of listed containers by id, and the last unfiltered answer.
 #[derive(Default)]
 pub struct EncodedContainers {
-    slots: Mutex<(u64, HashMap<String, Slot>)>,
+    slots: Mutex<Slots>,
 }
 
 impl EncodedContainers {
@@ -51,19 +88,31 @@ impl EncodedContainers {
     /// encodings of containers that are gone.
     pub fn answer(&self, views: Vec<ContainerView>, all: bool) -> EncodedList {
         let mut guard = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let (generation, slots) = &mut *guard;
-        if all {
-            *generation += 1;
+        let slots = &mut *guard;
+        if all && let Some(whole) = slots.whole.as_ref().filter(|w| w.matches(&views)) {
+            return whole.list.clone();
         }
+        if all {
+            slots.generation += 1;
+        }
+        let generation = slots.generation;
+        let made_of: Vec<(Weak<ContainerRecord>, i32)> = if all {
+            views
+                .iter()
+                .map(|v| (Arc::downgrade(&v.record), v.run.state as i32))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut entries = Vec::with_capacity(views.len());
         for v in views {
             let state = v.run.state as i32;
-            let fresh = slots.get_mut(&v.record.id).filter(|s| {
+            let fresh = slots.by_id.get_mut(&v.record.id).filter(|s| {
                 s.state == state && std::ptr::eq(s.record.as_ptr(), Arc::as_ptr(&v.record))
             });
             let bytes = match fresh {
                 Some(s) => {
-                    s.seen = *generation;
+                    s.seen = generation;
                     s.bytes.clone()
                 }
                 None => {
@@ -74,99 +123,58 @@ impl EncodedContainers {
                         record,
                         state,
                         bytes: bytes.clone(),
-                        seen: *generation,
+                        seen: generation,
                     };
-                    slots.insert(id, slot);
+                    slots.by_id.insert(id, slot);
                     bytes
                 }
             };
             entries.push(bytes);
         }
+        let list = EncodedList::new(&entries);
         if all {
-            let current = *generation;
-            slots.retain(|_, s| s.seen == current);
+            slots.by_id.retain(|_, s| s.seen == generation);
+            slots.whole = Some(Whole {
+                made_of,
+                list: list.clone(),
+            });
         }
-        EncodedList { entries }
+        list
     }
 }
 
-/// A ListContainersResponse as its containers' encodings.
-#[derive(Debug, Default)]
+/// A ListContainersResponse as the gRPC message that carries it: the
+/// 5-byte prefix, then each container's encoding as field 1,
+/// length-delimited (what prost writes for the response).
+#[derive(Debug, Clone)]
 pub struct EncodedList {
-    entries: Vec<Bytes>,
+    message: Bytes,
 }
 
 impl EncodedList {
-    /// The encoded response's length.
-    fn encoded_len(&self) -> usize {
-        self.entries
+    fn new(entries: &[Bytes]) -> EncodedList {
+        let len: usize = entries
             .iter()
             .map(|e| 1 + prost::length_delimiter_len(e.len()) + e.len())
-            .sum()
-    }
-
-    /// Writes the response: each entry as field 1, length-delimited.
-    fn write_to(&self, buf: &mut impl BufMut) {
-        for e in &self.entries {
-            prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, buf);
-            prost::encoding::encode_varint(e.len() as u64, buf);
+            .sum();
+        let mut buf = BytesMut::with_capacity(PREFIX + len);
+        buf.put_u8(0);
+        // Past u32 the answer is refused before it is sent (`response`).
+        buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+        for e in entries {
+            prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut buf);
+            prost::encoding::encode_varint(e.len() as u64, &mut buf);
             buf.put_slice(e);
         }
-    }
-}
-
-/// The codec of the ListContainers method: a prost request in, pre-encoded
-/// entries out.
-#[derive(Debug, Default, Clone, Copy)]
-struct ListCodec;
-
-impl Codec for ListCodec {
-    type Encode = EncodedList;
-    type Decode = ListContainersRequest;
-    type Encoder = ListCodec;
-    type Decoder = ListCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ListCodec
+        EncodedList {
+            message: buf.freeze(),
+        }
     }
 
-    fn decoder(&mut self) -> Self::Decoder {
-        ListCodec
-    }
-}
-
-impl Encoder for ListCodec {
-    type Item = EncodedList;
-    type Error = Status;
-
-    fn encode(&mut self, item: EncodedList, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        buf.reserve(item.encoded_len());
-        item.write_to(buf);
-        Ok(())
-    }
-}
-
-impl Decoder for ListCodec {
-    type Item = ListContainersRequest;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        ListContainersRequest::decode(buf)
-            .map(Some)
-            .map_err(|e| Status::internal(format!("decoding ListContainersRequest: {e}")))
-    }
-}
-
-/// The method as a tonic unary service.
-struct ListMethod(Arc<RuntimeServiceHandler>);
-
-impl UnaryService<ListContainersRequest> for ListMethod {
-    type Response = EncodedList;
-    type Future = BoxFuture<'static, Result<Response<EncodedList>, Status>>;
-
-    fn call(&mut self, req: Request<ListContainersRequest>) -> Self::Future {
-        let handler = self.0.clone();
-        Box::pin(async move { handler.list_encoded(req.into_inner()).map(Response::new) })
+    /// The encoded response, without the gRPC prefix.
+    #[cfg(test)]
+    fn response(&self) -> &[u8] {
+        &self.message[PREFIX..]
     }
 }
 
@@ -210,14 +218,77 @@ where
         if req.uri().path() != LIST_CONTAINERS {
             return Box::pin(self.inner.call(req));
         }
-        let method = ListMethod(self.handler.clone());
-        let max = Some(self.max_message);
+        let handler = self.handler.clone();
+        let max = self.max_message;
         Box::pin(async move {
-            let mut grpc =
-                tonic::server::Grpc::new(ListCodec).apply_max_message_size_config(max, max);
-            Ok(grpc.unary(method, req).await)
+            let answer = async {
+                let req = read_request(req.into_body(), max).await?;
+                let list = handler.list_encoded(req)?;
+                check_size(&list, max)?;
+                Ok::<_, Status>(list)
+            };
+            Ok(match answer.await {
+                Ok(list) => grpc_response(list.message),
+                Err(status) => status.into_http(),
+            })
         })
     }
+}
+
+/// The request: one uncompressed gRPC message of at most `max` bytes.
+async fn read_request(body: Body, max: usize) -> Result<ListContainersRequest, Status> {
+    let mut data = Limited::new(body, max.saturating_add(PREFIX))
+        .collect()
+        .await
+        .map_err(|e| match e.downcast::<Status>() {
+            Ok(status) => *status,
+            Err(e) => Status::resource_exhausted(format!("reading the request: {e}")),
+        })?
+        .to_bytes();
+    if data.len() < PREFIX {
+        return Err(Status::internal("Missing request message."));
+    }
+    let compressed = data.get_u8();
+    let len = data.get_u32() as usize;
+    if compressed != 0 {
+        return Err(Status::unimplemented(
+            "Message compressed, compression support not enabled.",
+        ));
+    }
+    if len != data.len() {
+        return Err(Status::internal(format!(
+            "expected one request message of {len} bytes, got {} bytes",
+            data.len()
+        )));
+    }
+    ListContainersRequest::decode(data)
+        .map_err(|e| Status::internal(format!("decoding ListContainersRequest: {e}")))
+}
+
+/// Refuses an answer larger than the server sends (tonic's check and text).
+fn check_size(list: &EncodedList, max: usize) -> Result<(), Status> {
+    let len = list.message.len() - PREFIX;
+    if len > max || len > u32::MAX as usize {
+        return Err(Status::out_of_range(format!(
+            "Error, encoded message length too large: found {len} bytes, the limit is: {max} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// A unary gRPC answer: `message` as the body, `grpc-status: 0` in the
+/// trailers.
+fn grpc_response(message: Bytes) -> http::Response<Body> {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames = [Frame::data(message), Frame::trailers(trailers)];
+    let body = StreamBody::new(futures::stream::iter(frames.map(Ok::<_, Infallible>)));
+    let mut response = http::Response::new(Body::new(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
 }
 
 #[cfg(test)]
@@ -270,10 +341,10 @@ mod tests {
     }
 
     fn decode(list: &EncodedList) -> ListContainersResponse {
-        let mut buf = Vec::new();
-        list.write_to(&mut buf);
-        assert_eq!(buf.len(), list.encoded_len());
-        ListContainersResponse::decode(&buf[..]).expect("a valid response")
+        let len = u32::from_be_bytes(list.message[1..PREFIX].try_into().unwrap());
+        assert_eq!(list.message[0], 0, "not compressed");
+        assert_eq!(len as usize, list.response().len());
+        ListContainersResponse::decode(list.response()).expect("a valid response")
     }
 
     #[test]
@@ -287,6 +358,38 @@ mod tests {
         // Served from the cache the second time, same bytes.
         let again = decode(&cache.answer(views, true));
         assert_eq!(again.containers, want);
+    }
+
+    #[test]
+    fn the_unfiltered_answer_is_sent_again_until_a_container_changes() {
+        use ContainerState::{ContainerCreated as Created, ContainerRunning as Running};
+        let cache = EncodedContainers::default();
+        let views = vec![view("a", Created), view("b", Created)];
+        let first = cache.answer(views.clone(), true);
+        let again = cache.answer(views.clone(), true);
+        assert_eq!(
+            first.message.as_ptr(),
+            again.message.as_ptr(),
+            "the same bytes, not a copy"
+        );
+        // A filtered answer leaves the whole one in place.
+        let one = decode(&cache.answer(vec![views[1].clone()], false));
+        assert_eq!(one.containers.len(), 1);
+        assert_eq!(
+            cache.answer(views.clone(), true).message.as_ptr(),
+            first.message.as_ptr()
+        );
+        // A state change, a container gone: answered anew.
+        let mut running = views.clone();
+        running[0].run.state = Running;
+        let got = decode(&cache.answer(running.clone(), true));
+        assert_eq!(got.containers[0].state, Running as i32);
+        let got = decode(&cache.answer(running[1..].to_vec(), true));
+        assert_eq!(got.containers.len(), 1);
+        assert_eq!(got.containers[0].id, "b");
+        let got = decode(&cache.answer(Vec::new(), true));
+        assert!(got.containers.is_empty());
+        assert_eq!(cache.answer(Vec::new(), true).message.len(), PREFIX);
     }
 
     #[test]
@@ -311,7 +414,7 @@ mod tests {
         assert_eq!(got.containers[0].created_at, 99);
         let slots = cache.slots.lock().unwrap();
         assert_eq!(
-            slots.1.len(),
+            slots.by_id.len(),
             1,
             "a, not listed by the unfiltered call, is dropped"
         );
