@@ -40,6 +40,16 @@ echo "guest: kernel $(uname -r), /sys/fs/cgroup is $(stat -fc %T /sys/fs/cgroup)
   "controllers: $(cat /sys/fs/cgroup/cgroup.controllers 2>/dev/null)"
 echo "guest: $(systemctl --version | head -n1), AppArmor $(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)," \
   "$(nproc) CPUs, $(free -m | awk '/^Mem:/ { print $2 }') MiB"
+# --lsm selinux: the kernel booted with SELinux (permissive) and systemd
+# loaded the policy; the tests must then run their SELinux cases (a test
+# that finds no SELinux fails instead of saying it did not run).
+if [ "${LSM:-apparmor}" = selinux ]; then
+  enforce=$(cat /sys/fs/selinux/enforce 2>/dev/null) ||
+    { echo "guest: booted for SELinux, but /sys/fs/selinux/enforce is missing"; status 2; }
+  echo "guest: SELinux enforce=$enforce, policy $(sestatus 2>/dev/null | sed -n 's/^Loaded policy name:[[:space:]]*//p')," \
+    "this shell's context $(tr -d '\0' </proc/self/attr/current)"
+  export CRIUS_TEST_REQUIRE_SELINUX=1
+fi
 cd "$WORKTREE" || status 2
 
 # The test images' blobs, built on the host, so that hack/testenv/up.sh (run

@@ -16,6 +16,9 @@
 #                                   instead of the tests; $TARGET, $WORKTREE are set
 #   --share DIR                     also mount host DIR at the same path in the guest
 #                                   (read-write; repeatable), e.g. for critest
+#   --lsm apparmor|selinux          the guest's major LSM (default apparmor);
+#                                   selinux boots permissive and sets
+#                                   CRIUS_TEST_REQUIRE_SELINUX=1
 #   --timeout MIN                   kill the guest after MIN minutes (default 60)
 #   --keep                          keep the run directory (console log, output)
 # Environment: CRIUS_VM_CPUS (2), CRIUS_VM_MEM (MiB, 4096), CRIUS_VM_CACHE
@@ -33,6 +36,7 @@ filter=""
 shell_cmd=""
 timeout_min=60
 keep=""
+lsm=apparmor
 extra_shares=()
 
 die() {
@@ -58,6 +62,13 @@ while [ $# -gt 0 ]; do
   --filter) filter=${2:?} && shift 2 ;;
   --shell-cmd) shell_cmd=${2:?} && shift 2 ;;
   --share) extra_shares+=("$(cd "${2:?}" && pwd)") && shift 2 ;;
+  --lsm)
+    case ${2:-} in
+    apparmor | selinux) lsm=$2 ;;
+    *) usage ;;
+    esac
+    shift 2
+    ;;
   --timeout) timeout_min=${2:?} && shift 2 ;;
   --keep) keep=1 && shift ;;
   -h | --help) usage ;;
@@ -151,10 +162,17 @@ CRIUS_TESTENV_DIR=$cache/testenv python3 hack/testenv/images.py --no-push >/dev/
 {
   printf '%s=%q\n' WORKTREE "$repo" TARGET "$target" DRIVERS "$drivers" FILTER "$filter" \
     SHELL_CMD "$shell_cmd" TEST_TIMEOUT "${CRIUS_VM_TEST_TIMEOUT:-1800}" \
-    SHARES "${extra_shares[*]}"
+    SHARES "${extra_shares[*]}" LSM "$lsm"
 } >"$share/lane.env"
 cp "$here/guest.sh" "$share/guest.sh"
 : >"$share/output.log"
+# The major LSM: AppArmor (Debian's default), or SELinux in permissive mode
+# (the image's files are not labelled; a label still has to be one the
+# loaded policy knows).
+case $lsm in
+apparmor) lsm_args="apparmor=1 security=apparmor" ;;
+selinux) lsm_args="security=selinux selinux=1 enforcing=0" ;;
+esac
 cpus=${CRIUS_VM_CPUS:-2}
 mem=${CRIUS_VM_MEM:-4096}
 qemu=(qemu-system-x86_64 -name crius-vm-lane -accel tcg -cpu max -smp "$cpus" -m "$mem"
@@ -162,7 +180,7 @@ qemu=(qemu-system-x86_64 -name crius-vm-lane -accel tcg -cpu max -smp "$cpus" -m
   -serial "file:$tmp/console.log"
   -drive "file=$image,format=raw,if=virtio,snapshot=on"
   -kernel "$kernel" -initrd "$tmp/initrd.gz"
-  -append "console=ttyS0 systemd.unified_cgroup_hierarchy=1 cgroup_no_v1=all apparmor=1 security=apparmor panic=-1 loglevel=4")
+  -append "console=ttyS0 systemd.unified_cgroup_hierarchy=1 cgroup_no_v1=all $lsm_args panic=-1 loglevel=4")
 virtfs() { # virtfs TAG DIR [,readonly=on]
   qemu+=(-virtfs "local,path=$2,mount_tag=$1,security_model=passthrough${3:-}")
 }
@@ -174,7 +192,7 @@ virtfs testenv "$cache/testenv/cache" ,readonly=on
 for i in "${!extra_shares[@]}"; do
   virtfs "share$i" "${extra_shares[$i]}"
 done
-echo "lane: booting kernel $kver under QEMU TCG ($cpus CPUs, $mem MiB), cgroup v2, systemd" >&2
+echo "lane: booting kernel $kver under QEMU TCG ($cpus CPUs, $mem MiB), cgroup v2, systemd, $lsm" >&2
 boot_start=$SECONDS
 "${qemu[@]}" &
 qemu_pid=$!

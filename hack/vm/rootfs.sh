@@ -30,8 +30,10 @@ packages=(
   iputils-ping
   kmod                        # modprobe overlay, bridge, veth, nf_tables
   libseccomp2                 # crius links it
+  policycoreutils             # semodule, sestatus (the SELinux lane: --lsm selinux)
   procps
   python3                     # hack/testenv/images.py
+  selinux-policy-default      # the policy systemd loads when booted with security=selinux
   systemd
   systemd-sysv
   util-linux                  # nsenter, mount
@@ -60,6 +62,10 @@ configure() {
   : >"$root/etc/fstab"
   # systemd makes a machine id at boot (the image is never written back).
   : >"$root/etc/machine-id"
+  # Booted with security=selinux (lane.sh --lsm selinux), systemd loads this
+  # policy; permissive, as the image's files carry no labels. Booted with
+  # AppArmor (the default) SELinux is off and this file is not read.
+  printf 'SELINUX=permissive\nSELINUXTYPE=default\n' >"$root/etc/selinux/config"
   # No udev in minbase: a getty on ttyS0 would wait 90 s for its device.
   # The registry is started by the tests (hack/testenv), not by its package.
   for unit in serial-getty@ttyS0.service getty@tty1.service docker-registry.service \
@@ -98,6 +104,21 @@ EOF
   rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"*
 }
 
+# container_type ROOT: Debian's SELinux policy has no container module
+# (container-selinux's types); this minimal one declares container_t, the
+# type crius labels a container with when selinux_options leave it empty,
+# so the SELinux lane can use it. Valid is all a permissive node needs.
+container_type() {
+  local root=$1
+  mkdir -p "$root/usr/share/selinux/crius"
+  cat >"$root/usr/share/selinux/crius/crius_container.cil" <<'EOF'
+(type container_t)
+(roletype system_r container_t)
+EOF
+  chroot "$root" semodule -s default -i /usr/share/selinux/crius/crius_container.cil ||
+    { log "semodule -i crius_container.cil failed"; exit 1; }
+}
+
 tmp=""
 cleanup() {
   [ -n "$tmp" ] || return 0
@@ -123,6 +144,7 @@ build() {
     log "debootstrap failed ($rc)"
     exit 1
   fi
+  container_type "$dir"
   configure "$dir"
   log "making the ext4 image"
   truncate -s 8G "$tmp/rootfs.img"

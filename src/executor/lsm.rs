@@ -88,8 +88,17 @@ pub(super) fn apply(l: &Labels, fs: &mut impl AttrFs) -> Result<(), Failure> {
         wrote.map_err(|e| failure(format!("AppArmor profile {profile:?}"), e))?;
     }
     if let Some(label) = &l.selinux {
-        fs.write(SHARED_EXEC, label.as_bytes())
-            .map_err(|e| failure(format!("SELinux label {label:?}"), e))?;
+        fs.write(SHARED_EXEC, label.as_bytes()).map_err(|e| {
+            // The kernel answers EINVAL for a context its policy lacks
+            // (an unknown user, role, type or level, or a role not
+            // allowed that type): say so, not only "Invalid argument".
+            let what = if e.raw_os_error() == Some(libc::EINVAL) {
+                format!("SELinux label {label:?} is not valid in the loaded policy")
+            } else {
+                format!("SELinux label {label:?}")
+            };
+            failure(what, e)
+        })?;
     }
     Ok(())
 }
@@ -189,6 +198,19 @@ mod tests {
         };
         let f = apply(&l, &mut fs).unwrap_err();
         assert_eq!(f.kind, FailureKind::PermissionDenied);
+        let l = labels(&process(None, Some("u:r:no_such_t:s0"))).unwrap();
+        let mut fs = Fake {
+            fail: Some(libc::EINVAL),
+            ..Default::default()
+        };
+        let f = apply(&l, &mut fs).unwrap_err();
+        assert_eq!(f.kind, FailureKind::InvalidArgument);
+        assert!(
+            f.message
+                .contains("SELinux label \"u:r:no_such_t:s0\" is not valid in the loaded policy"),
+            "{}",
+            f.message
+        );
     }
 
     #[test]
