@@ -947,7 +947,8 @@ fn cgroup_of(pid: u32) -> String {
 /// the service kills every process in its cgroup. With the systemd driver
 /// each pod's monitor has a scope of its own (as cri-o's conmon), so its
 /// containers keep running through that and the restarted daemon finds
-/// them. With cgroupfs the monitor stays in the daemon's cgroup.
+/// them; the pod's init (PID 1 of its PID namespace) likewise. With
+/// cgroupfs the monitor stays in the daemon's cgroup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitors_survive_a_stop_of_the_daemons_unit() {
     let systemd = test_cgroup_driver().as_deref() == Some("systemd");
@@ -996,6 +997,11 @@ async fn monitors_survive_a_stop_of_the_daemons_unit() {
         monitor_cg,
         format!("/system.slice/crius-monitor-{}.scope", &pod[..12])
     );
+    // The pod's PID 1 too: its death would end the pod's containers.
+    assert_eq!(
+        unit_active_state(&format!("crius-init-{}.scope", &pod[..12])),
+        "active"
+    );
     // `systemctl stop crius`: everything in the daemon's unit dies.
     let unit = daemon_cg.rsplit('/').next().unwrap().to_string();
     assert!(unit.starts_with("crius-test-svc-"), "{unit}");
@@ -1017,7 +1023,12 @@ async fn monitors_survive_a_stop_of_the_daemons_unit() {
         .into_inner()
         .status
         .unwrap();
-    assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+    assert_eq!(
+        st.state,
+        ContainerState::ContainerRunning as i32,
+        "{st:?}\n{}",
+        d.logs()
+    );
     remove(&mut rt, &pod).await;
     // The monitor's scope went with it.
     wait_for(

@@ -294,20 +294,50 @@ impl Cgroups {
     /// scope goes when the monitor exits. With cgroupfs nothing moves.
     /// Blocks: call it off the async workers.
     pub fn place_monitor(&self, pod_id: &str, pid: u32) -> Result<(), CgroupError> {
+        let desc = format!("crius monitor of pod {pod_id}");
+        self.scope_for(&monitor_scope(pod_id), MONITOR_SLICE, pid, desc)
+    }
+
+    /// Moves a pod's init (PID 1 of its PID namespace, `pid`) out of the
+    /// daemon's cgroup, for the same reason as [`Self::place_monitor`]:
+    /// its death would end every container of the pod. With the systemd
+    /// driver it gets the scope `crius-init-<pod>.scope` in the pod's slice
+    /// (`pod_cgroup`), as cri-o's infra container; with cgroupfs it stays
+    /// (a v2 pod cgroup with containers in it can hold no process).
+    pub fn place_pod_init(
+        &self,
+        pod_cgroup: &str,
+        pod_id: &str,
+        pid: u32,
+    ) -> Result<(), CgroupError> {
+        let slice = systemd::unit_of(pod_cgroup)
+            .ok_or_else(|| CgroupError::NoUnit(format!("{pod_cgroup:?} names no unit")))?;
+        let unit = format!("crius-init-{}.scope", &pod_id[..pod_id.len().min(12)]);
+        let desc = format!("crius init of pod {pod_id}");
+        self.scope_for(&unit, slice, pid, desc)
+    }
+
+    /// Starts scope `unit` in `slice` holding `pid` (systemd driver only).
+    fn scope_for(
+        &self,
+        unit: &str,
+        slice: &str,
+        pid: u32,
+        description: String,
+    ) -> Result<(), CgroupError> {
         use zbus::zvariant::Value;
         if self.driver != CgroupDriver::Systemd {
             return Ok(());
         }
         let sd = self.connection()?;
-        let unit = monitor_scope(pod_id);
-        let mut props = systemd::base_properties(format!("crius monitor of pod {pod_id}"));
-        props.push(("Slice", Value::from(MONITOR_SLICE)));
+        let mut props = systemd::base_properties(description);
+        props.push(("Slice", Value::from(slice.to_string())));
         props.push((
             "TimeoutStopUSec",
             Value::from(systemd::SCOPE_STOP_TIMEOUT_USEC),
         ));
         props.push(("PIDs", Value::from(vec![pid])));
-        Ok(sd.block_on(sd.start(&unit, props))?)
+        Ok(sd.block_on(sd.start(unit, props))?)
     }
 
     /// The directories a relative cgroup path has, one per hierarchy.

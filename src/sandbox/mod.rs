@@ -453,6 +453,13 @@ impl Pods {
             pod.init_pid = finish_pin(child).await?;
         }
         node_side?;
+        if let Some(pid) = pod.init_pid {
+            let placed =
+                crate::sync::blocking(|| self.cgroups.place_pod_init(&cgroup, &pod.id, pid));
+            if let Err(e) = placed {
+                tracing::warn!(pod_id = %pod.id, pid, error = %e, "the pod init stays in the daemon's cgroup");
+            }
+        }
         timing.namespaces = t.elapsed();
         let t = std::time::Instant::now();
         if !pod.host_network {
