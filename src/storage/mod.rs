@@ -193,33 +193,12 @@ impl Storage {
         for d in [&upper, &work, &merged] {
             std::fs::create_dir_all(d).map_err(io(d))?;
         }
-        let lowers = match idmap {
-            None => layers
-                .iter()
-                .rev()
-                .map(|l| self.link(l).map(|p| p.display().to_string()))
-                .collect::<Result<Vec<_>, _>>()?,
-            Some(m) => {
-                let ns = std::fs::File::open(&m.userns).map_err(io(&m.userns))?;
-                let mut out = Vec::with_capacity(layers.len());
-                for (n, l) in layers.iter().rev().enumerate() {
-                    let at = dir.join("m").join(n.to_string());
-                    std::fs::create_dir_all(&at).map_err(io(&at))?;
-                    crate::executor::mount_attr::idmapped_bind(l, &at, &ns).map_err(|e| {
-                        StorageError::Idmap {
-                            layer: l.clone(),
-                            source: e,
-                        }
-                    })?;
-                    out.push(at.display().to_string());
-                }
-                for d in [&upper, &work] {
-                    std::os::unix::fs::chown(d, Some(m.root_uid), Some(m.root_gid))
-                        .map_err(io(d))?;
-                }
-                out
+        let lowers = self.lowers(&dir, layers, idmap, |k| k.to_string())?;
+        if let Some(m) = idmap {
+            for d in [&upper, &work] {
+                std::os::unix::fs::chown(d, Some(m.root_uid), Some(m.root_gid)).map_err(io(d))?;
             }
-        };
+        }
         let options = format!(
             "lowerdir={},upperdir={},workdir={}",
             lowers.join(":"),
@@ -241,6 +220,39 @@ impl Storage {
             source,
         })?;
         Ok(merged)
+    }
+
+    /// An overlay's `lowerdir` entries for `layers` (bottom to top), top
+    /// first: each layer's short link, or with `idmap` an idmapped clone of
+    /// it at `<dir>/m/<name(k)>`.
+    fn lowers(
+        &self,
+        dir: &Path,
+        layers: &[PathBuf],
+        idmap: Option<&Idmap>,
+        name: impl Fn(usize) -> String,
+    ) -> Result<Vec<String>, StorageError> {
+        let Some(m) = idmap else {
+            return layers
+                .iter()
+                .rev()
+                .map(|l| self.link(l).map(|p| p.display().to_string()))
+                .collect();
+        };
+        let ns = std::fs::File::open(&m.userns).map_err(io(&m.userns))?;
+        let mut out = Vec::with_capacity(layers.len());
+        for (k, l) in layers.iter().rev().enumerate() {
+            let at = dir.join("m").join(name(k));
+            std::fs::create_dir_all(&at).map_err(io(&at))?;
+            crate::executor::mount_attr::idmapped_bind(l, &at, &ns).map_err(|e| {
+                StorageError::Idmap {
+                    layer: l.clone(),
+                    source: e,
+                }
+            })?;
+            out.push(at.display().to_string());
+        }
+        Ok(out)
     }
 
     /// Mounts image volume `n` of container `id`: a read-only overlay of
@@ -267,29 +279,7 @@ impl Storage {
         let dir = self.dir(id)?;
         let target = dir.join(format!("iv{n}"));
         std::fs::create_dir_all(&target).map_err(io(&target))?;
-        let mut lowers = match idmap {
-            None => layers
-                .iter()
-                .rev()
-                .map(|l| self.link(l).map(|p| p.display().to_string()))
-                .collect::<Result<Vec<_>, _>>()?,
-            Some(m) => {
-                let ns = std::fs::File::open(&m.userns).map_err(io(&m.userns))?;
-                let mut out = Vec::with_capacity(layers.len());
-                for (k, l) in layers.iter().rev().enumerate() {
-                    let at = dir.join("m").join(format!("iv{n}-{k}"));
-                    std::fs::create_dir_all(&at).map_err(io(&at))?;
-                    crate::executor::mount_attr::idmapped_bind(l, &at, &ns).map_err(|e| {
-                        StorageError::Idmap {
-                            layer: l.clone(),
-                            source: e,
-                        }
-                    })?;
-                    out.push(at.display().to_string());
-                }
-                out
-            }
-        };
+        let mut lowers = self.lowers(&dir, layers, idmap, |k| format!("iv{n}-{k}"))?;
         lowers.push(self.empty.display().to_string());
         let options = format!("lowerdir={}", lowers.join(":"));
         if options.len() > MAX_OPTIONS {
