@@ -392,14 +392,20 @@ fn mounts(input: &SpecInput, privileged: bool) -> Result<(Vec<Mount>, Option<Str
 fn id_mappings(
     maps: &[k8s_cri::v1::IdMapping],
 ) -> Result<Vec<oci_spec::runtime::LinuxIdMapping>, SpecError> {
+    oci_id_mappings(maps.iter().map(|m| (m.container_id, m.host_id, m.length)))
+}
+
+/// `(container id, host id, length)` ranges as OCI id mappings.
+fn oci_id_mappings(
+    ranges: impl Iterator<Item = (u32, u32, u32)>,
+) -> Result<Vec<oci_spec::runtime::LinuxIdMapping>, SpecError> {
     use oci_spec::runtime::LinuxIdMappingBuilder;
-    Ok(maps
-        .iter()
-        .map(|m| {
+    Ok(ranges
+        .map(|(container_id, host_id, size)| {
             LinuxIdMappingBuilder::default()
-                .container_id(m.container_id)
-                .host_id(m.host_id)
-                .size(m.length)
+                .container_id(container_id)
+                .host_id(host_id)
+                .size(size)
                 .build()
         })
         .collect::<Result<Vec<_>, _>>()?)
@@ -457,17 +463,8 @@ pub fn join_user_namespace(
     path: PathBuf,
     (uids, gids): &crate::sandbox::pinns::IdMaps,
 ) -> Result<(), SpecError> {
-    use oci_spec::runtime::LinuxIdMappingBuilder;
     let conv = |maps: &[crate::executor::userns::IdMap]| {
-        maps.iter()
-            .map(|m| {
-                LinuxIdMappingBuilder::default()
-                    .container_id(m.container_id)
-                    .host_id(m.host_id)
-                    .size(m.length)
-                    .build()
-            })
-            .collect::<Result<Vec<_>, _>>()
+        oci_id_mappings(maps.iter().map(|m| (m.container_id, m.host_id, m.length)))
     };
     let (uid_mappings, gid_mappings) = (conv(uids)?, conv(gids)?);
     let mut linux = spec.linux().clone().unwrap_or_default();
